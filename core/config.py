@@ -1,0 +1,96 @@
+"""Pydantic building blocks for strategy options.
+
+Every strategy, criterion and granularity describes its options with a :class:`StrategyConfig` subclass:
+frozen, ``extra="forbid"`` (a misspelled option is an error, not a silent default), strict about types (``True``
+is not an amount) and round-trippable through JSON. Configs never hold tensors: masks and data travel through
+the :class:`~prunus.strategy.PruneContext` instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, ValidationError
+from pydantic.functional_validators import AfterValidator
+
+from .errors import AmountError, ConfigError
+
+__all__ = [
+    "Amount",
+    "StrategyConfig",
+    "config_error",
+    "count_to_prune",
+    "validate_config",
+]
+
+
+def _check_amount(value: int | float) -> int | float:
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"amount={value!r} is a negative count; a count must be an int >= 0")
+        return value
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"amount={value!r} is not a fraction in [0, 1]; give a float in [0, 1] "
+            "or an int count of entries"
+        )
+    return value
+
+
+Amount = Annotated[StrictInt | StrictFloat, AfterValidator(_check_amount)]
+"""How much to prune: a float fraction in [0, 1] of the eligible units, or an int count of them.
+
+As in ``torch.nn.utils.prune``, a fraction is turned into a count with Python's ``round`` (half to even), and
+an int is a count: ``amount=1`` prunes one unit, ``amount=1.0`` prunes all of them.
+"""
+
+
+class StrategyConfig(BaseModel):
+    """Base class of every strategy, criterion and granularity config: frozen, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def config_error(owner: str, error: ValidationError) -> ConfigError:
+    """Turn a pydantic ``ValidationError`` into a :class:`ConfigError` that names each bad option."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "<options>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown option (value {item.get('input')!r})")
+        elif item["type"] == "missing":
+            lines.append(f"  {where}: required option is missing")
+        else:
+            lines.append(f"  {where}={item.get('input')!r}: {item['msg']}")
+    return ConfigError(f"invalid options for {owner!r}:\n" + "\n".join(lines))
+
+
+def validate_config(
+    model: type[StrategyConfig], owner: str, options: dict[str, Any]
+) -> StrategyConfig:
+    """Build ``model`` from ``options``, raising :class:`ConfigError` that lists the valid options."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as error:
+        valid = ", ".join(
+            f"{name}{'' if field.is_required() else f'={field.default!r}'}"
+            for name, field in model.model_fields.items()
+        )
+        raise ConfigError(f"{config_error(owner, error)}\nvalid options: {valid or '(none)'}") from None
+
+
+def count_to_prune(amount: int | float, size: int, *, what: str = "entries") -> int:
+    """The number of units ``amount`` asks to prune out of ``size``, rounded as torch rounds.
+
+    Raises:
+        AmountError: ``amount`` is an int count larger than ``size``.
+    """
+    if isinstance(amount, int):
+        if amount > size:
+            raise AmountError(
+                f"amount={amount} is larger than the {size} {what} that can be pruned; "
+                f"give a count <= {size} or a fraction in [0, 1]"
+            )
+        return amount
+    return round(amount * size)

@@ -1,0 +1,353 @@
+"""``prune``, ``remove`` and ``restore``: walking a model, checking masks, applying them atomically.
+
+A ``prune`` call computes and checks every mask before it changes anything, then applies them one by one,
+undoing the ones already applied if a later one fails: a call that raises leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import masking
+from .errors import ConfigError, NotPrunedError, PluginError, PrunusError, TargetError
+from .registry import Registry, registry
+from .report import ParameterReport, PruneReport
+from .strategy import PruneContext, Strategy, Target
+
+__all__ = ["DEFAULT_LAYERS", "is_pruned", "masks", "prune", "remove", "restore", "select_targets"]
+
+DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+"""Layers whose ``weight`` ``prune`` targets when no ``include`` or ``filter_fn`` is given."""
+
+FilterFn = Callable[[nn.Module, str], bool]
+Patterns = str | Sequence[str] | None
+
+
+def prune(
+    model: nn.Module,
+    strategy: Strategy | str,
+    /,
+    *,
+    include: Patterns = None,
+    exclude: Patterns = None,
+    filter_fn: FilterFn | None = None,
+    data: Any = None,
+    restorable: bool = True,
+    registry: Registry = registry,
+    **options: Any,
+) -> PruneReport:
+    """Prune ``model`` in place with ``strategy`` and report what was pruned.
+
+    Args:
+        model: the model to prune; changed in place.
+        strategy: a strategy from ``registry.get(...)``, or a registered name configured with ``options``.
+        include: glob patterns over qualified parameter names (``"fc1.weight"``, ``"blocks.*.weight"``);
+            each must match something. Default: the ``weight`` of every Linear and Conv layer.
+        exclude: glob patterns of parameters to leave alone; each must match one of the chosen parameters.
+        filter_fn: ``filter_fn(module, name) -> bool`` over each parameter's owning module and qualified name,
+            to choose parameters by any rule (combined with ``include`` when both are given).
+        data: whatever a data-aware criterion needs (a batch, a loader...), passed to it unchanged.
+        restorable: keep the original values of pruned entries so :func:`restore` can put them back. ``False``
+            saves that memory; :func:`remove` still works.
+        registry: where to look ``strategy`` up (the global one by default).
+        **options: the strategy's options when ``strategy`` is a name (e.g. ``amount=0.5``).
+
+    Returns:
+        A :class:`~prunus.report.PruneReport`.
+
+    Raises:
+        UnknownStrategyError, ConfigError: a bad strategy name or option.
+        TargetError: a pattern matched nothing, or there is nothing to prune.
+        AmountError, MaskError: the options do not fit the chosen parameters.
+        PluginError: a plugin raised, or returned scores or masks that break the contract.
+
+    After the call the parameters stay plain ``nn.Parameter`` objects whose pruned entries are zero: the
+    ``state_dict`` keeps its keys, a forward pass costs what the dense one does, and pruned entries stay zero
+    through ``optimizer.step()``. A second call prunes among the entries still kept.
+    """
+    if not isinstance(model, nn.Module):
+        raise TargetError(f"model must be a torch.nn.Module, not {type(model).__name__} ({model!r:.80})")
+    if isinstance(strategy, str):
+        strategy = registry.get(strategy, **options)
+    elif not isinstance(strategy, Strategy):
+        raise ConfigError(
+            f"strategy must be a registered name (see prunus.registry.names()) or a Strategy from "
+            f"prunus.registry.get(), not {type(strategy).__name__} ({strategy!r:.80})"
+        )
+    elif options:
+        raise ConfigError(
+            f"options {sorted(options)} were given with an already configured strategy {strategy.name!r}; "
+            f"configure it in registry.get({strategy.name!r}, ...) or pass its name instead"
+        )
+
+    chosen = select_targets(model, include=include, exclude=exclude, filter_fn=filter_fn)
+    targets = [
+        Target(name, module, pname, masking.get_mask(module, pname)) for name, module, pname in chosen
+    ]
+    context = PruneContext(model=model, targets=targets, data=data)
+
+    computed = _compute(strategy, context, registry)
+    undo: list[Callable[[], None]] = []
+    newly: dict[str, int] = {}
+    try:
+        for target in targets:
+            mask = computed.get(target.name)
+            if mask is None:
+                continue
+            before = int((~target.prior).sum()) if target.prior is not None else 0
+            undo.append(registry.hooks.apply_mask(target, mask, restorable, context))
+            newly[target.name] = int((~mask).sum()) - before
+    except BaseException as error:
+        for step in reversed(undo):
+            step()
+        if isinstance(error, PrunusError) or not isinstance(error, Exception):
+            raise
+        raise PluginError(
+            f"applying the masks of strategy {strategy.name!r} failed: {type(error).__name__}: {error}; "
+            "the model was left as it was"
+        ) from error
+
+    return PruneReport(
+        strategy=strategy.name,
+        options=_jsonable(strategy.options),
+        parameters=[
+            ParameterReport(
+                name=t.name,
+                shape=tuple(t.tensor.shape),
+                numel=t.tensor.numel(),
+                pruned=int((~computed[t.name]).sum()),
+                newly_pruned=newly[t.name],
+            )
+            for t in targets
+            if t.name in newly
+        ],
+        model_numel=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def _compute(strategy: Strategy, context: PruneContext, registry: Registry) -> dict[str, Tensor]:
+    """Run the strategy and check every mask it returns, without touching the model."""
+    try:
+        with torch.no_grad():
+            computed = strategy.compute_masks(context)
+    except PrunusError:
+        raise
+    except Exception as error:
+        where = f" (from {registry.info(strategy.name).provider})" if strategy.name in registry else ""
+        raise PluginError(
+            f"strategy {strategy.name!r}{where} raised {type(error).__name__}: {error}; "
+            "the model was not changed"
+        ) from error
+    if not isinstance(computed, dict):
+        raise PluginError(
+            f"strategy {strategy.name!r} returned {type(computed).__name__}; "
+            "compute_masks must return a dict of parameter name to bool mask"
+        )
+    by_name = {t.name: t for t in context.targets}
+    for name, mask in computed.items():
+        target = by_name.get(name)
+        if target is None:
+            raise PluginError(
+                f"strategy {strategy.name!r} returned a mask for {name!r}, which is not being pruned; "
+                f"targets: {', '.join(by_name)}"
+            )
+        _check_mask(strategy.name, target, mask)
+    return {name: computed[name] for name in by_name if name in computed}
+
+
+def _check_mask(owner: str, target: Target, mask: object) -> None:
+    tensor = target.tensor
+    if not isinstance(mask, Tensor):
+        raise PluginError(f"{owner}: the mask for {target.name!r} is a {type(mask).__name__}, not a Tensor")
+    if mask.dtype != torch.bool:
+        raise PluginError(
+            f"{owner}: the mask for {target.name!r} has dtype {mask.dtype}; masks must be torch.bool "
+            "(True keeps an entry)"
+        )
+    if mask.shape != tensor.shape:
+        raise PluginError(
+            f"{owner}: the mask for {target.name!r} has shape {tuple(mask.shape)}, "
+            f"the parameter {tuple(tensor.shape)}"
+        )
+    if mask.device != tensor.device:
+        raise PluginError(
+            f"{owner}: the mask for {target.name!r} is on {mask.device}, the parameter on {tensor.device}"
+        )
+    if target.prior is not None:
+        revived = int((mask & ~target.prior).sum())
+        if revived:
+            raise PluginError(
+                f"{owner}: the mask for {target.name!r} revives {revived} entries an earlier prune removed; "
+                "a strategy must prune among the entries still kept (target.prior)"
+            )
+
+
+def select_targets(
+    model: nn.Module,
+    *,
+    include: Patterns = None,
+    exclude: Patterns = None,
+    filter_fn: FilterFn | None = None,
+) -> list[tuple[str, nn.Module, str]]:
+    """The parameters ``prune`` would target: ``(qualified name, owning module, parameter name)``.
+
+    Raises:
+        TargetError: a pattern matches nothing, or nothing is left to prune.
+    """
+    include_patterns = _patterns("include", include)
+    exclude_patterns = _patterns("exclude", exclude)
+    candidates: list[tuple[str, nn.Module, str]] = []
+    seen: set[int] = set()
+    for prefix, module in model.named_modules():
+        for pname, param in module._parameters.items():
+            if param is None or id(param) in seen:
+                continue
+            seen.add(id(param))
+            candidates.append((f"{prefix}.{pname}" if prefix else pname, module, pname))
+    names = [name for name, _, _ in candidates]
+
+    if include_patterns:
+        for pattern in include_patterns:
+            if not fnmatch.filter(names, pattern):
+                raise TargetError(
+                    f"include pattern {pattern!r} matches no parameter of {type(model).__name__}; "
+                    f"parameters: {_listing(names)}"
+                )
+        chosen = [c for c in candidates if any(fnmatch.fnmatchcase(c[0], p) for p in include_patterns)]
+    elif filter_fn is None:
+        chosen = [c for c in candidates if isinstance(c[1], DEFAULT_LAYERS) and c[2] == "weight"]
+    else:
+        chosen = candidates
+    if filter_fn is not None:
+        chosen = [c for c in chosen if filter_fn(c[1], c[0])]
+
+    chosen_names = [name for name, _, _ in chosen]
+    for pattern in exclude_patterns:
+        if not fnmatch.filter(chosen_names, pattern):
+            raise TargetError(
+                f"exclude pattern {pattern!r} matches none of the parameters chosen for pruning: "
+                f"{_listing(chosen_names)}"
+            )
+    chosen = [c for c in chosen if not any(fnmatch.fnmatchcase(c[0], p) for p in exclude_patterns)]
+
+    for name, module, pname in chosen:
+        param = module._parameters[pname]
+        assert param is not None
+        if not param.is_floating_point():
+            raise TargetError(
+                f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be pruned"
+            )
+    if not chosen:
+        how = (
+            "no Linear or Conv layer with a weight"
+            if not include_patterns and filter_fn is None
+            else "no parameter left after include/exclude/filter_fn"
+        )
+        raise TargetError(
+            f"nothing to prune in {type(model).__name__}: {how}. Choose parameters with include=[...] "
+            f"or filter_fn=...; parameters: {_listing(names)}"
+        )
+    return chosen
+
+
+def _patterns(what: str, value: Patterns) -> list[str]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, Iterable) or not all(isinstance(p, str) for p in items):
+        raise TargetError(f"{what} must be a glob pattern or a list of them, not {value!r}")
+    return list(items)
+
+
+def _listing(names: Sequence[str], limit: int = 20) -> str:
+    if not names:
+        return "(none)"
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        try:
+            json.dumps(value)
+            out[key] = value
+        except (TypeError, ValueError):
+            out[key] = f"<{type(value).__name__}>"
+    return out
+
+
+def is_pruned(model: nn.Module) -> bool:
+    """Whether any parameter of ``model`` carries a prunus mask."""
+    return next(masking.masked_parameters(model), None) is not None
+
+
+def masks(model: nn.Module) -> dict[str, Tensor]:
+    """The keep-mask of every pruned parameter, by qualified name (the tensors themselves: do not modify)."""
+    out = {}
+    for name, module, pname in masking.masked_parameters(model):
+        mask = masking.get_mask(module, pname)
+        assert mask is not None
+        out[name] = mask
+    return out
+
+
+def remove(model: nn.Module) -> list[str]:
+    """Make the pruning permanent: plain parameters with their zeros, no masks or saved values left.
+
+    Returns the names of the parameters it made permanent.
+
+    Raises:
+        NotPrunedError: nothing in ``model`` is pruned.
+    """
+    pruned = _pruned_or_raise(model, "remove")
+    for _, module, pname in pruned:
+        masking.remove_parameter(module, pname)
+    return [name for name, _, _ in pruned]
+
+
+def restore(model: nn.Module) -> list[str]:
+    """Put the original value of every pruned entry back, bit for bit, and drop the masks.
+
+    Entries that were kept keep their current values (the originals, unless they were trained since).
+    Returns the names of the restored parameters.
+
+    Raises:
+        NotPrunedError: nothing in ``model`` is pruned, or it was pruned with ``restorable=False``
+            (then nothing is changed).
+    """
+    pruned = _pruned_or_raise(model, "restore")
+    for name, module, pname in pruned:
+        if not masking.is_restorable(module, pname):
+            raise NotPrunedError(
+                f"{name!r} was pruned with restorable=False, so its original values were not kept; "
+                "nothing was restored. Use prunus.remove() to make the pruning permanent"
+            )
+    for _, module, pname in pruned:
+        masking.restore_parameter(module, pname)
+    return [name for name, _, _ in pruned]
+
+
+def _pruned_or_raise(model: nn.Module, verb: str) -> list[tuple[str, nn.Module, str]]:
+    if not isinstance(model, nn.Module):
+        raise TargetError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    pruned = list(masking.masked_parameters(model))
+    if not pruned:
+        raise NotPrunedError(
+            f"{verb}: {type(model).__name__} has no pruned parameters (prune it with prunus.prune first)"
+        )
+    return pruned

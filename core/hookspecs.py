@@ -1,0 +1,126 @@
+"""The hooks a prunus plugin can implement.
+
+A plugin is a module (or any object) with functions named after these specs and decorated with
+:data:`prunus.hookimpl`. prunus finds installed plugins through the ``prunus`` entry-point group; its own
+built-in strategies are plugins too and use exactly these hooks.
+
+As in pluggy generally, an implementation may accept fewer arguments than the spec names (so specs can grow
+without breaking plugins), and plugins registered later are called first, so a third-party implementation of a
+``firstresult`` hook runs before the built-in one (which is marked ``trylast``) and wins by returning a value
+other than ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from .registry import Registrar
+    from .selection import Selection
+    from .strategy import Criterion, PruneContext, Target
+
+__all__ = ["hookimpl", "hookspec"]
+
+PROJECT = "prunus"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# -- registration ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def prunus_register_criteria(register: Registrar) -> None:
+    """Register importance criteria.
+
+    Called once, when the registry is first used. Call ``register(CriterionClass)`` for each
+    :class:`~prunus.Criterion` subclass the plugin provides; pass ``replace=True`` to take over a name another
+    plugin registered. Every criterion is composed with every granularity into strategies named
+    ``<criterion>_<granularity>`` (``taylor_unstructured``, ``taylor_structured``, ``taylor_global``, ...).
+
+    :param register: the registrar; records this plugin and its distribution as the provider.
+    """
+
+
+@hookspec
+def prunus_register_granularities(register: Registrar) -> None:
+    """Register granularities: the rules that turn scores into masks.
+
+    Call ``register(GranularityClass)`` for each :class:`~prunus.Granularity` subclass. Each is composed with
+    every criterion, built-in and third-party.
+
+    :param register: the registrar; records this plugin and its distribution as the provider.
+    """
+
+
+@hookspec
+def prunus_register_strategies(register: Registrar) -> None:
+    """Register whole strategies that are not a criterion at a granularity.
+
+    Call ``register(StrategyClass)`` for each :class:`~prunus.Strategy` subclass (e.g. a user-given mask).
+    Called after every plugin has registered its criteria and granularities.
+
+    :param register: the registrar; records this plugin and its distribution as the provider.
+    """
+
+
+# -- pruning --------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def prunus_score(criterion: Criterion, target: Target, context: PruneContext) -> Tensor | None:
+    """Compute the importance scores of ``target`` under ``criterion``.
+
+    The built-in implementation (``trylast``) returns ``criterion.score(target, context)``. Implement this hook
+    to score differently for some criteria or module types (e.g. cache scores, or score attention heads as
+    wholes) and return ``None`` to leave the rest to others.
+
+    :param criterion: the configured criterion being ranked.
+    :param target: the parameter being scored.
+    :param context: the ``prune`` call being served.
+    :return: a floating tensor of the target's shape (higher: keep), or ``None``. Scores are checked: a wrong
+        shape or a NaN is reported as a :class:`~prunus.errors.PluginError` and the model is not changed.
+    """
+
+
+@hookspec(firstresult=True)
+def prunus_apply_mask(
+    target: Target, mask: Tensor, restorable: bool, context: PruneContext
+) -> Callable[[], None] | None:
+    """Put a validated keep-mask on the model.
+
+    The built-in implementation (``trylast``) zeroes the pruned entries in place and keeps a bool mask and the
+    pruned values beside the parameter (see :mod:`prunus.masking`). Implement this hook to apply masks another
+    way (a sparse format, a physical removal) for the targets you handle, and return ``None`` for the others.
+
+    :param target: the parameter to mask.
+    :param mask: the full bool keep-mask, already combined with any earlier mask.
+    :param restorable: whether the caller wants ``prunus.restore`` to be possible.
+    :param context: the ``prune`` call being served.
+    :return: a function that undoes the application exactly (called if a later target fails, so the model is
+        left as it was), or ``None`` if this implementation does not handle the target.
+    """
+
+
+# -- hardware -------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def prunus_select_strategy(
+    model: nn.Module, hardware: Any, objective: str, sparsity: float
+) -> Selection | None:
+    """Choose a strategy for ``model`` on a hardware target.
+
+    :param model: the model to prune.
+    :param hardware: the hardware target: a name such as ``"gpu"``, ``"cpu"`` or ``"sparse_accelerator"``, or a
+        profile describing the machine.
+    :param objective: what to optimise: ``"latency"``, ``"memory"`` or ``"accuracy"``.
+    :param sparsity: the fraction of weights the user wants removed.
+    :return: a :class:`~prunus.selection.Selection` naming a registered strategy, its options and the reason,
+        or ``None`` to let another plugin decide.
+    """

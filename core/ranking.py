@@ -1,0 +1,65 @@
+"""Exact, deterministic ranking: which ``k`` entries of a score vector to prune.
+
+Granularities call :func:`keep_mask` rather than ``topk``: it prunes exactly ``k`` eligible entries, the ones
+with the lowest scores, and breaks ties by position (the lower flat index is pruned first), so the same scores
+always give the same mask on every machine. On tie-free scores its choice equals ``torch.topk``'s.
+
+It selects through one ``kthvalue`` (linear time) instead of a full sort, and touches the entries tied with the
+threshold only, so ranking 50 M scores costs a few passes over them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["keep_mask", "rankable"]
+
+
+def rankable(scores: Tensor) -> Tensor:
+    """Scores in a dtype ``kthvalue`` handles on every device: half precision is widened (exactly)."""
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        return scores.float()
+    return scores
+
+
+def keep_mask(scores: Tensor, k: int, eligible: Tensor | None = None) -> Tensor:
+    """A bool keep-mask of ``scores``'s shape that prunes the ``k`` lowest-scored eligible entries.
+
+    Args:
+        scores: floating scores, any shape, no NaN.
+        k: how many eligible entries to prune, ``0 <= k <= number eligible``.
+        eligible: bool mask of the entries that may be pruned (others are kept as they are); ``None`` for all.
+
+    Returns:
+        ``True`` where an entry is kept. Entries outside ``eligible`` are returned as ``False`` (they were
+        pruned before), so the result is a full mask that never revives anything.
+    """
+    flat = rankable(scores).reshape(-1)
+    if eligible is None:
+        return _keep_lowest_pruned(flat, k).reshape(scores.shape)
+    flat_eligible = eligible.reshape(-1)
+    if bool(flat_eligible.all()):
+        return _keep_lowest_pruned(flat, k).reshape(scores.shape)
+    index = flat_eligible.nonzero().squeeze(1)
+    keep = torch.zeros_like(flat_eligible)
+    keep[index] = _keep_lowest_pruned(flat[index], k)
+    return keep.reshape(scores.shape)
+
+
+def _keep_lowest_pruned(flat: Tensor, k: int) -> Tensor:
+    size = flat.numel()
+    if not 0 <= k <= size:
+        raise ValueError(f"cannot prune k={k} of {size} entries")
+    if k == 0:
+        return torch.ones(size, dtype=torch.bool, device=flat.device)
+    if k == size:
+        return torch.zeros(size, dtype=torch.bool, device=flat.device)
+    threshold = flat.kthvalue(k).values
+    keep = flat > threshold
+    # Entries below the threshold are all pruned; among those equal to it, prune the first ones by position
+    # until exactly k are pruned. Without ties this is a single entry.
+    below = int((flat < threshold).sum())
+    tied = (flat == threshold).nonzero().squeeze(1)
+    keep[tied[k - below :]] = True
+    return keep

@@ -1,0 +1,575 @@
+"""The strategy registry: names to configured strategies, filled by plugins on first use.
+
+``prunus.registry`` is the process-wide instance. It loads plugins lazily (``import prunus`` loads none): the
+built-ins from :mod:`prunus.plugins`, then every installed distribution's entry point in the ``prunus`` group.
+A plugin that fails to load is reported by name and skipped; the others keep working.
+
+Environment switches:
+
+* ``PRUNUS_DISABLE_PLUGIN_AUTOLOAD=1``: load no installed (entry-point) plugins, only the built-ins.
+* ``PRUNUS_DISABLED_PLUGINS=a,b``: skip these plugins, by entry-point name, distribution name or built-in
+  plugin name (e.g. ``prunus.criteria``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Literal
+
+import pluggy
+from pydantic import create_model
+from torch import Tensor
+
+from . import hookspecs
+from .config import StrategyConfig, validate_config
+from .errors import (
+    PluginError,
+    PluginLoadWarning,
+    RegistrationError,
+    UnknownCriterionError,
+    UnknownStrategyError,
+)
+from .selection import Selection
+from .strategy import ComposedStrategy, Criterion, Granularity, PruneContext, Strategy, Target
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Hooks",
+    "PluginFailure",
+    "Provider",
+    "Registrar",
+    "Registry",
+    "StrategyInfo",
+]
+
+ENTRY_POINT_GROUP = "prunus"
+USER = "<user>"
+
+Kind = Literal["criterion", "granularity", "strategy"]
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Who provided a registry entry: the plugin's name and the distribution that installed it."""
+
+    plugin: str
+    distribution: str | None = None
+    version: str | None = None
+
+    def __str__(self) -> str:
+        if self.distribution is None:
+            return self.plugin
+        version = f" {self.version}" if self.version else ""
+        return f"{self.plugin} ({self.distribution}{version})"
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be loaded or registered, and why."""
+
+    plugin: str
+    distribution: str | None
+    error: str
+
+
+@dataclass(frozen=True)
+class _Component:
+    """A registered criterion or granularity class and its provider."""
+
+    cls: type[Criterion] | type[Granularity]
+    provider: Provider
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    """What the registry knows of a strategy, without building it.
+
+    Attributes:
+        name: the registry name.
+        summary: one line for ``prunus list``.
+        granularity: what one pruned unit is (``unstructured``, ``structured``, ``global``, ...).
+        config: the pydantic model of its options.
+        provider: the plugin and distribution that registered it.
+        criterion: for a composed strategy, the criterion's name.
+        deterministic: ``False`` when masks depend on a random seed.
+    """
+
+    name: str
+    summary: str
+    granularity: str
+    config: type[StrategyConfig]
+    provider: Provider
+    build: Callable[[StrategyConfig], Strategy] = field(repr=False)
+    criterion: str | None = None
+    deterministic: bool = True
+
+    def options(self) -> dict[str, str]:
+        """Option names with their type and default, for help texts."""
+        out = {}
+        for name, info in self.config.model_fields.items():
+            kind = getattr(info.annotation, "__name__", None) or str(info.annotation)
+            default = "required" if info.is_required() else f"default {info.default!r}"
+            out[name] = f"{kind}, {default}"
+        return out
+
+
+class Hooks:
+    """The typed face of the plugin hooks: core calls these methods, never ``pm.hook`` directly."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self._pm = pm
+
+    def score(self, criterion: Criterion, target: Target, context: PruneContext) -> Tensor:
+        """Scores of ``target`` under ``criterion`` from the first plugin that gives them."""
+        result = self._pm.hook.prunus_score(criterion=criterion, target=target, context=context)
+        if result is None:
+            raise PluginError(
+                f"no plugin scored {target.name!r} with criterion {criterion.name!r}; "
+                "is the built-in plugin 'prunus.defaults' disabled?"
+            )
+        return result  # type: ignore[no-any-return]
+
+    def apply_mask(
+        self, target: Target, mask: Tensor, restorable: bool, context: PruneContext
+    ) -> Callable[[], None]:
+        """Put ``mask`` on the model; returns the function that undoes it."""
+        undo = self._pm.hook.prunus_apply_mask(
+            target=target, mask=mask, restorable=restorable, context=context
+        )
+        if undo is None:
+            raise PluginError(
+                f"no plugin applied the mask of {target.name!r}; "
+                "is the built-in plugin 'prunus.defaults' disabled?"
+            )
+        return undo  # type: ignore[no-any-return]
+
+    def select(self, model: Any, hardware: Any, objective: str, sparsity: float) -> Selection | None:
+        """The first plugin's strategy selection for a hardware target, or ``None``."""
+        impls = self._pm.hook.prunus_select_strategy.get_hookimpls()
+        for impl in reversed(impls):  # the order pluggy calls them in
+            caller = self._pm.subset_hook_caller(
+                "prunus_select_strategy",
+                remove_plugins=[i.plugin for i in impls if i is not impl],
+            )
+            result = caller(model=model, hardware=hardware, objective=objective, sparsity=sparsity)
+            if result is not None:
+                assert isinstance(result, Selection)
+                return result.model_copy(update={"decided_by": impl.plugin_name})
+        return None
+
+
+class Registrar:
+    """The ``register`` argument of the registration hooks: ``register(cls, replace=False)``.
+
+    It records the calling plugin and its distribution as the provider of what it registers.
+    """
+
+    def __init__(self, registry: Registry, kind: Kind, provider: Provider) -> None:
+        self._registry = registry
+        self._kind = kind
+        self.provider = provider
+
+    def __call__(self, cls: Any, *, replace: bool = False) -> Any:
+        """Register ``cls`` (a Criterion, Granularity or Strategy subclass, per the hook) and return it."""
+        self._registry._register(self._kind, cls, provider=self.provider, replace=replace)
+        return cls
+
+
+class Registry:
+    """Strategies by name: ``get``, ``names``, ``info``, ``in``, ``len`` and iteration.
+
+    Args:
+        autoload: load plugins on first use (built-ins always; installed ones unless disabled).
+    """
+
+    def __init__(self, *, autoload: bool = True) -> None:
+        self._autoload = autoload
+        self._criteria: dict[str, _Component] = {}
+        self._granularities: dict[str, _Component] = {}
+        self._strategies: dict[str, StrategyInfo] = {}
+        self._pm: pluggy.PluginManager | None = None
+        self._hooks: Hooks | None = None
+        self._lock = threading.RLock()
+        self.plugin_failures: list[PluginFailure] = []
+        """Plugins that failed to load or register, with the error."""
+
+    # -- user verbs ---------------------------------------------------------------------------------------
+
+    def get(self, name: str, /, **options: Any) -> Strategy:
+        """A strategy configured with ``options``, validated by its config model.
+
+        Raises:
+            UnknownStrategyError: no strategy has that name (the message lists the closest ones).
+            ConfigError: an option is unknown, missing, of the wrong type or out of range.
+        """
+        info = self.info(name)
+        config = validate_config(info.config, name, options)
+        return info.build(config)
+
+    def info(self, name: str) -> StrategyInfo:
+        """What is known of strategy ``name`` (summary, granularity, options, provider)."""
+        self._ensure_loaded()
+        if not isinstance(name, str):
+            raise UnknownStrategyError(
+                f"a strategy name must be a str, not {type(name).__name__} ({name!r}); "
+                f"available: {', '.join(self.names())}"
+            )
+        try:
+            return self._strategies[name]
+        except KeyError:
+            raise UnknownStrategyError(self._unknown("strategy", name, self.names())) from None
+
+    def names(self, pattern: str | None = None) -> list[str]:
+        """Sorted strategy names, optionally filtered by a glob ``pattern`` such as ``"*_structured"``."""
+        self._ensure_loaded()
+        names = sorted(self._strategies)
+        return names if pattern is None else fnmatch.filter(names, pattern)
+
+    def criteria(self, pattern: str | None = None) -> list[str]:
+        """Sorted criterion names, optionally filtered by a glob ``pattern``."""
+        self._ensure_loaded()
+        names = sorted(self._criteria)
+        return names if pattern is None else fnmatch.filter(names, pattern)
+
+    def granularities(self) -> list[str]:
+        """Sorted granularity names."""
+        self._ensure_loaded()
+        return sorted(self._granularities)
+
+    def criterion(self, name: str, /, **options: Any) -> Criterion:
+        """A criterion configured with ``options`` (for plugins that combine criteria)."""
+        self._ensure_loaded()
+        component = self._criteria.get(name)
+        if component is None:
+            raise UnknownCriterionError(self._unknown("criterion", name, self.criteria()))
+        config = validate_config(component.cls.Config, f"criterion {name}", options)
+        criterion = component.cls(config)
+        assert isinstance(criterion, Criterion)
+        return criterion
+
+    def provider(self, kind: Kind, name: str) -> Provider:
+        """Who registered the criterion, granularity or strategy ``name``."""
+        self._ensure_loaded()
+        if kind == "strategy":
+            return self.info(name).provider
+        table = self._criteria if kind == "criterion" else self._granularities
+        return table[name].provider
+
+    @property
+    def hooks(self) -> Hooks:
+        """The typed hook caller (loads plugins if needed)."""
+        self._ensure_loaded()
+        assert self._hooks is not None
+        return self._hooks
+
+    def __contains__(self, name: object) -> bool:
+        self._ensure_loaded()
+        return name in self._strategies
+
+    def __len__(self) -> int:
+        self._ensure_loaded()
+        return len(self._strategies)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __repr__(self) -> str:
+        if self._pm is None:
+            return "<prunus.Registry (plugins not loaded yet)>"
+        rows = [f"  {i.name:<28} {i.granularity:<13} {i.provider}" for i in self._strategies.values()]
+        return f"<prunus.Registry with {len(rows)} strategies>\n" + "\n".join(sorted(rows))
+
+    # -- registration -------------------------------------------------------------------------------------
+
+    def register_plugin(self, plugin: object, name: str | None = None) -> str:
+        """Register an in-process plugin (a module or object with hook implementations) and run its hooks.
+
+        Useful in tests and notebooks; installed plugins are found through entry points instead.
+        Returns the plugin's name. If the plugin's registration fails, nothing of it stays registered.
+        """
+        self._ensure_loaded()
+        assert self._pm is not None
+        registered = self._pm.register(plugin, name=name)
+        if registered is None:
+            raise RegistrationError(f"plugin {name or plugin!r} is blocked or already registered")
+        try:
+            self._pm.check_pending()
+            self._run_registration(registered, Provider(registered))
+        except Exception:
+            self._forget(registered)
+            raise
+        return registered
+
+    def unregister_plugin(self, name: str) -> None:
+        """Remove an in-process plugin and everything it registered."""
+        self._ensure_loaded()
+        with self._lock:
+            self._forget(name)
+
+    def _register(self, kind: Kind, cls: Any, *, provider: Provider, replace: bool) -> None:
+        expected: type = {"criterion": Criterion, "granularity": Granularity, "strategy": Strategy}[kind]
+        if not (isinstance(cls, type) and issubclass(cls, expected)):
+            raise RegistrationError(
+                f"{provider} registered {cls!r} as a {kind}; it must be a subclass of "
+                f"prunus.{expected.__name__}"
+            )
+        name = getattr(cls, "name", "")
+        if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
+            raise RegistrationError(
+                f"{provider} registered {cls.__name__} with name {name!r}; "
+                "a name must be a snake_case identifier"
+            )
+        if not (isinstance(cls.Config, type) and issubclass(cls.Config, StrategyConfig)):
+            raise RegistrationError(
+                f"{cls.__name__}.Config must subclass prunus.StrategyConfig, not {cls.Config!r}"
+            )
+        with self._lock:
+            if kind == "strategy":
+                self._add_strategy(self._explicit_info(cls, provider), replace=replace)
+                return
+            table = self._criteria if kind == "criterion" else self._granularities
+            if name in table and not replace:
+                raise RegistrationError(
+                    f"{kind} {name!r} is already registered by {table[name].provider}; "
+                    f"{provider} cannot register it too (pass replace=True to take it over)"
+                )
+            table[name] = _Component(cls, provider)
+            self._recompose()
+
+    def _explicit_info(self, cls: type[Strategy], provider: Provider) -> StrategyInfo:
+        def build(config: StrategyConfig) -> Strategy:
+            return cls.create(config, self)
+
+        return StrategyInfo(
+            name=cls.name,
+            summary=cls.summary,
+            granularity=cls.granularity,
+            config=cls.Config,
+            provider=provider,
+            build=build,
+            deterministic=cls.deterministic,
+        )
+
+    def _add_strategy(self, info: StrategyInfo, *, replace: bool) -> None:
+        held = self._strategies.get(info.name)
+        if held is not None and not replace:
+            raise RegistrationError(
+                f"strategy {info.name!r} is already registered by {held.provider}; "
+                f"{info.provider} cannot register it too (pass replace=True to take it over)"
+            )
+        self._strategies[info.name] = info
+
+    def _recompose(self) -> None:
+        """Rebuild the ``<criterion>_<granularity>`` strategies after a criterion or granularity changed."""
+        self._strategies = {k: v for k, v in self._strategies.items() if v.criterion is None}
+        for cname, crit in self._criteria.items():
+            for gname, gran in self._granularities.items():
+                info = self._composed_info(cname, crit, gname, gran)
+                held = self._strategies.get(info.name)
+                if held is not None:
+                    raise RegistrationError(
+                        f"strategy {info.name!r} (criterion {cname!r} from {crit.provider} at granularity "
+                        f"{gname!r} from {gran.provider}) clashes with the strategy registered by "
+                        f"{held.provider}; rename one of them"
+                    )
+                self._strategies[info.name] = info
+
+    def _composed_info(
+        self, cname: str, crit: _Component, gname: str, gran: _Component
+    ) -> StrategyInfo:
+        ccls, gcls = crit.cls, gran.cls
+        assert issubclass(ccls, Criterion) and issubclass(gcls, Granularity)
+        name = f"{cname}_{gname}"
+        clash = set(ccls.Config.model_fields) & set(gcls.Config.model_fields)
+        if clash:
+            raise RegistrationError(
+                f"criterion {cname!r} ({crit.provider}) and granularity {gname!r} ({gran.provider}) "
+                f"both define the options {sorted(clash)}; option names must differ"
+            )
+        fields: dict[str, Any] = {}
+        for model in (gcls.Config, ccls.Config):
+            for fname, finfo in model.model_fields.items():
+                fields[fname] = (finfo.annotation, finfo)
+        config = create_model(  # type: ignore[call-overload]
+            f"{name}_config", __base__=StrategyConfig, __module__=__name__, **fields
+        )
+
+        def build(cfg: StrategyConfig) -> Strategy:
+            values = dict(cfg)
+            criterion = ccls(ccls.Config.model_validate({k: values[k] for k in ccls.Config.model_fields}))
+            granularity = gcls(gcls.Config.model_validate({k: values[k] for k in gcls.Config.model_fields}))
+            return ComposedStrategy(cfg, criterion, granularity, self.hooks.score, name)
+
+        return StrategyInfo(
+            name=name,
+            summary=f"{ccls.summary}; {gcls.summary}",
+            granularity=gname,
+            config=config,
+            provider=crit.provider if crit.provider.plugin != USER else gran.provider,
+            build=build,
+            criterion=cname,
+            deterministic=ccls.deterministic,
+        )
+
+    def register(
+        self, cls: type[Criterion] | type[Granularity] | type[Strategy], *, replace: bool = False
+    ) -> None:
+        """Register a criterion, granularity or strategy class in-process (provider ``<user>``)."""
+        self._ensure_loaded()
+        kind: Kind = (
+            "criterion"
+            if isinstance(cls, type) and issubclass(cls, Criterion)
+            else "granularity"
+            if isinstance(cls, type) and issubclass(cls, Granularity)
+            else "strategy"
+        )
+        self._register(kind, cls, provider=Provider(USER), replace=replace)
+
+    def unregister(self, name: str) -> None:
+        """Remove strategy, criterion or granularity ``name`` (and the strategies composed from it)."""
+        self._ensure_loaded()
+        with self._lock:
+            found = False
+            for table in (self._criteria, self._granularities):
+                if name in table:
+                    del table[name]
+                    found = True
+            if name in self._strategies and self._strategies[name].criterion is None:
+                del self._strategies[name]
+                found = True
+            if not found:
+                raise UnknownStrategyError(self._unknown("entry", name, self.names()))
+            self._recompose()
+
+    # -- loading ------------------------------------------------------------------------------------------
+
+    def _ensure_loaded(self) -> None:
+        if self._pm is not None:
+            return
+        with self._lock:
+            if self._pm is None:
+                self._load()
+
+    def _load(self) -> None:
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        disabled = {
+            name.strip()
+            for name in os.environ.get("PRUNUS_DISABLED_PLUGINS", "").split(",")
+            if name.strip()
+        }
+        for name in disabled:
+            pm.set_blocked(name)
+        loaded: list[tuple[str, Provider]] = []
+
+        if self._autoload:
+            # The built-in plugins are a sibling package; core never names them one by one.
+            builtin = importlib.import_module(f"{__package__}.plugins")
+            version = _version("prunus")
+            for module_name in builtin.BUILTIN_PLUGINS:
+                plugin_name = f"prunus.{module_name}"
+                if plugin_name in disabled:
+                    continue
+                module = importlib.import_module(f"{builtin.__name__}.{module_name}")
+                pm.register(module, name=plugin_name)
+                loaded.append((plugin_name, Provider(plugin_name, "prunus", version)))
+
+        if self._autoload and not _truthy(os.environ.get("PRUNUS_DISABLE_PLUGIN_AUTOLOAD")):
+            for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+                dist = ep.dist.name if ep.dist is not None else None
+                if ep.name in disabled or (dist is not None and dist in disabled):
+                    continue
+                if pm.has_plugin(ep.name):
+                    continue  # the same distribution seen twice on sys.path
+                provider = Provider(ep.name, dist, ep.dist.version if ep.dist else None)
+                try:
+                    plugin = ep.load()
+                    pm.register(plugin, name=ep.name)
+                    pm.check_pending()
+                except Exception as error:
+                    if pm.has_plugin(ep.name):
+                        pm.unregister(name=ep.name)
+                    self._fail(provider, f"failed to load: {type(error).__name__}: {error}")
+                    continue
+                loaded.append((ep.name, provider))
+
+        self._pm = pm
+        self._hooks = Hooks(pm)
+        for plugin_name, provider in loaded:
+            try:
+                self._run_registration(plugin_name, provider)
+            except Exception as error:
+                if provider.distribution == "prunus" and provider.plugin.startswith("prunus."):
+                    raise  # a broken built-in is a bug in prunus itself, not something to skip
+                self._forget(plugin_name)
+                self._fail(provider, f"failed to register: {type(error).__name__}: {error}")
+
+    _REGISTRATION_HOOKS: tuple[tuple[str, Kind], ...] = (
+        ("prunus_register_criteria", "criterion"),
+        ("prunus_register_granularities", "granularity"),
+        ("prunus_register_strategies", "strategy"),
+    )
+
+    def _run_registration(self, plugin_name: str, provider: Provider) -> None:
+        """Call one plugin's registration hooks with a registrar that records it as the provider."""
+        assert self._pm is not None
+        plugin = self._pm.get_plugin(plugin_name)
+        others = [p for p in self._pm.get_plugins() if p is not plugin]
+        for hook, kind in self._REGISTRATION_HOOKS:
+            caller = self._pm.subset_hook_caller(hook, remove_plugins=others)
+            caller(register=Registrar(self, kind, provider))
+
+    def _forget(self, plugin_name: str) -> None:
+        """Drop everything ``plugin_name`` registered, and the plugin itself."""
+        assert self._pm is not None
+        if self._pm.has_plugin(plugin_name):
+            self._pm.unregister(name=plugin_name)
+        for table in (self._criteria, self._granularities):
+            for key in [k for k, v in table.items() if v.provider.plugin == plugin_name]:
+                del table[key]
+        self._strategies = {
+            k: v for k, v in self._strategies.items() if v.provider.plugin != plugin_name
+        }
+        self._recompose()
+
+    def _fail(self, provider: Provider, message: str) -> None:
+        self.plugin_failures.append(PluginFailure(provider.plugin, provider.distribution, message))
+        warnings.warn(
+            f"prunus plugin {provider} {message}. The other plugins keep working; to skip this one, "
+            f"set PRUNUS_DISABLED_PLUGINS={provider.plugin}",
+            PluginLoadWarning,
+            stacklevel=4,
+        )
+
+    @staticmethod
+    def _unknown(kind: str, name: str, available: list[str]) -> str:
+        close = difflib.get_close_matches(str(name), available, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        return (
+            f"no {kind} named {name!r}.{hint} Available: {', '.join(available) or '(none)'}. "
+            f"Strategies come from prunus's built-in plugins and from installed distributions that "
+            f"declare an entry point in the {ENTRY_POINT_GROUP!r} group (see `prunus list`)."
+        )
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+registry = Registry()
+"""The process-wide registry: ``prunus.registry.get("l1_structured", amount=0.3, dim=0)``."""

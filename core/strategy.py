@@ -1,0 +1,267 @@
+"""The contracts a plugin implements: criteria, granularities and strategies.
+
+Scoring and masking are separate concerns:
+
+* a :class:`Criterion` scores every entry of a parameter (higher means more important, keep it);
+* a :class:`Granularity` turns those scores into a bool keep-mask (per entry, per slice along a dim, across
+  every parameter at once, ...);
+* the engine puts the mask on the model through the ``prunus_apply_mask`` hook.
+
+The registry composes every criterion with every granularity into a strategy named
+``<criterion>_<granularity>``, so a criterion registered once works at every granularity with no more code.
+A :class:`Strategy` that does not fit that split (a user-given mask, say) subclasses :class:`Strategy` directly.
+
+Masks are bool tensors with the parameter's shape: ``True`` keeps an entry, ``False`` prunes it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .config import StrategyConfig
+from .errors import PluginError
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+__all__ = [
+    "ComposedStrategy",
+    "Criterion",
+    "Granularity",
+    "NoOptions",
+    "PruneContext",
+    "Strategy",
+    "Target",
+]
+
+
+class NoOptions(StrategyConfig):
+    """The config of a criterion or granularity that takes no options."""
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """One parameter chosen for pruning.
+
+    Attributes:
+        name: the parameter's fully qualified name in the model, e.g. ``"features.0.weight"``.
+        module: the module that owns the parameter.
+        param_name: the parameter's name in ``module``, e.g. ``"weight"``.
+        prior: the keep-mask from earlier ``prune`` calls, or ``None`` if the parameter was never pruned.
+            A strategy prunes among the entries it keeps and never revives one it prunes.
+    """
+
+    name: str
+    module: nn.Module
+    param_name: str
+    prior: Tensor | None = None
+
+    @property
+    def tensor(self) -> Tensor:
+        """The parameter's current values (detached; pruned entries read zero)."""
+        value = getattr(self.module, self.param_name)
+        assert isinstance(value, Tensor)  # guaranteed by target selection
+        return value.detach()
+
+    @property
+    def parameter(self) -> Tensor:
+        """The parameter itself, e.g. to read its ``.grad`` in a data-aware criterion."""
+        value = getattr(self.module, self.param_name)
+        assert isinstance(value, Tensor)
+        return value
+
+    def generator(self, seed: int) -> torch.Generator:
+        """A local random generator for this target, seeded from ``seed`` and the target's name.
+
+        Different parameters get different streams, the same seed gives the same stream in every process,
+        and the global RNG is never touched.
+        """
+        generator = torch.Generator(device=self.tensor.device)
+        generator.manual_seed((seed * 1_000_003 + zlib.crc32(self.name.encode())) % (2**63))
+        return generator
+
+
+@dataclass(eq=False)
+class PruneContext:
+    """What a strategy sees of one ``prune`` call.
+
+    Attributes:
+        model: the model being pruned (read it, do not change it: the engine applies the masks).
+        targets: the parameters to prune, in model order.
+        data: whatever the caller passed as ``prune(..., data=...)``: a batch, a data loader, a loss function,
+            gradients... Data-aware criteria document what they expect here.
+        extras: free-form room for plugins to share information within one call.
+    """
+
+    model: nn.Module
+    targets: Sequence[Target]
+    data: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class _Described(ABC):
+    """Shared shape of criteria, granularities and strategies: a name, a summary and a config model."""
+
+    name: ClassVar[str]
+    """The registry name, ``snake_case``."""
+    summary: ClassVar[str] = ""
+    """One line for ``prunus list``."""
+    Config: ClassVar[type[StrategyConfig]] = NoOptions
+    """The pydantic model of the options (``extra="forbid"``)."""
+
+    def __init__(self, config: StrategyConfig) -> None:
+        self.config = config
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.config)
+        return f"{type(self).__name__}({options})"
+
+
+class Criterion(_Described):
+    """Scores the entries of a parameter: higher means more important.
+
+    Subclasses set ``name``, ``summary`` and, if they take options, ``Config``, and implement :meth:`score`.
+    Set ``deterministic = False`` for a criterion whose scores depend on a random seed.
+    """
+
+    deterministic: ClassVar[bool] = True
+
+    @abstractmethod
+    def score(self, target: Target, context: PruneContext) -> Tensor:
+        """Return a floating tensor of ``target.tensor``'s shape, higher for entries worth keeping.
+
+        Scores must not be NaN; ``+inf`` means "never prune", ``-inf`` "prune first". The input tensor must not be
+        modified.
+        """
+
+    def reduce(self, scores: Tensor, dims: tuple[int, ...]) -> Tensor:
+        """Combine entry scores into one score per group (e.g. per channel) by summing over ``dims``.
+
+        For a magnitude criterion the sum of ``|w|`` is the group's L1 norm; override for another norm.
+        """
+        return scores.sum(dim=dims) if dims else scores
+
+
+class Granularity(_Described):
+    """Turns scores into keep-masks: per entry, per slice, across parameters...
+
+    Subclasses implement :meth:`masks`. The options of the granularity (``amount``, ``dim``, ...) and of the
+    criterion are merged into the options of each composed strategy, so their field names must not clash.
+    """
+
+    @abstractmethod
+    def masks(
+        self,
+        criterion: Criterion,
+        score: Callable[[Target], Tensor],
+        context: PruneContext,
+    ) -> dict[str, Tensor]:
+        """Return a bool keep-mask for each target in ``context.targets``, keyed by target name.
+
+        Args:
+            criterion: the criterion whose scores are ranked (its :meth:`Criterion.reduce` combines groups).
+            score: returns the validated scores of a target (through the ``prunus_score`` hook).
+            context: the call being served.
+        """
+
+
+class Strategy(ABC):
+    """A configured pruning method: given a :class:`PruneContext`, the keep-mask of each target.
+
+    Strategies are made by :meth:`prunus.registry.get`; a plugin subclasses this class directly only for a
+    method that is not "a criterion at a granularity" (a user-given mask, a threshold, ...).
+    """
+
+    name: str = ""
+    """The registry name (set on the class by a plugin; the registry sets it on composed strategies)."""
+    summary: str = ""
+    granularity: str = "unstructured"
+    """What one pruned unit is, for ``prunus list``: ``unstructured``, ``structured``, ``global``, ..."""
+    Config: ClassVar[type[StrategyConfig]] = NoOptions
+    deterministic: bool = True
+    """False when the masks depend on a random seed (the test kit then skips monotonicity checks)."""
+
+    def __init__(self, config: StrategyConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def create(cls, config: StrategyConfig, registry: Registry) -> Strategy:
+        """Build the strategy from a validated config; override to look things up in the registry."""
+        return cls(config)
+
+    @abstractmethod
+    def compute_masks(self, context: PruneContext) -> dict[str, Tensor]:
+        """Return the full keep-mask (bool, the parameter's shape) of each target it prunes.
+
+        A target left out is not changed. A mask must keep nothing that ``target.prior`` pruned.
+        """
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options this strategy was configured with."""
+        return dict(self.config)
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.config)
+        return f"<strategy {self.name}({options})>"
+
+
+class ComposedStrategy(Strategy):
+    """A criterion at a granularity: the strategy the registry builds for ``<criterion>_<granularity>``."""
+
+    def __init__(
+        self,
+        config: StrategyConfig,
+        criterion: Criterion,
+        granularity: Granularity,
+        scorer: Callable[[Criterion, Target, PruneContext], Tensor],
+        name: str,
+    ) -> None:
+        super().__init__(config)
+        self.criterion = criterion
+        self.rule = granularity
+        self._scorer = scorer
+        self.name = name
+        self.summary = f"{criterion.summary}; {granularity.summary}"
+        self.granularity = granularity.name
+        self.deterministic = criterion.deterministic
+
+    def compute_masks(self, context: PruneContext) -> dict[str, Tensor]:
+        def score(target: Target) -> Tensor:
+            return checked_scores(self._scorer(self.criterion, target, context), target, self.name)
+
+        return self.rule.masks(self.criterion, score, context)
+
+
+def checked_scores(scores: object, target: Target, owner: str) -> Tensor:
+    """Validate what a criterion returned: a floating tensor of the target's shape, with no NaN."""
+    if not isinstance(scores, Tensor):
+        raise PluginError(
+            f"{owner}: the criterion returned {type(scores).__name__} for {target.name!r}; "
+            "it must return a floating torch.Tensor of the parameter's shape"
+        )
+    shape = tuple(target.tensor.shape)
+    if tuple(scores.shape) != shape:
+        raise PluginError(
+            f"{owner}: scores for {target.name!r} have shape {tuple(scores.shape)}, "
+            f"but the parameter has shape {shape}; a criterion must score every entry"
+        )
+    if not scores.is_floating_point():
+        raise PluginError(
+            f"{owner}: scores for {target.name!r} have dtype {scores.dtype}; they must be floating point"
+        )
+    if bool(torch.isnan(scores).any()):
+        count = int(torch.isnan(scores).sum())
+        raise PluginError(
+            f"{owner}: {count} scores for {target.name!r} are NaN; a criterion must return numbers "
+            "(use -inf for 'prune first', +inf for 'never prune')"
+        )
+    return scores
+

@@ -1,0 +1,132 @@
+"""Built-in granularities: ``unstructured`` (per entry), ``structured`` (slices along ``dim``) and ``global``.
+
+Each prunes among the entries an earlier ``prune`` kept and counts ``amount`` against them, as
+``torch.nn.utils.prune``'s ``PruningContainer`` does; ties are broken by position (see :mod:`prunus.ranking`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from pydantic import Field, StrictInt
+from torch import Tensor
+
+import prunus
+from prunus import Amount, Criterion, Granularity, PruneContext, Registrar, StrategyConfig, Target
+from prunus.config import count_to_prune
+from prunus.errors import ConfigError
+from prunus.ranking import keep_mask, rankable
+
+
+class AmountConfig(StrategyConfig):
+    """Options of the ``unstructured`` and ``global`` granularities."""
+
+    amount: Amount = Field(description="fraction in [0, 1] of the entries still kept, or an int count")
+
+
+class StructuredConfig(StrategyConfig):
+    """Options of the ``structured`` granularity."""
+
+    amount: Amount = Field(description="fraction in [0, 1] of the slices still kept, or an int count")
+    dim: StrictInt = Field(
+        default=0,
+        description="dim whose slices are pruned: 0 = output neurons / conv filters, 1 = input features / "
+        "conv input channels; negative counts from the end",
+    )
+
+
+class Unstructured(Granularity):
+    """Prune the lowest-scored individual entries of each parameter."""
+
+    name = "unstructured"
+    summary = "per entry, per parameter"
+    Config = AmountConfig
+
+    def masks(
+        self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
+    ) -> dict[str, Tensor]:
+        assert isinstance(self.config, AmountConfig)
+        out = {}
+        for target in context.targets:
+            eligible = target.prior
+            size = target.tensor.numel() if eligible is None else int(eligible.sum())
+            k = count_to_prune(self.config.amount, size, what=f"entries of {target.name!r} still kept")
+            out[target.name] = keep_mask(score(target), k, eligible)
+        return out
+
+
+class Structured(Granularity):
+    """Prune whole slices along ``dim``: each slice's entry scores are combined by the criterion's reduce."""
+
+    name = "structured"
+    summary = "whole slices along dim (neurons, channels)"
+    Config = StructuredConfig
+
+    def masks(
+        self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
+    ) -> dict[str, Tensor]:
+        assert isinstance(self.config, StructuredConfig)
+        out = {}
+        for target in context.targets:
+            shape = target.tensor.shape
+            dim = self.config.dim
+            if not -len(shape) <= dim < len(shape):
+                raise ConfigError(
+                    f"dim={dim} is out of range for {target.name!r} of shape {tuple(shape)}; "
+                    f"valid dims are {-len(shape)} to {len(shape) - 1}"
+                )
+            dim %= len(shape)
+            others = tuple(d for d in range(len(shape)) if d != dim)
+            # A slice can still be pruned if any of its entries is still kept.
+            eligible = None if target.prior is None else target.prior.any(dim=others) if others else target.prior
+            size = shape[dim] if eligible is None else int(eligible.sum())
+            k = count_to_prune(self.config.amount, size, what=f"slices of {target.name!r} along dim {dim}")
+            groups = criterion.reduce(score(target), others)
+            keep = keep_mask(groups, k, eligible)
+            view = [1] * len(shape)
+            view[dim] = shape[dim]
+            mask = keep.reshape(view).expand(shape).clone()
+            out[target.name] = mask if target.prior is None else mask & target.prior
+        return out
+
+
+class Global(Granularity):
+    """One ranking of the entries of every targeted parameter together; ``amount`` is of their total."""
+
+    name = "global"
+    summary = "per entry, one ranking across all parameters"
+    Config = AmountConfig
+
+    def masks(
+        self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
+    ) -> dict[str, Tensor]:
+        assert isinstance(self.config, AmountConfig)
+        targets = list(context.targets)
+        # torch.cat promotes mixed dtypes (half precision to float32, float32 to float64 next to float64).
+        flat = torch.cat([rankable(score(t)).reshape(-1) for t in targets])
+        eligible = None
+        if any(t.prior is not None for t in targets):
+            eligible = torch.cat(
+                [
+                    (t.prior if t.prior is not None else torch.ones_like(t.tensor, dtype=torch.bool)).reshape(-1)
+                    for t in targets
+                ]
+            )
+        size = flat.numel() if eligible is None else int(eligible.sum())
+        k = count_to_prune(self.config.amount, size, what="entries still kept across all targets")
+        keep = keep_mask(flat, k, eligible)
+        out = {}
+        offset = 0
+        for target in targets:
+            numel = target.tensor.numel()
+            out[target.name] = keep[offset : offset + numel].reshape(target.tensor.shape).clone()
+            offset += numel
+        return out
+
+
+@prunus.hookimpl
+def prunus_register_granularities(register: Registrar) -> None:
+    """Register ``unstructured``, ``structured`` and ``global``."""
+    for granularity in (Unstructured, Structured, Global):
+        register(granularity)
