@@ -30,7 +30,15 @@ from .ranking import keep_mask
 from .registry import Registrar, Registry, StrategyInfo, registry
 from .report import ParameterReport, PruneReport
 from .selection import Selection
-from .strategy import ComposedStrategy, Criterion, Granularity, NoOptions, PruneContext, Strategy, Target
+from .strategy import (
+    ComposedStrategy,
+    Criterion,
+    Granularity,
+    NoOptions,
+    PruneContext,
+    Strategy,
+    Target,
+)
 
 __version__ = "0.1.0"
 

@@ -77,7 +77,9 @@ def validate_config(
             f"{name}{'' if field.is_required() else f'={field.default!r}'}"
             for name, field in model.model_fields.items()
         )
-        raise ConfigError(f"{config_error(owner, error)}\nvalid options: {valid or '(none)'}") from None
+        raise ConfigError(
+            f"{config_error(owner, error)}\nvalid options: {valid or '(none)'}"
+        ) from None
 
 
 def count_to_prune(amount: int | float, size: int, *, what: str = "entries") -> int:

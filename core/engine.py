@@ -80,7 +80,9 @@ def prune(
     through ``optimizer.step()``. A second call prunes among the entries still kept.
     """
     if not isinstance(model, nn.Module):
-        raise TargetError(f"model must be a torch.nn.Module, not {type(model).__name__} ({model!r:.80})")
+        raise TargetError(
+            f"model must be a torch.nn.Module, not {type(model).__name__} ({model!r:.80})"
+        )
     if isinstance(strategy, str):
         strategy = registry.get(strategy, **options)
     elif not isinstance(strategy, Strategy):
@@ -96,7 +98,8 @@ def prune(
 
     chosen = select_targets(model, include=include, exclude=exclude, filter_fn=filter_fn)
     targets = [
-        Target(name, module, pname, masking.get_mask(module, pname)) for name, module, pname in chosen
+        Target(name, module, pname, masking.get_mask(module, pname))
+        for name, module, pname in chosen
     ]
     context = PruneContext(model=model, targets=targets, data=data)
 
@@ -147,7 +150,9 @@ def _compute(strategy: Strategy, context: PruneContext, registry: Registry) -> d
     except PrunusError:
         raise
     except Exception as error:
-        where = f" (from {registry.info(strategy.name).provider})" if strategy.name in registry else ""
+        where = (
+            f" (from {registry.info(strategy.name).provider})" if strategy.name in registry else ""
+        )
         raise PluginError(
             f"strategy {strategy.name!r}{where} raised {type(error).__name__}: {error}; "
             "the model was not changed"
@@ -172,7 +177,9 @@ def _compute(strategy: Strategy, context: PruneContext, registry: Registry) -> d
 def _check_mask(owner: str, target: Target, mask: object) -> None:
     tensor = target.tensor
     if not isinstance(mask, Tensor):
-        raise PluginError(f"{owner}: the mask for {target.name!r} is a {type(mask).__name__}, not a Tensor")
+        raise PluginError(
+            f"{owner}: the mask for {target.name!r} is a {type(mask).__name__}, not a Tensor"
+        )
     if mask.dtype != torch.bool:
         raise PluginError(
             f"{owner}: the mask for {target.name!r} has dtype {mask.dtype}; masks must be torch.bool "
@@ -227,7 +234,9 @@ def select_targets(
                     f"include pattern {pattern!r} matches no parameter of {type(model).__name__}; "
                     f"parameters: {_listing(names)}"
                 )
-        chosen = [c for c in candidates if any(fnmatch.fnmatchcase(c[0], p) for p in include_patterns)]
+        chosen = [
+            c for c in candidates if any(fnmatch.fnmatchcase(c[0], p) for p in include_patterns)
+        ]
     elif filter_fn is None:
         chosen = [c for c in candidates if isinstance(c[1], DEFAULT_LAYERS) and c[2] == "weight"]
     else:

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .errors import NotPrunedError
 
@@ -129,8 +129,9 @@ def attach_mask(
             values = data[~mask]
         else:
             # Entries pruned earlier are zero in `data`; their originals are in `prior_values`.
+            assert prior_values is not None
             full = data.clone()
-            full[~prior] = prior_values  # type: ignore[index]
+            full[~prior] = prior_values
             values = full[~mask]
     # What undo() needs: the values this call zeroes (shared with `values` on a first prune).
     newly_pruned = ~mask if prior is None else prior & ~mask

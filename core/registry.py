@@ -151,7 +151,9 @@ class Hooks:
             )
         return undo  # type: ignore[no-any-return]
 
-    def select(self, model: Any, hardware: Any, objective: str, sparsity: float) -> Selection | None:
+    def select(
+        self, model: Any, hardware: Any, objective: str, sparsity: float
+    ) -> Selection | None:
         """The first plugin's strategy selection for a hardware target, or ``None``."""
         impls = self._pm.hook.prunus_select_strategy.get_hookimpls()
         for impl in reversed(impls):  # the order pluggy calls them in
@@ -284,7 +286,9 @@ class Registry:
     def __repr__(self) -> str:
         if self._pm is None:
             return "<prunus.Registry (plugins not loaded yet)>"
-        rows = [f"  {i.name:<28} {i.granularity:<13} {i.provider}" for i in self._strategies.values()]
+        rows = [
+            f"  {i.name:<28} {i.granularity:<13} {i.provider}" for i in self._strategies.values()
+        ]
         return f"<prunus.Registry with {len(rows)} strategies>\n" + "\n".join(sorted(rows))
 
     # -- registration -------------------------------------------------------------------------------------
@@ -315,7 +319,10 @@ class Registry:
             self._forget(name)
 
     def _register(self, kind: Kind, cls: Any, *, provider: Provider, replace: bool) -> None:
-        expected: type = {"criterion": Criterion, "granularity": Granularity, "strategy": Strategy}[kind]
+        """Check ``cls`` and add it; on any error the registry is left as it was."""
+        expected: type = {"criterion": Criterion, "granularity": Granularity, "strategy": Strategy}[
+            kind
+        ]
         if not (isinstance(cls, type) and issubclass(cls, expected)):
             raise RegistrationError(
                 f"{provider} registered {cls!r} as a {kind}; it must be a subclass of "
@@ -327,9 +334,10 @@ class Registry:
                 f"{provider} registered {cls.__name__} with name {name!r}; "
                 "a name must be a snake_case identifier"
             )
-        if not (isinstance(cls.Config, type) and issubclass(cls.Config, StrategyConfig)):
+        config = getattr(cls, "Config", None)
+        if not (isinstance(config, type) and issubclass(config, StrategyConfig)):
             raise RegistrationError(
-                f"{cls.__name__}.Config must subclass prunus.StrategyConfig, not {cls.Config!r}"
+                f"{cls.__name__}.Config must subclass prunus.StrategyConfig, not {config!r}"
             )
         with self._lock:
             if kind == "strategy":
@@ -341,8 +349,17 @@ class Registry:
                     f"{kind} {name!r} is already registered by {table[name].provider}; "
                     f"{provider} cannot register it too (pass replace=True to take it over)"
                 )
+            previous = table.get(name)
             table[name] = _Component(cls, provider)
-            self._recompose()
+            try:
+                self._recompose()
+            except RegistrationError:
+                if previous is None:
+                    del table[name]
+                else:
+                    table[name] = previous
+                self._recompose()
+                raise
 
     def _explicit_info(self, cls: type[Strategy], provider: Provider) -> StrategyInfo:
         def build(config: StrategyConfig) -> Strategy:
@@ -398,14 +415,18 @@ class Registry:
         for model in (gcls.Config, ccls.Config):
             for fname, finfo in model.model_fields.items():
                 fields[fname] = (finfo.annotation, finfo)
-        config = create_model(  # type: ignore[call-overload]
+        config = create_model(
             f"{name}_config", __base__=StrategyConfig, __module__=__name__, **fields
         )
 
         def build(cfg: StrategyConfig) -> Strategy:
             values = dict(cfg)
-            criterion = ccls(ccls.Config.model_validate({k: values[k] for k in ccls.Config.model_fields}))
-            granularity = gcls(gcls.Config.model_validate({k: values[k] for k in gcls.Config.model_fields}))
+            criterion = ccls(
+                ccls.Config.model_validate({k: values[k] for k in ccls.Config.model_fields})
+            )
+            granularity = gcls(
+                gcls.Config.model_validate({k: values[k] for k in gcls.Config.model_fields})
+            )
             return ComposedStrategy(cfg, criterion, granularity, self.hooks.score, name)
 
         return StrategyInfo(

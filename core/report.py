@@ -77,15 +77,12 @@ class PruneReport(BaseModel):
     def __str__(self) -> str:
         width = max([len(p.name) for p in self.parameters] + [9])
         lines = [
-            f"strategy {self.strategy} "
-            + " ".join(f"{k}={v}" for k, v in self.options.items()),
+            f"strategy {self.strategy} " + " ".join(f"{k}={v}" for k, v in self.options.items()),
             f"{'parameter':<{width}}  {'shape':<18} {'pruned':>12} {'sparsity':>9}",
         ]
         for p in self.parameters:
             shape = "x".join(map(str, p.shape))
-            lines.append(
-                f"{p.name:<{width}}  {shape:<18} {p.pruned:>12,} {p.sparsity:>9.2%}"
-            )
+            lines.append(f"{p.name:<{width}}  {shape:<18} {p.pruned:>12,} {p.sparsity:>9.2%}")
         lines.append(
             f"{'total':<{width}}  {'':<18} {self.pruned:>12,} {self.sparsity:>9.2%}"
             f"   ({self.model_sparsity:.2%} of all {self.model_numel:,} parameters)"

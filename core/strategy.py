@@ -264,4 +264,3 @@ def checked_scores(scores: object, target: Target, owner: str) -> Tensor:
             "(use -inf for 'prune first', +inf for 'never prune')"
         )
     return scores
-

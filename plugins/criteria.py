@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import math
 
-import torch
-from pydantic import Field, StrictFloat, StrictInt, field_validator
-from torch import Tensor
-
 import prunus
+import torch
 from prunus import Criterion, PruneContext, Registrar, StrategyConfig, Target
 from prunus.ranking import rankable
+from pydantic import Field, StrictFloat, StrictInt, field_validator
+from torch import Tensor
 
 
 class L1(Criterion):
@@ -38,7 +37,9 @@ class LnConfig(StrategyConfig):
     @classmethod
     def _finite_or_inf(cls, value: int | float) -> int | float:
         if isinstance(value, float) and math.isnan(value):
-            raise ValueError("n=nan is not a norm order; give a number such as 1, 2 or float('inf')")
+            raise ValueError(
+                "n=nan is not a norm order; give a number such as 1, 2 or float('inf')"
+            )
         return value
 
 
@@ -66,7 +67,9 @@ class RandomConfig(StrategyConfig):
     """Options of the ``random`` criterion."""
 
     seed: StrictInt = Field(
-        default=0, ge=0, description="seed of the local generator: the same seed gives the same mask"
+        default=0,
+        ge=0,
+        description="seed of the local generator: the same seed gives the same mask",
     )
 
 

@@ -8,27 +8,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-from pydantic import Field, StrictInt
-from torch import Tensor
-
 import prunus
+import torch
 from prunus import Amount, Criterion, Granularity, PruneContext, Registrar, StrategyConfig, Target
 from prunus.config import count_to_prune
 from prunus.errors import ConfigError
 from prunus.ranking import keep_mask, rankable
+from pydantic import Field, StrictInt
+from torch import Tensor
 
 
 class AmountConfig(StrategyConfig):
     """Options of the ``unstructured`` and ``global`` granularities."""
 
-    amount: Amount = Field(description="fraction in [0, 1] of the entries still kept, or an int count")
+    amount: Amount = Field(
+        description="fraction in [0, 1] of the entries still kept, or an int count"
+    )
 
 
 class StructuredConfig(StrategyConfig):
     """Options of the ``structured`` granularity."""
 
-    amount: Amount = Field(description="fraction in [0, 1] of the slices still kept, or an int count")
+    amount: Amount = Field(
+        description="fraction in [0, 1] of the slices still kept, or an int count"
+    )
     dim: StrictInt = Field(
         default=0,
         description="dim whose slices are pruned: 0 = output neurons / conv filters, 1 = input features / "
@@ -51,7 +54,9 @@ class Unstructured(Granularity):
         for target in context.targets:
             eligible = target.prior
             size = target.tensor.numel() if eligible is None else int(eligible.sum())
-            k = count_to_prune(self.config.amount, size, what=f"entries of {target.name!r} still kept")
+            k = count_to_prune(
+                self.config.amount, size, what=f"entries of {target.name!r} still kept"
+            )
             out[target.name] = keep_mask(score(target), k, eligible)
         return out
 
@@ -79,9 +84,17 @@ class Structured(Granularity):
             dim %= len(shape)
             others = tuple(d for d in range(len(shape)) if d != dim)
             # A slice can still be pruned if any of its entries is still kept.
-            eligible = None if target.prior is None else target.prior.any(dim=others) if others else target.prior
+            eligible = (
+                None
+                if target.prior is None
+                else target.prior.any(dim=others)
+                if others
+                else target.prior
+            )
             size = shape[dim] if eligible is None else int(eligible.sum())
-            k = count_to_prune(self.config.amount, size, what=f"slices of {target.name!r} along dim {dim}")
+            k = count_to_prune(
+                self.config.amount, size, what=f"slices of {target.name!r} along dim {dim}"
+            )
             groups = criterion.reduce(score(target), others)
             keep = keep_mask(groups, k, eligible)
             view = [1] * len(shape)
@@ -109,7 +122,11 @@ class Global(Granularity):
         if any(t.prior is not None for t in targets):
             eligible = torch.cat(
                 [
-                    (t.prior if t.prior is not None else torch.ones_like(t.tensor, dtype=torch.bool)).reshape(-1)
+                    (
+                        t.prior
+                        if t.prior is not None
+                        else torch.ones_like(t.tensor, dtype=torch.bool)
+                    ).reshape(-1)
                     for t in targets
                 ]
             )

@@ -10,19 +10,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
-from torch import Tensor
-
 import prunus
+import torch
 from prunus import Amount, PruneContext, Registrar, Registry, Strategy, StrategyConfig
 from prunus.errors import MaskError
+from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from torch import Tensor
 
 
 class GlobalUnstructuredConfig(StrategyConfig):
     """Options of ``global_unstructured``."""
 
-    amount: Amount = Field(description="fraction in [0, 1] of all targeted entries still kept, or a count")
+    amount: Amount = Field(
+        description="fraction in [0, 1] of all targeted entries still kept, or a count"
+    )
     criterion: StrictStr = Field(default="l1", description="any registered criterion (prunus list)")
     criterion_options: dict[str, Any] = Field(
         default_factory=dict, description="options of the criterion, e.g. {'seed': 3} for random"
@@ -45,7 +46,9 @@ class GlobalUnstructured(Strategy):
     @classmethod
     def create(cls, config: StrategyConfig, registry: Registry) -> Strategy:
         assert isinstance(config, GlobalUnstructuredConfig)
-        registry.criterion(config.criterion, **config.criterion_options)  # names a bad criterion early
+        registry.criterion(
+            config.criterion, **config.criterion_options
+        )  # names a bad criterion early
         inner = registry.get(
             f"{config.criterion}_global", amount=config.amount, **config.criterion_options
         )
@@ -58,7 +61,9 @@ class GlobalUnstructured(Strategy):
 class ThresholdConfig(StrategyConfig):
     """Options of ``magnitude_threshold``."""
 
-    threshold: StrictFloat | StrictInt = Field(description="entries with |w| below this are pruned; >= 0")
+    threshold: StrictFloat | StrictInt = Field(
+        description="entries with |w| below this are pruned; >= 0"
+    )
 
     @field_validator("threshold")
     @classmethod
