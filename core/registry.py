@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pluggy
 from pydantic import create_model
@@ -341,7 +341,9 @@ class Registry:
             )
         with self._lock:
             if kind == "strategy":
-                self._add_strategy(self._explicit_info(cls, provider), replace=replace)
+                self._add_strategy(
+                    self._explicit_info(cast(type[Strategy], cls), provider), replace=replace
+                )
                 return
             table = self._criteria if kind == "criterion" else self._granularities
             if name in table and not replace:
@@ -350,7 +352,7 @@ class Registry:
                     f"{provider} cannot register it too (pass replace=True to take it over)"
                 )
             previous = table.get(name)
-            table[name] = _Component(cls, provider)
+            table[name] = _Component(cast(type[Criterion] | type[Granularity], cls), provider)
             try:
                 self._recompose()
             except RegistrationError:
