@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import math
 
-import prunus
 import torch
-from prunus import Criterion, PruneContext, Registrar, StrategyConfig, Target
-from prunus.ranking import rankable
 from pydantic import Field, StrictFloat, StrictInt, field_validator
 from torch import Tensor
+
+import prunus
+from prunus import Criterion, PruneContext, Registrar, StrategyConfig, Target
+from prunus.ranking import rankable
 
 
 class L1(Criterion):
     """Magnitude: ``|w|``. Grouped, the score of a slice is its L1 norm (the sum of ``|w|``)."""
 
     name = "l1"
-    summary = "smallest absolute values (L1 norm per slice)"
+    summary = "magnitude |w| (a slice scores its L1 norm)"
 
     def score(self, target: Target, context: PruneContext) -> Tensor:
         return target.tensor.abs()
@@ -50,7 +51,7 @@ class Ln(Criterion):
     """
 
     name = "ln"
-    summary = "smallest Ln norm (n: 1, 2, ..., inf) per slice"
+    summary = "magnitude, a slice scores its Ln norm (n = 1, 2, ..., inf)"
     Config = LnConfig
 
     def score(self, target: Target, context: PruneContext) -> Tensor:
@@ -77,7 +78,7 @@ class Random(Criterion):
     """Uniform random scores from a local generator seeded by ``seed`` and the parameter's name."""
 
     name = "random"
-    summary = "entries or slices chosen at random (seeded)"
+    summary = "uniform random scores (seeded)"
     Config = RandomConfig
     deterministic = False
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import Tensor
+
 import prunus
 from prunus import Criterion, PruneContext, Target
 from prunus.masking import attach_mask
-from torch import Tensor
 
 
 @prunus.hookimpl(trylast=True)

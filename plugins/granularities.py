@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import prunus
 import torch
+from pydantic import Field, StrictInt
+from torch import Tensor
+
+import prunus
 from prunus import Amount, Criterion, Granularity, PruneContext, Registrar, StrategyConfig, Target
 from prunus.config import count_to_prune
 from prunus.errors import ConfigError
 from prunus.ranking import keep_mask, rankable
-from pydantic import Field, StrictInt
-from torch import Tensor
 
 
 class AmountConfig(StrategyConfig):
@@ -43,7 +44,7 @@ class Unstructured(Granularity):
     """Prune the lowest-scored individual entries of each parameter."""
 
     name = "unstructured"
-    summary = "per entry, per parameter"
+    summary = "prunes the lowest-scored entries of each parameter"
     Config = AmountConfig
 
     def masks(
@@ -65,7 +66,7 @@ class Structured(Granularity):
     """Prune whole slices along ``dim``: each slice's entry scores are combined by the criterion's reduce."""
 
     name = "structured"
-    summary = "whole slices along dim (neurons, channels)"
+    summary = "prunes whole slices along dim (neurons, conv channels)"
     Config = StructuredConfig
 
     def masks(
@@ -108,7 +109,7 @@ class Global(Granularity):
     """One ranking of the entries of every targeted parameter together; ``amount`` is of their total."""
 
     name = "global"
-    summary = "per entry, one ranking across all parameters"
+    summary = "prunes the lowest-scored entries in one ranking across all parameters"
     Config = AmountConfig
 
     def masks(

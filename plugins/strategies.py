@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import prunus
 import torch
-from prunus import Amount, PruneContext, Registrar, Registry, Strategy, StrategyConfig
-from prunus.errors import MaskError
 from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
 from torch import Tensor
+
+import prunus
+from prunus import Amount, PruneContext, Registrar, Registry, Strategy, StrategyConfig
+from prunus.errors import MaskError
 
 
 class GlobalUnstructuredConfig(StrategyConfig):
