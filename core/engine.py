@@ -145,8 +145,8 @@ def prune(
 def _compute(strategy: Strategy, context: PruneContext, registry: Registry) -> dict[str, Tensor]:
     """Run the strategy and check every mask it returns, without touching the model."""
     try:
-        with torch.no_grad():
-            computed = strategy.compute_masks(context)
+        # Not under no_grad: a data-aware criterion may run a forward and backward pass to score.
+        computed = strategy.compute_masks(context)
     except PrunusError:
         raise
     except Exception as error:
