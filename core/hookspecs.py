@@ -69,6 +69,17 @@ def prunus_register_strategies(register: Registrar) -> None:
     """
 
 
+@hookspec
+def prunus_register_schedules(register: Registrar) -> None:
+    """Register pruning schedules: target sparsities over training steps.
+
+    Call ``register(ScheduleClass)`` for each :class:`~prunus.Schedule` subclass (``cubic``, ``linear``,
+    ``iterative`` are the built-in ones). :class:`prunus.GradualPruner` and the command line find them by name.
+
+    :param register: the registrar; records this plugin and its distribution as the provider.
+    """
+
+
 # -- pruning --------------------------------------------------------------------------------------------------
 
 

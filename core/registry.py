@@ -37,6 +37,7 @@ from .errors import (
     UnknownCriterionError,
     UnknownStrategyError,
 )
+from .schedules import Schedule, UnknownScheduleError
 from .selection import Selection
 from .strategy import ComposedStrategy, Criterion, Granularity, PruneContext, Strategy, Target
 
@@ -53,7 +54,7 @@ __all__ = [
 ENTRY_POINT_GROUP = "prunus"
 USER = "<user>"
 
-Kind = Literal["criterion", "granularity", "strategy"]
+Kind = Literal["criterion", "granularity", "strategy", "schedule"]
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,9 @@ class PluginFailure:
 
 @dataclass(frozen=True)
 class _Component:
-    """A registered criterion or granularity class and its provider."""
+    """A registered criterion, granularity or schedule class and its provider."""
 
-    cls: type[Criterion] | type[Granularity]
+    cls: type[Criterion] | type[Granularity] | type[Schedule]
     provider: Provider
 
 
@@ -197,6 +198,7 @@ class Registry:
         self._criteria: dict[str, _Component] = {}
         self._granularities: dict[str, _Component] = {}
         self._strategies: dict[str, StrategyInfo] = {}
+        self._schedules: dict[str, _Component] = {}
         self._pm: pluggy.PluginManager | None = None
         self._hooks: Hooks | None = None
         self._lock = threading.RLock()
@@ -257,11 +259,35 @@ class Registry:
         assert isinstance(criterion, Criterion)
         return criterion
 
+    def schedules(self, pattern: str | None = None) -> list[str]:
+        """Sorted schedule names (``cubic``, ``linear``, ``iterative``, ...), optionally filtered by ``pattern``."""
+        self._ensure_loaded()
+        names = sorted(self._schedules)
+        return names if pattern is None else fnmatch.filter(names, pattern)
+
+    def schedule(self, name: str, /, **options: Any) -> Schedule:
+        """A pruning schedule configured with ``options``, validated by its config model.
+
+        Raises:
+            UnknownScheduleError: no schedule has that name (the message lists the closest ones).
+            ConfigError: an option is unknown, missing, of the wrong type or out of range.
+        """
+        self._ensure_loaded()
+        component = self._schedules.get(name) if isinstance(name, str) else None
+        if component is None:
+            raise UnknownScheduleError(self._unknown("schedule", name, self.schedules()))
+        config = validate_config(component.cls.Config, f"schedule {name}", options)
+        schedule = component.cls(config)
+        assert isinstance(schedule, Schedule)
+        return schedule
+
     def provider(self, kind: Kind, name: str) -> Provider:
-        """Who registered the criterion, granularity or strategy ``name``."""
+        """Who registered the criterion, granularity, strategy or schedule ``name``."""
         self._ensure_loaded()
         if kind == "strategy":
             return self.info(name).provider
+        if kind == "schedule":
+            return self._schedules[name].provider
         table = self._criteria if kind == "criterion" else self._granularities
         return table[name].provider
 
@@ -320,9 +346,12 @@ class Registry:
 
     def _register(self, kind: Kind, cls: Any, *, provider: Provider, replace: bool) -> None:
         """Check ``cls`` and add it; on any error the registry is left as it was."""
-        expected: type = {"criterion": Criterion, "granularity": Granularity, "strategy": Strategy}[
-            kind
-        ]
+        expected: type = {
+            "criterion": Criterion,
+            "granularity": Granularity,
+            "strategy": Strategy,
+            "schedule": Schedule,
+        }[kind]
         if not (isinstance(cls, type) and issubclass(cls, expected)):
             raise RegistrationError(
                 f"{provider} registered {cls!r} as a {kind}; it must be a subclass of "
@@ -344,6 +373,15 @@ class Registry:
                 self._add_strategy(
                     self._explicit_info(cast(type[Strategy], cls), provider), replace=replace
                 )
+                return
+            if kind == "schedule":
+                held = self._schedules.get(name)
+                if held is not None and not replace:
+                    raise RegistrationError(
+                        f"schedule {name!r} is already registered by {held.provider}; "
+                        f"{provider} cannot register it too (pass replace=True to take it over)"
+                    )
+                self._schedules[name] = _Component(cast(type[Schedule], cls), provider)
                 return
             table = self._criteria if kind == "criterion" else self._granularities
             if name in table and not replace:
@@ -443,25 +481,30 @@ class Registry:
         )
 
     def register(
-        self, cls: type[Criterion] | type[Granularity] | type[Strategy], *, replace: bool = False
+        self,
+        cls: type[Criterion] | type[Granularity] | type[Strategy] | type[Schedule],
+        *,
+        replace: bool = False,
     ) -> None:
-        """Register a criterion, granularity or strategy class in-process (provider ``<user>``)."""
+        """Register a criterion, granularity, strategy or schedule class in-process (provider ``<user>``)."""
         self._ensure_loaded()
         kind: Kind = (
             "criterion"
             if isinstance(cls, type) and issubclass(cls, Criterion)
             else "granularity"
             if isinstance(cls, type) and issubclass(cls, Granularity)
+            else "schedule"
+            if isinstance(cls, type) and issubclass(cls, Schedule)
             else "strategy"
         )
         self._register(kind, cls, provider=Provider(USER), replace=replace)
 
     def unregister(self, name: str) -> None:
-        """Remove strategy, criterion or granularity ``name`` (and the strategies composed from it)."""
+        """Remove strategy, criterion, granularity or schedule ``name`` (and the strategies composed from it)."""
         self._ensure_loaded()
         with self._lock:
             found = False
-            for table in (self._criteria, self._granularities):
+            for table in (self._criteria, self._granularities, self._schedules):
                 if name in table:
                     del table[name]
                     found = True
@@ -539,6 +582,7 @@ class Registry:
         ("prunus_register_criteria", "criterion"),
         ("prunus_register_granularities", "granularity"),
         ("prunus_register_strategies", "strategy"),
+        ("prunus_register_schedules", "schedule"),
     )
 
     def _run_registration(self, plugin_name: str, provider: Provider) -> None:
@@ -555,7 +599,7 @@ class Registry:
         assert self._pm is not None
         if self._pm.has_plugin(plugin_name):
             self._pm.unregister(name=plugin_name)
-        for table in (self._criteria, self._granularities):
+        for table in (self._criteria, self._granularities, self._schedules):
             for key in [k for k, v in table.items() if v.provider.plugin == plugin_name]:
                 del table[key]
         self._strategies = {

@@ -5,5 +5,11 @@ Each module here is a pluggy plugin that uses exactly the hooks a third-party pl
 skipped with ``PRUNUS_DISABLED_PLUGINS=prunus.<name>``.
 """
 
-BUILTIN_PLUGINS: tuple[str, ...] = ("criteria", "granularities", "strategies", "defaults")
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "criteria",
+    "granularities",
+    "strategies",
+    "defaults",
+    "schedules",
+)
 """Modules of this package that are plugins, in registration order."""
