@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -45,6 +45,7 @@ def prune(
     include: Patterns = None,
     exclude: Patterns = None,
     filter_fn: FilterFn | None = None,
+    amounts: Mapping[str, Any] | None = None,
     data: Any = None,
     restorable: bool = True,
     registry: Registry = registry,
@@ -60,6 +61,11 @@ def prune(
         exclude: glob patterns of parameters to leave alone; each must match one of the chosen parameters.
         filter_fn: ``filter_fn(module, name) -> bool`` over each parameter's owning module and qualified name,
             to choose parameters by any rule (combined with ``include`` when both are given).
+        amounts: per-layer amounts, glob pattern to amount (``{"fc1.weight": 0.5, "conv*.weight": 0.3}``),
+            for a strategy given by name that has an ``amount`` option. Each chosen parameter takes the amount
+            of the first pattern that matches it; one that no pattern matches takes ``amount=`` if given, and is
+            left alone otherwise. Each pattern must match a chosen parameter. A global strategy ranks the
+            parameters that share an amount together.
         data: whatever a data-aware criterion needs (a batch, a loader...), passed to it unchanged.
         restorable: keep the original values of pruned entries so :func:`restore` can put them back. ``False``
             saves that memory; :func:`remove` still works.
@@ -83,7 +89,23 @@ def prune(
         raise TargetError(
             f"model must be a torch.nn.Module, not {type(model).__name__} ({model!r:.80})"
         )
-    if isinstance(strategy, str):
+    per_layer: dict[str, Strategy] | None = None
+    if amounts is not None:
+        if not isinstance(strategy, str):
+            raise ConfigError(
+                "amounts= needs the strategy's registered name (e.g. prune(model, 'l1_unstructured', "
+                "amounts={...})), not an already configured strategy"
+            )
+        chosen = select_targets(model, include=include, exclude=exclude, filter_fn=filter_fn)
+        per_layer = _per_layer(
+            strategy, [name for name, _, _ in chosen], amounts, options, registry
+        )
+        default = options["amount"] if "amount" in options else next(iter(amounts.values()))
+        strategy = registry.get(strategy, **{**options, "amount": default})
+        options_report = {**_jsonable(strategy.options), "amounts": _jsonable(dict(amounts))}
+        if "amount" not in options:
+            del options_report["amount"]
+    elif isinstance(strategy, str):
         strategy = registry.get(strategy, **options)
     elif not isinstance(strategy, Strategy):
         raise ConfigError(
@@ -96,14 +118,29 @@ def prune(
             f"configure it in registry.get({strategy.name!r}, ...) or pass its name instead"
         )
 
-    chosen = select_targets(model, include=include, exclude=exclude, filter_fn=filter_fn)
+    if per_layer is None:
+        chosen = select_targets(model, include=include, exclude=exclude, filter_fn=filter_fn)
+        options_report = _jsonable(strategy.options)
+    else:
+        chosen = [c for c in chosen if c[0] in per_layer]
     targets = [
         Target(name, module, pname, masking.get_mask(module, pname))
         for name, module, pname in chosen
     ]
     context = PruneContext(model=model, targets=targets, data=data)
 
-    computed = _compute(strategy, context, registry)
+    if per_layer is None:
+        computed = _compute(strategy, context, registry)
+    else:
+        computed = {}
+        for layer_strategy in {id(s): s for s in per_layer.values()}.values():
+            group = [t for t in targets if per_layer[t.name] is layer_strategy]
+            computed.update(
+                _compute(
+                    layer_strategy, PruneContext(model=model, targets=group, data=data), registry
+                )
+            )
+        computed = {t.name: computed[t.name] for t in targets if t.name in computed}
     undo: list[Callable[[], None]] = []
     newly: dict[str, int] = {}
     try:
@@ -126,7 +163,7 @@ def prune(
 
     return PruneReport(
         strategy=strategy.name,
-        options=_jsonable(strategy.options),
+        options=options_report,
         parameters=[
             ParameterReport(
                 name=t.name,
@@ -140,6 +177,50 @@ def prune(
         ],
         model_numel=sum(p.numel() for p in model.parameters()),
     )
+
+
+def _per_layer(
+    name: str,
+    chosen: Sequence[str],
+    amounts: Mapping[str, Any],
+    options: dict[str, Any],
+    registry: Registry,
+) -> dict[str, Strategy]:
+    """The strategy of each chosen parameter under per-layer ``amounts`` (one strategy per distinct amount)."""
+    if not isinstance(amounts, Mapping) or not all(isinstance(k, str) for k in amounts):
+        raise ConfigError(
+            f"amounts must map glob patterns to amounts, e.g. {{'fc1.weight': 0.5}}, not {amounts!r:.80}"
+        )
+    if "amount" not in registry.info(name).config.model_fields:
+        raise ConfigError(
+            f"strategy {name!r} has no 'amount' option, so it cannot take per-layer amounts; "
+            f"its options: {', '.join(registry.info(name).config.model_fields) or '(none)'}"
+        )
+    if not amounts and "amount" not in options:
+        raise ConfigError("amounts is empty; give at least one pattern, or amount= for every layer")
+    for pattern in amounts:
+        if not fnmatch.filter(chosen, pattern):
+            raise TargetError(
+                f"amounts pattern {pattern!r} matches none of the parameters chosen for pruning: "
+                f"{_listing(chosen)}"
+            )
+    base = {k: v for k, v in options.items() if k != "amount"}
+    built: dict[tuple[type, str], Strategy] = {}
+    out: dict[str, Strategy] = {}
+    for target in chosen:
+        match = next((p for p in amounts if fnmatch.fnmatchcase(target, p)), None)
+        if match is None and "amount" not in options:
+            continue
+        amount = options["amount"] if match is None else amounts[match]
+        key = (type(amount), repr(amount))
+        if key not in built:
+            try:
+                built[key] = registry.get(name, **base, amount=amount)
+            except ConfigError as error:
+                where = "amount=" if match is None else f"amounts[{match!r}]"
+                raise type(error)(f"{where}: {error}") from None
+        out[target] = built[key]
+    return out
 
 
 def _compute(strategy: Strategy, context: PruneContext, registry: Registry) -> dict[str, Tensor]:
