@@ -1,0 +1,572 @@
+"""Measuring a pruned model: accuracy, parameters and nonzeros, size on disk, latency, and a summary.
+
+Sizes are measured, not estimated: :func:`model_size` writes two real files and reads their byte counts, the
+dense ``torch.save(model.state_dict())`` and the compressed form of :func:`save_compressed` (each mostly-zero
+tensor as its nonzero values plus one bit per entry), which :func:`load_compressed` reads back exactly.
+
+>>> before = prunus.evaluate(model, data=(x_test, y_test), example_input=x_test[:64])   # doctest: +SKIP
+>>> print(prunus.compare({"dense": dense, "pruned": model}, data=(x_test, y_test)))    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import statistics
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from . import masking
+from .errors import ConfigError
+
+__all__ = [
+    "Comparison",
+    "Data",
+    "Evaluation",
+    "ModelSize",
+    "accuracy",
+    "batches",
+    "compare",
+    "count_parameters",
+    "evaluate",
+    "latency_ms",
+    "load_compressed",
+    "model_size",
+    "save_compressed",
+    "summary",
+]
+
+Data = tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]]
+"""Labelled data: a pair ``(inputs, labels)`` of tensors, or an iterable of such batches (a DataLoader)."""
+
+Evaluator = Callable[[nn.Module], float]
+
+FORMAT = "prunus-compressed-v1"
+
+
+# -- data -------------------------------------------------------------------------------------------------
+
+
+def batches(
+    data: Data, batch_size: int = 256, *, shuffle: bool = False, seed: int | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(inputs, labels)`` batches of ``data``.
+
+    A pair of tensors is cut into batches of ``batch_size`` (shuffled with a local generator seeded by
+    ``seed`` when ``shuffle``); an iterable of batches (a DataLoader) is passed through as it is.
+
+    Raises:
+        ConfigError: ``data`` is neither.
+    """
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        x, y = data
+        if len(x) != len(y):
+            raise ConfigError(f"data has {len(x)} inputs but {len(y)} labels")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        if shuffle:
+            generator = torch.Generator().manual_seed(0 if seed is None else seed)
+            order = torch.randperm(len(x), generator=generator)
+        else:
+            order = torch.arange(len(x))
+        for start in range(0, len(x), batch_size):
+            index = order[start : start + batch_size]
+            yield x[index], y[index]
+        return
+    if isinstance(data, Tensor) or not isinstance(data, Iterable):
+        raise ConfigError(
+            f"data must be a pair (inputs, labels) of tensors or an iterable of such batches (a DataLoader), "
+            f"not {type(data).__name__}"
+        )
+    for batch in data:
+        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+            raise ConfigError(
+                f"each batch must be (inputs, labels, ...), got {type(batch).__name__}; "
+                "pass an evaluator for other kinds of data"
+            )
+        yield batch[0], batch[1]
+
+
+def num_batches(data: Data, batch_size: int) -> int | None:
+    """How many batches :func:`batches` yields, when that is known in advance."""
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        return math.ceil(len(data[0]) / batch_size)
+    try:
+        return len(data)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: Data, *, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on labelled ``data`` (eval mode; the training flag is put back)."""
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    correct = total = 0
+    try:
+        for x, y in batches(data, batch_size):
+            out = model(x.to(device))
+            correct += int((out.argmax(dim=1) == y.to(out.device)).sum())
+            total += len(y)
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ConfigError("data is empty: no batch to measure accuracy on")
+    return correct / total
+
+
+# -- counting ---------------------------------------------------------------------------------------------
+
+
+def _weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """Every weight tensor of ``model`` (dequantized for quantized modules), by qualified name."""
+    seen: set[int] = set()
+    for prefix, module in model.named_modules():
+        for pname, param in module._parameters.items():
+            if param is not None and id(param) not in seen:
+                seen.add(id(param))
+                yield (f"{prefix}.{pname}" if prefix else pname), param.detach()
+        if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
+            # A quantized module (torch.ao dynamic Linear): weight() and bias() rebuild its tensors.
+            for pname in ("weight", "bias"):
+                value = getattr(module, pname)()
+                if isinstance(value, Tensor) and id(value) not in seen:
+                    seen.add(id(value))
+                    value = value.dequantize() if value.is_quantized else value.detach()
+                    yield (f"{prefix}.{pname}" if prefix else pname), value
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(parameters, nonzero parameters)`` of ``model``, counted in the tensors themselves.
+
+    The weights of quantized modules count too (a weight quantized to zero is a zero).
+    """
+    total = nonzero = 0
+    for _, tensor in _weights(model):
+        total += tensor.numel()
+        nonzero += int(tensor.count_nonzero())
+    return total, nonzero
+
+
+# -- size on disk -----------------------------------------------------------------------------------------
+
+
+def _pack_bits(mask: Tensor) -> Tensor:
+    flat = mask.reshape(-1).to(torch.uint8)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+    return (flat.reshape(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
+
+
+def _unpack_bits(bits: Tensor, numel: int) -> Tensor:
+    shifts = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
+    return ((bits.unsqueeze(1) >> shifts) & 1).reshape(-1)[:numel].bool()
+
+
+def _sparse(tensor: Tensor, fill: int | float = 0) -> Any:
+    """``tensor`` as its entries other than ``fill`` plus a bit per entry, when that is smaller."""
+    numel = tensor.numel()
+    kept = tensor != fill
+    count = int(kept.sum())
+    if numel >= 8 and math.ceil(numel / 8) + count * tensor.element_size() < (
+        numel * tensor.element_size()
+    ):
+        return {
+            "__prunus__": "sparse",
+            "shape": list(tensor.shape),
+            "bits": _pack_bits(kept),
+            "values": tensor[kept].clone(),
+            "fill": fill,
+        }
+    return tensor.clone()
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        tensor = value.detach().cpu()
+        if tensor.is_quantized:
+            if tensor.qscheme() not in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+                return tensor  # per-channel: saved as it is
+            # A pruned entry quantizes to exactly the zero point.
+            return {
+                "__prunus__": "qtensor",
+                "ints": _sparse(tensor.int_repr(), tensor.q_zero_point()),
+                "scale": tensor.q_scale(),
+                "zero_point": tensor.q_zero_point(),
+            }
+        return _sparse(tensor)
+    if isinstance(value, dict):
+        return {key: _encode(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_encode(item) for item in value)
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        kind = value.get("__prunus__")
+        if kind == "sparse":
+            shape = tuple(value["shape"])
+            values = value["values"]
+            mask = _unpack_bits(value["bits"], math.prod(shape)).reshape(shape)
+            tensor = torch.full(shape, value["fill"], dtype=values.dtype)
+            tensor[mask] = values
+            return tensor
+        if kind == "qtensor":
+            return torch._make_per_tensor_quantized_tensor(
+                _decode(value["ints"]), value["scale"], value["zero_point"]
+            )
+        return {key: _decode(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_decode(item) for item in value)
+    return value
+
+
+def save_compressed(model_or_state: nn.Module | Mapping[str, Any], path: str | Path) -> int:
+    """Save a state dict compactly: each tensor whose zeros make it pay as its nonzero values + a bit mask.
+
+    Other tensors (and quantized ones, as their int8 values) are saved as they are. Returns the file's size in
+    bytes. :func:`load_compressed` gives back a state dict equal to the original, entry for entry.
+    """
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    # The per-module versions that load_state_dict reads (quantized modules depend on them).
+    metadata = getattr(state, "_metadata", None)
+    torch.save(
+        {
+            "format": FORMAT,
+            "state": _encode(dict(state)),
+            "metadata": dict(metadata) if metadata is not None else None,
+        },
+        path,
+    )
+    return Path(path).stat().st_size
+
+
+def load_compressed(path: str | Path) -> dict[str, Any]:
+    """Read a file written by :func:`save_compressed` back into a state dict.
+
+    Raises:
+        ConfigError: the file is not a prunus compressed checkpoint.
+    """
+    loaded = torch.load(path, weights_only=True)
+    if not (isinstance(loaded, dict) and loaded.get("format") == FORMAT):
+        raise ConfigError(f"{path} is not a prunus compressed checkpoint (format {FORMAT!r})")
+    decoded = _decode(loaded["state"])
+    assert isinstance(decoded, dict)
+    state: OrderedDict[str, Any] = OrderedDict(decoded)
+    if loaded.get("metadata") is not None:
+        state._metadata = OrderedDict(loaded["metadata"])  # type: ignore[attr-defined]
+    return state
+
+
+class ModelSize(BaseModel):
+    """Bytes of two real files: the dense ``torch.save(state_dict)`` and :func:`save_compressed`'s form."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dense_bytes: int
+    compressed_bytes: int
+
+    @property
+    def compression_ratio(self) -> float:
+        """``dense_bytes / compressed_bytes``."""
+        return self.dense_bytes / self.compressed_bytes
+
+
+def model_size(model: nn.Module, directory: str | Path | None = None) -> ModelSize:
+    """Write ``model``'s state dict densely and compressed (in ``directory``, a temporary one by default)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(directory) if directory is not None else Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        dense_path = where / "dense.pt"
+        torch.save(model.state_dict(), dense_path)
+        compressed = save_compressed(model, where / "compressed.pt")
+        return ModelSize(dense_bytes=dense_path.stat().st_size, compressed_bytes=compressed)
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())`` (written to memory)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+# -- latency ----------------------------------------------------------------------------------------------
+
+
+def _forward(model: nn.Module, example_input: Any) -> Callable[[], Any]:
+    if isinstance(example_input, tuple):
+        return lambda: model(*example_input)
+    if isinstance(example_input, dict):
+        return lambda: model(**example_input)
+    return lambda: model(example_input)
+
+
+@torch.inference_mode()
+def _latencies(
+    models: Mapping[str, nn.Module], example_input: Any, runs: int, warmup: int
+) -> dict[str, float]:
+    """Median milliseconds per forward of each model; the models take turns, so noise hits them alike."""
+    if runs < 1:
+        raise ConfigError(f"runs={runs} must be >= 1")
+    flags = {name: model.training for name, model in models.items()}
+    forwards = {name: _forward(model.eval(), example_input) for name, model in models.items()}
+    try:
+        for forward in forwards.values():
+            for _ in range(warmup):
+                forward()
+        times: dict[str, list[float]] = {name: [] for name in forwards}
+        for _ in range(runs):
+            for name, forward in forwards.items():
+                start = time.perf_counter()
+                forward()
+                times[name].append(time.perf_counter() - start)
+    finally:
+        for name, model in models.items():
+            model.train(flags[name])
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
+
+
+def latency_ms(model: nn.Module, example_input: Any, *, runs: int = 30, warmup: int = 3) -> float:
+    """Median milliseconds of ``model(example_input)`` over ``runs`` (eval mode, no autograd).
+
+    ``example_input`` may be a tensor, a tuple of positional inputs or a dict of keyword inputs.
+    """
+    return _latencies({"model": model}, example_input, runs, warmup)["model"]
+
+
+# -- one call ---------------------------------------------------------------------------------------------
+
+
+class Evaluation(BaseModel):
+    """What :func:`evaluate` measured of one model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    accuracy: float | None
+    """With the user's evaluator or data; ``None`` when neither was given."""
+    parameters: int
+    nonzero_parameters: int
+    dense_bytes: int
+    """Bytes of the file ``torch.save(model.state_dict())`` writes."""
+    compressed_bytes: int
+    """Bytes of the file :func:`save_compressed` writes."""
+    latency_ms: float | None
+    """Median milliseconds per forward of ``example_input``; ``None`` when none was given."""
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of all parameters that are zero."""
+        return 1 - self.nonzero_parameters / self.parameters if self.parameters else 0.0
+
+    @property
+    def compression_ratio(self) -> float:
+        """``dense_bytes / compressed_bytes`` of this model."""
+        return self.dense_bytes / self.compressed_bytes
+
+
+def _accuracy_of(model: nn.Module, data: Data | None, evaluator: Evaluator | None) -> float | None:
+    if evaluator is not None:
+        value = evaluator(model)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(
+                f"the evaluator returned {type(value).__name__} ({value!r:.40}); it must return a number"
+            )
+        return float(value)
+    if data is not None:
+        return accuracy(model, data)
+    return None
+
+
+def evaluate(
+    model: nn.Module,
+    *,
+    data: Data | None = None,
+    evaluator: Evaluator | None = None,
+    example_input: Any = None,
+    latency_runs: int = 30,
+    label: str = "model",
+) -> Evaluation:
+    """Measure ``model``: accuracy, parameters and nonzeros, size on disk dense and compressed, latency.
+
+    Args:
+        data: labelled data for top-1 accuracy (a pair of tensors or an iterable of batches).
+        evaluator: ``evaluator(model) -> float``, used instead of ``data`` for any other metric.
+        example_input: an input to time the forward pass with; no latency without it.
+        latency_runs: forwards timed (the median is reported).
+        label: the name shown in tables.
+    """
+    return compare(
+        {label: model},
+        data=data,
+        evaluator=evaluator,
+        example_input=example_input,
+        latency_runs=latency_runs,
+    ).rows[0]
+
+
+class Comparison(BaseModel):
+    """Evaluations side by side (dense, pruned, pruned + quantized, ...); ``str()`` is a table."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rows: list[Evaluation]
+
+    def __getitem__(self, label: str) -> Evaluation:
+        for row in self.rows:
+            if row.label == label:
+                return row
+        raise KeyError(f"no evaluation labelled {label!r}; labels: {[r.label for r in self.rows]}")
+
+    def table(self) -> list[list[str]]:
+        """Header row then one row per measure, one column per model."""
+        first = self.rows[0]
+        lines = [["", *(r.label for r in self.rows)]]
+
+        def add(title: str, cell: Callable[[Evaluation], str]) -> None:
+            lines.append([title, *(cell(r) for r in self.rows)])
+
+        if any(r.accuracy is not None for r in self.rows):
+            add("accuracy", lambda r: "-" if r.accuracy is None else f"{r.accuracy:.4f}")
+        add("parameters", lambda r: f"{r.parameters:,}")
+        add("nonzero parameters", lambda r: f"{r.nonzero_parameters:,}")
+        add("sparsity", lambda r: f"{r.sparsity:.2%}")
+        add("size, torch.save", lambda r: _kib(r.dense_bytes))
+        add("size, compressed", lambda r: _kib(r.compressed_bytes))
+        add(
+            f"compression vs {first.label}",
+            lambda r: f"{first.dense_bytes / r.compressed_bytes:.2f}x",
+        )
+        if any(r.latency_ms is not None for r in self.rows):
+            add("latency", lambda r: "-" if r.latency_ms is None else f"{r.latency_ms:.3f} ms")
+        return lines
+
+    def to_markdown(self) -> str:
+        """The table in Markdown."""
+        head, *body = self.table()
+        out = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+        out += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        lines = self.table()
+        widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
+        return "\n".join(
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+            for row in lines
+        )
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024:,.1f} KiB"
+
+
+def compare(
+    models: Mapping[str, nn.Module],
+    *,
+    data: Data | None = None,
+    evaluator: Evaluator | None = None,
+    example_input: Any = None,
+    latency_runs: int = 30,
+) -> Comparison:
+    """:func:`evaluate` each model (e.g. ``{"dense": d, "pruned": p, "pruned + int8": q}``), side by side.
+
+    Latencies are measured with the models taking turns, so that machine noise hits them alike.
+    """
+    if not models:
+        raise ConfigError("compare needs at least one model")
+    timings = (
+        _latencies(models, example_input, latency_runs, warmup=3)
+        if example_input is not None
+        else {}
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, (label, model) in enumerate(models.items()):
+            if not isinstance(model, nn.Module):
+                raise ConfigError(f"{label!r} is a {type(model).__name__}, not a torch.nn.Module")
+            total, nonzero = count_parameters(model)
+            size = model_size(model, Path(tmp) / str(index))
+            rows.append(
+                Evaluation(
+                    label=label,
+                    accuracy=_accuracy_of(model, data, evaluator),
+                    parameters=total,
+                    nonzero_parameters=nonzero,
+                    dense_bytes=size.dense_bytes,
+                    compressed_bytes=size.compressed_bytes,
+                    latency_ms=timings.get(label),
+                )
+            )
+    return Comparison(rows=rows)
+
+
+# -- summary ----------------------------------------------------------------------------------------------
+
+
+def summary(model: nn.Module) -> str:
+    """The model's modules with each weight's shape, nonzeros and sparsity; ``*`` marks a prunus mask.
+
+    Works on pruned models (with or without masks) and on quantized ones (their weights dequantized).
+    """
+    masked = {name for name, _, _ in masking.masked_parameters(model)}
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    total = nonzero_total = 0
+    types = {name: type(module).__name__ for name, module in model.named_modules()}
+    for name, tensor in _weights(model):
+        owner = name.rpartition(".")[0]
+        numel = tensor.numel()
+        nonzero = int(tensor.count_nonzero())
+        total += numel
+        nonzero_total += nonzero
+        rows.append(
+            (
+                name + (" *" if name in masked else ""),
+                types.get(owner, type(model).__name__),
+                "x".join(map(str, tensor.shape)) or "scalar",
+                f"{numel:,}",
+                f"{nonzero:,}",
+                f"{1 - nonzero / numel:.1%}" if numel else "-",
+            )
+        )
+    header = ("parameter", "module", "shape", "entries", "nonzero", "sparsity")
+    footer = (
+        "total",
+        "",
+        "",
+        f"{total:,}",
+        f"{nonzero_total:,}",
+        f"{1 - nonzero_total / total:.1%}" if total else "-",
+    )
+    table: Sequence[tuple[str, ...]] = [header, *rows, footer]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [f"{type(model).__name__} ({len(masked)} parameters carry a prunus mask: *)"]
+    for row in table:
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if i < 3 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
+    return "\n".join(lines)
