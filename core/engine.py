@@ -298,14 +298,13 @@ def select_targets(
     """
     include_patterns = _patterns("include", include)
     exclude_patterns = _patterns("exclude", exclude)
+    # Every name of every parameter: a tied weight (an embedding shared with an output layer) is listed under
+    # each module that holds it, so either name can choose it; it is pruned once (see below).
     candidates: list[tuple[str, nn.Module, str]] = []
-    seen: set[int] = set()
     for prefix, module in model.named_modules():
         for pname, param in module._parameters.items():
-            if param is None or id(param) in seen:
-                continue
-            seen.add(id(param))
-            candidates.append((f"{prefix}.{pname}" if prefix else pname, module, pname))
+            if param is not None:
+                candidates.append((f"{prefix}.{pname}" if prefix else pname, module, pname))
     names = [name for name, _, _ in candidates]
 
     if include_patterns:
@@ -332,7 +331,15 @@ def select_targets(
                 f"exclude pattern {pattern!r} matches none of the parameters chosen for pruning: "
                 f"{_listing(chosen_names)}"
             )
-    chosen = [c for c in chosen if not any(fnmatch.fnmatchcase(c[0], p) for p in exclude_patterns)]
+    # Excluding any name of a tied parameter excludes the parameter.
+    excluded = {
+        id(c[1]._parameters[c[2]])
+        for c in chosen
+        if any(fnmatch.fnmatchcase(c[0], p) for p in exclude_patterns)
+    }
+    chosen = _one_per_parameter(
+        [c for c in chosen if id(c[1]._parameters[c[2]]) not in excluded], candidates
+    )
 
     for name, module, pname in chosen:
         param = module._parameters[pname]
@@ -352,6 +359,21 @@ def select_targets(
             f"or filter_fn=...; parameters: {_listing(names)}"
         )
     return chosen
+
+
+def _one_per_parameter(
+    chosen: list[tuple[str, nn.Module, str]], candidates: list[tuple[str, nn.Module, str]]
+) -> list[tuple[str, nn.Module, str]]:
+    """Each chosen parameter once, in model order: under the name whose module holds its mask, if any."""
+    masked = {
+        id(c[1]._parameters[c[2]]): c for c in candidates if masking.get_mask(c[1], c[2]) is not None
+    }
+    out: dict[int, tuple[str, nn.Module, str]] = {}
+    for entry in chosen:
+        key = id(entry[1]._parameters[entry[2]])
+        if key not in out:
+            out[key] = masked.get(key, entry)
+    return list(out.values())
 
 
 def _patterns(what: str, value: Patterns) -> list[str]:

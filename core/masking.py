@@ -143,7 +143,7 @@ def attach_mask(
     if values is not None:
         module.register_buffer(VALUES_PREFIX + name, values, persistent=False)
     elif prior_values is not None or not restorable:
-        module._buffers.pop(VALUES_PREFIX + name, None)
+        _pop_buffer(module, VALUES_PREFIX + name)
     if not had_tracker:
         module.__dict__[_TRACKER] = _Tracker(module)
 
@@ -161,9 +161,15 @@ def attach_mask(
     return undo
 
 
+def _pop_buffer(module: nn.Module, key: str) -> None:
+    # register_buffer(persistent=False) also records the name in _non_persistent_buffers_set.
+    module._buffers.pop(key, None)
+    module._non_persistent_buffers_set.discard(key)
+
+
 def _drop(module: nn.Module, name: str) -> None:
-    module._buffers.pop(MASK_PREFIX + name, None)
-    module._buffers.pop(VALUES_PREFIX + name, None)
+    _pop_buffer(module, MASK_PREFIX + name)
+    _pop_buffer(module, VALUES_PREFIX + name)
 
 
 def _untrack(module: nn.Module) -> None:

@@ -130,7 +130,8 @@ class CustomMask(Strategy):
                 raise MaskError(
                     f"the mask for {name!r} has shape {tuple(mask.shape)}, but the parameter has shape {shape}"
                 )
-            keep = mask.to(target.tensor.device)
+            # A copy: the mask becomes the model's buffer, and the caller may reuse its tensor.
+            keep = mask.to(target.tensor.device, copy=True)
             out[name] = keep if target.prior is None else keep & target.prior
         return out
 
