@@ -9,6 +9,7 @@ Importing prunus loads no plugin: they load on the first use of :data:`registry`
 
 from __future__ import annotations
 
+from . import plots
 from .config import Amount, StrategyConfig
 from .engine import DEFAULT_LAYERS, is_pruned, masks, prune, remove, restore, select_targets
 from .errors import (
@@ -25,11 +26,29 @@ from .errors import (
     UnknownCriterionError,
     UnknownStrategyError,
 )
+from .evaluation import (
+    Comparison,
+    Evaluation,
+    ModelSize,
+    accuracy,
+    compare,
+    count_parameters,
+    evaluate,
+    latency_ms,
+    load_compressed,
+    model_size,
+    save_compressed,
+    summary,
+)
+from .gradual import FineTuneResult, GradualPruner, ScheduleStep, fine_tune
 from .hookspecs import hookimpl, hookspec
+from .quantization import compare_quantized, quantize, quantized_weights
 from .ranking import keep_mask
 from .registry import Registrar, Registry, StrategyInfo, registry
 from .report import ParameterReport, PruneReport
+from .schedules import Schedule, UnknownScheduleError
 from .selection import Selection
+from .sensitivity import SensitivityCurve, SensitivityResult, sensitivity
 from .strategy import (
     ComposedStrategy,
     Criterion,
@@ -39,6 +58,7 @@ from .strategy import (
     Strategy,
     Target,
 )
+from .workflow_config import PruneConfig, SensitivityConfig, load_config
 
 __version__ = "0.1.0"
 
@@ -46,16 +66,22 @@ __all__ = [
     "DEFAULT_LAYERS",
     "Amount",
     "AmountError",
+    "Comparison",
     "ComposedStrategy",
     "ConfigError",
     "Criterion",
+    "Evaluation",
+    "FineTuneResult",
+    "GradualPruner",
     "Granularity",
     "MaskError",
+    "ModelSize",
     "NoOptions",
     "NotPrunedError",
     "ParameterReport",
     "PluginError",
     "PluginLoadWarning",
+    "PruneConfig",
     "PruneContext",
     "PruneReport",
     "PrunusError",
@@ -63,22 +89,44 @@ __all__ = [
     "Registrar",
     "RegistrationError",
     "Registry",
+    "Schedule",
+    "ScheduleStep",
     "Selection",
+    "SensitivityConfig",
+    "SensitivityCurve",
+    "SensitivityResult",
     "Strategy",
     "StrategyConfig",
     "StrategyInfo",
     "Target",
     "TargetError",
     "UnknownCriterionError",
+    "UnknownScheduleError",
     "UnknownStrategyError",
+    "accuracy",
+    "compare",
+    "compare_quantized",
+    "count_parameters",
+    "evaluate",
+    "fine_tune",
     "hookimpl",
     "hookspec",
     "is_pruned",
     "keep_mask",
+    "latency_ms",
+    "load_compressed",
+    "load_config",
     "masks",
+    "model_size",
+    "plots",
     "prune",
+    "quantize",
+    "quantized_weights",
     "registry",
     "remove",
     "restore",
+    "save_compressed",
     "select_targets",
+    "sensitivity",
+    "summary",
 ]

@@ -15,6 +15,7 @@ import math
 import statistics
 import tempfile
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -230,9 +231,13 @@ def _decode(value: Any) -> Any:
             tensor[mask] = values
             return tensor
         if kind == "qtensor":
-            return torch._make_per_tensor_quantized_tensor(
-                _decode(value["ints"]), value["scale"], value["zero_point"]
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter(
+                    "ignore"
+                )  # torch's notice that quantized tensors are deprecated
+                return torch._make_per_tensor_quantized_tensor(
+                    _decode(value["ints"]), value["scale"], value["zero_point"]
+                )
         return {key: _decode(item) for key, item in value.items()}
     if isinstance(value, (tuple, list)):
         return type(value)(_decode(item) for item in value)

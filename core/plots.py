@@ -1,0 +1,210 @@
+"""Pictures of pruning, saved as PNG: per-layer sparsity, weights before and after, sensitivity, accuracy.
+
+Needs matplotlib (``pip install 'prunus[plots]'``), imported only when a plot is made. Figures are drawn on
+matplotlib's Agg canvas directly, without pyplot: no window opens and no global backend is changed. Each
+function returns the :class:`matplotlib.figure.Figure` and, given ``path``, writes it there as PNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .sensitivity import SensitivityResult
+
+__all__ = [
+    "plot_accuracy_vs_sparsity",
+    "plot_layer_sparsity",
+    "plot_schedule",
+    "plot_sensitivity",
+    "plot_weights",
+]
+
+
+def _figure(width: float, height: float) -> Figure:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("prunus plots need matplotlib: pip install 'prunus[plots]'") from None
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, path: str | Path | None) -> Figure:
+    if path is not None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(target, format="png")
+    return figure
+
+
+def layer_sparsity(model: nn.Module) -> dict[str, float]:
+    """Sparsity (fraction of zeros) of every weight of the layers ``prune`` targets by default."""
+    from .engine import DEFAULT_LAYERS
+    from .evaluation import _weights
+
+    out = {}
+    owners = {name for name, module in model.named_modules() if isinstance(module, DEFAULT_LAYERS)}
+    quantized = {
+        name
+        for name, module in model.named_modules()
+        if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None))
+    }
+    for name, tensor in _weights(model):
+        owner, _, leaf = name.rpartition(".")
+        if leaf == "weight" and (owner in owners or owner in quantized) and tensor.numel():
+            out[name] = 1.0 - int(tensor.count_nonzero()) / tensor.numel()
+    return out
+
+
+def plot_layer_sparsity(
+    model_or_sparsity: nn.Module | Mapping[str, float],
+    path: str | Path | None = None,
+    *,
+    title: str = "sparsity per layer",
+) -> Figure:
+    """Bars of each layer's weight sparsity (zeros counted in the tensors), with the overall line."""
+    sparsity = (
+        layer_sparsity(model_or_sparsity)
+        if isinstance(model_or_sparsity, nn.Module)
+        else dict(model_or_sparsity)
+    )
+    if not sparsity:
+        raise ConfigError("no layer weights to plot")
+    names = list(sparsity)
+    figure = _figure(max(4.0, 0.6 * len(names) + 2), 3.6)
+    axes = figure.add_subplot()
+    bars = axes.bar(range(len(names)), [100 * sparsity[n] for n in names], color="#3b6ea5")
+    axes.bar_label(bars, fmt="%.1f", fontsize=8)
+    axes.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    axes.set_ylabel("sparsity (%)")
+    axes.set_ylim(0, 105)
+    axes.set_title(title)
+    return _save(figure, path)
+
+
+def plot_weights(
+    before: Tensor,
+    after: Tensor,
+    path: str | Path | None = None,
+    *,
+    mask: Tensor | None = None,
+    title: str = "",
+    max_size: int = 128,
+) -> Figure:
+    """Heatmaps of a weight matrix before and after pruning, and its mask (kept entries light).
+
+    Tensors of more than two dims are shown as ``(shape[0], rest)``; at most ``max_size`` rows and columns
+    are shown (the top-left corner), so that single entries stay visible.
+    """
+    if before.shape != after.shape:
+        raise ConfigError(f"before {tuple(before.shape)} and after {tuple(after.shape)} differ")
+    keep = (after != 0) if mask is None else mask.bool()
+
+    def matrix(tensor: Tensor) -> Any:
+        t = tensor.detach().float().cpu()
+        t = t.reshape(1, -1) if t.dim() < 2 else t.reshape(t.shape[0], -1)
+        return t[:max_size, :max_size].numpy()
+
+    figure = _figure(11, 3.8)
+    limit = float(before.detach().abs().max()) or 1.0
+    panels = [
+        ("before", matrix(before), "RdBu_r", -limit, limit),
+        ("after", matrix(after), "RdBu_r", -limit, limit),
+        ("mask (kept)", matrix(keep.float()), "Greys_r", 0.0, 1.0),
+    ]
+    for index, (label, values, cmap, low, high) in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, 3, index)
+        image = axes.imshow(values, cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
+        axes.set_title(label, fontsize=10)
+        axes.set_xticks([])
+        axes.set_yticks([])
+        if index < 3:
+            figure.colorbar(image, ax=axes, shrink=0.8)
+    kept = int(keep.sum())
+    figure.suptitle(
+        f"{title} {tuple(before.shape)}: {1 - kept / keep.numel():.1%} pruned".strip(), fontsize=11
+    )
+    return _save(figure, path)
+
+
+def plot_sensitivity(
+    result: SensitivityResult,
+    path: str | Path | None = None,
+    *,
+    title: str = "",
+    suggested: Mapping[str, float] | None = None,
+) -> Figure:
+    """Each layer's metric against its amount, pruned alone; ``suggested`` amounts are marked."""
+    figure = _figure(7, 4.2)
+    axes = figure.add_subplot()
+    for curve in result.curves:
+        xs = [0.0, *curve.amounts]
+        ys = [result.baseline, *curve.metrics]
+        (line,) = axes.plot([100 * x for x in xs], ys, marker="o", markersize=3, label=curve.name)
+        if suggested is not None and curve.name in suggested:
+            axes.axvline(100 * suggested[curve.name], color=line.get_color(), ls=":", lw=1)
+    axes.axhline(result.baseline, color="grey", lw=0.8, ls="--")
+    axes.set_xlabel(f"amount pruned, this layer alone ({result.strategy}), %")
+    axes.set_ylabel("metric")
+    axes.set_title(title or "sensitivity per layer")
+    axes.legend(fontsize=7, loc="lower left")
+    return _save(figure, path)
+
+
+def plot_accuracy_vs_sparsity(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | Path | None = None,
+    *,
+    title: str = "accuracy against sparsity",
+    dense: float | None = None,
+) -> Figure:
+    """One line per method: ``{"magnitude": [(sparsity, accuracy), ...], "random": [...]}``."""
+    figure = _figure(6.5, 4.2)
+    axes = figure.add_subplot()
+    for label, points in series.items():
+        ordered = sorted(points)
+        axes.plot([100 * s for s, _ in ordered], [a for _, a in ordered], marker="o", label=label)
+    if dense is not None:
+        axes.axhline(dense, color="grey", lw=0.8, ls="--", label="dense")
+    axes.set_xlabel("sparsity (%)")
+    axes.set_ylabel("accuracy")
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def plot_schedule(
+    points: Sequence[tuple[int, float]],
+    path: str | Path | None = None,
+    *,
+    reached: Sequence[tuple[int, float]] | None = None,
+    title: str = "pruning schedule",
+) -> Figure:
+    """A schedule's target sparsity per step (a step function), with the sparsity ``reached`` if given."""
+    figure = _figure(6.5, 3.6)
+    axes = figure.add_subplot()
+    axes.step([s for s, _ in points], [100 * v for _, v in points], where="post", label="schedule")
+    if reached:
+        axes.plot(
+            [s for s, _ in reached],
+            [100 * v for _, v in reached],
+            "o",
+            markersize=4,
+            label="reached",
+        )
+    axes.set_xlabel("step")
+    axes.set_ylabel("sparsity (%)")
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    return _save(figure, path)
