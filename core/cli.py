@@ -1,8 +1,9 @@
 """The ``prunus`` command line.
 
 ``prunus list`` shows every strategy with its granularity, a one-line summary and the plugin (distribution) that
-provides it; ``prunus info NAME`` shows one strategy's options. A user mistake ends with a one-line error and a
-non-zero exit, never a traceback.
+provides it; ``prunus info NAME`` shows one strategy's options. ``prunus prune``, ``prunus report`` and
+``prunus sensitivity`` run the pruning workflow on a checkpoint (see :mod:`prunus.cli_workflow`). A user mistake
+ends with a one-line error and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import click
 
+from .cli_workflow import prune_command, report_command, sensitivity_command
 from .errors import PrunusError
 from .registry import Registry, registry
 
@@ -119,6 +121,12 @@ def info_command(ctx: click.Context, name: str) -> None:
         default = "required" if field.is_required() else f"default {field.default!r}"
         description = f"  {field.description}" if field.description else ""
         click.echo(f"  {option} ({default}){description}")
+
+
+# The workflow commands (prune, report, sensitivity) live in their own module.
+main.add_command(prune_command)
+main.add_command(report_command)
+main.add_command(sensitivity_command)
 
 
 def run(args: list[str] | None = None, registry: Registry | None = None) -> int:
