@@ -10,6 +10,7 @@ Importing prunus loads no plugin: they load on the first use of :data:`registry`
 from __future__ import annotations
 
 from . import plots
+from .analysis import AnalysisReport, LayerAnalysis, analyze
 from .config import Amount, StrategyConfig
 from .engine import DEFAULT_LAYERS, is_pruned, masks, prune, remove, restore, select_targets
 from .errors import (
@@ -41,14 +42,17 @@ from .evaluation import (
     summary,
 )
 from .gradual import FineTuneResult, GradualPruner, ScheduleStep, fine_tune
+from .hardware import CpuInfo, GpuInfo, HardwareProfile, detect_hardware
 from .hookspecs import hookimpl, hookspec
+from .probe import ProbePoint, ProbeResult, load_probe, probe
 from .quantization import compare_quantized, quantize, quantized_weights
 from .ranking import keep_mask
 from .registry import Registrar, Registry, StrategyInfo, registry
 from .report import ParameterReport, PruneReport
 from .schedules import Schedule, UnknownScheduleError
-from .selection import Selection
+from .selection import Selection, select
 from .sensitivity import SensitivityCurve, SensitivityResult, sensitivity
+from .sparse import SparseLinear, to_dense, to_sparse
 from .strategy import (
     ComposedStrategy,
     Criterion,
@@ -66,14 +70,19 @@ __all__ = [
     "DEFAULT_LAYERS",
     "Amount",
     "AmountError",
+    "AnalysisReport",
     "Comparison",
     "ComposedStrategy",
     "ConfigError",
+    "CpuInfo",
     "Criterion",
     "Evaluation",
     "FineTuneResult",
+    "GpuInfo",
     "GradualPruner",
     "Granularity",
+    "HardwareProfile",
+    "LayerAnalysis",
     "MaskError",
     "ModelSize",
     "NoOptions",
@@ -81,6 +90,8 @@ __all__ = [
     "ParameterReport",
     "PluginError",
     "PluginLoadWarning",
+    "ProbePoint",
+    "ProbeResult",
     "PruneConfig",
     "PruneContext",
     "PruneReport",
@@ -95,6 +106,7 @@ __all__ = [
     "SensitivityConfig",
     "SensitivityCurve",
     "SensitivityResult",
+    "SparseLinear",
     "Strategy",
     "StrategyConfig",
     "StrategyInfo",
@@ -104,9 +116,11 @@ __all__ = [
     "UnknownScheduleError",
     "UnknownStrategyError",
     "accuracy",
+    "analyze",
     "compare",
     "compare_quantized",
     "count_parameters",
+    "detect_hardware",
     "evaluate",
     "fine_tune",
     "hookimpl",
@@ -116,9 +130,11 @@ __all__ = [
     "latency_ms",
     "load_compressed",
     "load_config",
+    "load_probe",
     "masks",
     "model_size",
     "plots",
+    "probe",
     "prune",
     "quantize",
     "quantized_weights",
@@ -126,7 +142,10 @@ __all__ = [
     "remove",
     "restore",
     "save_compressed",
+    "select",
     "select_targets",
     "sensitivity",
     "summary",
+    "to_dense",
+    "to_sparse",
 ]

@@ -18,6 +18,7 @@ from . import masking
 from .errors import ConfigError, NotPrunedError, PluginError, PrunusError, TargetError
 from .registry import Registry, registry
 from .report import ParameterReport, PruneReport
+from .selection import AUTO, Selection, resolve_auto
 from .strategy import PruneContext, Strategy, Target
 
 __all__ = ["DEFAULT_LAYERS", "is_pruned", "masks", "prune", "remove", "restore", "select_targets"]
@@ -55,7 +56,11 @@ def prune(
 
     Args:
         model: the model to prune; changed in place.
-        strategy: a strategy from ``registry.get(...)``, or a registered name configured with ``options``.
+        strategy: a strategy from ``registry.get(...)``, or a registered name configured with ``options``, or
+            ``"auto"``: the strategy :func:`prunus.select` chooses for ``hardware=`` (default ``"auto"``, this
+            machine) and ``objective=`` (default ``"latency"``) at ``sparsity=`` (required); it prunes the
+            parameters the selection names unless ``include`` or ``filter_fn`` is given, and the report records
+            the selection.
         include: glob patterns over qualified parameter names (``"fc1.weight"``, ``"blocks.*.weight"``);
             each must match something. Default: the ``weight`` of every Linear and Conv layer.
         exclude: glob patterns of parameters to leave alone; each must match one of the chosen parameters.
@@ -89,6 +94,14 @@ def prune(
         raise TargetError(
             f"model must be a torch.nn.Module, not {type(model).__name__} ({model!r:.80})"
         )
+    selection: Selection | None = None
+    if isinstance(strategy, str) and strategy == AUTO:
+        if amounts is not None:
+            raise ConfigError("amounts= cannot be combined with 'auto'; prune with a strategy name")
+        strategy, selection = resolve_auto(model, options, registry)
+        options = {}
+        if include is None and filter_fn is None:
+            include = selection.include
     per_layer: dict[str, Strategy] | None = None
     if amounts is not None:
         if not isinstance(strategy, str):
@@ -176,6 +189,7 @@ def prune(
             if t.name in newly
         ],
         model_numel=sum(p.numel() for p in model.parameters()),
+        selection=selection,
     )
 
 

@@ -128,8 +128,9 @@ def prunus_select_strategy(
     """Choose a strategy for ``model`` on a hardware target.
 
     :param model: the model to prune.
-    :param hardware: the hardware target: a name such as ``"gpu"``, ``"cpu"`` or ``"sparse_accelerator"``, or a
-        profile describing the machine.
+    :param hardware: the hardware target, a :class:`~prunus.HardwareProfile` (``prunus.select`` resolves the
+        names ``"auto"``, ``"gpu"``, ``"cpu"``, ``"sparse_accelerator"`` and dicts to one before calling): its
+        ``kind``, GPU compute capability, CPU vector width and, when measured, ``sparse_crossover``.
     :param objective: what to optimise: ``"latency"``, ``"memory"`` or ``"accuracy"``.
     :param sparsity: the fraction of weights the user wants removed.
     :return: a :class:`~prunus.selection.Selection` naming a registered strategy, its options and the reason,

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from .selection import Selection
+
 __all__ = ["ParameterReport", "PruneReport"]
 
 
@@ -47,6 +49,8 @@ class PruneReport(BaseModel):
     parameters: list[ParameterReport]
     model_numel: int
     """Entries of every parameter of the model, pruned or not."""
+    selection: Selection | None = None
+    """The hardware-aware selection, when the strategy was ``"auto"`` (see :func:`prunus.select`)."""
 
     @property
     def numel(self) -> int:
@@ -87,4 +91,8 @@ class PruneReport(BaseModel):
             f"{'total':<{width}}  {'':<18} {self.pruned:>12,} {self.sparsity:>9.2%}"
             f"   ({self.model_sparsity:.2%} of all {self.model_numel:,} parameters)"
         )
+        if self.selection is not None:
+            lines.append(
+                f"selected by {self.selection.decided_by or 'a plugin'}: {self.selection.reason}"
+            )
         return "\n".join(lines)

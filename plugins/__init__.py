@@ -8,8 +8,10 @@ skipped with ``PRUNUS_DISABLED_PLUGINS=prunus.<name>``.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "criteria",
     "granularities",
+    "semistructured",
     "strategies",
     "defaults",
     "schedules",
+    "hardware_policy",
 )
 """Modules of this package that are plugins, in registration order."""

@@ -1,0 +1,318 @@
+"""Hardware-shaped granularities: ``nm`` (N:M semi-structured), ``block`` and ``aligned`` (structured, rounded).
+
+Like every granularity they compose with every criterion, built-in or third-party: ``l1_nm``, ``random_nm``,
+``ln_block``, ``taylor_aligned``... Each prunes among the entries an earlier ``prune`` kept and never revives one.
+
+``nm`` (options ``n_keep=2``, ``m_group=4``, ``dim=None``)
+    Keeps at most ``n_keep`` entries in every group of ``m_group`` consecutive weights along the *input* dim:
+    the last dim of a Linear weight ``(out, in)``; for a convolution ``(out, in, *kernel)`` the input-channel
+    dim 1, so a group is ``m_group`` consecutive input channels at one output channel and kernel position (the
+    layout NVIDIA's 2:4 kernels read in a channels-last implicit GEMM); for a transposed convolution
+    ``(in, out, *kernel)`` dim 0; for a 1-D parameter its only dim. ``dim`` overrides the choice. A trailing
+    group shorter than ``m_group`` counts as padded with zeros: it keeps at most ``n_keep`` too. The sparsity
+    is fixed, ``1 - n_keep / m_group``: there is no ``amount``. The names are not ``n`` and ``m`` because the
+    ``ln`` criterion already has an option ``n`` (the norm's order), and composed options must not clash.
+
+``block`` (options ``amount``, ``block=(1, 4)``)
+    Prunes ``(rows, cols)`` blocks of the weight's 2-D view ``weight.reshape(shape[0], -1)`` (a convolution's
+    ``(out, in * kh * kw)``, the GEMM a BSR kernel reads) as units, ``amount`` counting the blocks an earlier
+    prune left with a kept entry. A block's score is the criterion's ``reduce`` over its entries (the L1 norm
+    for ``l1``). Edge blocks of a dim that ``rows`` or ``cols`` does not divide are smaller and are scored over
+    the entries they have.
+
+``aligned`` (options ``amount``, ``dim=0``, ``round_to=8``)
+    Structured pruning of whole slices along ``dim`` (``structured``'s rule) where the number of slices kept is
+    rounded to the nearest multiple of ``round_to``, so the layer, once shrunk, has a width dense kernels like
+    (multiples of 8 for GPU tensor cores, of the vector width on a CPU). ``amount=0`` prunes nothing; a
+    parameter with ``round_to`` slices or fewer is not rounded; a nonzero count rounds to at least
+    ``round_to``. The report says how many slices were actually pruned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from pydantic import Field, StrictInt, field_validator, model_validator
+from torch import Tensor, nn
+
+import prunus
+from prunus import Amount, Criterion, Granularity, PruneContext, Registrar, StrategyConfig, Target
+from prunus.config import count_to_prune
+from prunus.errors import ConfigError
+from prunus.ranking import keep_mask, rankable
+
+__all__ = ["NM", "Aligned", "AlignedConfig", "Block", "BlockConfig", "NMConfig", "nm_input_dim"]
+
+
+# -- nm -------------------------------------------------------------------------------------------------------
+
+
+class NMConfig(StrategyConfig):
+    """Options of the ``nm`` granularity."""
+
+    n_keep: StrictInt = Field(
+        default=2, ge=0, description="N: entries kept at most in each group (2 for 2:4)"
+    )
+    m_group: StrictInt = Field(
+        default=4, ge=1, description="M: consecutive entries per group along the input dim"
+    )
+    dim: StrictInt | None = Field(
+        default=None,
+        description="dim the groups run along; default the input dim (Linear: last; Conv: 1; "
+        "ConvTranspose: 0)",
+    )
+
+    @model_validator(mode="after")
+    def _n_below_m(self) -> NMConfig:
+        if self.n_keep >= self.m_group:
+            raise ValueError(
+                f"n_keep={self.n_keep} must be below m_group={self.m_group} (N:M keeps N < M of every M)"
+            )
+        return self
+
+
+def nm_input_dim(module: nn.Module, ndim: int) -> int:
+    """The dim ``nm`` groups along by default: the one a matmul or convolution reduces over."""
+    if ndim <= 1 or isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return 0
+    return 1  # Linear (out, in); Conv (out, in / groups, *kernel)
+
+
+class NM(Granularity):
+    """At most ``n_keep`` kept of every ``m_group`` consecutive weights along the input dim (2:4 by default)."""
+
+    name = "nm"
+    summary = "N:M semi-structured: at most n_keep of every m_group consecutive inputs (2:4)"
+    Config = NMConfig
+
+    def masks(
+        self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
+    ) -> dict[str, Tensor]:
+        assert isinstance(self.config, NMConfig)
+        n, m = self.config.n_keep, self.config.m_group
+        out = {}
+        for target in context.targets:
+            shape = target.tensor.shape
+            if len(shape) == 0:
+                raise ConfigError(f"{target.name!r} is a scalar; N:M groups need at least one dim")
+            dim = self.config.dim
+            if dim is None:
+                dim = nm_input_dim(target.module, len(shape))
+            if not -len(shape) <= dim < len(shape):
+                raise ConfigError(
+                    f"dim={dim} is out of range for {target.name!r} of shape {tuple(shape)}; "
+                    f"valid dims are {-len(shape)} to {len(shape) - 1}"
+                )
+            out[target.name] = nm_keep_mask(score(target), n, m, dim % len(shape), target.prior)
+        return out
+
+
+def nm_keep_mask(scores: Tensor, n: int, m: int, dim: int, prior: Tensor | None) -> Tensor:
+    """Keep the ``n`` highest-scored eligible entries of each group of ``m`` along ``dim``.
+
+    Within a group, entries are pruned lowest score first, ties broken by position (the lower index is pruned
+    first), as :func:`prunus.keep_mask` does. Entries ``prior`` pruned stay pruned and count as pruned.
+    """
+    moved = rankable(scores).movedim(dim, -1)
+    eligible = (
+        torch.ones_like(moved, dtype=torch.bool)
+        if prior is None
+        else prior.movedim(dim, -1).clone()
+    )
+    size = moved.shape[-1]
+    pad = (-size) % m
+    if pad:
+        moved = torch.nn.functional.pad(moved, (0, pad), value=float("-inf"))
+        eligible = torch.nn.functional.pad(eligible, (0, pad), value=False)
+    groups = moved.reshape(*moved.shape[:-1], -1, m)
+    ok = eligible.reshape(groups.shape)
+    # Sort each group by (eligible, score, position): stable sorts, the last one on the primary key.
+    order = groups.argsort(dim=-1, stable=True)
+    order = order.gather(-1, ok.gather(-1, order).to(torch.int8).argsort(dim=-1, stable=True))
+    kept_count = ok.sum(dim=-1, keepdim=True).clamp(max=n)
+    position = torch.arange(m, device=scores.device)
+    keep_sorted = position >= (m - kept_count)
+    keep = torch.zeros_like(ok).scatter(-1, order, keep_sorted)
+    keep = keep.reshape(*moved.shape[:-1], -1)[..., :size]
+    return keep.movedim(-1, dim).contiguous()
+
+
+# -- block ----------------------------------------------------------------------------------------------------
+
+
+class BlockConfig(StrategyConfig):
+    """Options of the ``block`` granularity."""
+
+    amount: Amount = Field(
+        description="fraction in [0, 1] of the blocks still kept, or an int count"
+    )
+    block: tuple[StrictInt, StrictInt] = Field(
+        default=(1, 4), description="(rows, cols) of a block of the weight's 2-D view"
+    )
+
+    @field_validator("block", mode="before")
+    @classmethod
+    def _tuple(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("block")
+    @classmethod
+    def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] < 1 or value[1] < 1:
+            raise ValueError(f"block={value!r}: both sides must be >= 1")
+        return value
+
+
+def _view2d(tensor: Tensor) -> Tensor:
+    if tensor.dim() == 0:
+        return tensor.reshape(1, 1)
+    if tensor.dim() == 1:
+        return tensor.reshape(1, -1)
+    return tensor.reshape(tensor.shape[0], -1)
+
+
+def block_scores(criterion: Criterion, scores: Tensor, rows: int, cols: int) -> Tensor:
+    """One score per ``(rows, cols)`` block of the 2-D ``scores`` (edge blocks reduced over what they hold)."""
+    height, width = scores.shape
+    full_h, full_w = height - height % rows, width - width % cols
+    grid_h, grid_w = -(-height // rows), -(-width // cols)
+    out = torch.empty(grid_h, grid_w, dtype=rankable(scores).dtype, device=scores.device)
+    for r0, r1, br in ((0, full_h, rows), (full_h, height, height - full_h)):
+        for c0, c1, bc in ((0, full_w, cols), (full_w, width, width - full_w)):
+            if r1 <= r0 or c1 <= c0:
+                continue
+            part = rankable(scores[r0:r1, c0:c1])
+            tiles = part.reshape((r1 - r0) // br, br, (c1 - c0) // bc, bc)
+            reduced = criterion.reduce(tiles, (1, 3))
+            out[
+                r0 // rows : r0 // rows + tiles.shape[0], c0 // cols : c0 // cols + tiles.shape[2]
+            ] = reduced
+    return out
+
+
+def _any_per_block(mask: Tensor, rows: int, cols: int) -> Tensor:
+    """Whether each ``(rows, cols)`` block of the 2-D bool ``mask`` holds a True."""
+    height, width = mask.shape
+    padded = torch.nn.functional.pad(mask, (0, (-width) % cols, 0, (-height) % rows), value=False)
+    grid_h, grid_w = padded.shape[0] // rows, padded.shape[1] // cols
+    return padded.reshape(grid_h, rows, grid_w, cols).any(dim=3).any(dim=1)
+
+
+def _expand_blocks(grid: Tensor, rows: int, cols: int, height: int, width: int) -> Tensor:
+    return grid.repeat_interleave(rows, dim=0)[:height].repeat_interleave(cols, dim=1)[:, :width]
+
+
+class Block(Granularity):
+    """Prune ``block=(rows, cols)`` blocks of each weight's 2-D view as units (1x4, 4x1, 8x8...)."""
+
+    name = "block"
+    summary = "prunes (rows, cols) blocks of the weight's 2-D view as units (block=(1, 4))"
+    Config = BlockConfig
+
+    def masks(
+        self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
+    ) -> dict[str, Tensor]:
+        assert isinstance(self.config, BlockConfig)
+        rows, cols = self.config.block
+        out = {}
+        for target in context.targets:
+            shape = target.tensor.shape
+            scores = _view2d(score(target))
+            height, width = scores.shape
+            grid = block_scores(criterion, scores, rows, cols)
+            eligible = None
+            if target.prior is not None:
+                prior = _view2d(target.prior)
+                # A block can still be pruned if any of its entries is still kept.
+                eligible = _any_per_block(prior, rows, cols)
+            size = grid.numel() if eligible is None else int(eligible.sum())
+            k = count_to_prune(
+                self.config.amount, size, what=f"{rows}x{cols} blocks of {target.name!r} still kept"
+            )
+            keep = _expand_blocks(keep_mask(grid, k, eligible), rows, cols, height, width)
+            mask = keep.reshape(shape).contiguous()
+            out[target.name] = mask if target.prior is None else mask & target.prior
+        return out
+
+
+# -- aligned --------------------------------------------------------------------------------------------------
+
+
+class AlignedConfig(StrategyConfig):
+    """Options of the ``aligned`` granularity."""
+
+    amount: Amount = Field(
+        description="fraction in [0, 1] of the slices still kept, or an int count (before rounding)"
+    )
+    dim: StrictInt = Field(
+        default=0,
+        description="dim whose slices are pruned: 0 = output neurons / conv filters, 1 = inputs",
+    )
+    round_to: StrictInt = Field(
+        default=8, ge=1, description="the number of slices kept is rounded to a multiple of this"
+    )
+
+
+def aligned_keep(size: int, pruned: int, round_to: int) -> int:
+    """How many of ``size`` slices to keep when ``pruned`` were asked: rounded to a multiple of ``round_to``.
+
+    Rounds to the nearest multiple (halves up), at least ``round_to`` unless everything is pruned, at most the
+    largest multiple not above ``size``. ``pruned == 0`` keeps everything; ``size <= round_to`` is not rounded.
+    """
+    keep = size - pruned
+    if pruned == 0 or keep == 0 or size <= round_to:
+        return keep
+    rounded = round_to * ((keep + round_to // 2) // round_to)
+    return min(max(rounded, round_to), size - size % round_to)
+
+
+class Aligned(Granularity):
+    """Whole slices along ``dim``, keeping a multiple of ``round_to`` of them (hardware-friendly widths)."""
+
+    name = "aligned"
+    summary = "prunes whole slices along dim, keeping a multiple of round_to (8) of them"
+    Config = AlignedConfig
+
+    def masks(
+        self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
+    ) -> dict[str, Tensor]:
+        assert isinstance(self.config, AlignedConfig)
+        out = {}
+        for target in context.targets:
+            shape = target.tensor.shape
+            dim = self.config.dim
+            if not -len(shape) <= dim < len(shape):
+                raise ConfigError(
+                    f"dim={dim} is out of range for {target.name!r} of shape {tuple(shape)}; "
+                    f"valid dims are {-len(shape)} to {len(shape) - 1}"
+                )
+            dim %= len(shape)
+            others = tuple(d for d in range(len(shape)) if d != dim)
+            eligible = (
+                None
+                if target.prior is None
+                else target.prior.any(dim=others)
+                if others
+                else target.prior
+            )
+            size = shape[dim] if eligible is None else int(eligible.sum())
+            k = count_to_prune(
+                self.config.amount, size, what=f"slices of {target.name!r} along dim {dim}"
+            )
+            k = size - aligned_keep(size, k, self.config.round_to)
+            groups = criterion.reduce(score(target), others)
+            keep = keep_mask(groups, k, eligible)
+            view = [1] * len(shape)
+            view[dim] = shape[dim]
+            mask = keep.reshape(view).expand(shape).clone()
+            out[target.name] = mask if target.prior is None else mask & target.prior
+        return out
+
+
+@prunus.hookimpl
+def prunus_register_granularities(register: Registrar) -> None:
+    """Register ``nm``, ``block`` and ``aligned``."""
+    for granularity in (NM, Block, Aligned):
+        register(granularity)
