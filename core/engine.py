@@ -365,7 +365,7 @@ def select_targets(
     if not chosen:
         how = (
             "no Linear or Conv layer with a weight"
-            if not include_patterns and filter_fn is None
+            if not include_patterns and filter_fn is None and not exclude_patterns
             else "no parameter left after include/exclude/filter_fn"
         )
         raise TargetError(
@@ -380,7 +380,9 @@ def _one_per_parameter(
 ) -> list[tuple[str, nn.Module, str]]:
     """Each chosen parameter once, in model order: under the name whose module holds its mask, if any."""
     masked = {
-        id(c[1]._parameters[c[2]]): c for c in candidates if masking.get_mask(c[1], c[2]) is not None
+        id(c[1]._parameters[c[2]]): c
+        for c in candidates
+        if masking.get_mask(c[1], c[2]) is not None
     }
     out: dict[int, tuple[str, nn.Module, str]] = {}
     for entry in chosen:

@@ -327,12 +327,22 @@ class Registry:
         """
         self._ensure_loaded()
         assert self._pm is not None
-        registered = self._pm.register(plugin, name=name)
+        try:
+            # pluggy raises ValueError for a name or object already registered, PluginValidationError for a
+            # hook implementation whose arguments the spec does not have.
+            registered = self._pm.register(plugin, name=name)
+        except (ValueError, pluggy.PluginValidationError) as error:
+            raise RegistrationError(f"plugin {name or plugin!r} cannot be registered: {error}") from None
         if registered is None:
-            raise RegistrationError(f"plugin {name or plugin!r} is blocked or already registered")
+            raise RegistrationError(
+                f"plugin {name or plugin!r} is blocked (named in PRUNUS_DISABLED_PLUGINS?)"
+            )
         try:
             self._pm.check_pending()
             self._run_registration(registered, Provider(registered))
+        except pluggy.PluginValidationError as error:
+            self._forget(registered)
+            raise RegistrationError(f"plugin {registered!r} cannot be registered: {error}") from None
         except Exception:
             self._forget(registered)
             raise
@@ -461,11 +471,17 @@ class Registry:
 
         def build(cfg: StrategyConfig) -> Strategy:
             values = dict(cfg)
+            # Validated again by each component's own Config: the merged model above carries the fields'
+            # types and constraints but not the components' @field_validator / @model_validator checks.
             criterion = ccls(
-                ccls.Config.model_validate({k: values[k] for k in ccls.Config.model_fields})
+                validate_config(
+                    ccls.Config, name, {k: values[k] for k in ccls.Config.model_fields}
+                )
             )
             granularity = gcls(
-                gcls.Config.model_validate({k: values[k] for k in gcls.Config.model_fields})
+                validate_config(
+                    gcls.Config, name, {k: values[k] for k in gcls.Config.model_fields}
+                )
             )
             return ComposedStrategy(cfg, criterion, granularity, self.hooks.score, name)
 
@@ -474,7 +490,10 @@ class Registry:
             summary=f"{ccls.summary}; {gcls.summary}",
             granularity=gname,
             config=config,
-            provider=crit.provider if crit.provider.plugin != USER else gran.provider,
+            # Credited to the criterion's provider, unless only the granularity is not built in.
+            provider=gran.provider
+            if _is_builtin(crit.provider) and not _is_builtin(gran.provider)
+            else crit.provider,
             build=build,
             criterion=cname,
             deterministic=ccls.deterministic,
@@ -573,7 +592,7 @@ class Registry:
             try:
                 self._run_registration(plugin_name, provider)
             except Exception as error:
-                if provider.distribution == "prunus" and provider.plugin.startswith("prunus."):
+                if _is_builtin(provider):
                     raise  # a broken built-in is a bug in prunus itself, not something to skip
                 self._forget(plugin_name)
                 self._fail(provider, f"failed to register: {type(error).__name__}: {error}")
@@ -625,6 +644,10 @@ class Registry:
             f"Strategies come from prunus's built-in plugins and from installed distributions that "
             f"declare an entry point in the {ENTRY_POINT_GROUP!r} group (see `prunus list`)."
         )
+
+
+def _is_builtin(provider: Provider) -> bool:
+    return provider.distribution == "prunus" and provider.plugin.startswith("prunus.")
 
 
 def _truthy(value: str | None) -> bool:
