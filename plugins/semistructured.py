@@ -31,10 +31,10 @@ Like every granularity they compose with every criterion, built-in or third-part
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-from pydantic import Field, StrictInt, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, StrictInt, model_validator
 from torch import Tensor, nn
 
 import prunus
@@ -86,6 +86,16 @@ class NM(Granularity):
     name = "nm"
     summary = "N:M semi-structured: at most n_keep of every m_group consecutive inputs (2:4)"
     Config = NMConfig
+
+    def __init__(self, config: StrategyConfig) -> None:
+        assert isinstance(config, NMConfig)
+        if (
+            config.n_keep >= config.m_group
+        ):  # also checked here: composed options may skip model validators
+            raise ConfigError(
+                f"n_keep={config.n_keep} must be below m_group={config.m_group} (N:M keeps N < M of every M)"
+            )
+        super().__init__(config)
 
     def masks(
         self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
@@ -142,27 +152,31 @@ def nm_keep_mask(scores: Tensor, n: int, m: int, dim: int, prior: Tensor | None)
 # -- block ----------------------------------------------------------------------------------------------------
 
 
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _positive_sides(value: tuple[int, int]) -> tuple[int, int]:
+    if value[0] < 1 or value[1] < 1:
+        raise ValueError(f"block={value!r}: both sides must be >= 1")
+    return value
+
+
+# Validators in the annotation travel with the field into every composed strategy's options model.
+BlockShape = Annotated[
+    tuple[StrictInt, StrictInt], BeforeValidator(_as_tuple), AfterValidator(_positive_sides)
+]
+
+
 class BlockConfig(StrategyConfig):
     """Options of the ``block`` granularity."""
 
     amount: Amount = Field(
         description="fraction in [0, 1] of the blocks still kept, or an int count"
     )
-    block: tuple[StrictInt, StrictInt] = Field(
+    block: BlockShape = Field(
         default=(1, 4), description="(rows, cols) of a block of the weight's 2-D view"
     )
-
-    @field_validator("block", mode="before")
-    @classmethod
-    def _tuple(cls, value: Any) -> Any:
-        return tuple(value) if isinstance(value, list) else value
-
-    @field_validator("block")
-    @classmethod
-    def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if value[0] < 1 or value[1] < 1:
-            raise ValueError(f"block={value!r}: both sides must be >= 1")
-        return value
 
 
 def _view2d(tensor: Tensor) -> Tensor:

@@ -1,0 +1,25 @@
+"""An installable prunus plugin that implements the selection hook (used by prunus's tests).
+
+It answers every request except those for objective ``accuracy``, which it leaves to the next plugin (prunus's
+built-in policy) by returning ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import prunus
+from prunus import Selection
+
+
+@prunus.hookimpl
+def prunus_select_strategy(
+    model: Any, hardware: Any, objective: str, sparsity: float
+) -> Selection | None:
+    if objective == "accuracy":
+        return None
+    return Selection(
+        strategy="random_unstructured",
+        options={"amount": sparsity, "seed": 7},
+        reason=f"the example plugin prunes at random on every target (here a {hardware.kind})",
+    )
