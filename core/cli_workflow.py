@@ -839,7 +839,7 @@ def sensitivity_command(
     if plot_path is not None:
         from . import plots
 
-        plots.plot_sensitivity(result, plot_path, suggested=suggested)
+        plots.plot_sensitivity(result, plot_path, suggested=suggested, metric="accuracy")
         click.echo(f"\nplot: {plot_path}")
     if output is not None:
         _write_json(

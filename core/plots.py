@@ -144,6 +144,7 @@ def plot_sensitivity(
     *,
     title: str = "",
     suggested: Mapping[str, float] | None = None,
+    metric: str = "metric",
 ) -> Figure:
     """Each layer's metric against its amount, pruned alone; ``suggested`` amounts are marked."""
     figure = _figure(7, 4.2)
@@ -156,7 +157,7 @@ def plot_sensitivity(
             axes.axvline(100 * suggested[curve.name], color=line.get_color(), ls=":", lw=1)
     axes.axhline(result.baseline, color="grey", lw=0.8, ls="--")
     axes.set_xlabel(f"amount pruned, this layer alone ({result.strategy}), %")
-    axes.set_ylabel("metric")
+    axes.set_ylabel(metric)
     axes.set_title(title or "sensitivity per layer")
     axes.legend(fontsize=7, loc="lower left")
     return _save(figure, path)
