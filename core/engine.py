@@ -156,23 +156,29 @@ def prune(
         computed = {t.name: computed[t.name] for t in targets if t.name in computed}
     undo: list[Callable[[], None]] = []
     newly: dict[str, int] = {}
-    try:
-        for target in targets:
-            mask = computed.get(target.name)
-            if mask is None:
-                continue
-            before = int((~target.prior).sum()) if target.prior is not None else 0
-            undo.append(registry.hooks.apply_mask(target, mask, restorable, context))
-            newly[target.name] = int((~mask).sum()) - before
-    except BaseException as error:
-        for step in reversed(undo):
-            step()
-        if isinstance(error, PrunusError) or not isinstance(error, Exception):
-            raise
-        raise PluginError(
-            f"applying the masks of strategy {strategy.name!r} failed: {type(error).__name__}: {error}; "
-            "the model was left as it was"
-        ) from error
+    pruned: dict[str, int] = {}
+    # The default applier zeroes weights only at commit(), once every mask is attached: an undo then drops
+    # buffers and never needs a copy of the weights (see masking.deferred_zeroing).
+    with masking.deferred_zeroing() as commit:
+        try:
+            for target in targets:
+                mask = computed.get(target.name)
+                if mask is None:
+                    continue
+                before = _count_pruned(target.prior) if target.prior is not None else 0
+                undo.append(registry.hooks.apply_mask(target, mask, restorable, context))
+                pruned[target.name] = _count_pruned(mask)
+                newly[target.name] = pruned[target.name] - before
+        except BaseException as error:
+            for step in reversed(undo):
+                step()
+            if isinstance(error, PrunusError) or not isinstance(error, Exception):
+                raise
+            raise PluginError(
+                f"applying the masks of strategy {strategy.name!r} failed: {type(error).__name__}: {error}; "
+                "the model was left as it was"
+            ) from error
+        commit()
 
     return PruneReport(
         strategy=strategy.name,
@@ -182,7 +188,7 @@ def prune(
                 name=t.name,
                 shape=tuple(t.tensor.shape),
                 numel=t.tensor.numel(),
-                pruned=int((~computed[t.name]).sum()),
+                pruned=pruned[t.name],
                 newly_pruned=newly[t.name],
             )
             for t in targets
@@ -191,6 +197,11 @@ def prune(
         model_numel=sum(p.numel() for p in model.parameters()),
         selection=selection,
     )
+
+
+def _count_pruned(mask: Tensor) -> int:
+    # count_nonzero is one fast pass; (~mask).sum() allocates and sums through int64, 10-30x slower.
+    return mask.numel() - int(torch.count_nonzero(mask))
 
 
 def _per_layer(
@@ -290,7 +301,7 @@ def _check_mask(owner: str, target: Target, mask: object) -> None:
             f"{owner}: the mask for {target.name!r} is on {mask.device}, the parameter on {tensor.device}"
         )
     if target.prior is not None:
-        revived = int((mask & ~target.prior).sum())
+        revived = int(torch.count_nonzero(mask & ~target.prior))
         if revived:
             raise PluginError(
                 f"{owner}: the mask for {target.name!r} revives {revived} entries an earlier prune removed; "
