@@ -277,6 +277,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def revision() -> str:
+    """The prunus version and, in a git checkout, the commit measured (``-dirty`` if it had local changes)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return f"prunus {prunus.__version__} at commit {done.stdout.strip()}"
+    except (OSError, subprocess.CalledProcessError):
+        return f"prunus {prunus.__version__}"
+
+
 def machine() -> str:
     return (
         f"{cpu_model()}, {os.cpu_count()} cores, 1 torch thread, torch {torch.__version__}, "
@@ -342,6 +356,7 @@ def prune_section(
 
 
 def run(quick: bool) -> tuple[str, dict[str, Any]]:
+    started = time.perf_counter()
     config = shapes(quick)
     layers, width = config["stack"]["layers"], config["stack"]["width"]
     n_params = layers * width * width
@@ -431,16 +446,23 @@ def run(quick: bool) -> tuple[str, dict[str, Any]]:
 
     date = datetime.date.today().isoformat()
     mode = " (quick: small shapes, a smoke test only)" if quick else ""
+    minutes = (time.perf_counter() - started) / 60
     document = (
         "# Benchmarks: prunus and `torch.nn.utils.prune`\n\n"
-        f"Regenerate this page with `{REGENERATE}` (about five minutes on 2 cores; "
+        f"Regenerate this page with `{REGENERATE}` (this run took {minutes:.0f} min; "
         "`python benchmarks/bench_core.py --quick` for a smoke run). "
         "Source: [`benchmarks/bench_core.py`](../benchmarks/bench_core.py).\n\n"
-        f"Measured {date}{mode} on: {machine()}.\n\n"
+        f"Measured {date}{mode}, {revision()}, on: {machine()}; load average "
+        f"{os.getloadavg()[0]:.1f} at the end.\n\n"
         "Every figure comes from child processes of the script: one fresh process per pruning run (so peak RSS "
         "is that run's own, `ru_maxrss` minus the value after building the model), and one process per "
         "latency table in which the variants take turns. Times are medians; ratios are taken within one run. "
         "Shared machines are noisy: compare ratios, not absolute times, across runs.\n\n"
+        "What differs between the two: torch reparametrizes (`weight_orig` parameter, float `weight_mask` "
+        "buffer, a forward pre-hook computing `weight = weight_orig * weight_mask` on every forward); prunus "
+        "zeroes the weights in place, keeps a bool mask (and, when restorable, the pruned values) in "
+        "non-persistent buffers, and re-zeroes pruned entries in an optimizer step post-hook. So prunus pays "
+        "nothing at inference, and pays the re-zeroing once per optimizer step in training.\n\n"
         + "\n\n".join(sections)
         + "\n"
     )
