@@ -323,10 +323,10 @@ def select_targets(
     """
     include_patterns = _patterns("include", include)
     exclude_patterns = _patterns("exclude", exclude)
-    # Every name of every parameter: a tied weight (an embedding shared with an output layer) is listed under
-    # each module that holds it, so either name can choose it; it is pruned once (see below).
+    # Every name of every parameter: a tied weight (an embedding shared with an output layer) or a module
+    # registered twice is listed under each of its names, so any of them can choose it; it is pruned once.
     candidates: list[tuple[str, nn.Module, str]] = []
-    for prefix, module in model.named_modules():
+    for prefix, module in model.named_modules(remove_duplicate=False):
         for pname, param in module._parameters.items():
             if param is not None:
                 candidates.append((f"{prefix}.{pname}" if prefix else pname, module, pname))

@@ -150,6 +150,12 @@ class Hooks:
                 f"no plugin applied the mask of {target.name!r}; "
                 "is the built-in plugin 'prunus.defaults' disabled?"
             )
+        if not callable(undo):
+            # Checked here: a bad one would only fail when a later target fails and the engine undoes.
+            raise PluginError(
+                f"the prunus_apply_mask implementation that applied the mask of {target.name!r} returned "
+                f"{type(undo).__name__}; it must return a function that undoes the application"
+            )
         return undo  # type: ignore[no-any-return]
 
     def select(

@@ -12,6 +12,10 @@ from torch import Tensor, nn
 import prunus
 from prunus import masking
 
+# The models here are tiny: one intra-op thread per test process is fastest, and with pytest-xdist it keeps the
+# workers from oversubscribing the cores (several threads spinning on a busy machine cost seconds per test).
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip the tests marked ``gpu`` when no CUDA device is available."""

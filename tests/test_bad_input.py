@@ -583,3 +583,50 @@ def test_an_unchanged_model_is_still_usable_after_a_failed_prune(unchanged: nn.M
     assert not prunus.is_pruned(unchanged)
     with pytest.raises(prunus.NotPrunedError):
         prunus.remove(unchanged)
+
+
+# -- the built-in hook implementations disabled ---------------------------------------------------------------
+
+
+def test_without_the_default_scorer_a_composed_strategy_fails_cleanly(
+    monkeypatch: pytest.MonkeyPatch, unchanged: nn.Module
+) -> None:
+    monkeypatch.setenv("PRUNUS_DISABLED_PLUGINS", "prunus.defaults")
+    reg = Registry()
+    with raises(PluginError, "no plugin scored", "'conv1.weight'", "prunus.defaults"):
+        prunus.prune(unchanged, "l1_unstructured", amount=0.5, registry=reg)
+
+
+def test_without_the_default_applier_nothing_is_applied(
+    monkeypatch: pytest.MonkeyPatch, unchanged: nn.Module
+) -> None:
+    monkeypatch.setenv("PRUNUS_DISABLED_PLUGINS", "prunus.defaults")
+    reg = Registry()
+    with raises(PluginError, "no plugin applied the mask", "'conv1.weight'", "prunus.defaults"):
+        prunus.prune(unchanged, "magnitude_threshold", threshold=0.1, registry=reg)
+
+
+class AppliesThenReturnsGarbage:
+    """Applies the first mask the built-in way, then returns something that is not an undo function."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @prunus.hookimpl
+    def prunus_apply_mask(self, target: Target, mask: Tensor, restorable: bool) -> object:
+        self.calls += 1
+        if self.calls == 1:
+            return attach_mask(target.module, target.param_name, mask, restorable=restorable)
+        if self.calls == 2:
+            return True  # not callable
+        raise AssertionError("never reached")
+
+
+def test_an_applier_that_returns_no_undo_function(
+    private_registry: Registry, model: nn.Module
+) -> None:
+    private_registry.register_plugin(AppliesThenReturnsGarbage(), name="garbage")
+    with raises(PluginError, "'conv2.weight'", "bool", "undo"):
+        prunus.prune(model, "l1_unstructured", amount=0.5, registry=private_registry)
+    # The first mask (applied the built-in way) was undone.
+    assert not prunus.is_pruned(model.conv1)

@@ -804,3 +804,58 @@ def test_random_masks_are_the_same_in_another_process(make_model: Callable[..., 
         prunus.prune(model, name, amount=0.5, seed=11)
         ours = {k: v.int().flatten().tolist() for k, v in prunus.masks(model).items()}
         assert ours == masks, name
+
+
+class SharedLayer(nn.Module):
+    """The same Linear registered twice: its parameters have two names in the state_dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(6, 6)
+        self.again = self.first
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.again(torch.relu(self.first(x))))
+
+
+def test_a_shared_module_is_pruned_once() -> None:
+    model = SharedLayer()
+    report = prunus.prune(model, "l1_unstructured", amount=0.5)
+    assert sorted(p.name for p in report.parameters) == ["first.weight", "out.weight"]
+    assert int((model.first.weight == 0).sum()) == 18
+    assert list(model.state_dict()) == [
+        "first.weight",
+        "first.bias",
+        "again.weight",
+        "again.bias",
+        "out.weight",
+        "out.bias",
+    ]
+
+
+def test_a_shared_module_can_be_chosen_by_its_second_name() -> None:
+    model = SharedLayer()
+    report = prunus.prune(model, "l1_unstructured", include="again.weight", amount=0.5)
+    assert report.pruned == 18
+    assert int((model.first.weight == 0).sum()) == 18
+
+
+def test_structured_pruning_of_one_dimensional_parameters(
+    make_model: Callable[..., nn.Module],
+) -> None:
+    model = make_model("mlp")
+    prunus.prune(model, "l1_structured", include="*.bias", amount=0.5)
+    report = prunus.prune(model, "l1_structured", include="*.bias", amount=0.5)
+    for entry in report.parameters:
+        assert entry.pruned == round(0.5 * entry.numel) + round(
+            0.5 * (entry.numel - round(0.5 * entry.numel))
+        )
+
+
+def test_ln_unstructured_is_l1_unstructured(make_model: Callable[..., nn.Module]) -> None:
+    a, b = make_model("lenet"), make_model("lenet")
+    prunus.prune(a, "ln_unstructured", amount=0.4, n=3)
+    prunus.prune(b, "l1_unstructured", amount=0.4)
+    for name, mask in prunus.masks(a).items():
+        assert torch.equal(mask, prunus.masks(b)[name])

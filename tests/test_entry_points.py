@@ -113,6 +113,7 @@ def _clean_env(site: Path, extra: dict[str, str]) -> dict[str, str]:
         if not k.startswith("PRUNUS_") and k not in ("PYTHONPATH", "PYTHONWARNINGS")
     }
     env["PYTHONPATH"] = str(site)
+    env["OMP_NUM_THREADS"] = "1"
     env.update(extra)
     return env
 
