@@ -204,11 +204,14 @@ def use(name: str) -> Any:
 # -- the installed sample plugin ---------------------------------------------------------------------------------
 
 
-def test_install_leaves_nothing_in_the_source_tree(installed: dict[str, Any]) -> None:
-    for name in DISTRIBUTIONS:
-        assert not (HERE / name / "build").exists()
-        assert not list((HERE / name).glob("*.egg-info"))
-    assert (Path(installed["site"]) / "prunus_sample_plugin-0.1.0.dist-info").is_dir()
+def test_both_distributions_declare_a_prunus_entry_point(installed: dict[str, Any]) -> None:
+    site = Path(installed["site"])
+    for dist, line in (
+        ("prunus_sample_plugin", "sample = prunus_sample_plugin"),
+        ("prunus_broken_plugin", "broken = prunus_broken_plugin"),
+    ):
+        entry_points = (site / f"{dist}-0.1.0.dist-info" / "entry_points.txt").read_text()
+        assert "[prunus]" in entry_points and line in entry_points
 
 
 def test_the_test_process_does_not_see_the_installed_plugins() -> None:
