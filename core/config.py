@@ -49,7 +49,11 @@ an int is a count: ``amount=1`` prunes one unit, ``amount=1.0`` prunes all of th
 class StrategyConfig(BaseModel):
     """Base class of every strategy, criterion and granularity config: frozen, no unknown keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # ser_json_inf_nan="constants": an option such as ``n=float("inf")`` is written as JSON ``Infinity`` and
+    # reads back as inf (pydantic's default writes ``null``, which no number field accepts).
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, ser_json_inf_nan="constants"
+    )
 
 
 def config_error(owner: str, error: ValidationError) -> ConfigError:
