@@ -460,7 +460,11 @@ def _verdict(
     where = (
         "this GPU" if device.type == "cuda" else "this CPU" if device.type == "cpu" else str(device)
     )
-    crossover = profile.sparse_crossover
+    crossover = (
+        profile.crossover_for(a.shape[0], a.shape[1])
+        if a.kind in ("Linear", "SparseLinear") and len(a.shape) == 2
+        else None
+    )
     if a.pattern == "empty":
         return (
             None,
@@ -549,13 +553,17 @@ def _verdict(
         )
     if crossover is not None and crossover < 1.0 and a.sparsity >= crossover:
         return None, (
-            f"above the measured CSR crossover {crossover:.0%}: convert with prunus.to_sparse(model) "
+            f"above the CSR crossover prunus.probe() measured for this shape, {crossover:.0%}: convert with "
+            "prunus.to_sparse(model) "
             "(check with analyze(..., measure=True))"
         )
+    linear = a.kind in ("Linear", "SparseLinear")
     basis = (
-        f"prunus.probe() measured CSR faster only above {crossover:.0%} here"
+        "torch has no sparse kernel for convolutions"
+        if not linear
+        else f"prunus.probe() measured CSR faster only above {crossover:.0%} for this shape here"
         if crossover is not None and crossover < 1.0
-        else "CSR was measured faster at no sparsity here"
+        else "prunus.probe() measured CSR faster at no sparsity for this shape here"
         if crossover is not None
         else "not measured here: unstructured sparse kernels usually need about 90 % zeros to beat "
         "dense ones (measure with analyze(..., measure=True) or prunus.probe())"

@@ -141,6 +141,9 @@ class HardwareProfile(_Frozen):
         sparse_crossover: the sparsity above which unstructured sparse execution (CSR) was measured faster
             than dense execution on that machine, from :func:`prunus.probe`; ``1.0`` if it was faster at no
             sparsity measured, ``None`` if not measured.
+        sparse_crossovers: the crossover per measured layer shape and batch (``"<out>x<in>@<batch>"``,
+            ``None``: never faster), from the same probe; selection and analysis read the one closest to each
+            layer's shape.
         semi_structured_speedup: the measured speedup of 2:4 semi-structured layers over dense ones there.
         crossover_source: where the measured figures come from (the probe's cache file and conditions).
     """
@@ -153,6 +156,7 @@ class HardwareProfile(_Frozen):
     semi_structured: bool | None = None
     channel_multiple: int | None = Field(default=None, ge=1)
     sparse_crossover: float | None = Field(default=None, ge=0.0, le=1.0)
+    sparse_crossovers: dict[str, float | None] = Field(default_factory=dict)
     semi_structured_speedup: float | None = Field(default=None, gt=0.0)
     crossover_source: str = ""
 
@@ -177,6 +181,16 @@ class HardwareProfile(_Frozen):
         if self.kind == "cpu":
             return self.cpu.vector_lanes if self.cpu is not None else 8
         return 1
+
+    def crossover_for(self, out_features: int, in_features: int) -> float | None:
+        """The measured CSR crossover for a Linear layer of this shape (the closest shape probed).
+
+        Falls back to ``sparse_crossover`` when no per-shape figures are known; ``None`` if nothing was measured.
+        """
+        from .probe import crossover_for
+
+        found = crossover_for(self.sparse_crossovers, out_features, in_features)
+        return self.sparse_crossover if found is None else found
 
     def describe(self) -> str:
         """One line: the kind, the device and what matters for the selection."""
@@ -302,6 +316,7 @@ def detect_hardware(*, cuda: bool = True, probe_cache: bool = True) -> HardwareP
                 update={
                     # 1.0: sparse execution was faster at no sparsity measured.
                     "sparse_crossover": 1.0 if cached.crossover is None else cached.crossover,
+                    "sparse_crossovers": dict(cached.crossovers),
                     "semi_structured_speedup": cached.semi_structured_speedup,
                     "crossover_source": source,
                 }

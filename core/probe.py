@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -40,6 +40,7 @@ __all__ = [
     "CACHE_ENV",
     "ProbePoint",
     "ProbeResult",
+    "crossover_for",
     "crossover_of",
     "load_probe",
     "probe",
@@ -213,6 +214,30 @@ def crossover_of(sparsities: Sequence[float], speedups: Sequence[float]) -> floa
         return pairs[0][0]
     (s0, v0), (s1, v1) = pairs[first - 1], pairs[first]
     return s0 + (s1 - s0) * (1.0 - v0) / (v1 - v0)
+
+
+def crossover_for(
+    crossovers: Mapping[str, float | None], out_features: int, in_features: int
+) -> float | None:
+    """The crossover measured for the shape closest to ``out_features x in_features`` (by entry count).
+
+    ``crossovers`` maps ``"<out>x<in>@<batch>"`` to a crossover (``None``: never faster), as
+    :attr:`ProbeResult.crossovers`. Over the batches measured for that shape it takes the highest (the sparsity
+    above which sparse was faster at every batch); ``1.0`` when some batch was never faster; ``None`` when
+    nothing was measured.
+    """
+    parsed: dict[int, list[float]] = {}
+    for key, value in crossovers.items():
+        shape, _, _ = key.partition("@")
+        out_text, _, in_text = shape.partition("x")
+        if not (out_text.isdigit() and in_text.isdigit()):
+            continue
+        parsed.setdefault(int(out_text) * int(in_text), []).append(1.0 if value is None else value)
+    if not parsed:
+        return None
+    target = math.log(max(out_features * in_features, 1))
+    closest = min(parsed, key=lambda numel: (abs(math.log(numel) - target), numel))
+    return max(parsed[closest])
 
 
 # -- cache ----------------------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ The rules, first match wins:
    Linear layers, and an asked sparsity within 10 points of 50 %: ``l1_nm`` (2:4) on those layers.
 4. ``gpu`` otherwise: ``l1_aligned``: whole output channels / neurons, the kept count a multiple of 8.
 5. ``cpu``: ``l1_unstructured`` when the asked sparsity is at or above the CSR crossover measured on that CPU
-   (:func:`prunus.probe`; objective ``memory``: above 50 %, where CSR with 32-bit indices is smaller than
-   dense); else ``l1_aligned`` rounded to the CPU's float32 vector width.
+   (:func:`prunus.probe`) for layers of the sizes of the model's Linear layers (their median, weighted by
+   weight count), and Linear layers hold most of the weights (convolutions have no sparse kernel there);
+   objective ``memory``: above 50 %, where CSR with 32-bit indices is smaller than dense. Else
+   ``l1_aligned`` rounded to the CPU's float32 vector width.
 6. anything else: ``l1_structured`` (removing whole neurons shrinks the dense computation anywhere).
 
 Structured selections leave the model's last Linear or Conv layer whole (its outputs are the model's: pruning
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 import prunus
 from prunus.engine import select_targets
@@ -128,8 +130,37 @@ def _gpu(model: nn.Module, profile: HardwareProfile, sparsity: float) -> Selecti
     )
 
 
+def model_crossover(model: nn.Module, profile: HardwareProfile) -> tuple[float | None, float]:
+    """The CSR crossover for ``model``'s Linear layers on ``profile``, and the share of weights they hold.
+
+    Each Linear layer takes the crossover probed for the closest shape; the model's is the median of those,
+    weighted by the layers' weight counts (the sparsity above which most of its Linear weights run faster
+    sparse). ``None`` when nothing was measured or the model has no Linear layer.
+    """
+    sizes: list[tuple[int, float | None]] = []
+    total = 0
+    for _, module, _ in select_targets(model):
+        weight = module.weight
+        assert isinstance(weight, Tensor)
+        total += weight.numel()
+        if type(module) is nn.Linear:
+            sizes.append(
+                (weight.numel(), profile.crossover_for(module.out_features, module.in_features))
+            )
+    share = sum(n for n, _ in sizes) / total if total else 0.0
+    if not sizes or any(c is None for _, c in sizes):
+        return None, share
+    ordered = sorted((c, n) for n, c in sizes if c is not None)
+    half, running = sum(n for _, n in ordered) / 2, 0
+    for crossover, numel in ordered:
+        running += numel
+        if running >= half:
+            return crossover, share
+    return ordered[-1][0], share  # pragma: no cover - the loop always returns
+
+
 def _cpu(model: nn.Module, profile: HardwareProfile, objective: str, sparsity: float) -> Selection:
-    crossover = profile.sparse_crossover
+    crossover, linear_share = model_crossover(model, profile)
     if objective == "memory":
         if sparsity > 0.5:
             return _unstructured(
@@ -144,6 +175,14 @@ def _cpu(model: nn.Module, profile: HardwareProfile, objective: str, sparsity: f
             sparsity,
             f"objective memory at {sparsity:.0%} (CSR would not be smaller)",
         )
+    if linear_share < 0.5:
+        return _structured(
+            model,
+            profile,
+            sparsity,
+            f"CPU, and most of the weights ({1 - linear_share:.0%}) are in convolutions, which have no "
+            "sparse kernel there",
+        )
     if crossover is None:
         return _structured(
             model,
@@ -153,18 +192,19 @@ def _cpu(model: nn.Module, profile: HardwareProfile, objective: str, sparsity: f
             "execution beats dense here)",
         )
     source = f" ({profile.crossover_source})" if profile.crossover_source else ""
+    sized = "for layers of the sizes of this model's Linear layers"
     if crossover >= 1.0:
         return _structured(
             model,
             profile,
             sparsity,
-            f"CPU where CSR sparse execution was faster at no sparsity measured{source}",
+            f"CPU where CSR sparse execution was faster at no sparsity measured {sized}{source}",
         )
     if sparsity >= crossover:
         return _unstructured(
             sparsity,
-            f"CPU where CSR sparse execution was measured faster than dense above {crossover:.1%} "
-            f"sparsity{source}, and {sparsity:.0%} was asked: unstructured pruning keeps the most accuracy "
+            f"CPU where CSR sparse execution was measured faster than dense above {crossover:.1%} sparsity "
+            f"{sized}{source}, and {sparsity:.0%} was asked: unstructured pruning keeps the most accuracy "
             f"and runs faster once converted with prunus.to_sparse(model, min_sparsity={crossover:.2f})",
         )
     return _structured(
@@ -172,7 +212,7 @@ def _cpu(model: nn.Module, profile: HardwareProfile, objective: str, sparsity: f
         profile,
         sparsity,
         f"CPU where CSR sparse execution was measured faster than dense only above {crossover:.1%} "
-        f"sparsity{source}; unstructured zeros at {sparsity:.0%} would not run faster",
+        f"sparsity {sized}{source}; unstructured zeros at {sparsity:.0%} would not run faster",
     )
 
 

@@ -126,12 +126,16 @@ def nm_keep_mask(scores: Tensor, n: int, m: int, dim: int, prior: Tensor | None)
     first), as :func:`prunus.keep_mask` does. Entries ``prior`` pruned stay pruned and count as pruned.
     """
     moved = rankable(scores).movedim(dim, -1)
+    size = moved.shape[-1]
+    if size == 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    if m > size:  # one short group: the same as a group of the whole dim
+        n, m = min(n, size), size
     eligible = (
         torch.ones_like(moved, dtype=torch.bool)
         if prior is None
         else prior.movedim(dim, -1).clone()
     )
-    size = moved.shape[-1]
     pad = (-size) % m
     if pad:
         moved = torch.nn.functional.pad(moved, (0, pad), value=float("-inf"))
@@ -229,12 +233,13 @@ class Block(Granularity):
         self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
     ) -> dict[str, Tensor]:
         assert isinstance(self.config, BlockConfig)
-        rows, cols = self.config.block
         out = {}
         for target in context.targets:
             shape = target.tensor.shape
             scores = _view2d(score(target))
             height, width = scores.shape
+            # A block larger than the weight covers all of it along that side.
+            rows, cols = min(self.config.block[0], height), min(self.config.block[1], width)
             grid = block_scores(criterion, scores, rows, cols)
             eligible = None
             if target.prior is not None:

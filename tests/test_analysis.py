@@ -80,11 +80,20 @@ def test_unstructured_zeros_on_a_cpu_are_flagged_as_not_faster():
         assert fc1.warning in report.warnings
 
 
+def test_convolutions_have_no_sparse_kernel():
+    model = net()
+    prunus.prune(model, "l1_unstructured", amount=0.9, include="conv.weight")
+    conv = prunus.analyze(model, X, hardware={"kind": "cpu", "sparse_crossover": 0.5})["conv"]
+    assert "torch has no sparse kernel for convolutions" in (conv.warning or "")
+
+
 def test_the_warning_quotes_the_probed_crossover():
     model = net()
     prunus.prune(model, "l1_unstructured", amount=0.5)
     report = prunus.analyze(model, X, hardware={"kind": "cpu", "sparse_crossover": 0.9})
-    assert "prunus.probe() measured CSR faster only above 90%" in (report["fc1"].warning or "")
+    assert "prunus.probe() measured CSR faster only above 90% for this shape" in (
+        report["fc1"].warning or ""
+    )
     above = net()
     prunus.prune(above, "l1_unstructured", amount=0.95)
     report = prunus.analyze(above, X, hardware={"kind": "cpu", "sparse_crossover": 0.9})

@@ -171,6 +171,14 @@ def test_nm_trailing_group_counts_as_padded():
     assert keep.tolist() == [[False, False, False, True] * 2 + [False, True]]
 
 
+def test_nm_and_block_larger_than_the_weight_cover_all_of_it(reg):
+    scores = torch.arange(6.0).reshape(1, 6)
+    assert nm_keep_mask(scores, 2, 1000, 1, None).tolist() == [[False] * 4 + [True] * 2]
+    model = nn.Sequential(nn.Linear(6, 3))
+    prunus.prune(model, "l1_block", amount=1, block=(10**9, 10**9), registry=reg)
+    assert not bool(prunus.masks(model)["0.weight"].any())  # one block: all of it
+
+
 def test_nm_breaks_ties_by_position():
     keep = nm_keep_mask(torch.zeros(2, 8), 2, 4, 1, None)
     # Lower indices are pruned first among equal scores, as prunus.keep_mask does.

@@ -13,6 +13,7 @@ from prunus.errors import ConfigError, PrunusWarning
 from prunus.probe import (
     CACHE_ENV,
     ProbeResult,
+    crossover_for,
     crossover_of,
     load_probe,
     probe_cache_dir,
@@ -164,3 +165,19 @@ def test_probe_on_cuda_measures_csr_and_two_four(cache):
     profile = prunus.detect_hardware()
     assert profile.kind == "gpu"
     assert profile.semi_structured_speedup == result.semi_structured_speedup
+
+
+def test_crossover_for_takes_the_closest_shape_and_its_worst_batch():
+    crossovers = {
+        "512x512@1": None,
+        "512x512@32": 0.7,
+        "1024x1024@1": 0.9,
+        "1024x1024@32": 0.6,
+        "2048x2048@1": 0.8,
+        "bad key": 0.1,
+    }
+    assert crossover_for(crossovers, 1024, 1024) == 0.9
+    assert crossover_for(crossovers, 4096, 1024) == 0.8  # 4M entries: closest to 2048x2048
+    assert crossover_for(crossovers, 300, 700) == 1.0  # closest is 512x512, never faster at batch 1
+    assert crossover_for(crossovers, 10, 10) == 1.0
+    assert crossover_for({}, 8, 8) is None

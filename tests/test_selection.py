@@ -174,6 +174,30 @@ def test_a_declared_cpu_uses_the_crossover_it_declares_not_this_machines():
     assert prunus.select(small(), declared, sparsity=0.9).strategy == "l1_unstructured"
 
 
+def test_cpu_crossover_is_read_for_the_model_layer_sizes():
+    profile = {
+        "kind": "cpu",
+        "sparse_crossover": 0.99,
+        "sparse_crossovers": {"64x64@1": 0.95, "1024x1024@1": 0.7, "1024x1024@32": 0.75},
+    }
+    large = prunus.select(big(), profile, sparsity=0.8)  # mostly 1024x1024 weights: 75 %
+    check(large, "l1_unstructured")
+    assert (
+        "above 75.0% sparsity for layers of the sizes of this model's Linear layers" in large.reason
+    )
+    assert "min_sparsity=0.75" in large.reason
+    tiny = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
+    assert prunus.select(tiny, profile, sparsity=0.8).strategy == "l1_aligned"
+    assert prunus.select(tiny, profile, sparsity=0.96).strategy == "l1_unstructured"
+
+
+def test_cpu_with_mostly_convolutions_gets_structured():
+    convs = nn.Sequential(nn.Conv2d(64, 64, 3), nn.Flatten(), nn.Linear(64, 10))
+    selection = prunus.select(convs, {"kind": "cpu", "sparse_crossover": 0.5}, sparsity=0.9)
+    check(selection, "l1_aligned")
+    assert "are in convolutions, which have no sparse kernel there" in selection.reason
+
+
 def test_cpu_alignment_follows_the_vector_width():
     cpu = {"kind": "cpu", "cpu": {"capability": "AVX512"}}
     assert prunus.select(small(), cpu).options["round_to"] == 16
