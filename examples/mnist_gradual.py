@@ -83,11 +83,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
     parser.add_argument("--images", type=Path, default=Path(__file__).parent.parent / "docs/images")
+    parser.add_argument(
+        "--save-dense", type=Path, help="also save the trained dense state dict there (for the CLI)"
+    )
+    parser.add_argument(
+        "--dense-only", action="store_true", help="stop after training (and saving) the dense model"
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
     torch.manual_seed(SEED)
     torch.set_num_threads(1)  # reproducible figures and comparable latencies
+    if args.dense_only:
+        args.quick = False
     dense_epochs, prune_epochs, tune_epochs = (1, 1, 1) if args.quick else (12, 6, 6)
     sweep = [0.5, 0.9] if args.quick else [0.5, 0.7, 0.8, 0.9, 0.95]
     train, test = load_mnist()
@@ -111,6 +119,12 @@ def main() -> int:
     dense_acc = prunus.accuracy(dense, test)
     print(f"\ndense: test accuracy {dense_acc:.4f} after {dense_epochs} epochs")
     print(prunus.summary(dense))
+    if args.save_dense is not None:
+        args.save_dense.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(dense.state_dict(), args.save_dense)
+        print(f"saved the dense state dict to {args.save_dense}")
+    if args.dense_only:
+        return 0
 
     # 2. Sensitivity of each layer, pruned alone.
     result = prunus.sensitivity(
@@ -124,8 +138,8 @@ def main() -> int:
     every = max(1, steps_per_epoch // 2)
     runs = {}
     for label, strategy, options in (
-        ("magnitude", "l1_global", {}),  # one magnitude ranking across all layers
-        ("magnitude per layer", "l1_unstructured", {}),  # 90 % of every layer
+        ("global L1", "l1_global", {}),  # one magnitude ranking across all layers
+        ("per-layer L1", "l1_unstructured", {}),  # 90 % of every layer
         ("random", "random_unstructured", {"seed": SEED}),  # 90 % of every layer, at random
     ):
         model = copy.deepcopy(dense)
@@ -165,11 +179,24 @@ def main() -> int:
                 h.pruned == expected,
                 f"{label}: step {h.step} pruned {h.pruned}, not the schedule's {h.target:.4f}",
             )
-    magnitude, pruner, _ = runs["magnitude"]
+    magnitude, pruner, _ = runs["global L1"]
     masks_before = {k: v.clone() for k, v in prunus.masks(magnitude).items()}
+    reached = pruner.sparsity
     magnitude_acc = prunus.accuracy(magnitude, test)
-    per_layer_acc = prunus.accuracy(runs["magnitude per layer"][0], test)
+    per_layer_acc = prunus.accuracy(runs["per-layer L1"][0], test)
     random_acc = prunus.accuracy(runs["random"][0], test)
+
+    # The sensitivity analysis's per-layer amounts, one shot, then the same fine-tuning.
+    guided = copy.deepcopy(dense)
+    guided_report = prunus.prune(guided, "l1_unstructured", amounts=suggested)
+    prunus.fine_tune(
+        guided, train, epochs=prune_epochs + tune_epochs, lr=5e-4, batch_size=BATCH, seed=SEED + 1
+    )
+    guided_acc = prunus.accuracy(guided, test)
+    print(
+        f"\nsensitivity-guided per-layer amounts, one shot to {guided_report.sparsity:.4%} then "
+        f"fine-tuned: test accuracy {guided_acc:.4f}"
+    )
 
     # 4. Accuracy against sparsity, one-shot, without fine-tuning.
     curve: dict[str, list[tuple[float, float]]] = {
@@ -187,10 +214,12 @@ def main() -> int:
     curve["gradual global L1 + fine-tuning"] = [(SPARSITY, magnitude_acc)]
     curve["gradual per-layer L1 + fine-tuning"] = [(SPARSITY, per_layer_acc)]
     curve["gradual random + fine-tuning"] = [(SPARSITY, random_acc)]
+    curve["sensitivity-guided one-shot + fine-tuning"] = [(guided_report.sparsity, guided_acc)]
 
     # 5. Prune + quantize: the pruning made permanent, then int8.
     for model, _, _ in runs.values():
         prunus.remove(model)
+    prunus.remove(guided)
     quantized = prunus.quantize(magnitude)
     for name, weight in prunus.quantized_weights(quantized).items():
         mask = masks_before[f"{name}.weight"]
@@ -203,8 +232,16 @@ def main() -> int:
         latency_runs=50 if args.quick else 300,
         quantize_dense=True,
     )
-    baselines = prunus.compare({label: model for label, (model, _, _) in runs.items()}, data=test)
-    print(f"\n{prunus.summary(magnitude)}\n\n{comparison}\n\nthe three gradual runs:\n{baselines}")
+    baselines = prunus.compare(
+        {
+            **{f"gradual {label}": model for label, (model, _, _) in runs.items()},
+            "sensitivity-guided": guided,
+        },
+        data=test,
+    )
+    print(
+        f"\n{prunus.summary(magnitude)}\n\n{comparison}\n\nthe pruned models at 90 %:\n{baselines}"
+    )
 
     # 6. Plots and figures.
     images: Path = args.images
@@ -251,7 +288,9 @@ def main() -> int:
         "magnitude_per_layer_gradual_accuracy": per_layer_acc,
         "random_gradual_accuracy": random_acc,
         "layer_sparsity": plots.layer_sparsity(magnitude),
-        "sparsity_of_targets": pruner.sparsity,
+        "sparsity_of_targets": reached,
+        "sensitivity_guided_accuracy": guided_acc,
+        "sensitivity_guided_sparsity": guided_report.sparsity,
         "one_shot": curve,
         "suggested_amounts": suggested,
         "comparison": [r.model_dump() for r in comparison.rows],
