@@ -287,3 +287,31 @@ def test_structured_counts_are_exact_when_every_slice_ties() -> None:
     prunus.prune(model, "l1_structured", include="weight", amount=0.3, dim=0)
     rows_pruned = int((~prunus_mask(model).any(dim=1)).sum())
     assert rows_pruned == 3
+
+
+@pytest.mark.parametrize("name", LAYER_IDS)
+@pytest.mark.parametrize("dim", [0, 1])
+def test_unstructured_then_structured_matches_pruning_container(name: str, dim: int) -> None:
+    # Both score the second prune on the current weights, whose pruned entries read zero.
+    base = layer(name)
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    prunus.prune(ours, "l1_unstructured", include="weight", amount=0.6)
+    tprune.l1_unstructured(theirs, "weight", amount=0.6)
+    prunus.prune(ours, "ln_structured", include="weight", amount=0.5, n=2, dim=dim)
+    tprune.ln_structured(theirs, "weight", amount=0.5, n=2, dim=dim)
+    assert torch.equal(prunus_mask(ours), torch_mask(theirs))
+
+
+@pytest.mark.parametrize("amounts", [(0.5, 0.5), (10, 0.3)])
+def test_global_twice_matches_pruning_container(amounts: tuple[float, float]) -> None:
+    ours, theirs = Pair(), Pair()
+    theirs.load_state_dict(ours.state_dict())
+    for amount in amounts:
+        prunus.prune(ours, "global_unstructured", amount=amount)
+        tprune.global_unstructured(
+            [(theirs.a, "weight"), (theirs.b, "weight")],
+            pruning_method=tprune.L1Unstructured,
+            amount=amount,
+        )
+    for module in ("a", "b"):
+        assert torch.equal(prunus_mask(getattr(ours, module)), torch_mask(getattr(theirs, module)))
