@@ -1,0 +1,104 @@
+"""The pytest form of the kit: subclass :class:`StrategyTests` and name the strategies to test.
+
+.. code-block:: python
+
+    import pytest
+    from prunus.testing import StrategyTests
+
+    pytest_plugins = ["prunus.testing.pytest_plugin"]
+
+    class TestMyStrategies(StrategyTests):
+        @pytest.fixture(scope="class", params=["taylor_unstructured", "taylor_structured"])
+        def prunus_strategy(self, request):
+            return request.param          # or a StrategyCase(request.param, gradients=True, ...)
+
+Each property is one test per strategy (``test_exact_count[taylor_structured]``); a property that does not apply
+to a strategy is skipped with the reason. The strategies come through a class-scoped fixture, so the Hypothesis
+tests run inside the kit and never see a function-scoped fixture, and any number of subclasses can share one
+pytest session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from .check import check_property
+from .properties import _REGISTRY, property_names
+from .subject import Subject
+
+__all__ = ["KitCase", "StrategyTests"]
+
+
+@dataclass(frozen=True)
+class KitCase:
+    """What the ``prunus_case`` fixture gives a test: the subject and how hard to test it."""
+
+    subject: Subject
+    max_examples: int
+    seed: int | None = None
+
+    def check(self, name: str) -> None:
+        """Check property ``name``; skip the test when it does not apply."""
+        __tracebackhide__ = True
+        reason = check_property(self.subject, name, max_examples=self.max_examples, seed=self.seed)
+        if reason is not None:
+            pytest.skip(reason)
+
+
+def _doc(name: str) -> str:
+    docs = [p.doc for (n, _), p in _REGISTRY.items() if n == name and p.doc]
+    return docs[0] if docs else name
+
+
+def _property_test(name: str) -> Callable[[StrategyTests, KitCase], None]:
+    def test(self: StrategyTests, prunus_case: KitCase) -> None:
+        __tracebackhide__ = True
+        prunus_case.check(name)
+
+    test.__name__ = test.__qualname__ = f"test_{name}"
+    test.__doc__ = _doc(name)
+    return test
+
+
+class StrategyTests:
+    """The kit's properties as pytest tests: subclass it and override the ``prunus_strategy`` fixture.
+
+    Override ``prunus_registry`` (class or session scope) to test strategies of a private registry.
+    """
+
+    test_mask_shape_and_dtype = _property_test("mask_shape_and_dtype")
+    test_scores_valid = _property_test("scores_valid")
+    test_no_revival = _property_test("no_revival")
+    test_input_unchanged = _property_test("input_unchanged")
+    test_dtype_and_device_preserved = _property_test("dtype_and_device_preserved")
+    test_global_rng_untouched = _property_test("global_rng_untouched")
+    test_same_seed_same_mask = _property_test("same_seed_same_mask")
+    test_seed_changes_mask = _property_test("seed_changes_mask")
+    test_amount_zero_keeps_all = _property_test("amount_zero_keeps_all")
+    test_monotonic_in_amount = _property_test("monotonic_in_amount")
+    test_invalid_options_rejected = _property_test("invalid_options_rejected")
+    test_config_json_roundtrip = _property_test("config_json_roundtrip")
+    test_prunes_real_modules = _property_test("prunes_real_modules")
+    test_exact_count = _property_test("exact_count")
+    test_amount_one_prunes_all = _property_test("amount_one_prunes_all")
+    test_criterion_respected = _property_test("criterion_respected")
+    test_whole_slices = _property_test("whole_slices")
+
+    def test_other_properties(self, prunus_case: KitCase) -> None:
+        """Properties registered after this class was written (e.g. by a plugin for its granularity)."""
+        __tracebackhide__ = True
+        others = [n for n in property_names() if not hasattr(StrategyTests, f"test_{n}")]
+        ran = 0
+        for name in others:
+            reason = check_property(
+                prunus_case.subject,
+                name,
+                max_examples=prunus_case.max_examples,
+                seed=prunus_case.seed,
+            )
+            ran += reason is None
+        if not ran:
+            pytest.skip("no other registered property applies")
