@@ -190,6 +190,7 @@ def masked_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
 # writes +0.0 even over inf or NaN. Other devices and layouts use the torch operations.
 
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_CHUNK = 1 << 18
 
 
 def _bits(tensor: Tensor) -> np.ndarray[Any, Any] | None:
@@ -214,7 +215,17 @@ def pruned_values(data: Tensor, keep: Tensor) -> Tensor:
     bits, keep_bits = _bits(data), _bits(keep)
     if bits is None or keep_bits is None:
         return data[~keep]
-    out = np.extract(np.logical_not(keep_bits), bits)
+    # In chunks: numpy's compaction builds an int64 index of the selected entries (8 bytes each), so one
+    # call over a whole tensor would cost more than the values themselves.
+    out = np.empty(keep_bits.size - int(np.count_nonzero(keep_bits)), dtype=bits.dtype)
+    pruned = np.empty(min(_CHUNK, keep_bits.size), dtype=np.bool_)
+    filled = 0
+    for start in range(0, keep_bits.size, _CHUNK):
+        stop = min(start + _CHUNK, keep_bits.size)
+        where = np.logical_not(keep_bits[start:stop], out=pruned[: stop - start])
+        count = int(np.count_nonzero(where))
+        np.compress(where, bits[start:stop], out=out[filled : filled + count])
+        filled += count
     return torch.from_numpy(out).view(data.dtype)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from pydantic import Field, StrictInt
 from torch import Tensor
 
@@ -16,7 +15,8 @@ import prunus
 from prunus import Amount, Criterion, Granularity, PruneContext, Registrar, StrategyConfig, Target
 from prunus.config import count_to_prune
 from prunus.errors import ConfigError
-from prunus.ranking import keep_mask, rankable
+from prunus.plugins._lean_global import global_keep_masks
+from prunus.ranking import keep_mask
 
 
 class AmountConfig(StrategyConfig):
@@ -106,7 +106,14 @@ class Structured(Granularity):
 
 
 class Global(Granularity):
-    """One ranking of the entries of every targeted parameter together; ``amount`` is of their total."""
+    """One ranking of the entries of every targeted parameter together; ``amount`` is of their total.
+
+    The ranking never concatenates the scores: it scores one parameter at a time, finds the threshold's bin
+    with a histogram of the scores' bits and ranks only the few entries in that bin (see
+    :mod:`prunus.plugins._lean_global`). The mask equals ``keep_mask`` on the concatenated scores, ties and
+    earlier masks included, at a few percent of its memory. The criterion is called two or three times per
+    parameter, which is exact for deterministic and seeded criteria.
+    """
 
     name = "global"
     summary = "prunes the lowest-scored entries in one ranking across all parameters"
@@ -116,31 +123,7 @@ class Global(Granularity):
         self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
     ) -> dict[str, Tensor]:
         assert isinstance(self.config, AmountConfig)
-        targets = list(context.targets)
-        # torch.cat promotes mixed dtypes (half precision to float32, float32 to float64 next to float64).
-        flat = torch.cat([rankable(score(t)).reshape(-1) for t in targets])
-        eligible = None
-        if any(t.prior is not None for t in targets):
-            eligible = torch.cat(
-                [
-                    (
-                        t.prior
-                        if t.prior is not None
-                        else torch.ones_like(t.tensor, dtype=torch.bool)
-                    ).reshape(-1)
-                    for t in targets
-                ]
-            )
-        size = flat.numel() if eligible is None else int(eligible.sum())
-        k = count_to_prune(self.config.amount, size, what="entries still kept across all targets")
-        keep = keep_mask(flat, k, eligible)
-        out = {}
-        offset = 0
-        for target in targets:
-            numel = target.tensor.numel()
-            out[target.name] = keep[offset : offset + numel].reshape(target.tensor.shape).clone()
-            offset += numel
-        return out
+        return global_keep_masks(list(context.targets), score, self.config.amount)
 
 
 @prunus.hookimpl
