@@ -308,6 +308,11 @@ _INPUT_SHAPE = click.option(
     help="Shape of a random input to time the forward pass with, e.g. 1,1,28,28 (default: 64 test "
     "inputs when --data is given, else no latency).",
 )
+_THREADS = click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Run torch on this many CPU threads (torch.set_num_threads), for steadier latencies.",
+)
 _PROGRESS = click.option(
     "--progress/--no-progress", default=True, help="Show progress bars on stderr (default: on)."
 )
@@ -404,6 +409,7 @@ _PROGRESS = click.option(
     "prunus[plots].",
 )
 @_INPUT_SHAPE
+@_THREADS
 @_TRUST
 @_PROGRESS
 @click.pass_context
@@ -431,6 +437,7 @@ def prune_command(
     compressed_path: Path | None,
     plots_dir: Path | None,
     input_shape: str | None,
+    threads: int | None,
     trust_checkpoint: bool,
     progress: bool,
 ) -> None:
@@ -485,6 +492,8 @@ def prune_command(
     if "strategy" not in raw:
         raise UserError("no strategy: give --strategy NAME or a --config with 'strategy'")
     config = parse_config(PruneConfig, raw, source=str(config_path or "options"))
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     model = load_model(checkpoint, factory, trust=trust_checkpoint)
     if is_pruned(model):
@@ -641,6 +650,7 @@ def _plots(
     help="Write layer_sparsity.png (and weights.png with --baseline) there; needs prunus[plots].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
+@_THREADS
 @_TRUST
 @click.pass_context
 @_user_errors
@@ -654,6 +664,7 @@ def report_command(
     input_shape: str | None,
     plots_dir: Path | None,
     as_json: bool,
+    threads: int | None,
     trust_checkpoint: bool,
 ) -> None:
     """Report on a (pruned) checkpoint: per-layer sparsity, size on disk, latency, accuracy.
@@ -663,6 +674,8 @@ def report_command(
     both written and measured), the compression ratio, the latency and, with --data, the test accuracy;
     beside the --baseline model when one is given.
     """
+    if threads is not None:
+        torch.set_num_threads(threads)
     model = load_model(checkpoint, factory, trust=trust_checkpoint)
     _, test = load_data(data_spec)
     models: dict[str, nn.Module] = {}
