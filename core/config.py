@@ -9,10 +9,11 @@ the :class:`~prunus.strategy.PruneContext` instead.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, ValidationError
-from pydantic.functional_validators import AfterValidator
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.functional_validators import PlainValidator
 
 from .errors import AmountError, ConfigError
 
@@ -38,7 +39,19 @@ def _check_amount(value: int | float) -> int | float:
     return value
 
 
-Amount = Annotated[StrictInt | StrictFloat, AfterValidator(_check_amount)]
+def _validate_amount(value: object) -> int | float:
+    # One validator for type and range, so a wrong type gets the same "what is valid" as a wrong value.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"amount={value!r} is a {type(value).__name__}; give a float fraction in [0, 1] "
+            "or an int count >= 0"
+        )
+    return _check_amount(int(value) if isinstance(value, numbers.Integral) else float(value))
+
+
+Amount = Annotated[
+    int | float, PlainValidator(_validate_amount, json_schema_input_type=int | float)
+]
 """How much to prune: a float fraction in [0, 1] of the eligible units, or an int count of them.
 
 As in ``torch.nn.utils.prune``, a fraction is turned into a count with Python's ``round`` (half to even), and
@@ -66,7 +79,8 @@ def config_error(owner: str, error: ValidationError) -> ConfigError:
         elif item["type"] == "missing":
             lines.append(f"  {where}: required option is missing")
         else:
-            lines.append(f"  {where}={item.get('input')!r}: {item['msg']}")
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"  {where}={item.get('input')!r}: {message}")
     return ConfigError(f"invalid options for {owner!r}:\n" + "\n".join(lines))
 
 

@@ -409,7 +409,11 @@ def _patterns(what: str, value: Patterns) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, Iterable) or not all(isinstance(p, str) for p in items):
         raise TargetError(f"{what} must be a glob pattern or a list of them, not {value!r}")
-    return list(items)
+    patterns = list(items)
+    if not patterns:
+        # An empty list would silently mean "the default selection" for include, "nothing" for exclude.
+        raise TargetError(f"{what}=[] names no pattern; give at least one or leave {what}=None")
+    return patterns
 
 
 def _listing(names: Sequence[str], limit: int = 20) -> str:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import inspect
 import os
+import re
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -25,7 +27,7 @@ from importlib import metadata
 from typing import Any, Literal, cast
 
 import pluggy
-from pydantic import create_model
+from pydantic import ValidationError, create_model, model_validator
 from torch import Tensor
 
 from . import hookspecs
@@ -338,7 +340,9 @@ class Registry:
             # hook implementation whose arguments the spec does not have.
             registered = self._pm.register(plugin, name=name)
         except (ValueError, pluggy.PluginValidationError) as error:
-            raise RegistrationError(f"plugin {name or plugin!r} cannot be registered: {error}") from None
+            raise RegistrationError(
+                f"plugin {name or plugin!r} cannot be registered: {error}"
+            ) from None
         if registered is None:
             raise RegistrationError(
                 f"plugin {name or plugin!r} is blocked (named in PRUNUS_DISABLED_PLUGINS?)"
@@ -348,7 +352,9 @@ class Registry:
             self._run_registration(registered, Provider(registered))
         except pluggy.PluginValidationError as error:
             self._forget(registered)
-            raise RegistrationError(f"plugin {registered!r} cannot be registered: {error}") from None
+            raise RegistrationError(
+                f"plugin {registered!r} cannot be registered: {error}"
+            ) from None
         except Exception:
             self._forget(registered)
             raise
@@ -372,6 +378,11 @@ class Registry:
             raise RegistrationError(
                 f"{provider} registered {cls!r} as a {kind}; it must be a subclass of "
                 f"prunus.{expected.__name__}"
+            )
+        if inspect.isabstract(cls):
+            missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+            raise RegistrationError(
+                f"{provider} registered {cls.__name__}, which does not implement {missing}"
             )
         name = getattr(cls, "name", "")
         if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
@@ -467,27 +478,17 @@ class Registry:
                 f"criterion {cname!r} ({crit.provider}) and granularity {gname!r} ({gran.provider}) "
                 f"both define the options {sorted(clash)}; option names must differ"
             )
-        fields: dict[str, Any] = {}
-        for model in (gcls.Config, ccls.Config):
-            for fname, finfo in model.model_fields.items():
-                fields[fname] = (finfo.annotation, finfo)
-        config = create_model(
-            f"{name}_config", __base__=StrategyConfig, __module__=__name__, **fields
-        )
+        config = _merged_config(f"{name}_config", (gcls.Config, ccls.Config))
 
         def build(cfg: StrategyConfig) -> Strategy:
             values = dict(cfg)
             # Validated again by each component's own Config: the merged model above carries the fields'
             # types and constraints but not the components' @field_validator / @model_validator checks.
             criterion = ccls(
-                validate_config(
-                    ccls.Config, name, {k: values[k] for k in ccls.Config.model_fields}
-                )
+                validate_config(ccls.Config, name, {k: values[k] for k in ccls.Config.model_fields})
             )
             granularity = gcls(
-                validate_config(
-                    gcls.Config, name, {k: values[k] for k in gcls.Config.model_fields}
-                )
+                validate_config(gcls.Config, name, {k: values[k] for k in gcls.Config.model_fields})
             )
             return ComposedStrategy(cfg, criterion, granularity, self.hooks.score, name)
 
@@ -557,6 +558,8 @@ class Registry:
             for name in os.environ.get("PRUNUS_DISABLED_PLUGINS", "").split(",")
             if name.strip()
         }
+        # Distributions match however their name is spelt (PEP 503: prunus_taylor == prunus-taylor).
+        normalized = {_normalized(name) for name in disabled}
         for name in disabled:
             pm.set_blocked(name)
         loaded: list[tuple[str, Provider]] = []
@@ -576,7 +579,7 @@ class Registry:
         if self._autoload and not _truthy(os.environ.get("PRUNUS_DISABLE_PLUGIN_AUTOLOAD")):
             for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
                 dist = ep.dist.name if ep.dist is not None else None
-                if ep.name in disabled or (dist is not None and dist in disabled):
+                if ep.name in disabled or (dist is not None and _normalized(dist) in normalized):
                     continue
                 if pm.has_plugin(ep.name):
                     continue  # the same distribution seen twice on sys.path
@@ -652,8 +655,43 @@ class Registry:
         )
 
 
+def _merged_config(name: str, parts: tuple[type[StrategyConfig], ...]) -> type[StrategyConfig]:
+    """One config model with the fields of every part, that also runs each part's own validators."""
+    fields: dict[str, Any] = {}
+    for part in parts:
+        for fname, finfo in part.model_fields.items():
+            fields[fname] = (finfo.annotation, finfo)
+
+    def check_parts(self: StrategyConfig) -> StrategyConfig:
+        values = dict(self)
+        for part in parts:
+            try:
+                part.model_validate({k: values[k] for k in part.model_fields})
+            except ValidationError as error:
+                raise ValueError(
+                    "; ".join(
+                        f"{'.'.join(map(str, e['loc'])) or part.__name__}: {e['msg']}"
+                        for e in error.errors()
+                    )
+                ) from None
+        return self
+
+    merged: type[StrategyConfig] = create_model(
+        name,
+        __base__=StrategyConfig,
+        __module__=__name__,
+        __validators__={"check_parts": cast(Any, model_validator(mode="after")(check_parts))},
+        **fields,
+    )
+    return merged
+
+
 def _is_builtin(provider: Provider) -> bool:
     return provider.distribution == "prunus" and provider.plugin.startswith("prunus.")
+
+
+def _normalized(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
 def _truthy(value: str | None) -> bool:

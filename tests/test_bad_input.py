@@ -78,7 +78,7 @@ def test_out_of_range_amount(
 def test_amount_of_the_wrong_type(
     strategy: str, options: dict[str, Any], amount: object, unchanged: nn.Module
 ) -> None:
-    with raises(ConfigError, repr(amount), "valid integer", "valid number"):
+    with raises(ConfigError, repr(amount), "fraction in [0, 1]", "int count"):
         prunus.prune(unchanged, strategy, amount=amount, **options)
 
 
@@ -630,3 +630,9 @@ def test_an_applier_that_returns_no_undo_function(
         prunus.prune(model, "l1_unstructured", amount=0.5, registry=private_registry)
     # The first mask (applied the built-in way) was undone.
     assert not prunus.is_pruned(model.conv1)
+
+
+@pytest.mark.parametrize("option", ["include", "exclude"])
+def test_an_empty_pattern_list_is_an_error(option: str, unchanged: nn.Module) -> None:
+    with raises(TargetError, f"{option}=[]", "at least one"):
+        prunus.prune(unchanged, "l1_unstructured", amount=0.5, **{option: []})

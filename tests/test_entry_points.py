@@ -101,6 +101,7 @@ SCENARIOS: dict[str, dict[str, str]] = {
     "default": {},
     "disabled_by_entry_point": {"PRUNUS_DISABLED_PLUGINS": "sample"},
     "disabled_by_distribution": {"PRUNUS_DISABLED_PLUGINS": "prunus-sample-plugin"},
+    "disabled_by_distribution_spelt_otherwise": {"PRUNUS_DISABLED_PLUGINS": "Prunus_Sample.Plugin"},
     "broken_disabled": {"PRUNUS_DISABLED_PLUGINS": "broken"},
     "autoload_off": {"PRUNUS_DISABLE_PLUGIN_AUTOLOAD": "1"},
 }
@@ -309,6 +310,12 @@ def test_disabling_by_entry_point_name_hides_the_plugin(scenario: dict[str, Any]
 
 @use("disabled_by_distribution")
 def test_disabling_by_distribution_name_hides_the_plugin(scenario: dict[str, Any]) -> None:
+    assert "sample_sq" not in scenario["criteria"]
+    assert "prunus_sample_plugin" not in scenario["modules"]
+
+
+@use("disabled_by_distribution_spelt_otherwise")
+def test_distribution_names_match_however_they_are_spelt(scenario: dict[str, Any]) -> None:
     assert "sample_sq" not in scenario["criteria"]
     assert "prunus_sample_plugin" not in scenario["modules"]
 

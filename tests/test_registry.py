@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from pydantic import Field, StrictInt
+from pydantic import Field, StrictInt, ValidationError
 from torch import Tensor, nn
 
 import prunus
@@ -543,3 +543,21 @@ def test_a_score_hook_takes_over_for_the_criteria_it_handles(private_registry: R
     other = nn.Linear(8, 4)
     prunus.prune(other, "random_unstructured", amount=0.5, registry=private_registry)
     assert int((~prunus.masks(other)["weight"]).sum()) == 16
+
+
+def test_an_abstract_criterion_is_refused_at_registration() -> None:
+    registry = prunus.Registry()
+
+    class Unfinished(prunus.Criterion):
+        name = "unfinished"
+
+    with pytest.raises(prunus.RegistrationError, match="does not implement score"):
+        registry.register(Unfinished)
+    assert "unfinished" not in registry.criteria()
+
+
+def test_a_composed_config_runs_its_components_validators() -> None:
+    config = prunus.registry.info("ln_structured").config
+    with pytest.raises(ValidationError, match="n=nan is not a norm order"):
+        config.model_validate({"amount": 0.5, "n": float("nan")})
+    assert config.model_validate({"amount": 0.5, "n": 2}).n == 2  # type: ignore[attr-defined]
