@@ -98,7 +98,9 @@ class Property:
 
     @property
     def summary(self) -> str:
-        return self.doc.strip().splitlines()[0] if self.doc.strip() else self.name
+        """The first line of the doc, without reStructuredText markup."""
+        first = self.doc.strip().splitlines()[0] if self.doc.strip() else self.name
+        return first.replace("``", "")
 
     def skip_reason(self, subject: Subject) -> str | None:
         """Why the property does not apply to ``subject``, or ``None`` if it does."""

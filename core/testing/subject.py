@@ -342,7 +342,8 @@ class Subject:
         options = draw(self.options(targets))
         if not self.amount_based:
             return options, None, None
-        units = self.units(targets, options)
+        # Without targets (a config on its own), a count of 0 or 1 fits any parameter.
+        units = self.units(targets, options) if targets else 1
         amount = draw(pst.amounts(max_count=0 if units is None else units))
         return options, amount, units
 

@@ -1,0 +1,37 @@
+"""Every built-in strategy passes the conformance kit (prunus.testing), through its pytest base class.
+
+One test per property and strategy, e.g. ``test_exact_count[l1_structured]``; properties that do not apply to a
+strategy (a seed test for a deterministic one, an amount test for ``custom_mask``) are skipped with the reason.
+Run it faster or harder with ``--prunus-max-examples=N``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import prunus
+from prunus.testing import StrategyTests
+
+pytest_plugins = ["prunus.testing.pytest_plugin"]
+
+# Strategies installed plugins add are theirs to test (they may need data or gradients): only prunus's own.
+BUILTINS = [
+    name
+    for name in prunus.registry.names()
+    if prunus.registry.info(name).provider.distribution == "prunus"
+]
+
+
+def test_every_granularity_is_covered() -> None:
+    assert {prunus.registry.info(name).granularity for name in BUILTINS} >= {
+        "unstructured",
+        "structured",
+        "global",
+    }
+
+
+class TestBuiltinStrategies(StrategyTests):
+    @pytest.fixture(scope="class", params=BUILTINS)
+    @classmethod
+    def prunus_strategy(cls, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
