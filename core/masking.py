@@ -10,8 +10,9 @@ model costs. Beside the parameter, two *non-persistent* buffers (moved by ``.to(
   puts them back bit for bit (absent when the caller opted out of restoring).
 
 Pruned entries stay zero through training: after every ``optimizer.step()`` a global step hook (registered on
-first use) zeroes them again in the parameters that optimizer updated, in one fused ``torch._foreach_mul_`` over
-a ``(parameter, mask)`` list cached per optimizer (rebuilt only when masks or the optimizer's parameters change).
+first use) zeroes them again in the parameters that optimizer updated, in one pass over a ``(parameter, mask)``
+list cached per optimizer (rebuilt only when masks or the optimizer's parameters change): numpy views of the
+bits on CPU, one fused ``torch._foreach_mul_`` elsewhere.
 Modules with masks are tracked in a weak set; a small tracker object in each such module re-enrols copies made by
 ``copy.deepcopy`` and ``pickle``.
 
@@ -99,9 +100,14 @@ def _enrol(module: nn.Module) -> None:
 
 
 class _StepPlan:
-    """What the step hook multiplies for one optimizer, and what that list was built from."""
+    """What the step hook zeroes for one optimizer, and what that list was built from.
 
-    __slots__ = ("entries", "fingerprint", "generation", "masks", "params")
+    CPU parameters are zeroed through numpy views of their bits (``np.multiply`` by the bool mask: ~5x faster
+    than ``torch.mul_`` with a bool operand, and pruned entries read exactly +0.0); the others in one
+    ``torch._foreach_mul_``. The views are built once and checked cheaply at each step.
+    """
+
+    __slots__ = ("arrays", "entries", "fingerprint", "generation", "masks", "params", "pointers")
 
     def __init__(
         self,
@@ -112,22 +118,47 @@ class _StepPlan:
         self.generation = generation
         self.fingerprint = fingerprint
         self.entries = entries
-        self.params = [param for _, _, param, _ in entries]
-        self.masks = [mask for _, _, _, mask in entries]
+        # Pointers catch storage swapped under a kept object (param.data = ..., module.to()).
+        self.pointers = [(param.data_ptr(), mask.data_ptr()) for _, _, param, mask in entries]
+        self.arrays: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
+        self.params: list[Tensor] = []
+        self.masks: list[Tensor] = []
+        for _, _, param, mask in entries:
+            bits, keep = _bits(param), _bits(mask)
+            if bits is not None and keep is not None and param.shape == mask.shape:
+                self.arrays.append((bits, keep))
+            else:
+                self.params.append(param)
+                self.masks.append(mask)
 
     def valid(self, fingerprint: tuple[int, ...]) -> bool:
         if self.generation != _generation or self.fingerprint != fingerprint:
             return False
         # A parameter or a mask replaced behind our back (module.to(), a new nn.Parameter) invalidates the list.
-        for ref, name, param, mask in self.entries:
+        for (ref, name, param, mask), (param_ptr, mask_ptr) in zip(
+            self.entries, self.pointers, strict=True
+        ):
             module = ref()
             if (
                 module is None
                 or module._parameters.get(name) is not param
                 or module._buffers.get(MASK_PREFIX + name) is not mask
+                or param.data_ptr() != param_ptr
+                or mask.data_ptr() != mask_ptr
             ):
                 return False
         return True
+
+    def run(self) -> None:
+        with torch.no_grad():
+            for bits, keep in self.arrays:
+                np.multiply(bits, keep, out=bits)
+            if self.arrays:
+                torch.autograd.graph.increment_version(
+                    [param for _, _, param, _ in self.entries]
+                )  # as an in-place torch op would
+            if self.params:
+                torch._foreach_mul_(self.params, self.masks)
 
 
 _PLANS: weakref.WeakKeyDictionary[torch.optim.Optimizer, _StepPlan] = weakref.WeakKeyDictionary()
@@ -147,16 +178,14 @@ def _plan(optimizer: torch.optim.Optimizer, fingerprint: tuple[int, ...]) -> _St
 
 
 def _reapply_masks(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-    """Zero the pruned entries again in the parameters ``optimizer`` just updated (one fused multiply)."""
+    """Zero the pruned entries again in the parameters ``optimizer`` just updated (one fused pass)."""
     if not _LIVE:
         return
     fingerprint = tuple(id(p) for group in optimizer.param_groups for p in group["params"])
     plan = _PLANS.get(optimizer)
     if plan is None or not plan.valid(fingerprint):
         plan = _plan(optimizer, fingerprint)
-    if plan.params:
-        with torch.no_grad():
-            torch._foreach_mul_(plan.params, plan.masks)
+    plan.run()
 
 
 def _masks_of(module: nn.Module) -> Iterator[tuple[str, Tensor]]:
