@@ -1,11 +1,11 @@
 """Sparse execution on this machine: the CSR crossover, and the measured speedup of each pruning option.
 
-Run (figures in ``docs/hardware.md`` come from this command)::
+Run (the figures in ``docs/hardware.md`` come from this command; it prints the markdown tables)::
 
-    python benchmarks/bench_sparse.py --output docs/hardware-bench.md
+    python benchmarks/bench_sparse.py --repeats 25
 
-``--quick`` runs small shapes for a smoke test; ``--threads`` sets torch's intra-op threads (default 1, so the
-figures do not depend on what else runs on the machine's other cores).
+``--quick`` runs small shapes for a smoke test; ``--threads`` sets torch's intra-op threads (default 1);
+``--output`` and ``--json`` write the tables and the raw figures to files.
 
 What is measured, all in this process, on the CPU (and on CUDA with ``--device cuda``):
 
@@ -169,7 +169,9 @@ def markdown(figures: dict[str, Any]) -> str:
     probe = prunus.ProbeResult.model_validate(figures["probe"])
     lines = [
         f"Measured {figures['date']} on {figures['machine']}, torch {figures['torch']}, "
-        f"{figures['threads']} thread(s), device {figures['device']}; command: `{figures['command']}`.",
+        f"{figures['threads']} thread(s), device {figures['device']}; command: `{figures['command']}`. "
+        f"Load average (1 min) {figures['load'][0]} before and {figures['load'][1]} after the run: other "
+        "processes shared the machine's cores, so absolute times vary more than the side-by-side ratios.",
         "",
         "**CSR crossover** (`prunus.probe()`): the sparsity above which a CSR layer was faster than the "
         "dense one.",
@@ -221,6 +223,13 @@ def markdown(figures: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
@@ -232,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    load_before = _load()
     repeats = args.repeats or (3 if args.quick else 15)
     sizes = [256, 512, 512, 256] if args.quick else [1024, 4096, 4096, 1024]
     batches = [1, 8] if args.quick else [1, 32]
@@ -269,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         [""] + [a for a in (argv if argv is not None else sys.argv[1:])]
     )
     figures = {
+        "load": [load_before, _load()],
         "date": datetime.date.today().isoformat(),
         "machine": f"{probe.device_name} ({platform.machine()}, {os.cpu_count()} logical CPUs)",
         "torch": torch.__version__,
