@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, Verbosity, given
 from hypothesis.errors import FlakyFailure, HypothesisException
 
 from ..registry import Registry
+from ..registry import registry as global_registry
 from ..strategy import Strategy
 from .properties import Property, property_names, resolve_properties
 from .subject import StrategyCase, Subject, describe
@@ -43,6 +44,7 @@ class PropertyFailure:
     example: str
     error: BaseException
     flaky: bool = False
+    rerun: str = ""
 
     @property
     def problem(self) -> str:
@@ -61,8 +63,11 @@ class PropertyFailure:
             f"property {self.name!r} fails for strategy {self.strategy!r}: {self.summary}\n"
             f"  {self.problem}{flaky}\n"
             f"  smallest failing example found:\n{example}\n"
-            f"  rerun: prunus.testing.check_strategy({self.strategy!r}, properties=[{self.name!r}])"
+            f"  rerun: {self.rerun or self._rerun()}"
         )
+
+    def _rerun(self) -> str:
+        return f"prunus.testing.check_strategy({self.strategy!r}, properties=[{self.name!r}])"
 
 
 class KitFailure(AssertionError):
@@ -112,6 +117,14 @@ def _settings(max_examples: int) -> hypothesis.settings:
     )
 
 
+def _rerun(prop: Property, subject: Subject) -> str:
+    """How to run the failing property alone."""
+    call = f"properties=[{prop.name!r}]"
+    if subject.case == StrategyCase(subject.name) and subject.registry is global_registry:
+        return f"prunus.testing.check_strategy({subject.name!r}, {call})"
+    return f"prunus.testing.check_strategy(<the same strategy case>, registry=<the same registry>, {call})"
+
+
 def _run(
     prop: Property, subject: Subject, max_examples: int, seed: int | None
 ) -> PropertyFailure | None:
@@ -137,14 +150,25 @@ def _run(
         test()
     except _Falsified as falsified:
         return PropertyFailure(
-            prop.name, prop.summary, subject.name, falsified.example, falsified.error
+            prop.name,
+            prop.summary,
+            subject.name,
+            falsified.example,
+            falsified.error,
+            rerun=_rerun(prop, subject),
         )
     except FlakyFailure as flaky:
         found = [e for e in flaky.exceptions if isinstance(e, _Falsified)]
         if not found:
             raise
         return PropertyFailure(
-            prop.name, prop.summary, subject.name, found[0].example, found[0].error, flaky=True
+            prop.name,
+            prop.summary,
+            subject.name,
+            found[0].example,
+            found[0].error,
+            flaky=True,
+            rerun=_rerun(prop, subject),
         )
     finally:
         torch.set_num_threads(threads)

@@ -13,7 +13,9 @@ Fixtures:
   :class:`~prunus.testing.StrategyCase`.
 * ``prunus_registry`` (session scope): where names are looked up; ``prunus.registry`` unless overridden.
 * ``prunus_max_examples`` (session scope): Hypothesis examples per property, from ``--prunus-max-examples``,
-  the ``prunus_max_examples`` ini option or the kit's default.
+  the ``PRUNUS_TESTING_MAX_EXAMPLES`` environment variable, the ``prunus_max_examples`` ini option or the kit's
+  default. The command-line and ini options exist only when the plugin is loaded at start-up (``-p`` or the
+  root ``conftest.py``); with ``pytest_plugins`` in a test module, use the environment variable.
 * ``prunus_case`` (class scope): the resolved strategy the ``StrategyTests`` methods check.
 * ``prunus_check``: :func:`~prunus.testing.check_strategy` with the session's settings.
 
@@ -22,6 +24,7 @@ This module imports only pytest; the kit (Hypothesis, torch) loads when a fixtur
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -40,14 +43,14 @@ __all__ = [
     "pytest_addoption",
 ]
 
+OPTION = "--prunus-max-examples"
+ENVIRONMENT = "PRUNUS_TESTING_MAX_EXAMPLES"
 _HELP = "Hypothesis examples per property of the prunus conformance kit (default: the kit's, 25)"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("prunus", "prunus conformance kit")
-    group.addoption(
-        "--prunus-max-examples", type=int, default=None, dest="prunus_max_examples", help=_HELP
-    )
+    group.addoption(OPTION, type=int, default=None, dest="prunus_max_examples", help=_HELP)
     parser.addini("prunus_max_examples", help=_HELP, default="")
 
 
@@ -61,17 +64,24 @@ def prunus_registry() -> Any:
 
 @pytest.fixture(scope="session")
 def prunus_max_examples(request: pytest.FixtureRequest) -> int:
-    """Hypothesis examples per property: ``--prunus-max-examples``, then the ini option, then the default."""
+    """Hypothesis examples per property: the command line, the environment, the ini option, the default."""
     from .check import DEFAULT_MAX_EXAMPLES
 
     config = request.config
     value = config.getoption("prunus_max_examples", default=None)
     if value is None:
+        value = os.environ.get(ENVIRONMENT) or None
+    if value is None:
         try:
             value = config.getini("prunus_max_examples") or None
         except ValueError:  # the plugin was loaded after the ini options were read
             value = None
-    return int(value) if value is not None else DEFAULT_MAX_EXAMPLES
+    try:
+        return int(value) if value is not None else DEFAULT_MAX_EXAMPLES
+    except ValueError:
+        raise pytest.UsageError(
+            f"prunus_max_examples must be an int, not {value!r} ({OPTION}, {ENVIRONMENT} or the ini option)"
+        ) from None
 
 
 @pytest.fixture(scope="class")
