@@ -204,12 +204,13 @@ class AnalysisReport(BaseModel):
 
     def __str__(self) -> str:
         width = max([len(a.name) for a in self.layers] + [5])
+        kinds = max([len(a.kind) for a in self.layers] + [12])
         head = (
             f"prunus analysis on {self.device} ({self.hardware.describe()}); MACs per {self.macs_per}"
             f"{f'; measured with {self.threads} torch thread(s)' if self.measured else ''}"
         )
         columns = (
-            f"{'layer':<{width}}  {'kind':<12} {'shape':<16} {'sparsity':>8} {'pattern':<12} "
+            f"{'layer':<{width}}  {'kind':<{kinds}} {'shape':<16} {'sparsity':>8} {'pattern':<12} "
             f"{'nonzeros':>11} {'dense KiB':>10} {'compr. KiB':>10} {'format':<7} {'MACs x':>7}"
         )
         if self.measured:
@@ -218,7 +219,7 @@ class AnalysisReport(BaseModel):
         for a in self.layers:
             shape = "x".join(map(str, a.shape))
             row = (
-                f"{a.name:<{width}}  {a.kind:<12} {shape:<16} {a.sparsity:>8.1%} {a.pattern:<12} "
+                f"{a.name:<{width}}  {a.kind:<{kinds}} {shape:<16} {a.sparsity:>8.1%} {a.pattern:<12} "
                 f"{a.nonzeros:>11,} {a.bytes_dense / 1024:>10,.1f} {a.bytes_compressed / 1024:>10,.1f} "
                 f"{a.compressed_format:<7} {_x(a.theoretical_speedup):>7}"
             )
@@ -233,7 +234,7 @@ class AnalysisReport(BaseModel):
                 )
             lines.append(row)
         total = (
-            f"{'total':<{width}}  {'':<12} {'':<16} {self.sparsity:>8.1%} {'':<12} "
+            f"{'total':<{width}}  {'':<{kinds}} {'':<16} {self.sparsity:>8.1%} {'':<12} "
             f"{self.nonzeros:>11,} {self.bytes_dense / 1024:>10,.1f} "
             f"{self.bytes_compressed / 1024:>10,.1f} {'':<7} {_x(self.theoretical_speedup):>7}"
         )
