@@ -133,12 +133,12 @@ def load_model(checkpoint: Path, factory: str | None, *, trust: bool = False) ->
         loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"no checkpoint at {checkpoint}") from None
-    except pickle.UnpicklingError as error:
+    except pickle.UnpicklingError:
         if not trust:
             raise UserError(
-                f"{checkpoint} is not a plain state dict (torch.load with weights_only=True refused it: "
-                f"{_one_line(error)[:120]}); save model.state_dict() instead, or pass --trust-checkpoint "
-                "to unpickle a whole model from a file you trust"
+                f"{checkpoint} is not a plain state dict (torch.load with weights_only=True refused it); "
+                "save model.state_dict() instead, or pass --trust-checkpoint to unpickle a whole model "
+                "from a file you trust"
             ) from None
         try:
             loaded = torch.load(checkpoint, map_location="cpu", weights_only=False)

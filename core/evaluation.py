@@ -144,10 +144,10 @@ def _weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
                 yield (f"{prefix}.{pname}" if prefix else pname), param.detach()
         if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
             # A quantized module (torch.ao dynamic Linear): weight() and bias() rebuild its tensors.
+            # Each call builds new tensors, so they are not deduplicated by id (ids of freed tensors recur).
             for pname in ("weight", "bias"):
                 value = getattr(module, pname)()
-                if isinstance(value, Tensor) and id(value) not in seen:
-                    seen.add(id(value))
+                if isinstance(value, Tensor):
                     value = value.dequantize() if value.is_quantized else value.detach()
                     yield (f"{prefix}.{pname}" if prefix else pname), value
 
