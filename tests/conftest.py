@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
+
+# This suite checks prunus and its built-in plugins, whatever else is installed beside them (an example plugin
+# whose criterion needs data, say): the global registry loads no entry-point plugin in these processes. The
+# entry-point tests install real distributions and probe them in child processes with their own environment.
+os.environ["PRUNUS_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 
 import pytest
 import torch
