@@ -9,8 +9,12 @@
 
     class TestMyStrategies(StrategyTests):
         @pytest.fixture(scope="class", params=["taylor_unstructured", "taylor_structured"])
-        def prunus_strategy(self, request):
+        @classmethod
+        def prunus_strategy(cls, request):
             return request.param          # or a StrategyCase(request.param, gradients=True, ...)
+
+(``@classmethod`` below ``@pytest.fixture`` is how pytest 9.1 and later want class-scoped fixtures in a class; a
+module-level ``prunus_strategy`` fixture works too, for every class of the module.)
 
 Each property is one test per strategy (``test_exact_count[taylor_structured]``); a property that does not apply
 to a strategy is skipped with the reason. The strategies come through a class-scoped fixture, so the Hypothesis

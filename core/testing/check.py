@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -117,6 +118,14 @@ def _settings(max_examples: int) -> hypothesis.settings:
     )
 
 
+def _limit(prop: Property, max_examples: int) -> int:
+    """Examples for ``prop``: its cap applies at the default, and grows with ``max_examples`` past it."""
+    if prop.max_examples is None:
+        return max_examples
+    scaled = math.ceil(prop.max_examples * max_examples / DEFAULT_MAX_EXAMPLES)
+    return max(1, min(max_examples, max(prop.max_examples, scaled)))
+
+
 def _rerun(prop: Property, subject: Subject) -> str:
     """How to run the failing property alone."""
     call = f"properties=[{prop.name!r}]"
@@ -139,7 +148,7 @@ def _run(
     run.__name__ = run.__qualname__ = prop.name
     # One database entry per strategy and property, so failures replay first next time.
     run._hypothesis_internal_add_digest = f"prunus.testing/{subject.name}/{prop.name}".encode()  # type: ignore[attr-defined]
-    limit = max_examples if prop.max_examples is None else min(max_examples, prop.max_examples)
+    limit = _limit(prop, max_examples)
     test = _settings(max(limit, 1))(given(prop.strategy(subject))(run))
     if seed is not None:
         test = hypothesis.seed(seed)(test)

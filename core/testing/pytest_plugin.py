@@ -90,7 +90,8 @@ def prunus_strategy() -> Any:
     pytest.fail(
         "name the strategies to test: in your StrategyTests subclass add\n"
         '    @pytest.fixture(scope="class", params=["my_strategy", ...])\n'
-        "    def prunus_strategy(self, request):\n"
+        "    @classmethod\n"
+        "    def prunus_strategy(cls, request):\n"
         "        return request.param",
         pytrace=False,
     )
