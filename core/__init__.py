@@ -52,6 +52,16 @@ from .report import ParameterReport, PruneReport
 from .schedules import Schedule, UnknownScheduleError
 from .selection import Selection, select
 from .sensitivity import SensitivityCurve, SensitivityResult, sensitivity
+from .shrink import (
+    ChannelGroupReport,
+    MissingDependencyError,
+    ShrinkError,
+    ShrinkReport,
+    load_shrunk,
+    prune_channels,
+    shrink,
+    shrink_state,
+)
 from .sparse import SparseLinear, to_dense, to_sparse
 from .strategy import (
     ComposedStrategy,
@@ -71,6 +81,7 @@ __all__ = [
     "Amount",
     "AmountError",
     "AnalysisReport",
+    "ChannelGroupReport",
     "Comparison",
     "ComposedStrategy",
     "ConfigError",
@@ -84,6 +95,7 @@ __all__ = [
     "HardwareProfile",
     "LayerAnalysis",
     "MaskError",
+    "MissingDependencyError",
     "ModelSize",
     "NoOptions",
     "NotPrunedError",
@@ -106,6 +118,8 @@ __all__ = [
     "SensitivityConfig",
     "SensitivityCurve",
     "SensitivityResult",
+    "ShrinkError",
+    "ShrinkReport",
     "SparseLinear",
     "Strategy",
     "StrategyConfig",
@@ -131,11 +145,13 @@ __all__ = [
     "load_compressed",
     "load_config",
     "load_probe",
+    "load_shrunk",
     "masks",
     "model_size",
     "plots",
     "probe",
     "prune",
+    "prune_channels",
     "quantize",
     "quantized_weights",
     "registry",
@@ -145,6 +161,8 @@ __all__ = [
     "select",
     "select_targets",
     "sensitivity",
+    "shrink",
+    "shrink_state",
     "summary",
     "to_dense",
     "to_sparse",
