@@ -109,12 +109,13 @@ class _Falsified(Exception):
 
 def _settings(max_examples: int) -> hypothesis.settings:
     # The rest comes from the active Hypothesis profile (database, derandomize, phases...).
+    active = hypothesis.settings()
     return hypothesis.settings(
         max_examples=max_examples,
         deadline=None,  # the first call of a torch op can take long
         report_multiple_bugs=False,
         verbosity=Verbosity.quiet,  # the kit reports the example itself
-        suppress_health_check=[HealthCheck.too_slow],
+        suppress_health_check=[*active.suppress_health_check, HealthCheck.too_slow],
     )
 
 
