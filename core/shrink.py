@@ -309,6 +309,7 @@ def _trace(model: nn.Module, example_inputs: Inputs, tp: Any) -> _Traced:
             captured["macs"] = counter.close()
         return captured["out"]
 
+    hooks = _hook_dicts(model)
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -316,6 +317,9 @@ def _trace(model: nn.Module, example_inputs: Inputs, tp: Any) -> _Traced:
                 model, example_inputs=example_inputs, forward_fn=forward, verbose=False
             )
         except Exception as error:
+            _restore_hook_dicts(
+                hooks
+            )  # Torch-Pruning leaves its tracing hooks behind when forward fails
             if "out" not in captured:
                 raise TargetError(
                     f"example_inputs could not run {type(model).__name__}: {type(error).__name__}: "
@@ -832,13 +836,32 @@ def _group_masks(
     return masks
 
 
+def _hook_dicts(model: nn.Module) -> list[tuple[dict[Any, Any], dict[Any, Any]]]:
+    """Every hook dict of every module, with a copy of its content."""
+    return [
+        (value, dict(value))
+        for module in model.modules()
+        for key, value in vars(module).items()
+        if "hook" in key and isinstance(value, dict)
+    ]
+
+
+def _restore_hook_dicts(saved: list[tuple[dict[Any, Any], dict[Any, Any]]]) -> None:
+    for live, content in saved:
+        live.clear()
+        live.update(content)
+
+
 def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
     """Enough of every module's state to put it back after a failed surgery (no tensor is copied)."""
     out = []
     for module in model.modules():
         state = dict(module.__dict__)
-        for key in ("_parameters", "_buffers", "_modules"):
-            state[key] = dict(module.__dict__[key])
+        for key, value in module.__dict__.items():
+            if key in ("_parameters", "_buffers", "_modules") or (
+                "hook" in key and isinstance(value, dict)
+            ):
+                state[key] = type(value)(value)
         state["_non_persistent_buffers_set"] = set(module._non_persistent_buffers_set)
         out.append((module, state))
     return out
