@@ -16,7 +16,7 @@ import click
 
 from .cli_workflow import prune_command, report_command, sensitivity_command
 from .errors import PrunusError
-from .registry import Registry, registry
+from .registry import Provider, Registry, registry
 
 __all__ = ["main"]
 
@@ -36,25 +36,35 @@ def main() -> None:
 @click.argument("pattern", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @click.option(
-    "--criteria", is_flag=True, help="List the importance criteria instead of the strategies."
+    "--criteria", "kind", flag_value="criterion", help="List the importance criteria instead."
+)
+@click.option(
+    "--granularities", "kind", flag_value="granularity", help="List the granularities instead."
+)
+@click.option(
+    "--schedules", "kind", flag_value="schedule", help="List the pruning schedules instead."
 )
 @click.pass_context
-def list_command(ctx: click.Context, pattern: str | None, as_json: bool, criteria: bool) -> None:
+def list_command(ctx: click.Context, pattern: str | None, as_json: bool, kind: str | None) -> None:
     """List the registered strategies, optionally only those matching a glob PATTERN (e.g. '*_structured').
 
     Each row shows the strategy's granularity, a one-line summary and the plugin and distribution that
     provide it. Strategies come from prunus's built-in plugins and from installed distributions that declare
-    an entry point in the 'prunus' group.
+    an entry point in the 'prunus' group. Every criterion at every granularity is a strategy named
+    <criterion>_<granularity>.
     """
     reg = _registry(ctx)
-    rows: list[dict[str, Any]]
-    if criteria:
-        rows = [
-            {"name": name, "provider": str(reg.provider("criterion", name))}
-            for name in reg.criteria(pattern)
-        ]
+    rows: list[dict[str, Any]] = []
+    if kind is not None:
+        for component in reg.components(kind, pattern):  # type: ignore[arg-type]
+            rows.append(
+                {
+                    "name": component.name,
+                    "summary": component.summary,
+                    **_provider(component.provider),
+                }
+            )
     else:
-        rows = []
         for name in reg.names(pattern):
             info = reg.info(name)
             rows.append(
@@ -62,15 +72,13 @@ def list_command(ctx: click.Context, pattern: str | None, as_json: bool, criteri
                     "name": name,
                     "granularity": info.granularity,
                     "summary": info.summary,
-                    "plugin": info.provider.plugin,
-                    "distribution": info.provider.distribution,
-                    "version": info.provider.version,
+                    **_provider(info.provider),
                 }
             )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
-        _table(rows, criteria=criteria)
+        _table(rows, title=kind or "strategy")
     for failure in reg.plugin_failures:
         click.echo(f"warning: plugin {failure.plugin!r} {failure.error}", err=True)
     if pattern is not None and not rows:
@@ -79,26 +87,26 @@ def list_command(ctx: click.Context, pattern: str | None, as_json: bool, criteri
         )
 
 
-def _table(rows: list[dict[str, Any]], *, criteria: bool) -> None:
-    if criteria:
-        columns = [("criterion", "name"), ("provided by", "provider")]
-    else:
-        for row in rows:
-            dist = row["distribution"]
-            row["provided by"] = (
-                f"{row['plugin']} ({dist} {row['version'] or ''})".replace(" )", ")")
-                if dist
-                else row["plugin"]
-            )
-        columns = [
-            ("strategy", "name"),
-            ("granularity", "granularity"),
-            ("provided by", "provided by"),
-            ("summary", "summary"),
-        ]
-    widths = [max([len(title)] + [len(str(r[key])) for r in rows]) for title, key in columns]
+def _provider(provider: Provider) -> dict[str, Any]:
+    return {
+        "plugin": provider.plugin,
+        "distribution": provider.distribution,
+        "version": provider.version,
+    }
+
+
+def _table(rows: list[dict[str, Any]], *, title: str) -> None:
+    for row in rows:
+        dist = row["distribution"]
+        version = f" {row['version']}" if row["version"] else ""
+        row["provided by"] = f"{row['plugin']} ({dist}{version})" if dist else row["plugin"]
+    columns = [(title, "name")]
+    if title == "strategy":
+        columns.append(("granularity", "granularity"))
+    columns += [("provided by", "provided by"), ("summary", "summary")]
+    widths = [max([len(head)] + [len(str(r[key])) for r in rows]) for head, key in columns]
     click.echo(
-        "  ".join(title.ljust(w) for (title, _), w in zip(columns, widths, strict=True)).rstrip()
+        "  ".join(head.ljust(w) for (head, _), w in zip(columns, widths, strict=True)).rstrip()
     )
     for row in rows:
         cells = (str(row[key]).ljust(w) for (_, key), w in zip(columns, widths, strict=True))

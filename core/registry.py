@@ -45,6 +45,7 @@ from .strategy import ComposedStrategy, Criterion, Granularity, PruneContext, St
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ComponentInfo",
     "Hooks",
     "PluginFailure",
     "Provider",
@@ -81,6 +82,16 @@ class PluginFailure:
     plugin: str
     distribution: str | None
     error: str
+
+
+@dataclass(frozen=True)
+class ComponentInfo:
+    """A registered criterion, granularity or schedule: its name, kind, summary and provider."""
+
+    name: str
+    kind: str
+    summary: str
+    provider: Provider
 
 
 @dataclass(frozen=True)
@@ -288,6 +299,19 @@ class Registry:
         schedule = component.cls(config)
         assert isinstance(schedule, Schedule)
         return schedule
+
+    def components(
+        self, kind: Literal["criterion", "granularity", "schedule"], pattern: str | None = None
+    ) -> list[ComponentInfo]:
+        """The registered criteria, granularities or schedules, sorted, optionally filtered by ``pattern``."""
+        self._ensure_loaded()
+        table = {
+            "criterion": self._criteria,
+            "granularity": self._granularities,
+            "schedule": self._schedules,
+        }[kind]
+        names = sorted(table) if pattern is None else fnmatch.filter(sorted(table), pattern)
+        return [ComponentInfo(n, kind, table[n].cls.summary, table[n].provider) for n in names]
 
     def provider(self, kind: Kind, name: str) -> Provider:
         """Who registered the criterion, granularity, strategy or schedule ``name``."""

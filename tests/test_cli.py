@@ -36,11 +36,31 @@ def test_list_pattern_and_json(capsys):
     assert all(r["distribution"] == "prunus" for r in rows)
 
 
-def test_list_criteria(capsys):
-    assert run(["list", "--criteria"]) == 0
-    out = capsys.readouterr().out
-    for name in prunus.registry.criteria():
-        assert name in out
+@pytest.mark.parametrize(
+    ("flag", "kind", "title"),
+    [
+        ("--criteria", "criterion", "criterion"),
+        ("--granularities", "granularity", "granularity"),
+        ("--schedules", "schedule", "schedule"),
+    ],
+)
+def test_list_components(capsys, flag, kind, title):
+    assert run(["list", flag]) == 0
+    header, *rows = capsys.readouterr().out.strip().splitlines()
+    assert header.split()[0] == title
+    listed = {row.split()[0]: row for row in rows}
+    components = prunus.registry.components(kind)
+    assert set(listed) == {c.name for c in components}
+    for component in components:
+        assert component.summary in listed[component.name]
+        assert component.provider.plugin in listed[component.name]
+
+
+def test_list_components_as_json_with_pattern(capsys):
+    assert run(["list", "--schedules", "--json", "c*"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == prunus.registry.schedules("c*")
+    assert rows and all(r["distribution"] == "prunus" for r in rows)
 
 
 def test_list_pattern_that_matches_nothing_is_an_error(capsys):
