@@ -571,6 +571,8 @@ def _all(tensor: Tensor, dims: tuple[int, ...]) -> Tensor:
 def _zero_per_root(slice_: _Slice) -> Tensor:
     """Whether each root channel's entries of the slice are all zero."""
     value = getattr(slice_.module, slice_.param).detach()
+    if int(torch.count_nonzero(value)) == value.numel():  # one fast pass: the common dense case
+        return torch.zeros(len(slice_.roots), dtype=torch.bool)
     return _per_root(slice_, value == 0, _all)
 
 

@@ -24,8 +24,6 @@ enough to move the threshold's bin, the ranking falls back to concatenating the 
 
 from __future__ import annotations
 
-import ctypes
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -137,7 +135,6 @@ class _Ranker:
                 hist += torch.bincount(digit, minlength=_BINS + 1)[:_BINS].cpu()
             # The loop's last chunk views the scores: drop every reference before the next target's.
             del scores, keys, eligible, digit, where
-        _release_free_memory()
         return hist
 
 
@@ -187,30 +184,6 @@ class _MaskSink:
         if also_keep is not None and also_keep.numel():
             flat[also_keep.to(flat.device)] = True
         return flat.reshape(self.shape)
-
-
-def _release_free_memory() -> None:
-    """Hand the C heap's free memory back to the OS (glibc only; elsewhere a no-op).
-
-    glibc keeps up to twice its (self-raising) mmap threshold of freed memory resident: after freeing one
-    parameter's 16 MB of scores it keeps ~32 MB, which is more than the whole ranking otherwise holds beside
-    the masks. ``malloc_trim`` returns it; it changes nothing but the resident size.
-    """
-    if _TRIM is not None:
-        _TRIM(0)
-
-
-def _find_trim() -> Callable[[int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return trim
-
-
-_TRIM = _find_trim()
 
 
 def _nonzero(flat: Tensor) -> Tensor:
@@ -303,7 +276,6 @@ def _lean(
             sink.write(start, keep)
             del keys, eligible, top, keep, inside
         found.append(torch.cat(positions) if positions else torch.empty(0, dtype=torch.int64))
-    _release_free_memory()
 
     if seen_below != below or seen_in_bin != in_bin:
         raise _Inconsistent  # the scores moved between passes; the classic path scores once
