@@ -93,8 +93,11 @@ class Structured(Granularity):
                 else target.prior
             )
             size = shape[dim] if eligible is None else int(eligible.sum())
-            k = count_to_prune(
-                self.config.amount, size, what=f"slices of {target.name!r} along dim {dim}"
+            k = self.slices_to_prune(
+                count_to_prune(
+                    self.config.amount, size, what=f"slices of {target.name!r} along dim {dim}"
+                ),
+                size,
             )
             groups = criterion.reduce(score(target), others)
             keep = keep_mask(groups, k, eligible)
@@ -103,6 +106,13 @@ class Structured(Granularity):
             mask = keep.reshape(view).expand(shape).clone()
             out[target.name] = mask if target.prior is None else mask & target.prior
         return out
+
+    def slices_to_prune(self, asked: int, size: int) -> int:
+        """How many of the ``size`` eligible slices to prune when ``amount`` asks for ``asked``.
+
+        Subclasses round here (e.g. to keep a hardware-friendly number of channels).
+        """
+        return asked
 
 
 class Global(Granularity):

@@ -41,6 +41,7 @@ import prunus
 from prunus import Amount, Criterion, Granularity, PruneContext, Registrar, StrategyConfig, Target
 from prunus.config import count_to_prune
 from prunus.errors import ConfigError
+from prunus.plugins.granularities import Structured, StructuredConfig
 from prunus.ranking import keep_mask, rankable
 
 __all__ = ["NM", "Aligned", "AlignedConfig", "Block", "BlockConfig", "NMConfig", "nm_input_dim"]
@@ -259,16 +260,9 @@ class Block(Granularity):
 # -- aligned --------------------------------------------------------------------------------------------------
 
 
-class AlignedConfig(StrategyConfig):
-    """Options of the ``aligned`` granularity."""
+class AlignedConfig(StructuredConfig):
+    """Options of the ``aligned`` granularity: those of ``structured`` and the multiple to keep."""
 
-    amount: Amount = Field(
-        description="fraction in [0, 1] of the slices still kept, or an int count (before rounding)"
-    )
-    dim: StrictInt = Field(
-        default=0,
-        description="dim whose slices are pruned: 0 = output neurons / conv filters, 1 = inputs",
-    )
     round_to: StrictInt = Field(
         default=8, ge=1, description="the number of slices kept is rounded to a multiple of this"
     )
@@ -287,47 +281,16 @@ def aligned_keep(size: int, pruned: int, round_to: int) -> int:
     return min(max(rounded, round_to), size - size % round_to)
 
 
-class Aligned(Granularity):
+class Aligned(Structured):
     """Whole slices along ``dim``, keeping a multiple of ``round_to`` of them (hardware-friendly widths)."""
 
     name = "aligned"
     summary = "prunes whole slices along dim, keeping a multiple of round_to (8) of them"
     Config = AlignedConfig
 
-    def masks(
-        self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
-    ) -> dict[str, Tensor]:
+    def slices_to_prune(self, asked: int, size: int) -> int:
         assert isinstance(self.config, AlignedConfig)
-        out = {}
-        for target in context.targets:
-            shape = target.tensor.shape
-            dim = self.config.dim
-            if not -len(shape) <= dim < len(shape):
-                raise ConfigError(
-                    f"dim={dim} is out of range for {target.name!r} of shape {tuple(shape)}; "
-                    f"valid dims are {-len(shape)} to {len(shape) - 1}"
-                )
-            dim %= len(shape)
-            others = tuple(d for d in range(len(shape)) if d != dim)
-            eligible = (
-                None
-                if target.prior is None
-                else target.prior.any(dim=others)
-                if others
-                else target.prior
-            )
-            size = shape[dim] if eligible is None else int(eligible.sum())
-            k = count_to_prune(
-                self.config.amount, size, what=f"slices of {target.name!r} along dim {dim}"
-            )
-            k = size - aligned_keep(size, k, self.config.round_to)
-            groups = criterion.reduce(score(target), others)
-            keep = keep_mask(groups, k, eligible)
-            view = [1] * len(shape)
-            view[dim] = shape[dim]
-            mask = keep.reshape(view).expand(shape).clone()
-            out[target.name] = mask if target.prior is None else mask & target.prior
-        return out
+        return size - aligned_keep(size, asked, self.config.round_to)
 
 
 @prunus.hookimpl
