@@ -7,27 +7,25 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 INSTALLED := $(VENV)/.prunus-installed
 
-# The example plugin package, tested beside prunus when it is in the tree. It is installed only while its own
-# tests run: an installed plugin adds strategies to the registry, and prunus's suite tests the built-ins.
+# The example plugin package, installed as a real distribution beside prunus: its own tests run after prunus's,
+# and prunus's suite checks the plugin tutorial against it (the suite itself tests the built-ins only: its
+# conftest turns entry-point autoloading off in the test processes).
 TAYLOR_DIR := examples/prunus-taylor
-TAYLOR_DIST := prunus-taylor
 TAYLOR := $(wildcard $(TAYLOR_DIR)/pyproject.toml)
+TAYLOR_INSTALLED := $(if $(TAYLOR),$(VENV)/.prunus-taylor-installed)
 
 .PHONY: demo test bench bench-quick clean
 
 demo: $(INSTALLED)
 	$(BIN)/python examples/demo.py
 
-test: $(INSTALLED)
+test: $(INSTALLED) $(TAYLOR_INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	@# A copy left installed by an interrupted run would add its strategies to the suite's registry.
-	@$(PIP) uninstall -q -y $(TAYLOR_DIST) 2>/dev/null || true
 	$(BIN)/pytest -n 2 tests
 ifneq ($(TAYLOR),)
-	$(PIP) install -q -c constraints.txt --no-build-isolation --no-deps -e $(TAYLOR_DIR)
-	$(BIN)/pytest $(TAYLOR_DIR)/tests; status=$$?; $(PIP) uninstall -q -y $(TAYLOR_DIST); exit $$status
+	$(BIN)/pytest $(TAYLOR_DIR)/tests
 endif
 
 bench: $(INSTALLED)
@@ -43,6 +41,10 @@ $(BIN)/python:
 # because the example plugin is installed without build isolation, with the venv's own setuptools.
 $(INSTALLED): pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) install -c constraints.txt "setuptools>=70.1" -e ".[dev]"
+	touch $@
+
+$(VENV)/.prunus-taylor-installed: $(TAYLOR_DIR)/pyproject.toml $(INSTALLED)
+	$(PIP) install -c constraints.txt --no-build-isolation --no-deps -e $(TAYLOR_DIR)
 	touch $@
 
 clean:

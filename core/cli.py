@@ -14,7 +14,6 @@ from typing import Any
 
 import click
 
-from .cli_workflow import prune_command, report_command, sensitivity_command
 from .errors import PrunusError
 from .registry import Provider, Registry, registry
 
@@ -125,16 +124,8 @@ def info_command(ctx: click.Context, name: str) -> None:
     click.echo(f"provided by: {info.provider}")
     click.echo(f"deterministic: {'yes' if info.deterministic else 'no (seeded)'}")
     click.echo("options:")
-    for option, field in info.config.model_fields.items():
-        default = "required" if field.is_required() else f"default {field.default!r}"
-        description = f"  {field.description}" if field.description else ""
-        click.echo(f"  {option} ({default}){description}")
-
-
-# The workflow commands (prune, report, sensitivity) live in their own module.
-main.add_command(prune_command)
-main.add_command(report_command)
-main.add_command(sensitivity_command)
+    for option, about in info.options().items():
+        click.echo(f"  {option}: {about}")
 
 
 def run(args: list[str] | None = None, registry: Registry | None = None) -> int:

@@ -24,7 +24,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Literal, cast
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 import pluggy
 from pydantic import ValidationError, create_model, model_validator
@@ -126,13 +127,34 @@ class StrategyInfo:
     deterministic: bool = True
 
     def options(self) -> dict[str, str]:
-        """Option names with their type and default, for help texts."""
+        """Option names with their type, default and description, for help texts.
+
+        >>> prunus.registry.info("ln_structured").options()["dim"]  # doctest: +SKIP
+        'int, default 0: dim whose slices are pruned: ...'
+        """
         out = {}
         for name, info in self.config.model_fields.items():
-            kind = getattr(info.annotation, "__name__", None) or str(info.annotation)
-            default = "required" if info.is_required() else f"default {info.default!r}"
-            out[name] = f"{kind}, {default}"
+            default = (
+                "required"
+                if info.is_required()
+                else f"default {info.get_default(call_default_factory=True)!r}"
+            )
+            about = f": {info.description}" if info.description else ""
+            out[name] = f"{_type_name(info.annotation)}, {default}{about}"
         return out
+
+
+def _type_name(annotation: Any) -> str:
+    """``int | float`` rather than ``Union[Annotated[int, Strict()], ...]``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin in (Union, UnionType):
+        return " | ".join(_type_name(arg) for arg in args)
+    if origin is not None:
+        inner = ", ".join(_type_name(arg) for arg in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    return getattr(annotation, "__name__", None) or str(annotation)
 
 
 class Hooks:

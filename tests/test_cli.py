@@ -71,9 +71,9 @@ def test_list_pattern_that_matches_nothing_is_an_error(capsys):
 def test_info_lists_options_with_defaults(capsys):
     assert run(["info", "ln_structured"]) == 0
     out = capsys.readouterr().out
-    assert "amount (required)" in out
-    assert "dim (default 0)" in out
-    assert "n (required)" in out
+    assert "amount: int | float, required" in out
+    assert "dim: int, default 0" in out
+    assert "n: int | float, required" in out
 
 
 def test_unknown_strategy_is_one_line_error_with_suggestion(capsys):
