@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from .cli_workflow import prune_command, report_command, sensitivity_command
 from .errors import PrunusError
 from .registry import Provider, Registry, registry
 
@@ -126,6 +127,12 @@ def info_command(ctx: click.Context, name: str) -> None:
     click.echo("options:")
     for option, about in info.options().items():
         click.echo(f"  {option}: {about}")
+
+
+# The workflow commands (prune, report, sensitivity) live in their own module.
+main.add_command(prune_command)
+main.add_command(report_command)
+main.add_command(sensitivity_command)
 
 
 def run(args: list[str] | None = None, registry: Registry | None = None) -> int:
