@@ -144,15 +144,20 @@ def child_global(method: str, layers: int, width: int) -> dict[str, Any]:
 
 def run_child(kind: str, **kwargs: Any) -> dict[str, Any]:
     payload = json.dumps({"kind": kind, **kwargs})
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", payload],
-        check=True,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    for attempt in (1, 2):
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", payload],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        if out.returncode == 0:
+            result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+            return result
+        print(
+            f"  child {payload} failed (attempt {attempt}):\n{out.stderr[-2000:]}", file=sys.stderr
+        )
+    raise SystemExit(f"child {payload} failed twice")
 
 
 def bench_global(s: dict[str, Any]) -> dict[str, Any]:

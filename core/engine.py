@@ -141,6 +141,8 @@ def prune(
         for name, module, pname in chosen
     ]
     context = PruneContext(model=model, targets=targets, data=data)
+    # Tells strategies how much memory the call keeps anyway (the global ranking sizes its score cache by it).
+    context.extras["prunus.restorable"] = restorable
 
     if per_layer is None:
         computed = _compute(strategy, context, registry)

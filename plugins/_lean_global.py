@@ -63,11 +63,21 @@ class _Scratch:
 class _Ranker:
     """The passes of one global ranking (see the module docstring)."""
 
-    def __init__(self, targets: Sequence[Target], score: Callable[[Target], Tensor]) -> None:
+    def __init__(
+        self, targets: Sequence[Target], score: Callable[[Target], Tensor], keep_bytes: int
+    ) -> None:
         self.targets = targets
         self.score = score
         self.bits = 32
         self._scratch: dict[tuple[int, torch.device], _Scratch] = {}
+        # Scores of the first targets kept from the histogram pass (up to `keep_bytes`), so the mask pass
+        # need not compute them again; each is dropped once its mask is written.
+        self.keep_bytes = keep_bytes
+        self.kept: dict[int, Tensor] = {}
+
+    def scores(self, index: int, final: bool = False) -> Tensor:
+        kept = self.kept.pop(index, None) if final else self.kept.get(index)
+        return kept if kept is not None else self.score(self.targets[index])
 
     def scratch(self, device: torch.device) -> _Scratch:
         key = (self.bits, device)
@@ -76,24 +86,21 @@ class _Ranker:
         return self._scratch[key]
 
     def chunks(
-        self, target: Target, scores: Tensor | None = None
+        self, target: Target, scores: Tensor
     ) -> Iterator[tuple[int, Tensor, Tensor | None, _Scratch]]:
         """``(start, keys, eligible, scratch)`` per chunk of ``target``'s flat keys (valid until the next)."""
-        if scores is None:
-            scores = self.score(target)
         flat = rankable(scores).reshape(-1)
         del scores
         if self.bits == 64 and flat.dtype != torch.float64:
             flat = flat.double()  # exact, as torch.cat promotes float32 next to float64
         raw = flat.view(torch.int64 if self.bits == 64 else torch.int32)
-        signed = raw.numel() > 0 and int(raw.min()) < 0
         eligible = None if target.prior is None else target.prior.reshape(-1)
         scratch = self.scratch(raw.device)
         magnitude_bits = (1 << (self.bits - 1)) - 1
         for start in range(0, raw.numel(), _CHUNK):
             keys = raw[start : start + _CHUNK]
             n = keys.numel()
-            if signed:
+            if int(keys.min()) < 0:  # per chunk, while it is in cache
                 # A negative float (sign bit set) orders by decreasing magnitude: its key is -magnitude, so
                 # -0.0 and +0.0 share the key 0 and compare equal, as the floats do.
                 mapped = scratch.mapped[:n]
@@ -109,11 +116,17 @@ class _Ranker:
         Returns ``None`` when a float64 score turns up while keys are 32-bit (the caller starts over in 64).
         """
         hist = torch.zeros(_BINS, dtype=torch.int64)
-        for target in self.targets:
-            scores = self.score(target)
+        held = sum(t.numel() * t.element_size() for t in self.kept.values())
+        for index, target in enumerate(self.targets):
+            scores = self.scores(index)
             if self.bits == 32 and scores.dtype == torch.float64:
                 self.bits = 64
+                self.kept.clear()
                 return None
+            size = scores.numel() * scores.element_size()
+            if level == 0 and held + size <= self.keep_bytes:
+                self.kept[index] = scores
+                held += size
             keys = eligible = digit = where = None
             for _, keys, eligible, scratch in self.chunks(target, scores):
                 n = keys.numel()
@@ -194,22 +207,32 @@ def _nonzero(flat: Tensor) -> Tensor:
 
 
 def global_keep_masks(
-    targets: Sequence[Target], score: Callable[[Target], Tensor], amount: Amount
+    targets: Sequence[Target],
+    score: Callable[[Target], Tensor],
+    amount: Amount,
+    keep_bytes: int = 0,
 ) -> dict[str, Tensor]:
-    """Keep-masks of one ranking across ``targets``, equal to ``keep_mask`` on their concatenated scores."""
+    """Keep-masks of one ranking across ``targets``, equal to ``keep_mask`` on their concatenated scores.
+
+    ``keep_bytes``: how much memory of scores the ranking may hold between its passes to avoid scoring those
+    targets again (0: score every target twice and hold one at a time).
+    """
     try:
-        return _lean(targets, score, amount)
+        return _lean(targets, score, amount, keep_bytes)
     except _Inconsistent:
         return classic_keep_masks(targets, score, amount)
 
 
 def _lean(
-    targets: Sequence[Target], score: Callable[[Target], Tensor], amount: Amount
+    targets: Sequence[Target],
+    score: Callable[[Target], Tensor],
+    amount: Amount,
+    keep_bytes: int = 0,
 ) -> dict[str, Tensor]:
     size = sum(
         t.tensor.numel() if t.prior is None else int(torch.count_nonzero(t.prior)) for t in targets
     )
-    ranker = _Ranker(targets, score)
+    ranker = _Ranker(targets, score, keep_bytes)
     # Pass 1: the top digit of every eligible key. Keys are 32-bit unless a score is float64 (64 for all).
     hist = ranker.histogram(0, 0)
     if hist is None:
@@ -247,10 +270,12 @@ def _lean(
     found_keys = torch.empty(0 if exact_tie else in_bin, dtype=torch.int64)
     seen_below = seen_in_bin = 0
     tie_budget = k - below
-    for target, sink in zip(targets, sinks, strict=True):
+    for index, (target, sink) in enumerate(zip(targets, sinks, strict=True)):
         positions: list[Tensor] = []
         keys = eligible = top = keep = inside = None
-        for start, keys, eligible, scratch in ranker.chunks(target):
+        for start, keys, eligible, scratch in ranker.chunks(
+            target, ranker.scores(index, final=True)
+        ):
             n = keys.numel()
             top = torch.bitwise_right_shift(keys, shift, out=scratch.work[:n])
             keep = torch.gt(top, prefix, out=scratch.first[:n])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from pydantic import Field, StrictInt
 from torch import Tensor
 
@@ -133,7 +134,28 @@ class Global(Granularity):
         self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
     ) -> dict[str, Tensor]:
         assert isinstance(self.config, AmountConfig)
-        return global_keep_masks(list(context.targets), score, self.config.amount)
+        targets = list(context.targets)
+        return global_keep_masks(
+            targets, score, self.config.amount, _restore_bytes(targets, self.config.amount, context)
+        )
+
+
+def _restore_bytes(targets: list[Target], amount: int | float, context: PruneContext) -> int:
+    """The bytes of pruned values ``prune`` is going to keep for ``restore`` (0 when it keeps none).
+
+    The global ranking may hold that much of scores between its passes: the peak it adds is then no higher
+    than the one the restore data brings anyway, and the targets whose scores it holds are scored once.
+    """
+    if not context.extras.get("prunus.restorable"):
+        return 0
+    sizes = [
+        t.tensor.numel() if t.prior is None else int(torch.count_nonzero(t.prior)) for t in targets
+    ]
+    try:
+        k = count_to_prune(amount, sum(sizes))
+    except ConfigError:
+        return 0
+    return k * max((t.tensor.element_size() for t in targets), default=0)
 
 
 @prunus.hookimpl

@@ -302,3 +302,24 @@ def test_removed_masks_are_no_longer_enforced() -> None:
     for _ in range(2):
         train_step(model, optimizer)
     assert sum(int((p == 0).sum()) for p in model.parameters()) < zeros_before
+
+
+@pytest.mark.parametrize("amount", [0.3, 0.5, 1234])
+def test_holding_scores_between_passes_changes_nothing(
+    amount: float | int, small_chunks: None
+) -> None:
+    # restorable=True lets the ranking hold some scores between its passes (the memory the restore data takes
+    # anyway); the masks must be the same as with every score computed twice.
+    gen = torch.Generator().manual_seed(5)
+    tensors = [torch.randint(-20, 20, (30, 40), generator=gen).float() for _ in range(3)]
+    targets = targets_of(tensors)
+    want = reference(targets, amount)
+    for keep_bytes in (0, 4_800, 10**9):
+        got = lean.global_keep_masks(targets, raw_scores, amount, keep_bytes)
+        assert all(torch.equal(got[t.name], want[t.name]) for t in targets)
+    model_a = nn.Sequential(nn.Linear(40, 30), nn.Linear(30, 40))
+    model_b = copy.deepcopy(model_a)
+    prunus.prune(model_a, "l1_global", amount=amount, restorable=True)
+    prunus.prune(model_b, "l1_global", amount=amount, restorable=False)
+    masks_a, masks_b = prunus.masks(model_a), prunus.masks(model_b)
+    assert all(torch.equal(masks_a[name], masks_b[name]) for name in masks_a)
