@@ -41,6 +41,9 @@ _DIGIT = 16
 _BINS = 1 << _DIGIT
 _CHUNK = 1 << 18  # entries per step: the scratch buffers stay in cache and are allocated once
 
+PACK_ON_CPU = True
+"""Pack CPU masks to bits during the passes (other devices write bool masks directly)."""
+
 CANDIDATE_LIMIT = 1 << 16
 """A bin with at most ``max(CANDIDATE_LIMIT, eligible // 256)`` entries is resolved by collecting them."""
 
@@ -173,7 +176,7 @@ class _MaskSink:
         device = target.tensor.device
         self.bits: np.ndarray[Any, Any] | None = None
         self.full: Tensor | None = None
-        if device.type == "cpu":
+        if device.type == "cpu" and PACK_ON_CPU:
             self.bits = np.empty((self.numel + 7) // 8, dtype=np.uint8)
         else:
             self.full = torch.empty(self.numel, dtype=torch.bool, device=device)

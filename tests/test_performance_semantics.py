@@ -323,3 +323,29 @@ def test_holding_scores_between_passes_changes_nothing(
     prunus.prune(model_b, "l1_global", amount=amount, restorable=False)
     masks_a, masks_b = prunus.masks(model_a), prunus.masks(model_b)
     assert all(torch.equal(masks_a[name], masks_b[name]) for name in masks_a)
+
+
+def test_the_device_paths_give_the_same_masks(
+    monkeypatch: pytest.MonkeyPatch, small_chunks: None
+) -> None:
+    # The paths other devices take (bool masks written directly, torch's nonzero) checked on CPU.
+    gen = torch.Generator().manual_seed(9)
+    targets = targets_of([torch.randn(30, 40, generator=gen), torch.randn(25, 7, generator=gen)])
+    want = reference(targets, 0.45)
+    monkeypatch.setattr(lean, "PACK_ON_CPU", False)
+    monkeypatch.setattr(lean, "_nonzero", lambda flat: flat.nonzero().squeeze(1))
+    got = lean.global_keep_masks(targets, raw_scores, 0.45)
+    assert all(torch.equal(got[t.name], want[t.name]) for t in targets)
+
+
+def test_a_non_contiguous_parameter_is_enforced_through_foreach() -> None:
+    model = net()
+    layer = model[0]
+    assert isinstance(layer, nn.Linear)
+    layer.weight = nn.Parameter(torch.randn(12, 16).t())  # (16, 12), not contiguous
+    prunus.prune(model, "l1_unstructured", amount=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        train_step(model, optimizer)
+    assert not layer.weight.is_contiguous()
+    assert pruned_entries_are_zero(model)
