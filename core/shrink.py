@@ -583,18 +583,18 @@ def _dead_units(group: _Group, exact: bool) -> list[bool]:
     consumers_dead = torch.ones(n, dtype=torch.bool)
     has_consumer = False
     for s in group.slices:
-        zero = _zero_per_root(s).cpu()
-        roots = torch.tensor(s.roots, dtype=torch.long)
+        if not (s.weight or (s.producer and exact)):
+            continue
+        # A root channel may own several entries along the slice (a flatten before a Linear): it is dead
+        # only if all of them are zero. Channels the slice does not touch stay neutral (True).
+        alive = torch.zeros(n, dtype=torch.long).index_add_(
+            0, torch.tensor(s.roots, dtype=torch.long), (~_zero_per_root(s)).long().cpu()
+        )
         if s.producer:
-            if exact or s.weight:
-                dead = torch.ones(n, dtype=torch.bool)
-                dead[roots] = zero
-                producers_dead &= dead
-        elif s.weight:
+            producers_dead &= alive == 0
+        else:
             has_consumer = True
-            dead = torch.ones(n, dtype=torch.bool)
-            dead[roots] = zero
-            consumers_dead &= dead
+            consumers_dead &= alive == 0
     if exact:
         producers_dead &= _norms_silent(group)
     dead = producers_dead | (consumers_dead if has_consumer else torch.zeros(n, dtype=torch.bool))
@@ -620,9 +620,13 @@ def _norms_silent(group: _Group) -> Tensor:
         weight = module.weight if module.weight is not None else torch.ones(module.num_features)
         bias = module.bias if module.bias is not None else torch.zeros(module.num_features)
         out = (bias - weight * shift).detach()
-        roots = torch.tensor(s.roots, dtype=torch.long)
-        local = torch.tensor(s.index, dtype=torch.long)
-        silent[roots] &= (out[local] == 0).cpu()
+        loud = (out[torch.tensor(s.index, dtype=torch.long, device=out.device)] != 0).long().cpu()
+        silent &= (
+            torch.zeros(n, dtype=torch.long).index_add_(
+                0, torch.tensor(s.roots, dtype=torch.long), loud
+            )
+            == 0
+        )
     return silent
 
 

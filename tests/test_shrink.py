@@ -122,6 +122,19 @@ class ConcatNet(nn.Module):
         return self.head(torch.relu(self.mix(x)).mean(dim=(2, 3)))
 
 
+class FlattenNet(nn.Module):
+    """Conv features flattened into a Linear: each channel owns several of its input columns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3)
+        self.fc = nn.Linear(6 * 4 * 4, 10)
+        self.head = nn.Linear(10, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.fc(torch.relu(self.conv(x)).flatten(1))))
+
+
 class Attention(nn.Module):
     """Multi-head self-attention whose head count follows from the shapes (``view(..., -1, head_dim)``)."""
 
@@ -164,6 +177,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], dict[str, Any]]
     "resnet": (ResNet, (2, 3, 8, 8), {}),
     "grouped": (GroupedNet, (2, 3, 8, 8), {}),
     "concat": (ConcatNet, (2, 3, 8, 8), {}),
+    "flatten": (FlattenNet, (2, 3, 6, 6), {}),
     "attention": (Transformer, (2, 5, 6), {"heads": {"attn.[qkv]": 4}}),
 }
 
