@@ -257,7 +257,8 @@ def checked_scores(scores: object, target: Target, owner: str) -> Tensor:
         raise PluginError(
             f"{owner}: scores for {target.name!r} have dtype {scores.dtype}; they must be floating point"
         )
-    if bool(torch.isnan(scores).any()):
+    # max() propagates NaN: one pass with no temporary (isnan(...).any() allocates a bool tensor first).
+    if scores.numel() and bool(torch.isnan(scores.max())):
         count = int(torch.isnan(scores).sum())
         raise PluginError(
             f"{owner}: {count} scores for {target.name!r} are NaN; a criterion must return numbers "
