@@ -560,10 +560,6 @@ def _per_root(
     return torch.cat([o.reshape(1) for o in out])
 
 
-def _sum(tensor: Tensor, dims: tuple[int, ...]) -> Tensor:
-    return tensor.sum(dim=dims)
-
-
 def _all(tensor: Tensor, dims: tuple[int, ...]) -> Tensor:
     return tensor.all(dim=dims) if dims else tensor
 
