@@ -856,15 +856,9 @@ def exact_count_unstructured(subject: Subject, example: Example) -> None:
             )
 
 
-@register_property(
-    "amount_one_prunes_all", granularity="unstructured", requires=[needs_amount], max_examples=10
-)
-def amount_one_unstructured(subject: Subject, example: Example) -> None:
-    """``amount=1.0`` prunes every entry."""
-    _prunes_everything(subject, example)
-
-
-def _prunes_everything(subject: Subject, example: Example) -> None:
+@register_property("amount_one_prunes_all", requires=[needs_amount], max_examples=10)
+def amount_one_prunes_all(subject: Subject, example: Example) -> None:
+    """``amount=1.0`` prunes everything prunable, whatever the unit (entry, slice, block, all parameters)."""
     context, masks = subject.compute(example, amount=1.0)
     full = full_masks(context, masks)
     for target in context.targets:
@@ -956,14 +950,6 @@ def whole_slices(subject: Subject, example: Example) -> None:
 
 
 @register_property(
-    "amount_one_prunes_all", granularity="structured", requires=[needs_amount], max_examples=10
-)
-def amount_one_structured(subject: Subject, example: Example) -> None:
-    """``amount=1.0`` prunes every slice, so every entry."""
-    _prunes_everything(subject, example)
-
-
-@register_property(
     "criterion_respected", granularity="structured", requires=[needs_amount, needs_criterion]
 )
 def criterion_structured(subject: Subject, example: Example) -> None:
@@ -1000,14 +986,6 @@ def exact_count_global(subject: Subject, example: Example) -> None:
     if pruned != expected_count(example.amount, size):
         unit = "entries still kept across all targets"
         fail(f"pruned {pruned} ({per}), but {amount_text(example.amount, size, unit)}")
-
-
-@register_property(
-    "amount_one_prunes_all", granularity="global", requires=[needs_amount], max_examples=10
-)
-def amount_one_global(subject: Subject, example: Example) -> None:
-    """``amount=1.0`` prunes every entry of every parameter."""
-    _prunes_everything(subject, example)
 
 
 @register_property(

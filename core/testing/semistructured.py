@@ -12,7 +12,7 @@ Registered through the kit's extension mechanism (:func:`~prunus.testing.registe
                          aligned: the slices pruned are ``amount``'s count rounded as documented (``aligned_keep``)
 ``whole_blocks``         (block) each ``(rows, cols)`` block of the 2-D view is kept as it was or all pruned
 ``whole_slices``         (aligned) pruning removes whole slices along ``dim``
-``amount_one_prunes_all``  (block, aligned) ``amount=1.0`` prunes everything; nm has no amount
+``amount_one_prunes_all``  the generic property of the kit covers block and aligned; nm has no amount
 ``criterion_respected``  within each group (nm), among blocks (block) or slices (aligned), every unit pruned now
                          scores no higher than every unit kept
 ``seed_changes_mask``    (nm) as the generic property, with 2:4 options (drawn N:M options may prune all)
@@ -209,13 +209,6 @@ def nm_seed_changes_mask(subject: Subject, example: Example) -> None:
         _fail("seeds 0 to 5 all gave the same 2:4 mask: the seed option is ignored")
 
 
-@register_property("amount_one_prunes_all", granularity="nm", requires=[needs_amount])
-def nm_amount_one(
-    subject: Subject, example: Example
-) -> None:  # pragma: no cover - nm has no amount
-    """N:M has no ``amount``: its sparsity is ``1 - n_keep / m_group``."""
-
-
 # -- block ----------------------------------------------------------------------------------------------------
 
 
@@ -290,17 +283,6 @@ def whole_blocks(subject: Subject, example: Example) -> None:
 
 
 @register_property(
-    "amount_one_prunes_all", granularity="block", requires=[needs_amount], max_examples=10
-)
-def block_amount_one(subject: Subject, example: Example) -> None:
-    """``amount=1.0`` prunes every block, so every entry."""
-    context, masks = subject.compute(example, amount=1.0)
-    for name, mask in _full(context, masks).items():
-        if bool(mask.any()):
-            _fail(f"amount=1.0 kept {int(mask.sum())} entries of {name!r}")
-
-
-@register_property(
     "criterion_respected", granularity="block", requires=[needs_amount, needs_criterion]
 )
 def block_criterion_respected(subject: Subject, example: Example) -> None:
@@ -371,17 +353,6 @@ def aligned_whole_slices(subject: Subject, example: Example) -> None:
             _fail(
                 f"{target.name!r}: slice {int(partial.nonzero()[0, 0])} along dim={d} is partly pruned"
             )
-
-
-@register_property(
-    "amount_one_prunes_all", granularity="aligned", requires=[needs_amount], max_examples=10
-)
-def aligned_amount_one(subject: Subject, example: Example) -> None:
-    """``amount=1.0`` prunes every slice, so every entry."""
-    context, masks = subject.compute(example, amount=1.0)
-    for name, mask in _full(context, masks).items():
-        if bool(mask.any()):
-            _fail(f"amount=1.0 kept {int(mask.sum())} entries of {name!r}")
 
 
 @register_property(
