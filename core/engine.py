@@ -152,7 +152,9 @@ def prune(
             group = [t for t in targets if per_layer[t.name] is layer_strategy]
             computed.update(
                 _compute(
-                    layer_strategy, PruneContext(model=model, targets=group, data=data), registry
+                    layer_strategy,
+                    PruneContext(model=model, targets=group, data=data, extras=context.extras),
+                    registry,
                 )
             )
         computed = {t.name: computed[t.name] for t in targets if t.name in computed}
