@@ -4,77 +4,144 @@
 >>> report = prunus.prune(model, "l1_unstructured", amount=0.5)   # doctest: +SKIP
 >>> prunus.remove(model)                                           # doctest: +SKIP
 
-Importing prunus loads no plugin: they load on the first use of :data:`registry`.
+The root of the package holds the contracts (strategies, configs, hooks, the registry) and the engine
+(``prune``, ``remove``, ``restore``); the tools live in subpackages (:mod:`prunus.hardware`,
+:mod:`prunus.workflow`, :mod:`prunus.shrinking`, :mod:`prunus.cli`, :mod:`prunus.testing`) and load on first use
+of one of their names here (PEP 562), so ``import prunus`` stays light. Plugins load on the first use of
+:data:`registry`. A plugin imports from :mod:`prunus.plugin_api` only.
 """
 
 from __future__ import annotations
 
-from . import plots
-from .analysis import AnalysisReport, LayerAnalysis, analyze
-from .config import Amount, StrategyConfig
-from .engine import DEFAULT_LAYERS, is_pruned, masks, prune, remove, restore, select_targets
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .auto import select
+from .component import Component
+from .config import Amount, NoOptions, StrategyConfig
+from .engine import is_pruned, masks, prune, remove, restore
 from .errors import (
     AmountError,
     ConfigError,
     MaskError,
+    MissingDependencyError,
     NotPrunedError,
     PluginError,
     PluginLoadWarning,
     PrunusError,
     PrunusWarning,
     RegistrationError,
+    RollbackError,
+    ShrinkError,
     TargetError,
     UnknownCriterionError,
+    UnknownScheduleError,
     UnknownStrategyError,
 )
-from .evaluation import (
-    Comparison,
-    Evaluation,
-    ModelSize,
-    accuracy,
-    compare,
-    count_parameters,
-    evaluate,
-    latency_ms,
-    load_compressed,
-    model_size,
-    save_compressed,
-    summary,
-)
-from .gradual import FineTuneResult, GradualPruner, ScheduleStep, fine_tune
-from .hardware import CpuInfo, GpuInfo, HardwareProfile, detect_hardware
+from .hardware_profile import CpuInfo, GpuInfo, HardwareProfile
 from .hookspecs import hookimpl, hookspec
-from .probe import ProbePoint, ProbeResult, load_probe, probe
-from .quantization import compare_quantized, quantize, quantized_weights
 from .ranking import keep_mask
-from .registry import Registrar, Registry, StrategyInfo, registry
+from .registration import Registrar, Registry, StrategyInfo, registry
 from .report import ParameterReport, PruneReport
-from .schedules import Schedule, UnknownScheduleError
-from .selection import Selection, select
-from .sensitivity import SensitivityCurve, SensitivityResult, sensitivity
-from .shrink import (
-    ChannelGroupReport,
-    MissingDependencyError,
-    ShrinkError,
-    ShrinkReport,
-    load_shrunk,
-    prune_channels,
-    shrink,
-    shrink_state,
-)
-from .sparse import SparseLinear, to_dense, to_sparse
-from .strategy import (
-    ComposedStrategy,
-    Criterion,
-    Granularity,
-    NoOptions,
-    PruneContext,
-    Strategy,
-    Target,
-)
-from .workflow_config import PruneConfig, SensitivityConfig, load_config
+from .schedules import Schedule
+from .selection import Selection
+from .strategy import ComposedStrategy, Criterion, Granularity, PruneContext, Strategy, Target
+from .targets import DEFAULT_LAYERS, select_targets
+
+if TYPE_CHECKING:
+    from .hardware.analysis import AnalysisReport, LayerAnalysis, analyze
+    from .hardware.detection import detect_hardware
+    from .hardware.probing import ProbePoint, ProbeResult, load_probe, probe
+    from .hardware.sparse import SparseLinear, to_dense, to_sparse
+    from .shrinking.channels import ChannelGroupReport, ShrinkReport, prune_channels, shrink
+    from .shrinking.record import load_shrunk, shrink_state
+    from .workflow import plots
+    from .workflow.config import PruneConfig, SensitivityConfig, load_config
+    from .workflow.evaluation import (
+        Comparison,
+        Evaluation,
+        ModelSize,
+        accuracy,
+        compare,
+        count_parameters,
+        evaluate,
+        latency_ms,
+        load_compressed,
+        model_size,
+        save_compressed,
+        summary,
+    )
+    from .workflow.gradual import FineTuneResult, GradualPruner, ScheduleStep, fine_tune
+    from .workflow.quantization import compare_quantized, quantize, quantized_weights
+    from .workflow.sensitivity_analysis import SensitivityCurve, SensitivityResult, sensitivity
 
 __version__ = "0.1.0"
+
+_TOOLS: dict[str, str] = {
+    # name: the tool module that defines it (imported on first use of the name)
+    "AnalysisReport": "hardware.analysis",
+    "LayerAnalysis": "hardware.analysis",
+    "analyze": "hardware.analysis",
+    "detect_hardware": "hardware.detection",
+    "ProbePoint": "hardware.probing",
+    "ProbeResult": "hardware.probing",
+    "load_probe": "hardware.probing",
+    "probe": "hardware.probing",
+    "SparseLinear": "hardware.sparse",
+    "to_dense": "hardware.sparse",
+    "to_sparse": "hardware.sparse",
+    "ChannelGroupReport": "shrinking.channels",
+    "ShrinkReport": "shrinking.channels",
+    "prune_channels": "shrinking.channels",
+    "shrink": "shrinking.channels",
+    "load_shrunk": "shrinking.record",
+    "shrink_state": "shrinking.record",
+    "PruneConfig": "workflow.config",
+    "SensitivityConfig": "workflow.config",
+    "load_config": "workflow.config",
+    "Comparison": "workflow.evaluation",
+    "Evaluation": "workflow.evaluation",
+    "ModelSize": "workflow.evaluation",
+    "accuracy": "workflow.evaluation",
+    "compare": "workflow.evaluation",
+    "count_parameters": "workflow.evaluation",
+    "evaluate": "workflow.evaluation",
+    "latency_ms": "workflow.evaluation",
+    "load_compressed": "workflow.evaluation",
+    "model_size": "workflow.evaluation",
+    "save_compressed": "workflow.evaluation",
+    "summary": "workflow.evaluation",
+    "FineTuneResult": "workflow.gradual",
+    "GradualPruner": "workflow.gradual",
+    "ScheduleStep": "workflow.gradual",
+    "fine_tune": "workflow.gradual",
+    "compare_quantized": "workflow.quantization",
+    "quantize": "workflow.quantization",
+    "quantized_weights": "workflow.quantization",
+    "SensitivityCurve": "workflow.sensitivity_analysis",
+    "SensitivityResult": "workflow.sensitivity_analysis",
+    "sensitivity": "workflow.sensitivity_analysis",
+}
+
+_TOOL_MODULES: dict[str, str] = {"plots": "workflow.plots"}
+"""Names that are tool modules themselves (``prunus.plots.plot_weights(...)``)."""
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the tools load on first use, so `import prunus` imports none of them.
+    if name in _TOOLS:
+        value = getattr(importlib.import_module(f"{__name__}.{_TOOLS[name]}"), name)
+    elif name in _TOOL_MODULES:
+        value = importlib.import_module(f"{__name__}.{_TOOL_MODULES[name]}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_TOOLS, *_TOOL_MODULES})
+
 
 __all__ = [
     "DEFAULT_LAYERS",
@@ -83,6 +150,7 @@ __all__ = [
     "AnalysisReport",
     "ChannelGroupReport",
     "Comparison",
+    "Component",
     "ComposedStrategy",
     "ConfigError",
     "CpuInfo",
@@ -112,6 +180,7 @@ __all__ = [
     "Registrar",
     "RegistrationError",
     "Registry",
+    "RollbackError",
     "Schedule",
     "ScheduleStep",
     "Selection",

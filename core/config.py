@@ -8,8 +8,10 @@ the :class:`~prunus.strategy.PruneContext` instead.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -19,9 +21,11 @@ from .errors import AmountError, ConfigError
 
 __all__ = [
     "Amount",
+    "NoOptions",
     "StrategyConfig",
     "config_error",
     "count_to_prune",
+    "jsonable",
     "validate_config",
 ]
 
@@ -69,6 +73,10 @@ class StrategyConfig(BaseModel):
     )
 
 
+class NoOptions(StrategyConfig):
+    """The config of a criterion, granularity, strategy or schedule that takes no options."""
+
+
 def config_error(owner: str, error: ValidationError) -> ConfigError:
     """Turn a pydantic ``ValidationError`` into a :class:`ConfigError` that names each bad option."""
     lines = []
@@ -114,3 +122,20 @@ def count_to_prune(amount: int | float, size: int, *, what: str = "entries") -> 
             )
         return amount
     return round(amount * size)
+
+
+def jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with every value JSON cannot hold replaced by ``"<TypeName>"`` (for reports and manifests).
+
+    A report records the options a call was made with; a tensor (``custom_mask``'s masks) or a callable is
+    named by its type rather than dropped, so the report still says which options were given.
+    """
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        try:
+            json.dumps(value, allow_nan=True)
+        except (TypeError, ValueError):
+            out[key] = f"<{type(value).__name__}>"
+        else:
+            out[key] = value
+    return out

@@ -7,35 +7,24 @@ undoing the ones already applied if a later one fails: a call that raises leaves
 from __future__ import annotations
 
 import fnmatch
-import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from . import masking
+from .auto import resolve_auto
+from .config import jsonable
 from .errors import ConfigError, NotPrunedError, PluginError, PrunusError, TargetError
-from .registry import Registry, registry
+from .registration import Registry, registry
 from .report import ParameterReport, PruneReport
-from .selection import AUTO, Selection, resolve_auto
+from .selection import AUTO, Selection
 from .strategy import PruneContext, Strategy, Target
+from .targets import FilterFn, Patterns, listing, select_targets
+from .transaction import transaction
 
-__all__ = ["DEFAULT_LAYERS", "is_pruned", "masks", "prune", "remove", "restore", "select_targets"]
-
-DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
-"""Layers whose ``weight`` ``prune`` targets when no ``include`` or ``filter_fn`` is given."""
-
-FilterFn = Callable[[nn.Module, str], bool]
-Patterns = str | Sequence[str] | None
+__all__ = ["is_pruned", "masks", "prune", "remove", "restore"]
 
 
 def prune(
@@ -94,6 +83,36 @@ def prune(
         raise TargetError(
             f"model must be a torch.nn.Module, not {type(model).__name__} ({model!r:.80})"
         )
+    # Held from reading the earlier masks to attaching the new ones, so another thread's prune of the same
+    # model cannot slip in between (masks compose, restore stays exact).
+    with masking.MASK_LOCK:
+        return _prune(
+            model,
+            strategy,
+            include=include,
+            exclude=exclude,
+            filter_fn=filter_fn,
+            amounts=amounts,
+            data=data,
+            restorable=restorable,
+            registry=registry,
+            options=options,
+        )
+
+
+def _prune(
+    model: nn.Module,
+    strategy: Strategy | str,
+    *,
+    include: Patterns,
+    exclude: Patterns,
+    filter_fn: FilterFn | None,
+    amounts: Mapping[str, Any] | None,
+    data: Any,
+    restorable: bool,
+    registry: Registry,
+    options: dict[str, Any],
+) -> PruneReport:
     selection: Selection | None = None
     if isinstance(strategy, str) and strategy == AUTO:
         if amounts is not None:
@@ -115,7 +134,7 @@ def prune(
         )
         default = options["amount"] if "amount" in options else next(iter(amounts.values()))
         strategy = registry.get(strategy, **{**options, "amount": default})
-        options_report = {**_jsonable(strategy.options), "amounts": _jsonable(dict(amounts))}
+        options_report = {**jsonable(strategy.options), "amounts": jsonable(dict(amounts))}
         if "amount" not in options:
             del options_report["amount"]
     elif isinstance(strategy, str):
@@ -133,16 +152,14 @@ def prune(
 
     if per_layer is None:
         chosen = select_targets(model, include=include, exclude=exclude, filter_fn=filter_fn)
-        options_report = _jsonable(strategy.options)
+        options_report = jsonable(strategy.options)
     else:
         chosen = [c for c in chosen if c[0] in per_layer]
     targets = [
         Target(name, module, pname, masking.get_mask(module, pname))
         for name, module, pname in chosen
     ]
-    context = PruneContext(model=model, targets=targets, data=data)
-    # Tells strategies how much memory the call keeps anyway (the global ranking sizes its score cache by it).
-    context.extras["prunus.restorable"] = restorable
+    context = PruneContext(model=model, targets=targets, data=data, restorable=restorable)
 
     if per_layer is None:
         computed = _compute(strategy, context, registry)
@@ -153,36 +170,36 @@ def prune(
             computed.update(
                 _compute(
                     layer_strategy,
-                    PruneContext(model=model, targets=group, data=data, extras=context.extras),
+                    PruneContext(
+                        model=model,
+                        targets=group,
+                        data=data,
+                        restorable=restorable,
+                        extras=context.extras,
+                    ),
                     registry,
                 )
             )
         computed = {t.name: computed[t.name] for t in targets if t.name in computed}
-    undo: list[Callable[[], None]] = []
     newly: dict[str, int] = {}
     pruned: dict[str, int] = {}
-    # The default applier zeroes weights only at commit(), once every mask is attached: an undo then drops
-    # buffers and never needs a copy of the weights (see masking.deferred_zeroing).
-    with masking.deferred_zeroing() as commit:
-        try:
+    try:
+        with transaction() as tx:
             for target in targets:
                 mask = computed.get(target.name)
                 if mask is None:
                     continue
                 before = _count_pruned(target.prior) if target.prior is not None else 0
-                undo.append(registry.hooks.apply_mask(target, mask, restorable, context))
+                tx.record(registry.hooks.apply_mask(target, mask, restorable, context))
                 pruned[target.name] = _count_pruned(mask)
                 newly[target.name] = pruned[target.name] - before
-        except BaseException as error:
-            for step in reversed(undo):
-                step()
-            if isinstance(error, PrunusError) or not isinstance(error, Exception):
-                raise
-            raise PluginError(
-                f"applying the masks of strategy {strategy.name!r} failed: {type(error).__name__}: {error}; "
-                "the model was left as it was"
-            ) from error
-        commit()
+    except PrunusError:
+        raise
+    except Exception as error:
+        raise PluginError(
+            f"applying the masks of strategy {strategy.name!r} failed: {type(error).__name__}: {error}; "
+            "the model was left as it was"
+        ) from error
 
     return PruneReport(
         strategy=strategy.name,
@@ -231,7 +248,7 @@ def _per_layer(
         if not fnmatch.filter(chosen, pattern):
             raise TargetError(
                 f"amounts pattern {pattern!r} matches none of the parameters chosen for pruning: "
-                f"{_listing(chosen)}"
+                f"{listing(chosen)}"
             )
     base = {k: v for k, v in options.items() if k != "amount"}
     built: dict[tuple[type, str], Strategy] = {}
@@ -313,131 +330,6 @@ def _check_mask(owner: str, target: Target, mask: object) -> None:
             )
 
 
-def select_targets(
-    model: nn.Module,
-    *,
-    include: Patterns = None,
-    exclude: Patterns = None,
-    filter_fn: FilterFn | None = None,
-) -> list[tuple[str, nn.Module, str]]:
-    """The parameters ``prune`` would target: ``(qualified name, owning module, parameter name)``.
-
-    Raises:
-        TargetError: a pattern matches nothing, or nothing is left to prune.
-    """
-    include_patterns = _patterns("include", include)
-    exclude_patterns = _patterns("exclude", exclude)
-    # Every name of every parameter: a tied weight (an embedding shared with an output layer) or a module
-    # registered twice is listed under each of its names, so any of them can choose it; it is pruned once.
-    candidates: list[tuple[str, nn.Module, str]] = []
-    for prefix, module in model.named_modules(remove_duplicate=False):
-        for pname, param in module._parameters.items():
-            if param is not None:
-                candidates.append((f"{prefix}.{pname}" if prefix else pname, module, pname))
-    names = [name for name, _, _ in candidates]
-
-    if include_patterns:
-        for pattern in include_patterns:
-            if not fnmatch.filter(names, pattern):
-                raise TargetError(
-                    f"include pattern {pattern!r} matches no parameter of {type(model).__name__}; "
-                    f"parameters: {_listing(names)}"
-                )
-        chosen = [
-            c for c in candidates if any(fnmatch.fnmatchcase(c[0], p) for p in include_patterns)
-        ]
-    elif filter_fn is None:
-        chosen = [c for c in candidates if isinstance(c[1], DEFAULT_LAYERS) and c[2] == "weight"]
-    else:
-        chosen = candidates
-    if filter_fn is not None:
-        chosen = [c for c in chosen if filter_fn(c[1], c[0])]
-
-    chosen_names = [name for name, _, _ in chosen]
-    for pattern in exclude_patterns:
-        if not fnmatch.filter(chosen_names, pattern):
-            raise TargetError(
-                f"exclude pattern {pattern!r} matches none of the parameters chosen for pruning: "
-                f"{_listing(chosen_names)}"
-            )
-    # Excluding any name of a tied parameter excludes the parameter.
-    excluded = {
-        id(c[1]._parameters[c[2]])
-        for c in chosen
-        if any(fnmatch.fnmatchcase(c[0], p) for p in exclude_patterns)
-    }
-    chosen = _one_per_parameter(
-        [c for c in chosen if id(c[1]._parameters[c[2]]) not in excluded], candidates
-    )
-
-    for name, module, pname in chosen:
-        param = module._parameters[pname]
-        assert param is not None
-        if not param.is_floating_point():
-            raise TargetError(
-                f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be pruned"
-            )
-    if not chosen:
-        how = (
-            "no Linear or Conv layer with a weight"
-            if not include_patterns and filter_fn is None and not exclude_patterns
-            else "no parameter left after include/exclude/filter_fn"
-        )
-        raise TargetError(
-            f"nothing to prune in {type(model).__name__}: {how}. Choose parameters with include=[...] "
-            f"or filter_fn=...; parameters: {_listing(names)}"
-        )
-    return chosen
-
-
-def _one_per_parameter(
-    chosen: list[tuple[str, nn.Module, str]], candidates: list[tuple[str, nn.Module, str]]
-) -> list[tuple[str, nn.Module, str]]:
-    """Each chosen parameter once, in model order: under the name whose module holds its mask, if any."""
-    masked = {
-        id(c[1]._parameters[c[2]]): c
-        for c in candidates
-        if masking.get_mask(c[1], c[2]) is not None
-    }
-    out: dict[int, tuple[str, nn.Module, str]] = {}
-    for entry in chosen:
-        key = id(entry[1]._parameters[entry[2]])
-        if key not in out:
-            out[key] = masked.get(key, entry)
-    return list(out.values())
-
-
-def _patterns(what: str, value: Patterns) -> list[str]:
-    if value is None:
-        return []
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, Iterable) or not all(isinstance(p, str) for p in items):
-        raise TargetError(f"{what} must be a glob pattern or a list of them, not {value!r}")
-    patterns = list(items)
-    if not patterns:
-        # An empty list would silently mean "the default selection" for include, "nothing" for exclude.
-        raise TargetError(f"{what}=[] names no pattern; give at least one or leave {what}=None")
-    return patterns
-
-
-def _listing(names: Sequence[str], limit: int = 20) -> str:
-    if not names:
-        return "(none)"
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
-def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        try:
-            json.dumps(value)
-            out[key] = value
-        except (TypeError, ValueError):
-            out[key] = f"<{type(value).__name__}>"
-    return out
-
-
 def is_pruned(model: nn.Module) -> bool:
     """Whether any parameter of ``model`` carries a prunus mask."""
     return next(masking.masked_parameters(model), None) is not None
@@ -461,10 +353,11 @@ def remove(model: nn.Module) -> list[str]:
     Raises:
         NotPrunedError: nothing in ``model`` is pruned.
     """
-    pruned = _pruned_or_raise(model, "remove")
-    for _, module, pname in pruned:
-        masking.remove_parameter(module, pname)
-    return [name for name, _, _ in pruned]
+    with masking.MASK_LOCK:
+        pruned = _pruned_or_raise(model, "remove")
+        for _, module, pname in pruned:
+            masking.remove_parameter(module, pname)
+        return [name for name, _, _ in pruned]
 
 
 def restore(model: nn.Module) -> list[str]:
@@ -477,16 +370,17 @@ def restore(model: nn.Module) -> list[str]:
         NotPrunedError: nothing in ``model`` is pruned, or it was pruned with ``restorable=False``
             (then nothing is changed).
     """
-    pruned = _pruned_or_raise(model, "restore")
-    for name, module, pname in pruned:
-        if not masking.is_restorable(module, pname):
-            raise NotPrunedError(
-                f"{name!r} was pruned with restorable=False, so its original values were not kept; "
-                "nothing was restored. Use prunus.remove() to make the pruning permanent"
-            )
-    for _, module, pname in pruned:
-        masking.restore_parameter(module, pname)
-    return [name for name, _, _ in pruned]
+    with masking.MASK_LOCK:
+        pruned = _pruned_or_raise(model, "restore")
+        for name, module, pname in pruned:
+            if not masking.is_restorable(module, pname):
+                raise NotPrunedError(
+                    f"{name!r} was pruned with restorable=False, so its original values were not kept; "
+                    "nothing was restored. Use prunus.remove() to make the pruning permanent"
+                )
+        for _, module, pname in pruned:
+            masking.restore_parameter(module, pname)
+        return [name for name, _, _ in pruned]
 
 
 def _pruned_or_raise(model: nn.Module, verb: str) -> list[tuple[str, nn.Module, str]]:

@@ -12,14 +12,18 @@ __all__ = [
     "AmountError",
     "ConfigError",
     "MaskError",
+    "MissingDependencyError",
     "NotPrunedError",
     "PluginError",
     "PluginLoadWarning",
     "PrunusError",
     "PrunusWarning",
     "RegistrationError",
+    "RollbackError",
+    "ShrinkError",
     "TargetError",
     "UnknownCriterionError",
+    "UnknownScheduleError",
     "UnknownStrategyError",
 ]
 
@@ -44,12 +48,20 @@ class UnknownCriterionError(PrunusError, LookupError):
     """No importance criterion is registered under the asked name."""
 
 
+class UnknownScheduleError(PrunusError, LookupError):
+    """No schedule is registered under the asked name."""
+
+
 class RegistrationError(PrunusError, ValueError):
     """A plugin tried to register something invalid, or a name that another plugin already holds."""
 
 
 class PluginError(PrunusError, RuntimeError):
     """A plugin failed: it raised, or returned scores or masks that break the contract."""
+
+
+class RollbackError(PrunusError, RuntimeError):
+    """A call failed, and undoing what it had already changed failed too: the model may be partly changed."""
 
 
 class TargetError(PrunusError, ValueError):
@@ -62,6 +74,14 @@ class MaskError(PrunusError, ValueError):
 
 class NotPrunedError(PrunusError, ValueError):
     """``remove`` or ``restore`` was asked of a model (or parameter) that carries no prunus mask."""
+
+
+class ShrinkError(PrunusError, RuntimeError):
+    """Channels could not be removed (or the result would not compute what the masked model computed)."""
+
+
+class MissingDependencyError(PrunusError, ImportError):
+    """An optional dependency that a feature needs is not installed."""
 
 
 class PrunusWarning(UserWarning):

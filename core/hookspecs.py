@@ -20,7 +20,8 @@ import pluggy
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from .registry import Registrar
+    from .hardware_profile import HardwareProfile
+    from .registration import Registrar
     from .selection import Selection
     from .strategy import Criterion, PruneContext, Target
 
@@ -119,6 +120,20 @@ def prunus_apply_mask(
 
 
 # -- hardware -------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def prunus_resolve_hardware(hardware: object) -> HardwareProfile | None:
+    """Turn what a user passes as ``hardware=`` into a :class:`~prunus.HardwareProfile`.
+
+    prunus's own implementation (``trylast``, in :mod:`prunus.hardware.plugin`) detects the current machine for
+    ``"auto"`` (with its cached probe results), declares a generic target for ``"cpu"``, ``"gpu"`` and
+    ``"sparse_accelerator"``, validates a dict and passes a profile through. Implement this hook to name targets
+    of your own (``"jetson-orin"`` with its measured figures, say) and return ``None`` for the others.
+
+    :param hardware: the ``hardware=`` argument of :func:`prunus.select` or ``prune(model, "auto", ...)``.
+    :return: the profile, or ``None`` to leave the argument to other plugins.
+    """
 
 
 @hookspec(firstresult=True)

@@ -25,10 +25,12 @@ weights back and needs no copy of them: ``prune(..., restorable=False)`` keeps n
 from __future__ import annotations
 
 import contextvars
+import functools
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -38,6 +40,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from .errors import NotPrunedError
 
 __all__ = [
+    "MASK_LOCK",
     "MASK_PREFIX",
     "VALUES_PREFIX",
     "attach_mask",
@@ -51,9 +54,18 @@ __all__ = [
     "zero_pruned",
 ]
 
+MASK_LOCK = threading.RLock()
+"""Held by everything that attaches, drops or restores masks (see :func:`prunus.transaction.transaction`).
+
+One lock for the process rather than one per model: modules can be shared between models, and pruning is never
+a hot path, while the optimizer step hook (which only reads masks) never takes it.
+"""
+
 MASK_PREFIX = "_prunus_mask_"
 VALUES_PREFIX = "_prunus_pruned_"
 _TRACKER = "_prunus_tracker"
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 _LIVE: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _hook_handle: Any = None
@@ -64,6 +76,17 @@ _generation = 0
 _DEFERRED: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar(
     "prunus_deferred_zeroing", default=None
 )
+
+
+def _locked(function: F) -> F:
+    """Run ``function`` holding :data:`MASK_LOCK` (reads of the earlier mask and writes of the new one together)."""
+
+    @functools.wraps(function)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with MASK_LOCK:
+            return function(*args, **kwargs)
+
+    return cast(F, locked)
 
 
 def _changed() -> None:
@@ -307,6 +330,7 @@ def deferred_zeroing() -> Iterator[Callable[[], None]]:
         _DEFERRED.reset(token)
 
 
+@_locked
 def attach_mask(
     module: nn.Module, name: str, mask: Tensor, *, restorable: bool = True
 ) -> Callable[[], None]:
@@ -401,6 +425,7 @@ def _untrack(module: nn.Module) -> None:
         _LIVE.discard(module)
 
 
+@_locked
 def remove_parameter(module: nn.Module, name: str) -> None:
     """Make the pruning of ``module.<name>`` permanent: the zeros stay, the mask and saved values go."""
     if get_mask(module, name) is None:
@@ -409,6 +434,7 @@ def remove_parameter(module: nn.Module, name: str) -> None:
     _untrack(module)
 
 
+@_locked
 def restore_parameter(module: nn.Module, name: str) -> None:
     """Put the original values of ``module.<name>``'s pruned entries back and drop the mask.
 

@@ -1,4 +1,4 @@
-"""Exact, deterministic ranking: which ``k`` entries of a score vector to prune.
+"""Exact, deterministic ranking: which ``k`` entries (or slices) of a score tensor to prune.
 
 Granularities call :func:`keep_mask` rather than ``topk``: it prunes exactly ``k`` eligible entries, the ones
 with the lowest scores, and breaks ties by position (the lower flat index is pruned first), so the same scores
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["keep_mask", "rankable"]
+__all__ = ["eligible_slices", "keep_mask", "keep_slices", "rankable"]
 
 
 def rankable(scores: Tensor) -> Tensor:
@@ -45,6 +45,40 @@ def keep_mask(scores: Tensor, k: int, eligible: Tensor | None = None) -> Tensor:
     keep = torch.zeros_like(flat_eligible)
     keep[index] = _keep_lowest_pruned(flat[index], k)
     return keep.reshape(scores.shape)
+
+
+def eligible_slices(prior: Tensor | None, dim: int) -> Tensor | None:
+    """Which slices along ``dim`` can still be pruned: those with an entry ``prior`` keeps (``None``: all).
+
+    Args:
+        prior: the keep-mask of earlier prunes (``target.prior``), or ``None``.
+        dim: a non-negative dim of the parameter.
+    """
+    if prior is None:
+        return None
+    others = tuple(d for d in range(prior.dim()) if d != dim)
+    return prior.any(dim=others) if others else prior
+
+
+def keep_slices(
+    slice_scores: Tensor, k: int, shape: torch.Size, dim: int, prior: Tensor | None
+) -> Tensor:
+    """The full keep-mask of a parameter of ``shape`` that prunes its ``k`` lowest-scored slices along ``dim``.
+
+    Args:
+        slice_scores: one score per slice along ``dim`` (e.g. ``criterion.reduce(scores, other_dims)``).
+        k: how many eligible slices to prune (see :func:`eligible_slices`).
+        shape: the parameter's shape.
+        dim: a non-negative dim of ``shape``.
+        prior: the keep-mask of earlier prunes, or ``None``; entries it pruned stay pruned.
+
+    Ties are broken by position, as :func:`keep_mask` breaks them.
+    """
+    keep = keep_mask(slice_scores, k, eligible_slices(prior, dim))
+    view = [1] * len(shape)
+    view[dim] = shape[dim]
+    mask = keep.reshape(view).expand(shape).clone()
+    return mask if prior is None else mask & prior
 
 
 def _keep_lowest_pruned(flat: Tensor, k: int) -> Tensor:

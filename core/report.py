@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .selection import Selection
 
-__all__ = ["ParameterReport", "PruneReport"]
+__all__ = ["ParameterReport", "PruneReport", "kib"]
 
 
 class ParameterReport(BaseModel):
@@ -96,3 +96,8 @@ class PruneReport(BaseModel):
                 f"selected by {self.selection.decided_by or 'a plugin'}: {self.selection.reason}"
             )
         return "\n".join(lines)
+
+
+def kib(size: int) -> str:
+    """``size`` bytes as kibibytes for report tables: ``"1,178.9 KiB"``."""
+    return f"{size / 1024:,.1f} KiB"

@@ -14,24 +14,19 @@ from __future__ import annotations
 
 import itertools
 import math
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from typing import Annotated, ClassVar
 
 from pydantic import StrictFloat, StrictInt
 from pydantic.functional_validators import AfterValidator
 
-from .config import StrategyConfig
-from .errors import PluginError, PrunusError
-from .strategy import NoOptions
+from .component import Component, Kind
+from .errors import PluginError, UnknownScheduleError
 
 __all__ = ["Fraction", "Schedule", "SchedulePoint", "UnknownScheduleError"]
 
 SchedulePoint = tuple[int, float]
 """``(step, target sparsity)``."""
-
-
-class UnknownScheduleError(PrunusError, LookupError):
-    """No schedule is registered under the asked name."""
 
 
 def _check_fraction(value: int | float) -> float:
@@ -44,22 +39,14 @@ Fraction = Annotated[StrictInt | StrictFloat, AfterValidator(_check_fraction)]
 """A sparsity: a fraction in [0, 1] of all the targeted entries (``0`` and ``1`` may be written as ints)."""
 
 
-class Schedule(ABC):
+class Schedule(Component):
     """A pruning schedule: target sparsities at training steps.
 
     Subclasses set ``name`` (snake_case), ``summary`` and ``Config`` (a :class:`~prunus.StrategyConfig`), and
     implement :meth:`points`. Everything else derives from the points.
     """
 
-    name: ClassVar[str]
-    """The registry name, ``snake_case``."""
-    summary: ClassVar[str] = ""
-    """One line for help texts."""
-    Config: ClassVar[type[StrategyConfig]] = NoOptions
-    """The pydantic model of the options (``extra="forbid"``)."""
-
-    def __init__(self, config: StrategyConfig) -> None:
-        self.config = config
+    kind: ClassVar[Kind] = "schedule"
 
     @abstractmethod
     def points(self) -> list[SchedulePoint]:
@@ -115,12 +102,3 @@ class Schedule(ABC):
     def final_sparsity(self) -> float:
         """The sparsity the schedule ends at."""
         return self.checked_points()[-1][1]
-
-    @property
-    def options(self) -> dict[str, object]:
-        """The options this schedule was configured with."""
-        return dict(self.config)
-
-    def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in self.config)
-        return f"<schedule {self.name}({options})>"

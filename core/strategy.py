@@ -17,7 +17,7 @@ Masks are bool tensors with the parameter's shape: ``True`` keeps an entry, ``Fa
 from __future__ import annotations
 
 import zlib
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .config import StrategyConfig
+from .component import Component, Kind
+from .config import NoOptions, StrategyConfig
 from .errors import PluginError
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from .registration import Registry
 
 __all__ = [
     "ComposedStrategy",
@@ -39,11 +40,8 @@ __all__ = [
     "PruneContext",
     "Strategy",
     "Target",
+    "checked_scores",
 ]
-
-
-class NoOptions(StrategyConfig):
-    """The config of a criterion or granularity that takes no options."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,40 +95,27 @@ class PruneContext:
         targets: the parameters to prune, in model order.
         data: whatever the caller passed as ``prune(..., data=...)``: a batch, a data loader, a loss function,
             gradients... Data-aware criteria document what they expect here.
-        extras: free-form room for plugins to share information within one call.
+        restorable: whether ``prune`` keeps the pruned values for ``restore``; a strategy may size its
+            temporary memory by it (the global ranking holds scores within what the restore data costs anyway).
+        extras: free-form room for plugins to share information within one call (prunus itself keeps its own
+            state in the typed fields above, never here).
     """
 
     model: nn.Module
     targets: Sequence[Target]
     data: Any = None
+    restorable: bool = True
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class _Described(ABC):
-    """Shared shape of criteria, granularities and strategies: a name, a summary and a config model."""
-
-    name: ClassVar[str]
-    """The registry name, ``snake_case``."""
-    summary: ClassVar[str] = ""
-    """One line for ``prunus list``."""
-    Config: ClassVar[type[StrategyConfig]] = NoOptions
-    """The pydantic model of the options (``extra="forbid"``)."""
-
-    def __init__(self, config: StrategyConfig) -> None:
-        self.config = config
-
-    def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in self.config)
-        return f"{type(self).__name__}({options})"
-
-
-class Criterion(_Described):
+class Criterion(Component):
     """Scores the entries of a parameter: higher means more important.
 
     Subclasses set ``name``, ``summary`` and, if they take options, ``Config``, and implement :meth:`score`.
     Set ``deterministic = False`` for a criterion whose scores depend on a random seed.
     """
 
+    kind: ClassVar[Kind] = "criterion"
     deterministic: ClassVar[bool] = True
 
     @abstractmethod
@@ -149,12 +134,14 @@ class Criterion(_Described):
         return scores.sum(dim=dims) if dims else scores
 
 
-class Granularity(_Described):
+class Granularity(Component):
     """Turns scores into keep-masks: per entry, per slice, across parameters...
 
     Subclasses implement :meth:`masks`. The options of the granularity (``amount``, ``dim``, ...) and of the
     criterion are merged into the options of each composed strategy, so their field names must not clash.
     """
+
+    kind: ClassVar[Kind] = "granularity"
 
     @abstractmethod
     def masks(
@@ -172,24 +159,18 @@ class Granularity(_Described):
         """
 
 
-class Strategy(ABC):
+class Strategy(Component):
     """A configured pruning method: given a :class:`PruneContext`, the keep-mask of each target.
 
     Strategies are made by :meth:`prunus.registry.get`; a plugin subclasses this class directly only for a
     method that is not "a criterion at a granularity" (a user-given mask, a threshold, ...).
     """
 
-    name: str = ""
-    """The registry name (set on the class by a plugin; the registry sets it on composed strategies)."""
-    summary: str = ""
+    kind: ClassVar[Kind] = "strategy"
     granularity: str = "unstructured"
     """What one pruned unit is, for ``prunus list``: ``unstructured``, ``structured``, ``global``, ..."""
-    Config: ClassVar[type[StrategyConfig]] = NoOptions
     deterministic: bool = True
     """False when the masks depend on a random seed (the test kit then skips monotonicity checks)."""
-
-    def __init__(self, config: StrategyConfig) -> None:
-        self.config = config
 
     @classmethod
     def create(cls, config: StrategyConfig, registry: Registry) -> Strategy:
@@ -203,18 +184,15 @@ class Strategy(ABC):
         A target left out is not changed. A mask must keep nothing that ``target.prior`` pruned.
         """
 
-    @property
-    def options(self) -> dict[str, Any]:
-        """The options this strategy was configured with."""
-        return dict(self.config)
-
-    def __repr__(self) -> str:
-        options = ", ".join(f"{k}={v!r}" for k, v in self.config)
-        return f"<strategy {self.name}({options})>"
-
 
 class ComposedStrategy(Strategy):
-    """A criterion at a granularity: the strategy the registry builds for ``<criterion>_<granularity>``."""
+    """A criterion at a granularity: the strategy the registry builds for ``<criterion>_<granularity>``.
+
+    Attributes:
+        criterion: the configured :class:`Criterion` that scores.
+        granularity_component: the configured :class:`Granularity` that turns scores into masks
+            (``granularity``, as on every strategy, is its name).
+    """
 
     def __init__(
         self,
@@ -226,7 +204,7 @@ class ComposedStrategy(Strategy):
     ) -> None:
         super().__init__(config)
         self.criterion = criterion
-        self.rule = granularity
+        self.granularity_component = granularity
         self._scorer = scorer
         self.name = name
         self.summary = f"{criterion.summary}; {granularity.summary}"
@@ -237,7 +215,7 @@ class ComposedStrategy(Strategy):
         def score(target: Target) -> Tensor:
             return checked_scores(self._scorer(self.criterion, target, context), target, self.name)
 
-        return self.rule.masks(self.criterion, score, context)
+        return self.granularity_component.masks(self.criterion, score, context)
 
 
 def checked_scores(scores: object, target: Target, owner: str) -> Tensor:

@@ -12,9 +12,15 @@ import torch
 from pydantic import Field, StrictFloat, StrictInt, field_validator
 from torch import Tensor
 
-import prunus
-from prunus import Criterion, PruneContext, Registrar, StrategyConfig, Target
-from prunus.ranking import rankable
+from prunus.plugin_api import (
+    Criterion,
+    PruneContext,
+    Registrar,
+    StrategyConfig,
+    Target,
+    hookimpl,
+    rankable,
+)
 
 
 class L1(Criterion):
@@ -61,7 +67,8 @@ class Ln(Criterion):
         if not dims:
             return scores
         assert isinstance(self.config, LnConfig)
-        return torch.linalg.vector_norm(rankable(scores), ord=self.config.n, dim=dims)
+        norms: Tensor = torch.linalg.vector_norm(rankable(scores), ord=self.config.n, dim=dims)
+        return norms
 
 
 class RandomConfig(StrategyConfig):
@@ -89,7 +96,7 @@ class Random(Criterion):
         return torch.rand(tensor.shape, generator=generator, device=tensor.device)
 
 
-@prunus.hookimpl
+@hookimpl
 def prunus_register_criteria(register: Registrar) -> None:
     """Register ``l1``, ``ln`` and ``random``."""
     for criterion in (L1, Ln, Random):

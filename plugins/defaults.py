@@ -9,18 +9,16 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-import prunus
-from prunus import Criterion, PruneContext, Target
-from prunus.masking import attach_mask
+from prunus.plugin_api import Criterion, PruneContext, Target, attach_mask, hookimpl
 
 
-@prunus.hookimpl(trylast=True)
+@hookimpl(trylast=True)
 def prunus_score(criterion: Criterion, target: Target, context: PruneContext) -> Tensor:
     """Score with the criterion's own :meth:`~prunus.Criterion.score`."""
     return criterion.score(target, context)
 
 
-@prunus.hookimpl(trylast=True)
+@hookimpl(trylast=True)
 def prunus_apply_mask(
     target: Target, mask: Tensor, restorable: bool, context: PruneContext
 ) -> Callable[[], None]:

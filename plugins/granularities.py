@@ -1,7 +1,15 @@
-"""Built-in granularities: ``unstructured`` (per entry), ``structured`` (slices along ``dim``) and ``global``.
+"""Built-in granularities: ``unstructured`` (per entry), ``structured`` (slices along ``dim``), ``aligned``
+(structured, keeping a hardware-friendly multiple of slices) and ``global`` (one ranking across parameters).
 
 Each prunes among the entries an earlier ``prune`` kept and counts ``amount`` against them, as
 ``torch.nn.utils.prune``'s ``PruningContainer`` does; ties are broken by position (see :mod:`prunus.ranking`).
+
+``aligned`` (options ``amount``, ``dim=0``, ``round_to=8``)
+    Structured pruning of whole slices along ``dim`` (``structured``'s rule) where the number of slices kept is
+    rounded to the nearest multiple of ``round_to``, so the layer, once shrunk, has a width dense kernels like
+    (multiples of 8 for GPU tensor cores, of the vector width on a CPU). ``amount=0`` prunes nothing; a
+    parameter with ``round_to`` slices or fewer is not rounded; a nonzero count rounds to at least
+    ``round_to``. The report says how many slices were actually pruned.
 """
 
 from __future__ import annotations
@@ -12,12 +20,22 @@ import torch
 from pydantic import Field, StrictInt
 from torch import Tensor
 
-import prunus
-from prunus import Amount, Criterion, Granularity, PruneContext, Registrar, StrategyConfig, Target
-from prunus.config import count_to_prune
-from prunus.errors import ConfigError
-from prunus.plugins._lean_global import global_keep_masks
-from prunus.ranking import keep_mask
+from prunus.plugin_api import (
+    Amount,
+    ConfigError,
+    Criterion,
+    Granularity,
+    PruneContext,
+    Registrar,
+    StrategyConfig,
+    Target,
+    count_to_prune,
+    eligible_slices,
+    global_keep_masks,
+    hookimpl,
+    keep_mask,
+    keep_slices,
+)
 
 
 class AmountConfig(StrategyConfig):
@@ -86,13 +104,7 @@ class Structured(Granularity):
             dim %= len(shape)
             others = tuple(d for d in range(len(shape)) if d != dim)
             # A slice can still be pruned if any of its entries is still kept.
-            eligible = (
-                None
-                if target.prior is None
-                else target.prior.any(dim=others)
-                if others
-                else target.prior
-            )
+            eligible = eligible_slices(target.prior, dim)
             size = shape[dim] if eligible is None else int(eligible.sum())
             k = self.slices_to_prune(
                 count_to_prune(
@@ -101,11 +113,7 @@ class Structured(Granularity):
                 size,
             )
             groups = criterion.reduce(score(target), others)
-            keep = keep_mask(groups, k, eligible)
-            view = [1] * len(shape)
-            view[dim] = shape[dim]
-            mask = keep.reshape(view).expand(shape).clone()
-            out[target.name] = mask if target.prior is None else mask & target.prior
+            out[target.name] = keep_slices(groups, k, shape, dim, target.prior)
         return out
 
     def slices_to_prune(self, asked: int, size: int) -> int:
@@ -121,7 +129,7 @@ class Global(Granularity):
 
     The ranking never concatenates the scores: it scores one parameter at a time, finds the threshold's bin
     with a histogram of the scores' bits and ranks only the few entries in that bin (see
-    :mod:`prunus.plugins._lean_global`). The mask equals ``keep_mask`` on the concatenated scores, ties and
+    :func:`prunus.plugin_api.global_keep_masks`). The mask equals ``keep_mask`` on the concatenated scores, ties and
     earlier masks included, at a few percent of its memory. The criterion is called two or three times per
     parameter, which is exact for deterministic and seeded criteria.
     """
@@ -146,7 +154,7 @@ def _restore_bytes(targets: list[Target], amount: int | float, context: PruneCon
     The global ranking may hold that much of scores between its passes: the peak it adds is then no higher
     than the one the restore data brings anyway, and the targets whose scores it holds are scored once.
     """
-    if not context.extras.get("prunus.restorable"):
+    if not context.restorable:
         return 0
     sizes = [
         t.tensor.numel() if t.prior is None else int(torch.count_nonzero(t.prior)) for t in targets
@@ -158,8 +166,44 @@ def _restore_bytes(targets: list[Target], amount: int | float, context: PruneCon
     return k * max((t.tensor.element_size() for t in targets), default=0)
 
 
-@prunus.hookimpl
+# -- aligned ----------------------------------------------------------------------------------------------------
+
+
+class AlignedConfig(StructuredConfig):
+    """Options of the ``aligned`` granularity: those of ``structured`` and the multiple to keep."""
+
+    round_to: StrictInt = Field(
+        default=8, ge=1, description="the number of slices kept is rounded to a multiple of this"
+    )
+
+
+def aligned_keep(size: int, pruned: int, round_to: int) -> int:
+    """How many of ``size`` slices to keep when ``pruned`` were asked: rounded to a multiple of ``round_to``.
+
+    Rounds to the nearest multiple (halves up), at least ``round_to`` unless everything is pruned, at most the
+    largest multiple not above ``size``. ``pruned == 0`` keeps everything; ``size <= round_to`` is not rounded.
+    """
+    keep = size - pruned
+    if pruned == 0 or keep == 0 or size <= round_to:
+        return keep
+    rounded = round_to * ((keep + round_to // 2) // round_to)
+    return min(max(rounded, round_to), size - size % round_to)
+
+
+class Aligned(Structured):
+    """Whole slices along ``dim``, keeping a multiple of ``round_to`` of them (hardware-friendly widths)."""
+
+    name = "aligned"
+    summary = "prunes whole slices along dim, keeping a multiple of round_to (8) of them"
+    Config = AlignedConfig
+
+    def slices_to_prune(self, asked: int, size: int) -> int:
+        assert isinstance(self.config, AlignedConfig)
+        return size - aligned_keep(size, asked, self.config.round_to)
+
+
+@hookimpl
 def prunus_register_granularities(register: Registrar) -> None:
-    """Register ``unstructured``, ``structured`` and ``global``."""
-    for granularity in (Unstructured, Structured, Global):
+    """Register ``unstructured``, ``structured``, ``aligned`` and ``global``."""
+    for granularity in (Unstructured, Structured, Aligned, Global):
         register(granularity)

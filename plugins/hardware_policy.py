@@ -21,14 +21,9 @@ over this one.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
-import prunus
-from prunus.engine import select_targets
-from prunus.hardware import HardwareProfile, resolve_hardware
-from prunus.selection import Selection
+from prunus.plugin_api import HardwareProfile, Selection, hookimpl, select_targets
 
 LARGE_LINEAR_MIN_DIM = 512
 """A Linear layer is large enough for 2:4 kernels to pay off when both dims are at least this ..."""
@@ -216,12 +211,12 @@ def _cpu(model: nn.Module, profile: HardwareProfile, objective: str, sparsity: f
     )
 
 
-@prunus.hookimpl(trylast=True)
+@hookimpl(trylast=True)
 def prunus_select_strategy(
-    model: nn.Module, hardware: Any, objective: str, sparsity: float
+    model: nn.Module, hardware: HardwareProfile, objective: str, sparsity: float
 ) -> Selection:
     """The built-in policy (see the module's documentation)."""
-    profile = hardware if isinstance(hardware, HardwareProfile) else resolve_hardware(hardware)
+    profile = hardware
     if objective == "accuracy":
         return _unstructured(
             sparsity,

@@ -13,9 +13,14 @@ from typing import Annotated, Any
 from pydantic import Field, StrictBool, StrictInt, model_validator
 from pydantic.functional_validators import BeforeValidator
 
-import prunus
-from prunus import Registrar, StrategyConfig
-from prunus.schedules import Fraction, Schedule, SchedulePoint
+from prunus.plugin_api import (
+    Fraction,
+    Registrar,
+    Schedule,
+    SchedulePoint,
+    StrategyConfig,
+    hookimpl,
+)
 
 
 def _as_tuple(value: Any) -> Any:
@@ -156,7 +161,7 @@ class Linear(_Gradual):
         return initial + (final - initial) * progress
 
 
-@prunus.hookimpl
+@hookimpl
 def prunus_register_schedules(register: Registrar) -> None:
     """Register ``one_shot``, ``iterative``, ``linear`` and ``cubic``."""
     for schedule in (OneShot, Iterative, Linear, Cubic):

@@ -1,4 +1,4 @@
-"""Hardware-shaped granularities: ``nm`` (N:M semi-structured), ``block`` and ``aligned`` (structured, rounded).
+"""Hardware-shaped granularities: ``nm`` (N:M semi-structured) and ``block``.
 
 Like every granularity they compose with every criterion, built-in or third-party: ``l1_nm``, ``random_nm``,
 ``ln_block``, ``taylor_aligned``... Each prunes among the entries an earlier ``prune`` kept and never revives one.
@@ -19,13 +19,6 @@ Like every granularity they compose with every criterion, built-in or third-part
     prune left with a kept entry. A block's score is the criterion's ``reduce`` over its entries (the L1 norm
     for ``l1``). Edge blocks of a dim that ``rows`` or ``cols`` does not divide are smaller and are scored over
     the entries they have.
-
-``aligned`` (options ``amount``, ``dim=0``, ``round_to=8``)
-    Structured pruning of whole slices along ``dim`` (``structured``'s rule) where the number of slices kept is
-    rounded to the nearest multiple of ``round_to``, so the layer, once shrunk, has a width dense kernels like
-    (multiples of 8 for GPU tensor cores, of the vector width on a CPU). ``amount=0`` prunes nothing; a
-    parameter with ``round_to`` slices or fewer is not rounded; a nonzero count rounds to at least
-    ``round_to``. The report says how many slices were actually pruned.
 """
 
 from __future__ import annotations
@@ -35,16 +28,25 @@ from typing import Annotated, Any
 
 import torch
 from pydantic import AfterValidator, BeforeValidator, Field, StrictInt, model_validator
-from torch import Tensor, nn
+from torch import Tensor
 
-import prunus
-from prunus import Amount, Criterion, Granularity, PruneContext, Registrar, StrategyConfig, Target
-from prunus.config import count_to_prune
-from prunus.errors import ConfigError
-from prunus.plugins.granularities import Structured, StructuredConfig
-from prunus.ranking import keep_mask, rankable
+from prunus.plugin_api import (
+    Amount,
+    ConfigError,
+    Criterion,
+    Granularity,
+    PruneContext,
+    Registrar,
+    StrategyConfig,
+    Target,
+    count_to_prune,
+    hookimpl,
+    input_dim,
+    keep_mask,
+    rankable,
+)
 
-__all__ = ["NM", "Aligned", "AlignedConfig", "Block", "BlockConfig", "NMConfig", "nm_input_dim"]
+__all__ = ["NM", "Block", "BlockConfig", "NMConfig", "block_scores", "nm_keep_mask"]
 
 
 # -- nm -------------------------------------------------------------------------------------------------------
@@ -72,13 +74,6 @@ class NMConfig(StrategyConfig):
                 f"n_keep={self.n_keep} must be below m_group={self.m_group} (N:M keeps N < M of every M)"
             )
         return self
-
-
-def nm_input_dim(module: nn.Module, ndim: int) -> int:
-    """The dim ``nm`` groups along by default: the one a matmul or convolution reduces over."""
-    if ndim <= 1 or isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return 0
-    return 1  # Linear (out, in); Conv (out, in / groups, *kernel)
 
 
 class NM(Granularity):
@@ -110,7 +105,7 @@ class NM(Granularity):
                 raise ConfigError(f"{target.name!r} is a scalar; N:M groups need at least one dim")
             dim = self.config.dim
             if dim is None:
-                dim = nm_input_dim(target.module, len(shape))
+                dim = input_dim(target.module, len(shape))
             if not -len(shape) <= dim < len(shape):
                 raise ConfigError(
                     f"dim={dim} is out of range for {target.name!r} of shape {tuple(shape)}; "
@@ -257,44 +252,8 @@ class Block(Granularity):
         return out
 
 
-# -- aligned --------------------------------------------------------------------------------------------------
-
-
-class AlignedConfig(StructuredConfig):
-    """Options of the ``aligned`` granularity: those of ``structured`` and the multiple to keep."""
-
-    round_to: StrictInt = Field(
-        default=8, ge=1, description="the number of slices kept is rounded to a multiple of this"
-    )
-
-
-def aligned_keep(size: int, pruned: int, round_to: int) -> int:
-    """How many of ``size`` slices to keep when ``pruned`` were asked: rounded to a multiple of ``round_to``.
-
-    Rounds to the nearest multiple (halves up), at least ``round_to`` unless everything is pruned, at most the
-    largest multiple not above ``size``. ``pruned == 0`` keeps everything; ``size <= round_to`` is not rounded.
-    """
-    keep = size - pruned
-    if pruned == 0 or keep == 0 or size <= round_to:
-        return keep
-    rounded = round_to * ((keep + round_to // 2) // round_to)
-    return min(max(rounded, round_to), size - size % round_to)
-
-
-class Aligned(Structured):
-    """Whole slices along ``dim``, keeping a multiple of ``round_to`` of them (hardware-friendly widths)."""
-
-    name = "aligned"
-    summary = "prunes whole slices along dim, keeping a multiple of round_to (8) of them"
-    Config = AlignedConfig
-
-    def slices_to_prune(self, asked: int, size: int) -> int:
-        assert isinstance(self.config, AlignedConfig)
-        return size - aligned_keep(size, asked, self.config.round_to)
-
-
-@prunus.hookimpl
+@hookimpl
 def prunus_register_granularities(register: Registrar) -> None:
-    """Register ``nm``, ``block`` and ``aligned``."""
-    for granularity in (NM, Block, Aligned):
+    """Register ``nm`` and ``block``."""
+    for granularity in (NM, Block):
         register(granularity)

@@ -14,9 +14,16 @@ import torch
 from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
 from torch import Tensor
 
-import prunus
-from prunus import Amount, PruneContext, Registrar, Registry, Strategy, StrategyConfig
-from prunus.errors import MaskError
+from prunus.plugin_api import (
+    Amount,
+    MaskError,
+    PruneContext,
+    Registrar,
+    Registry,
+    Strategy,
+    StrategyConfig,
+    hookimpl,
+)
 
 
 class GlobalUnstructuredConfig(StrategyConfig):
@@ -136,7 +143,7 @@ class CustomMask(Strategy):
         return out
 
 
-@prunus.hookimpl
+@hookimpl
 def prunus_register_strategies(register: Registrar) -> None:
     """Register ``global_unstructured``, ``magnitude_threshold`` and ``custom_mask``."""
     for strategy in (GlobalUnstructured, MagnitudeThreshold, CustomMask):

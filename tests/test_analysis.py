@@ -11,7 +11,7 @@ from torch import nn
 import prunus
 from prunus import AnalysisReport
 from prunus.errors import ConfigError, TargetError
-from prunus.probe import CACHE_ENV
+from prunus.hardware.probing import CACHE_ENV
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from torch import nn
 
 import prunus
 from prunus import ConfigError
-from prunus.evaluation import batches
+from prunus.workflow.evaluation import batches
 
 
 def mlp(seed: int = 0) -> nn.Sequential:

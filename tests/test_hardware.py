@@ -13,8 +13,8 @@ import torch
 import prunus
 from prunus import CpuInfo, GpuInfo, HardwareProfile
 from prunus.errors import ConfigError
-from prunus.hardware import resolve_hardware
-from prunus.probe import CACHE_ENV, ProbeResult, probe_cache_path
+from prunus.hardware.detection import resolve_hardware
+from prunus.hardware.probing import CACHE_ENV, ProbeResult, probe_cache_path
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only path")
 

@@ -12,8 +12,9 @@ from torch import Tensor, nn
 import prunus
 from prunus import Criterion, PruneContext, StrategyConfig, Target
 from prunus.errors import AmountError, ConfigError, RegistrationError
-from prunus.plugins.semistructured import aligned_keep, nm_keep_mask
-from prunus.sparse import follows_nm
+from prunus.hardware.sparse import follows_nm
+from prunus.plugins.granularities import aligned_keep
+from prunus.plugins.semistructured import nm_keep_mask
 
 
 class Inverse(Criterion):

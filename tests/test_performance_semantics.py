@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 import prunus
 from prunus import Target, masking
-from prunus.plugins import _lean_global as lean
+from prunus import global_ranking as lean
 
 
 def targets_of(tensors: list[Tensor], priors: list[Tensor | None] | None = None) -> list[Target]:

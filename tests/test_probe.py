@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 
 import prunus
 from prunus.errors import ConfigError, PrunusWarning
-from prunus.probe import (
+from prunus.hardware.probing import (
     CACHE_ENV,
     ProbeResult,
     crossover_for,
@@ -98,8 +97,8 @@ def test_an_unreadable_cache_is_ignored_with_a_warning(cache):
 
 
 def test_the_overall_crossover_is_the_highest_and_none_if_any_shape_never_wins(monkeypatch):
-    # prunus.probe is the function; its module is reached through sys.modules.
-    module = sys.modules["prunus.probe"]
+    import prunus.hardware.probing as module
+
     speeds = {1: {0.5: 0.5, 0.9: 1.5}, 2: {0.5: 0.8, 0.9: 2.0}}
     calls = iter([(1.0, 1.0 / speeds[b][s]) for b in (1, 2) for s in (0.5, 0.9)])
     monkeypatch.setattr(module, "time_interleaved", lambda fns, **kw: list(next(calls)))

@@ -16,8 +16,8 @@ from torch import nn
 import prunus
 from prunus import HardwareProfile, Selection
 from prunus.errors import ConfigError, PluginError
-from prunus.probe import CACHE_ENV, ProbeResult, probe_cache_path
-from prunus.sparse import follows_nm
+from prunus.hardware.probing import CACHE_ENV, ProbeResult, probe_cache_path
+from prunus.hardware.sparse import follows_nm
 
 POLICY = "prunus.hardware_policy"
 AMPERE = HardwareProfile.declare("gpu", compute_capability=(8, 0), name="A100")

@@ -11,7 +11,7 @@ from torch import nn
 import prunus
 from prunus import SparseLinear
 from prunus.errors import ConfigError, TargetError
-from prunus.sparse import follows_nm, sparse_weight
+from prunus.hardware.sparse import follows_nm, sparse_weight
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -491,7 +491,7 @@ def test_models_are_real_and_run(drawn: tuple[nn.Module, Tensor]) -> None:
 
 
 @settings(max_examples=20, deadline=None)
-@given(pst.configs("ln_structured"))
+@given(prunus.testing.configs("ln_structured"))
 def test_configs_are_drawn_from_the_pydantic_model(config: prunus.StrategyConfig) -> None:
     assert isinstance(config, prunus.registry.info("ln_structured").config)
     assert config.dim in (-1, 0)  # valid for any parameter without targets

@@ -7,7 +7,8 @@ Check a strategy from a test, a script or a notebook::
 
 or subclass :class:`StrategyTests` in a pytest module (with ``pytest_plugins = ["prunus.testing.pytest_plugin"]``)
 and name the strategies through a class-scoped ``prunus_strategy`` fixture. The Hypothesis strategies the kit
-draws from are in :mod:`prunus.testing.strategies`.
+draws from are in :mod:`prunus.testing.generators` (Hypothesis calls them strategies; prunus keeps that word
+for pruning strategies).
 
 Names load on first use, so importing this package (or its pytest plugin) imports neither Hypothesis nor
 pytest until they are needed.
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
         Param,
         StrategyCase,
         Subject,
+        configs,
         register_options,
         register_units,
     )
@@ -58,6 +60,7 @@ _EXPORTS = {
     "Subject": "subject",
     "check_property": "check",
     "check_strategy": "check",
+    "configs": "subject",
     "property_names": "properties",
     "register_options": "subject",
     "register_property": "properties",
@@ -79,6 +82,7 @@ __all__ = [
     "Subject",
     "check_property",
     "check_strategy",
+    "configs",
     "property_names",
     "register_options",
     "register_property",

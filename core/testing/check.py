@@ -13,8 +13,8 @@ import torch
 from hypothesis import HealthCheck, Verbosity, given
 from hypothesis.errors import FlakyFailure, HypothesisException
 
-from ..registry import Registry
-from ..registry import registry as global_registry
+from ..registration import Registry
+from ..registration import registry as global_registry
 from ..strategy import Strategy
 from .properties import Property, property_names, resolve_properties
 from .subject import StrategyCase, Subject, describe

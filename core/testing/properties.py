@@ -55,11 +55,12 @@ from torch import Tensor, nn
 
 from .. import masking
 from ..engine import masks as model_masks
-from ..engine import prune, remove, restore, select_targets
+from ..engine import prune, remove, restore
 from ..errors import ConfigError, TargetError
 from ..report import PruneReport
 from ..strategy import Criterion, PruneContext, Target
-from . import strategies as pst
+from ..targets import select_targets
+from . import generators as pst
 from .subject import Example, Param, Subject, eligible, slices
 
 __all__ = [

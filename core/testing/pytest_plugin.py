@@ -57,7 +57,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture(scope="session")
 def prunus_registry() -> Any:
     """The registry strategy names are looked up in: ``prunus.registry``."""
-    from ..registry import registry
+    from ..registration import registry
 
     return registry
 

@@ -19,11 +19,12 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from torch import Tensor, nn
 
+from ..config import StrategyConfig
 from ..errors import ConfigError
-from ..registry import Registry, StrategyInfo
-from ..registry import registry as global_registry
+from ..registration import Registry, StrategyInfo
+from ..registration import registry as global_registry
 from ..strategy import PruneContext, Strategy, Target
-from . import strategies as pst
+from . import generators as pst
 
 __all__ = [
     "DataFn",
@@ -33,6 +34,7 @@ __all__ = [
     "StrategyCase",
     "Subject",
     "UnitsFn",
+    "configs",
     "describe",
     "eligible",
     "register_options",
@@ -57,7 +59,7 @@ class StrategyCase:
         name: the registered strategy name.
         options: draws the options other than ``amount`` (which the kit draws against the parameters' sizes);
             by default a function registered with :func:`register_options`, else drawn field by field from the
-            strategy's config model (:func:`prunus.testing.strategies.config_options`).
+            strategy's config model (:func:`prunus.testing.generators.config_options`).
         data: draws what the strategy expects in ``prune(..., data=...)``; ``None`` passes no data.
         gradients: give every parameter a ``.grad`` before pruning (drawn values for drawn parameters, a real
             backward pass for real modules), for criteria that read gradients.
@@ -435,3 +437,30 @@ def _global_unstructured_options(
 register_options("custom_mask", _custom_mask_options)
 register_options("magnitude_threshold", _threshold_options)
 register_options("global_unstructured", _global_unstructured_options)
+
+
+def configs(
+    strategy: str | StrategyCase,
+    *,
+    registry: Registry | None = None,
+    targets: Sequence[Target] | None = None,
+) -> st.SearchStrategy[StrategyConfig]:
+    """Valid configs of a registered strategy, drawn from its pydantic model (or its options function).
+
+    ``amount`` is drawn as a fraction, or a count that fits every one of ``targets`` (0 or 1 without them).
+
+    Args:
+        strategy: a registered name, or a :class:`~prunus.testing.StrategyCase`.
+        registry: where the name is registered (``prunus.registry`` by default).
+        targets: the parameters the options are for (for dims, counts and options functions that need them).
+    """
+    return _draw_config(Subject.resolve(strategy, registry=registry), tuple(targets or ()))
+
+
+@st.composite
+def _draw_config(draw: st.DrawFn, subject: Any, targets: tuple[Target, ...]) -> StrategyConfig:
+    options, amount, _ = subject.draw_options(draw, targets)
+    if amount is not None:
+        options["amount"] = amount
+    config: StrategyConfig = subject.info.config.model_validate(options)
+    return config

@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-import prunus
+from prunus.plugin_api import ConfigError, Criterion, PruneContext, Registrar, Target, hookimpl
 
 __version__ = "0.1.0"
 
 
-class Taylor(prunus.Criterion):
+class Taylor(Criterion):
     """First-order Taylor importance ``|w * dL/dw|`` (Molchanov et al., 2017).
 
     Setting an entry ``w`` to zero changes the loss by about ``-w * dL/dw``, so the entries with the smallest
@@ -26,23 +26,23 @@ class Taylor(prunus.Criterion):
     name = "taylor"
     summary = "first-order Taylor |w * grad| (run loss.backward() first)"
 
-    def score(self, target: prunus.Target, context: prunus.PruneContext) -> Tensor:
+    def score(self, target: Target, context: PruneContext) -> Tensor:
         grad = target.parameter.grad
         if grad is None:
-            raise prunus.ConfigError(
+            raise ConfigError(
                 f"taylor scores {target.name!r} by |w * grad|, but it has no gradient: call "
                 "loss.backward() on a batch before prunus.prune(...), and do not zero the gradients "
                 "in between"
             )
         if not bool(torch.isfinite(grad).all()):
-            raise prunus.ConfigError(
+            raise ConfigError(
                 f"the gradient of {target.name!r} has inf or NaN entries, so taylor cannot rank them; "
                 "compute it again on a batch whose loss is finite"
             )
         return (target.tensor * grad).abs()
 
 
-@prunus.hookimpl
-def prunus_register_criteria(register: prunus.Registrar) -> None:
+@hookimpl
+def prunus_register_criteria(register: Registrar) -> None:
     """Register ``taylor``; prunus composes it with every granularity."""
     register(Taylor)

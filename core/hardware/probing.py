@@ -21,9 +21,8 @@ import os
 import re
 import statistics
 import sys
-import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -33,8 +32,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor
 
-from .errors import ConfigError, PrunusWarning
+from ..errors import ConfigError, PrunusWarning
+from ..hardware_profile import crossover_for
+from .devices import describe_cpu
 from .sparse import _quiet, csr_linear, sparse_weight
+from .timing import time_call, time_interleaved
 
 __all__ = [
     "CACHE_ENV",
@@ -151,49 +153,6 @@ class ProbeResult(BaseModel):
         return "\n".join(lines)
 
 
-# -- timing ---------------------------------------------------------------------------------------------------
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":  # pragma: no cover - needs CUDA
-        torch.cuda.synchronize(device)
-
-
-def time_call(
-    fn: Callable[[], object],
-    *,
-    repeats: int = 15,
-    warmup: int = 2,
-    device: torch.device | str = "cpu",
-) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` untimed ones (synchronising CUDA)."""
-    return time_interleaved([fn], repeats=repeats, warmup=warmup, device=device)[0]
-
-
-def time_interleaved(
-    fns: Sequence[Callable[[], object]],
-    *,
-    repeats: int = 15,
-    warmup: int = 2,
-    device: torch.device | str = "cpu",
-) -> list[float]:
-    """Median seconds of each function, timed in turn (a, b, a, b, ...) so drifting load hits all alike."""
-    device = torch.device(device)
-    times: list[list[float]] = [[] for _ in fns]
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for fn in fns:
-                fn()
-        _sync(device)
-        for _ in range(max(repeats, 1)):
-            for i, fn in enumerate(fns):
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
-
-
 # -- crossover ------------------------------------------------------------------------------------------------
 
 
@@ -214,30 +173,6 @@ def crossover_of(sparsities: Sequence[float], speedups: Sequence[float]) -> floa
         return pairs[0][0]
     (s0, v0), (s1, v1) = pairs[first - 1], pairs[first]
     return s0 + (s1 - s0) * (1.0 - v0) / (v1 - v0)
-
-
-def crossover_for(
-    crossovers: Mapping[str, float | None], out_features: int, in_features: int
-) -> float | None:
-    """The crossover measured for the shape closest to ``out_features x in_features`` (by entry count).
-
-    ``crossovers`` maps ``"<out>x<in>@<batch>"`` to a crossover (``None``: never faster), as
-    :attr:`ProbeResult.crossovers`. Over the batches measured for that shape it takes the highest (the sparsity
-    above which sparse was faster at every batch); ``1.0`` when some batch was never faster; ``None`` when
-    nothing was measured.
-    """
-    parsed: dict[int, list[float]] = {}
-    for key, value in crossovers.items():
-        shape, _, _ = key.partition("@")
-        out_text, _, in_text = shape.partition("x")
-        if not (out_text.isdigit() and in_text.isdigit()):
-            continue
-        parsed.setdefault(int(out_text) * int(in_text), []).append(1.0 if value is None else value)
-    if not parsed:
-        return None
-    target = math.log(max(out_features * in_features, 1))
-    closest = min(parsed, key=lambda numel: (abs(math.log(numel) - target), numel))
-    return max(parsed[closest])
 
 
 # -- cache ----------------------------------------------------------------------------------------------------
@@ -263,9 +198,7 @@ def _slug(text: str) -> str:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":  # pragma: no cover - needs CUDA
         return str(torch.cuda.get_device_name(device))
-    from .hardware import _detect_cpu
-
-    cpu = _detect_cpu()
+    cpu = describe_cpu()
     return " ".join(part for part in (cpu.model_name, cpu.arch, cpu.capability) if part) or "cpu"
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .evaluation import Comparison, Data, Evaluator, compare
 
 __all__ = ["compare_quantized", "quantize", "quantized_weights"]

@@ -1,34 +1,27 @@
-"""Hardware profiles: what the machine a model will run on can execute fast.
+"""Hardware profiles: the description of a target that strategy selection reads.
 
-A :class:`HardwareProfile` describes a target: its kind (``cpu``, ``gpu``, ``sparse_accelerator``), the CPU's
-cores and vector instructions, the GPU's name, compute capability and memory, and, when one was measured, the
-sparsity above which sparse execution beats dense execution there (see :func:`prunus.probe`).
+A :class:`HardwareProfile` describes what a model will run on: its kind (``cpu``, ``gpu``,
+``sparse_accelerator``), the CPU's cores and vector instructions, the GPU's name, compute capability and memory,
+and, when one was measured, the sparsity above which sparse execution beats dense execution there.
 
-:func:`detect_hardware` describes the current machine. Models are often pruned on one machine for another, so a
-target can also be *declared*: by name (``"cpu"``, ``"gpu"``, ``"sparse_accelerator"``), as a dict, or as a full
-profile::
+The profile is part of the plugin contract (the ``prunus_select_strategy`` hook receives one), so it lives with
+the contracts. Describing the current machine and measuring it are tools: :func:`prunus.detect_hardware` and
+:func:`prunus.probe` in :mod:`prunus.hardware`. A target can also be *declared*::
 
     prunus.select(model, hardware="gpu")
     prunus.select(model, hardware=HardwareProfile.declare("gpu", compute_capability=(8, 0), name="A100"))
     prunus.select(model, hardware={"kind": "cpu", "sparse_crossover": 0.9})
-
-Nothing here runs at import. :func:`detect_hardware` asks torch about CUDA only when it is called; on a machine
-without CUDA that never initialises it. On a machine with a CUDA device, reading the device's properties
-initialises CUDA in this process (as any CUDA query does); pass ``cuda=False`` to describe the CPU only.
 """
 
 from __future__ import annotations
 
-import os
-import platform
+import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import config_error
-from .errors import ConfigError
 
 __all__ = [
     "HARDWARE_NAMES",
@@ -36,37 +29,13 @@ __all__ = [
     "GpuInfo",
     "HardwareKind",
     "HardwareProfile",
-    "detect_hardware",
-    "resolve_hardware",
+    "crossover_for",
 ]
 
 HardwareKind = Literal["cpu", "gpu", "sparse_accelerator", "unknown"]
 
 HARDWARE_NAMES: tuple[str, ...] = ("auto", "cpu", "gpu", "sparse_accelerator")
 """The names ``hardware=`` accepts besides a profile or a dict: ``auto`` detects the current machine."""
-
-# /proc/cpuinfo flags worth reporting: the vector and matrix instructions dense and sparse kernels use.
-_INTERESTING_FLAGS = (
-    "sse4_2",
-    "avx",
-    "avx2",
-    "fma",
-    "f16c",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-    "asimd",
-    "asimdhp",
-    "sve",
-    "sve2",
-    "bf16",
-    "i8mm",
-)
 
 
 class _Frozen(BaseModel):
@@ -187,8 +156,6 @@ class HardwareProfile(_Frozen):
 
         Falls back to ``sparse_crossover`` when no per-shape figures are known; ``None`` if nothing was measured.
         """
-        from .probe import crossover_for
-
         found = crossover_for(self.sparse_crossovers, out_features, in_features)
         return self.sparse_crossover if found is None else found
 
@@ -237,137 +204,25 @@ class HardwareProfile(_Frozen):
             raise config_error("hardware", error) from None
 
 
-def resolve_hardware(
-    hardware: str | HardwareProfile | Mapping[str, Any] = "auto",
-) -> HardwareProfile:
-    """A :class:`HardwareProfile` from what a user passes as ``hardware=``.
+def crossover_for(
+    crossovers: Mapping[str, float | None], out_features: int, in_features: int
+) -> float | None:
+    """The crossover measured for the shape closest to ``out_features x in_features`` (by entry count).
 
-    ``"auto"`` detects the current machine (and reads the probe cache, see :func:`prunus.probe`); ``"cpu"``,
-    ``"gpu"`` and ``"sparse_accelerator"`` declare a generic target; a dict is validated as a profile.
-
-    Raises:
-        ConfigError: an unknown name or an invalid profile.
+    ``crossovers`` maps ``"<out>x<in>@<batch>"`` to a crossover (``None``: never faster), as
+    :attr:`ProbeResult.crossovers`. Over the batches measured for that shape it takes the highest (the sparsity
+    above which sparse was faster at every batch); ``1.0`` when some batch was never faster; ``None`` when
+    nothing was measured.
     """
-    if isinstance(hardware, HardwareProfile):
-        return hardware
-    if isinstance(hardware, str):
-        if hardware == "auto":
-            return detect_hardware()
-        if hardware in HARDWARE_NAMES:
-            return HardwareProfile.declare(hardware)  # type: ignore[arg-type]
-        raise ConfigError(
-            f"hardware={hardware!r} is not a known target; give one of {', '.join(HARDWARE_NAMES)}, "
-            "a dict of HardwareProfile fields, or a prunus.HardwareProfile"
-        )
-    if isinstance(hardware, Mapping):
-        try:
-            return HardwareProfile.model_validate(dict(hardware))
-        except ValidationError as error:
-            raise config_error("hardware", error) from None
-    raise ConfigError(
-        f"hardware must be a name ({', '.join(HARDWARE_NAMES)}), a dict or a HardwareProfile, "
-        f"not {type(hardware).__name__}"
-    )
-
-
-# -- detection ------------------------------------------------------------------------------------------------
-
-
-def detect_hardware(*, cuda: bool = True, probe_cache: bool = True) -> HardwareProfile:
-    """Describe the current machine.
-
-    Args:
-        cuda: look for a CUDA device (``torch.cuda.is_available()``; reading a device's properties initialises
-            CUDA). With ``False`` only the CPU is described.
-        probe_cache: fill ``sparse_crossover`` from a probe measured earlier on this machine, if one is cached.
-
-    Returns:
-        A ``gpu`` profile when a CUDA device is available (device 0, the CPU described too), else a ``cpu``
-        profile.
-    """
-    import torch
-
-    cpu = _detect_cpu()
-    gpu = None
-    if cuda and torch.cuda.is_available():
-        index = torch.cuda.current_device()
-        props = torch.cuda.get_device_properties(index)
-        gpu = GpuInfo(
-            name=str(props.name),
-            compute_capability=(int(props.major), int(props.minor)),
-            memory_bytes=int(props.total_memory),
-            index=index,
-        )
-    if gpu is not None:
-        profile = HardwareProfile(kind="gpu", name=gpu.name, detected=True, cpu=cpu, gpu=gpu)
-        device = f"cuda:{gpu.index}"
-    else:
-        name = cpu.model_name or cpu.arch or "cpu"
-        profile = HardwareProfile(kind="cpu", name=name, detected=True, cpu=cpu)
-        device = "cpu"
-    if probe_cache:
-        from .probe import load_probe, probe_cache_path
-
-        cached = load_probe(device)
-        if cached is not None:
-            threads = f"{cached.threads} thread{'s' * (cached.threads > 1)}"
-            source = f"measured by prunus.probe() on {cached.created[:10]} with {threads} ({probe_cache_path(device)})"
-            profile = profile.model_copy(
-                update={
-                    # 1.0: sparse execution was faster at no sparsity measured.
-                    "sparse_crossover": 1.0 if cached.crossover is None else cached.crossover,
-                    "sparse_crossovers": dict(cached.crossovers),
-                    "semi_structured_speedup": cached.semi_structured_speedup,
-                    "crossover_source": source,
-                }
-            )
-    return profile
-
-
-def _detect_cpu() -> CpuInfo:
-    import torch
-
-    flags: set[str] = set()
-    model_name = ""
-    physical: int | None = None
-    text = _read_cpuinfo()
-    if text:
-        cores_per_socket: dict[str, int] = {}
-        socket = "0"
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            key, value = key.strip().lower(), value.strip()
-            if key in ("flags", "features") and not flags:
-                flags = set(value.split())
-            elif key == "model name" and not model_name:
-                model_name = value
-            elif key == "physical id":
-                socket = value
-            elif key == "cpu cores" and value.isdigit():
-                cores_per_socket[socket] = int(value)
-        physical = sum(cores_per_socket.values()) or None
-    if not model_name:
-        model_name = platform.processor()
-    capability_fn = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
-    capability = str(capability_fn()) if callable(capability_fn) else ""
-    try:
-        available: int | None = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        available = None
-    return CpuInfo(
-        arch=platform.machine(),
-        model_name=model_name,
-        logical_cpus=os.cpu_count(),
-        available_cpus=available,
-        physical_cores=physical,
-        threads=torch.get_num_threads(),
-        capability=capability,
-        features=tuple(f for f in _INTERESTING_FLAGS if f in flags),
-    )
-
-
-def _read_cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
+    parsed: dict[int, list[float]] = {}
+    for key, value in crossovers.items():
+        shape, _, _ = key.partition("@")
+        out_text, _, in_text = shape.partition("x")
+        if not (out_text.isdigit() and in_text.isdigit()):
+            continue
+        parsed.setdefault(int(out_text) * int(in_text), []).append(1.0 if value is None else value)
+    if not parsed:
+        return None
+    target = math.log(max(out_features * in_features, 1))
+    closest = min(parsed, key=lambda numel: (abs(math.log(numel) - target), numel))
+    return max(parsed[closest])

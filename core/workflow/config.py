@@ -39,8 +39,8 @@ from pydantic import (
     model_validator,
 )
 
-from .config import config_error
-from .errors import ConfigError
+from ..config import config_error
+from ..errors import ConfigError
 
 __all__ = [
     "FineTuneSection",

@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import masking
-from .errors import ConfigError, TargetError
+from .. import masking
+from ..errors import ConfigError, TargetError
+from ..targets import glob_patterns
 
 __all__ = [
     "SparseLayout",
@@ -301,12 +302,6 @@ class SparseLinear(nn.Module):
         self.weight = value.to(self.weight.device)
 
 
-def _patterns(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -357,7 +352,7 @@ def to_sparse(
             "to_sparse replaces Linear modules inside a model; wrap a lone Linear in a container "
             "(nn.Sequential(linear)) or build prunus.SparseLinear.from_linear(linear)"
         )
-    includes, excludes = _patterns(include), _patterns(exclude)
+    includes, excludes = glob_patterns("include", include), glob_patterns("exclude", exclude)
     converted: list[str] = []
     skipped: list[str] = []
     for name, module in list(model.named_modules()):

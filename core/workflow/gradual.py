@@ -24,14 +24,15 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from . import masking
-from .engine import FilterFn, Patterns, prune, select_targets
-from .errors import ConfigError
+from .. import masking
+from ..engine import prune
+from ..errors import ConfigError
+from ..progress import progress
+from ..registration import Registry, registry
+from ..report import PruneReport
+from ..schedules import Schedule
+from ..targets import FilterFn, Patterns, select_targets
 from .evaluation import Data, batches, num_batches
-from .progress import progress
-from .registry import Registry, registry
-from .report import PruneReport
-from .schedules import Schedule
 
 __all__ = ["FineTuneResult", "GradualPruner", "ScheduleStep", "fine_tune"]
 

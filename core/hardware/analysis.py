@@ -20,7 +20,7 @@ shrunk after structured pruning. Executed dense, a pruned layer costs exactly wh
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -29,10 +29,13 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from .errors import ConfigError, TargetError
-from .hardware import HardwareProfile, resolve_hardware
-from .probe import time_interleaved
+from ..errors import ConfigError, TargetError
+from ..forward import call_model
+from ..hardware_profile import HardwareProfile
+from ..report import kib
+from .detection import resolve_hardware
 from .sparse import SparseLinear, _ineligible, _quiet, csr_linear, follows_nm, sparse_weight
+from .timing import time_interleaved
 
 __all__ = ["AnalysisReport", "LayerAnalysis", "analyze"]
 
@@ -362,14 +365,6 @@ def _macs_per_call(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> i
 # -- measurement ----------------------------------------------------------------------------------------------
 
 
-def _call(model: nn.Module, example_inputs: Any) -> Any:
-    if isinstance(example_inputs, Mapping):
-        return model(**example_inputs)
-    if isinstance(example_inputs, tuple | list):
-        return model(*example_inputs)
-    return model(example_inputs)
-
-
 def _measure_layer(
     module: nn.Module,
     x: Tensor,
@@ -485,7 +480,7 @@ def _verdict(
         return None, (
             f"{a.zero_rows} output and {a.zero_cols} input channels are all zero: executed dense they cost "
             f"what dense costs; the layer shrunk to its nonzero rows and columns is faster ({gain}) and "
-            f"{_kib(a.bytes_compressed)} instead of {_kib(a.bytes_dense)}"
+            f"{kib(a.bytes_compressed)} instead of {kib(a.bytes_dense)}"
         )
     # Unstructured or 2:4 zeros.
     if measured:
@@ -582,10 +577,6 @@ def _verdict(
     )
 
 
-def _kib(size: int) -> str:
-    return f"{size / 1024:,.1f} KiB"
-
-
 # -- entry point ----------------------------------------------------------------------------------------------
 
 
@@ -639,7 +630,7 @@ def analyze(
             handles.append(module.register_forward_hook(hook))
         try:
             with torch.inference_mode():
-                _call(model, example_inputs)
+                call_model(model, example_inputs)
         finally:
             for handle in handles:
                 handle.remove()
@@ -688,7 +679,7 @@ def analyze(
     model_latency = None
     if measure:
         model_latency = time_interleaved(
-            [partial(_call, model, example_inputs)], repeats=repeats, device=device
+            [partial(call_model, model, example_inputs)], repeats=repeats, device=device
         )[0]
     return AnalysisReport(
         device=str(device),

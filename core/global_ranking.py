@@ -1,4 +1,7 @@
-"""Global ranking without concatenating the scores: the ``global`` granularity's engine.
+"""Global ranking without concatenating the scores: one ranking across many parameters, in little memory.
+
+:func:`global_keep_masks` is the ranking primitive behind the ``global`` granularity, public for any plugin that
+ranks across parameters.
 
 ``torch.nn.utils.prune.global_unstructured`` (and a naive ranking) concatenates every score into one tensor and
 sorts or selects on it: for 50 M weights that is 200 MB of scores, plus the sort's copies and index tensors. This
@@ -31,9 +34,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from prunus import Target
-from prunus.config import Amount, count_to_prune
-from prunus.ranking import keep_mask, rankable
+from .config import Amount, count_to_prune
+from .ranking import keep_mask, rankable
+from .strategy import Target
 
 __all__ = ["classic_keep_masks", "global_keep_masks"]
 

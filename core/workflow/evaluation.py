@@ -10,11 +10,11 @@ tensor as its nonzero values plus one bit per entry), which :func:`load_compress
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import math
-import statistics
 import tempfile
-import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -25,8 +25,11 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from . import masking
-from .errors import ConfigError
+from .. import masking
+from ..errors import ConfigError
+from ..forward import call_model, evaluation_mode
+from ..hardware.timing import time_interleaved
+from ..report import kib
 
 __all__ = [
     "Comparison",
@@ -316,37 +319,21 @@ def state_dict_bytes(model: nn.Module) -> int:
 # -- latency ----------------------------------------------------------------------------------------------
 
 
-def _forward(model: nn.Module, example_input: Any) -> Callable[[], Any]:
-    if isinstance(example_input, tuple):
-        return lambda: model(*example_input)
-    if isinstance(example_input, dict):
-        return lambda: model(**example_input)
-    return lambda: model(example_input)
-
-
-@torch.inference_mode()
 def _latencies(
     models: Mapping[str, nn.Module], example_input: Any, runs: int, warmup: int
 ) -> dict[str, float]:
     """Median milliseconds per forward of each model; the models take turns, so noise hits them alike."""
     if runs < 1:
         raise ConfigError(f"runs={runs} must be >= 1")
-    flags = {name: model.training for name, model in models.items()}
-    forwards = {name: _forward(model.eval(), example_input) for name, model in models.items()}
-    try:
-        for forward in forwards.values():
-            for _ in range(warmup):
-                forward()
-        times: dict[str, list[float]] = {name: [] for name in forwards}
-        for _ in range(runs):
-            for name, forward in forwards.items():
-                start = time.perf_counter()
-                forward()
-                times[name].append(time.perf_counter() - start)
-    finally:
-        for name, model in models.items():
-            model.train(flags[name])
-    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
+    with contextlib.ExitStack() as stack:
+        for model in models.values():
+            stack.enter_context(evaluation_mode(model))
+        seconds = time_interleaved(
+            [functools.partial(call_model, model, example_input) for model in models.values()],
+            repeats=runs,
+            warmup=warmup,
+        )
+    return {name: value * 1e3 for name, value in zip(models, seconds, strict=True)}
 
 
 def latency_ms(model: nn.Module, example_input: Any, *, runs: int = 30, warmup: int = 3) -> float:
@@ -454,8 +441,8 @@ class Comparison(BaseModel):
         add("parameters", lambda r: f"{r.parameters:,}")
         add("nonzero parameters", lambda r: f"{r.nonzero_parameters:,}")
         add("sparsity", lambda r: f"{r.sparsity:.2%}")
-        add("size, torch.save", lambda r: _kib(r.dense_bytes))
-        add("size, compressed", lambda r: _kib(r.compressed_bytes))
+        add("size, torch.save", lambda r: kib(r.dense_bytes))
+        add("size, compressed", lambda r: kib(r.compressed_bytes))
         add(
             f"compression vs {first.label}",
             lambda r: f"{first.dense_bytes / r.compressed_bytes:.2f}x",
@@ -481,10 +468,6 @@ class Comparison(BaseModel):
             ).rstrip()
             for row in lines
         )
-
-
-def _kib(size: int) -> str:
-    return f"{size / 1024:,.1f} KiB"
 
 
 def compare(

@@ -13,7 +13,6 @@ one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import copy
-import functools
 import importlib
 import importlib.util
 import json
@@ -27,60 +26,22 @@ import click
 import torch
 from torch import Tensor, nn
 
-from .engine import is_pruned, masks, prune, remove
-from .errors import PrunusError
-from .evaluation import FORMAT, Comparison, Data, compare, load_compressed, summary
-from .gradual import GradualPruner, fine_tune
-from .quantization import quantize as quantize_model
-from .registry import Registry, registry
-from .sensitivity import sensitivity
-from .workflow_config import (
+from ..engine import is_pruned, masks, prune, remove
+from ..workflow.config import (
     PruneConfig,
     SensitivityConfig,
     parse_config,
     read_mapping,
 )
+from ..workflow.evaluation import FORMAT, Comparison, Data, compare, load_compressed, summary
+from ..workflow.gradual import GradualPruner, fine_tune
+from ..workflow.quantization import quantize as quantize_model
+from ..workflow.sensitivity_analysis import sensitivity
+from .context import UserError, one_line, registry_of, user_errors
 
 __all__ = ["prune_command", "report_command", "sensitivity_command"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class UserError(click.ClickException):
-    """A one-line error for a user mistake; exit status 2, as ``prunus`` gives for prunus errors."""
-
-    exit_code = 2
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return "; ".join(lines) or type(error).__name__
-
-
-def _user_errors(function: F) -> F:
-    """Turn prunus errors raised by a command into one-line errors."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except PrunusError as error:
-            raise UserError(f"{type(error).__name__}: {_one_line(error)}") from None
-        except ImportError as error:  # an optional dependency, e.g. matplotlib for --plots
-            raise UserError(_one_line(error)) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _registry(ctx: click.Context) -> Registry:
-    root = ctx.find_root()
-    return root.obj if isinstance(root.obj, Registry) else registry
 
 
 # -- loading the user's things ----------------------------------------------------------------------------
@@ -108,7 +69,7 @@ def _import_object(spec: str, what: str) -> Any:
         raise
     except Exception as error:
         raise UserError(
-            f"{what} {spec!r}: importing {module_name} failed: {type(error).__name__}: {_one_line(error)}"
+            f"{what} {spec!r}: importing {module_name} failed: {type(error).__name__}: {one_line(error)}"
         ) from None
     try:
         return getattr(module, attr)
@@ -123,7 +84,7 @@ def _call_user(function: Any, spec: str, what: str) -> Any:
         return function()
     except Exception as error:
         raise UserError(
-            f"{what} {spec!r} raised {type(error).__name__}: {_one_line(error)}"
+            f"{what} {spec!r} raised {type(error).__name__}: {one_line(error)}"
         ) from None
 
 
@@ -144,11 +105,11 @@ def load_model(checkpoint: Path, factory: str | None, *, trust: bool = False) ->
             loaded = torch.load(checkpoint, map_location="cpu", weights_only=False)
         except Exception as inner:
             raise UserError(
-                f"cannot load {checkpoint}: {type(inner).__name__}: {_one_line(inner)}"
+                f"cannot load {checkpoint}: {type(inner).__name__}: {one_line(inner)}"
             ) from None
     except Exception as error:
         raise UserError(
-            f"cannot load {checkpoint}: {type(error).__name__}: {_one_line(error)}"
+            f"cannot load {checkpoint}: {type(error).__name__}: {one_line(error)}"
         ) from None
     if isinstance(loaded, nn.Module):
         return loaded
@@ -173,7 +134,7 @@ def load_model(checkpoint: Path, factory: str | None, *, trust: bool = False) ->
         model.load_state_dict(loaded)
     except Exception as error:
         raise UserError(
-            f"{checkpoint} does not fit the model from --factory {factory!r}: {_one_line(error)[:300]}"
+            f"{checkpoint} does not fit the model from --factory {factory!r}: {one_line(error)[:300]}"
         ) from None
     return model
 
@@ -413,7 +374,7 @@ _PROGRESS = click.option(
 @_TRUST
 @_PROGRESS
 @click.pass_context
-@_user_errors
+@user_errors
 def prune_command(
     ctx: click.Context,
     checkpoint: Path,
@@ -454,7 +415,7 @@ def prune_command(
       prunus prune net.pt --factory models:make_net --strategy l1_unstructured --amount 0.5 -o pruned.pt
       prunus prune net.pt --factory models:make_net --config prune.yaml --data models:load -o pruned.pt
     """
-    reg = _registry(ctx)
+    reg = registry_of(ctx)
     raw: dict[str, Any] = read_mapping(config_path) if config_path is not None else {}
     if strategy is not None:
         raw["strategy"] = strategy
@@ -570,7 +531,7 @@ def prune_command(
 
     _save(model.state_dict(), output)
     if compressed_path is not None:
-        from .evaluation import save_compressed
+        from ..workflow.evaluation import save_compressed
 
         try:
             save_compressed(model, compressed_path)
@@ -605,7 +566,7 @@ def _plots(
     points: list[tuple[int, float]],
     reached: list[tuple[int, float]],
 ) -> list[Path]:
-    from . import plots
+    from ..workflow import plots
 
     written = [directory / "layer_sparsity.png"]
     plots.plot_layer_sparsity(pruned, written[0])
@@ -653,7 +614,7 @@ def _plots(
 @_THREADS
 @_TRUST
 @click.pass_context
-@_user_errors
+@user_errors
 def report_command(
     ctx: click.Context,
     checkpoint: Path,
@@ -687,7 +648,7 @@ def report_command(
     comparison = compare(models, data=test, example_input=_example_input(_shape(input_shape), test))
     written: list[Path] = []
     if plots_dir is not None:
-        from . import plots
+        from ..workflow import plots
 
         written.append(plots_dir / "layer_sparsity.png")
         plots.plot_layer_sparsity(model, written[0])
@@ -774,7 +735,7 @@ def report_command(
 @_TRUST
 @_PROGRESS
 @click.pass_context
-@_user_errors
+@user_errors
 def sensitivity_command(
     ctx: click.Context,
     checkpoint: Path,
@@ -836,7 +797,7 @@ def sensitivity_command(
         exclude=config.exclude,
         strategy_options=config.options,
         progress_bar=progress,
-        registry=_registry(ctx),
+        registry=registry_of(ctx),
     )
     click.echo(str(result))
     suggested = None
@@ -850,7 +811,7 @@ def sensitivity_command(
             + " ".join(f"--layer-amount {name}={value:.4f}" for name, value in suggested.items())
         )
     if plot_path is not None:
-        from . import plots
+        from ..workflow import plots
 
         plots.plot_sensitivity(result, plot_path, suggested=suggested, metric="accuracy")
         click.echo(f"\nplot: {plot_path}")

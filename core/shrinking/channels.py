@@ -17,9 +17,8 @@ Two ways in, one way out:
   exactly the channels whose coupled weights are all zero, and the smaller model computes what the masked one
   computed (checked on ``example_inputs``).
 
-A shrunken model is saved as a plain ``state_dict`` plus a small JSON record of its shapes
-(:func:`shrink_state`); :func:`load_shrunk` rebuilds the architecture on a fresh instance of the original class,
-without pickling modules and without Torch-Pruning.
+A shrunken model is saved as a plain ``state_dict`` plus a small JSON record of its shapes (see
+:mod:`prunus.shrinking.record`).
 """
 
 from __future__ import annotations
@@ -36,42 +35,35 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from . import masking
-from .config import count_to_prune
-from .errors import (
+from .. import masking
+from ..config import count_to_prune, jsonable
+from ..errors import (
     AmountError,
     ConfigError,
     MaskError,
+    MissingDependencyError,
     NotPrunedError,
     PluginError,
     PrunusError,
+    ShrinkError,
     TargetError,
 )
-from .registry import Registry, registry
-from .strategy import Criterion, PruneContext, Target, checked_scores
+from ..forward import call_model, output_tensors
+from ..registration import Registry, registry
+from ..strategy import Criterion, PruneContext, Target, checked_scores
+from ..targets import glob_patterns, matches
+from ..transaction import ModuleSnapshot, transaction
 
 __all__ = [
-    "SHRINK_RECORD_FORMAT",
     "ChannelGroupReport",
     "MissingDependencyError",
     "ShrinkError",
     "ShrinkReport",
-    "load_shrunk",
     "prune_channels",
     "shrink",
-    "shrink_state",
 ]
 
-SHRINK_RECORD_FORMAT = "prunus.shrink/1"
 EXTRA = "shrink"
-
-
-class ShrinkError(PrunusError, RuntimeError):
-    """Channels could not be removed (or the result would not compute what the masked model computed)."""
-
-
-class MissingDependencyError(PrunusError, ImportError):
-    """An optional dependency that a feature needs is not installed."""
 
 
 def _torch_pruning() -> Any:
@@ -223,24 +215,6 @@ class _Group:
 Inputs = Any
 
 
-def _call(model: nn.Module, inputs: Inputs) -> Any:
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
-def _tensors(value: Any) -> list[Tensor]:
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, Mapping):
-        return [t for v in value.values() for t in _tensors(v)]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    return []
-
-
 class _MacCounter:
     """Multiply-accumulates of Linear and Conv layers, counted by forward hooks during one pass."""
 
@@ -276,19 +250,6 @@ def _names(model: nn.Module) -> dict[int, str]:
     return {id(m): n for n, m in model.named_modules()}
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _patterns(what: str, value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    items = [value] if isinstance(value, str) else list(value)
-    if not all(isinstance(p, str) for p in items):
-        raise ConfigError(f"{what} must be a glob pattern or a list of them, not {value!r}")
-    return items
-
-
 @dataclass
 class _Traced:
     graph: Any
@@ -304,7 +265,7 @@ def _trace(model: nn.Module, example_inputs: Inputs, tp: Any) -> _Traced:
     def forward(m: nn.Module, inputs: Inputs) -> Any:
         counter = _MacCounter(m)
         try:
-            captured["out"] = _call(m, inputs)
+            captured["out"] = call_model(m, inputs)
         finally:
             captured["macs"] = counter.close()
         return captured["out"]
@@ -329,7 +290,7 @@ def _trace(model: nn.Module, example_inputs: Inputs, tp: Any) -> _Traced:
             raise ShrinkError(
                 f"Torch-Pruning could not trace {type(model).__name__}: {type(error).__name__}: {error}"
             ) from error
-    roots = {t.grad_fn for t in _tensors(captured["out"]) if t.grad_fn is not None}
+    roots = {t.grad_fn for t in output_tensors(captured["out"]) if t.grad_fn is not None}
     output_nodes = {
         node
         for node in graph.module2node.values()
@@ -402,7 +363,7 @@ def _plan(
             name = names.get(id(module), type(module).__name__)
             if name not in group.layers:
                 group.layers.append(name)
-            if _matches(name, ignore):
+            if matches(name, ignore):
                 group.left = group.left or f"touches ignored layer {name!r}"
             if any(r is None for r in roots):
                 group.left = group.left or f"cannot map {name!r}'s channels to the root's"
@@ -854,34 +815,13 @@ def _restore_hook_dicts(saved: list[tuple[dict[Any, Any], dict[Any, Any]]]) -> N
         live.update(content)
 
 
-def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
-    """Enough of every module's state to put it back after a failed surgery (no tensor is copied)."""
-    out = []
-    for module in model.modules():
-        state = dict(module.__dict__)
-        for key, value in module.__dict__.items():
-            if key in ("_parameters", "_buffers", "_modules") or (
-                "hook" in key and isinstance(value, dict)
-            ):
-                state[key] = type(value)(value)
-        state["_non_persistent_buffers_set"] = set(module._non_persistent_buffers_set)
-        out.append((module, state))
-    return out
-
-
-def _rollback(snapshot: list[tuple[nn.Module, dict[str, Any]]]) -> None:
-    for module, state in snapshot:
-        module.__dict__.clear()
-        module.__dict__.update(state)
-
-
 def _training_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
     return [(m, m.training) for m in model.modules()]
 
 
 def _max_diff(before: Any, after: Any) -> tuple[float, float]:
     """Largest absolute difference between two outputs, and the largest magnitude of ``before``."""
-    a, b = _tensors(before), _tensors(after)
+    a, b = output_tensors(before), output_tensors(after)
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
         return math.inf, 0.0
     diff = max(
@@ -956,7 +896,7 @@ def _prepare(
         model,
         traced,
         tp,
-        ignore=_patterns("ignore", ignore),
+        ignore=glob_patterns("ignore", ignore),
         heads=dict(heads or {}),
         exact=exact,
     )
@@ -1028,10 +968,9 @@ def prune_channels(
             module.training = training
     masks = _group_masks(groups, removed)
     names = _names(model)
-    context = PruneContext(model=model, targets=[], data=data)
-    undo: list[Callable[[], None]] = []
-    with masking.deferred_zeroing() as commit:
-        try:
+    context = PruneContext(model=model, targets=[], data=data, restorable=restorable)
+    try:
+        with transaction() as tx:
             for module, pname, keep in masks.values():
                 prefix = names.get(id(module), "")
                 target = Target(
@@ -1040,20 +979,17 @@ def prune_channels(
                     pname,
                     masking.get_mask(module, pname),
                 )
-                undo.append(registry.hooks.apply_mask(target, keep, restorable, context))
-        except BaseException as error:
-            for step in reversed(undo):
-                step()
-            if isinstance(error, PrunusError) or not isinstance(error, Exception):
-                raise
-            raise PluginError(
-                f"applying the channel masks failed: {type(error).__name__}: {error}; the model was left as it was"
-            ) from error
-        commit()
+                tx.record(registry.hooks.apply_mask(target, keep, restorable, context))
+    except PrunusError:
+        raise
+    except Exception as error:
+        raise PluginError(
+            f"applying the channel masks failed: {type(error).__name__}: {error}; the model was left as it was"
+        ) from error
     params = sum(p.numel() for p in model.parameters())
     return ShrinkReport(
         strategy=strategy,
-        options=_jsonable(options),
+        options=jsonable(options),
         shrunk=False,
         groups=[
             g.report([c for u in units for c in g.units[u]])
@@ -1127,79 +1063,77 @@ def shrink(
     """
     _validate(model, example_inputs, min_keep, max_layer_sparsity, tolerance)
     flags = _training_flags(model)
-    snapshot = _snapshot(model)
     params_before = sum(p.numel() for p in model.parameters())
     try:
-        _, traced, groups, removed = _prepare(
-            model,
-            example_inputs,
-            strategy,
-            options,
-            ignore=ignore,
-            heads=heads,
-            exact=exact,
-            min_keep=min_keep,
-            max_layer_sparsity=max_layer_sparsity,
-            data=data,
-            registry=registry,
-            need_masks=False,
-        )
-        if strategy is None and not any(removed):
-            if next(masking.masked_parameters(model), None) is None:
-                raise NotPrunedError(
-                    f"shrink: {type(model).__name__} has no pruned channels: prune it with "
-                    "prunus.prune_channels first, or give a strategy: shrink(model, inputs, 'l1_structured', "
-                    "amount=0.5)"
-                )
-            raise ShrinkError(
-                "the masks silence no whole channel: removing the masked rows would change the outputs "
-                "because their biases, BatchNorm shifts or other coupled layers are still alive. Mask "
-                "coupled channels with prunus.prune_channels, or pass exact=False to remove channels whose "
-                "weights are pruned anyway; the model was left as it was"
+        with transaction() as tx:
+            snapshot = ModuleSnapshot(model)
+            tx.record(snapshot)
+            _, traced, groups, removed = _prepare(
+                model,
+                example_inputs,
+                strategy,
+                options,
+                ignore=ignore,
+                heads=heads,
+                exact=exact,
+                min_keep=min_keep,
+                max_layer_sparsity=max_layer_sparsity,
+                data=data,
+                registry=registry,
+                need_masks=False,
             )
-        reports = []
-        for g, units in zip(groups, removed, strict=True):
-            channels = sorted({c for u in units for c in g.units[u]})
-            reports.append(g.report(channels))
-            if channels:
-                tp_group = traced.graph.get_pruning_group(g.root, g.handler, channels)
-                if not traced.graph.check_pruning_group(tp_group):
-                    raise ShrinkError(
-                        f"removing {len(channels)} channels of {g.name!r} would empty a layer"
+            if strategy is None and not any(removed):
+                if next(masking.masked_parameters(model), None) is None:
+                    raise NotPrunedError(
+                        f"shrink: {type(model).__name__} has no pruned channels: prune it with "
+                        "prunus.prune_channels first, or give a strategy: shrink(model, inputs, 'l1_structured', "
+                        "amount=0.5)"
                     )
-                tp_group.prune(record_history=False)
-        _keep_requires_grad(snapshot)
-        counter = _MacCounter(model)
-        try:
-            with torch.no_grad():
-                after = _call(model, example_inputs)
-        except Exception as error:
-            raise ShrinkError(
-                f"the shrunken model no longer runs: {type(error).__name__}: {error}. A module whose forward "
-                "uses a stored size (e.g. self.num_heads) must infer it from its inputs' shapes instead"
-            ) from error
-        finally:
-            macs_after = counter.close()
-        diff, scale = _max_diff(traced.output, after)
-        if strategy is None and exact and diff > tolerance * max(scale, 1.0):
-            raise ShrinkError(
-                f"removing the pruned channels changed the outputs by up to {diff:.3g} (tolerance "
-                f"{tolerance:g} x {max(scale, 1.0):.3g}): the model uses channels in a way the dependency "
-                "graph does not show (e.g. a reduction over channels, or an op that maps 0 to non-zero); "
-                "the model was left as it was"
-            )
-    except BaseException:
-        _rollback(snapshot)
+                raise ShrinkError(
+                    "the masks silence no whole channel: removing the masked rows would change the outputs "
+                    "because their biases, BatchNorm shifts or other coupled layers are still alive. Mask "
+                    "coupled channels with prunus.prune_channels, or pass exact=False to remove channels whose "
+                    "weights are pruned anyway; the model was left as it was"
+                )
+            reports = []
+            for g, units in zip(groups, removed, strict=True):
+                channels = sorted({c for u in units for c in g.units[u]})
+                reports.append(g.report(channels))
+                if channels:
+                    tp_group = traced.graph.get_pruning_group(g.root, g.handler, channels)
+                    if not traced.graph.check_pruning_group(tp_group):
+                        raise ShrinkError(
+                            f"removing {len(channels)} channels of {g.name!r} would empty a layer"
+                        )
+                    tp_group.prune(record_history=False)
+            _keep_requires_grad(snapshot)
+            counter = _MacCounter(model)
+            try:
+                with torch.no_grad():
+                    after = call_model(model, example_inputs)
+            except Exception as error:
+                raise ShrinkError(
+                    f"the shrunken model no longer runs: {type(error).__name__}: {error}. A module whose forward "
+                    "uses a stored size (e.g. self.num_heads) must infer it from its inputs' shapes instead"
+                ) from error
+            finally:
+                macs_after = counter.close()
+            diff, scale = _max_diff(traced.output, after)
+            if strategy is None and exact and diff > tolerance * max(scale, 1.0):
+                raise ShrinkError(
+                    f"removing the pruned channels changed the outputs by up to {diff:.3g} (tolerance "
+                    f"{tolerance:g} x {max(scale, 1.0):.3g}): the model uses channels in a way the dependency "
+                    "graph does not show (e.g. a reduction over channels, or an op that maps 0 to non-zero); "
+                    "the model was left as it was"
+                )
+            for _, module, pname in list(masking.masked_parameters(model)):
+                masking.remove_parameter(module, pname)
+    finally:
         for module, training in flags:
             module.training = training
-        raise
-    for module, training in flags:
-        module.training = training
-    for _, module, pname in list(masking.masked_parameters(model)):
-        masking.remove_parameter(module, pname)
     return ShrinkReport(
         strategy=strategy,
-        options=_jsonable(options),
+        options=jsonable(options),
         shrunk=True,
         groups=reports,
         params_before=params_before,
@@ -1210,123 +1144,10 @@ def shrink(
     )
 
 
-def _keep_requires_grad(snapshot: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+def _keep_requires_grad(snapshot: ModuleSnapshot) -> None:
     """Torch-Pruning makes new Parameters that always require grad: carry the old flag over."""
-    for module, state in snapshot:
+    for module, state in snapshot.states:
         for name, old in state["_parameters"].items():
             new = module._parameters.get(name)
             if old is not None and new is not None and new is not old:
                 new.requires_grad_(old.requires_grad)
-
-
-def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        out[key] = value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
-    return out
-
-
-# -- saving and loading ---------------------------------------------------------------------------------------
-
-_Json = Any
-
-
-def _attributes(module: nn.Module) -> dict[str, _Json]:
-    out: dict[str, _Json] = {}
-    for key, value in module.__dict__.items():
-        if key.startswith("_") or key == "training":
-            continue
-        if _plain(value):
-            out[key] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
-def _plain(value: Any) -> bool:
-    if isinstance(value, (bool, int, float, str, type(None))):
-        return True
-    if isinstance(value, (tuple, list)):
-        return all(isinstance(v, (bool, int, float, str, type(None))) for v in value)
-    return False
-
-
-def shrink_state(model: nn.Module) -> dict[str, Any]:
-    """A JSON-serializable record of the model's architecture: every module's parameter and buffer shapes and
-    its plain attributes (``out_features``, ``in_channels``, ``num_features``, ...).
-
-    Save it beside ``model.state_dict()``; :func:`load_shrunk` rebuilds the shrunken architecture on a fresh
-    instance of the original class from it, without pickling modules.
-    """
-    if not isinstance(model, nn.Module):
-        raise TargetError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-    modules = {}
-    for name, module in model.named_modules():
-        modules[name] = {
-            "type": type(module).__name__,
-            "parameters": {
-                k: list(v.shape) for k, v in module._parameters.items() if v is not None
-            },
-            "buffers": {k: list(v.shape) for k, v in module._buffers.items() if v is not None},
-            "attributes": _attributes(module),
-        }
-    return {"format": SHRINK_RECORD_FORMAT, "modules": modules}
-
-
-def load_shrunk(
-    model: nn.Module, state_dict: Mapping[str, Any], record: Mapping[str, Any]
-) -> nn.Module:
-    """Rebuild a shrunken architecture on ``model`` (a fresh instance of the original class) and load weights.
-
-    Args:
-        model: a freshly built instance of the class that was shrunk (changed in place).
-        state_dict: the shrunken model's ``state_dict()``.
-        record: what :func:`shrink_state` returned (after a JSON round trip or not).
-
-    Returns:
-        ``model``, with the recorded shapes and attributes and the loaded weights.
-
-    Raises:
-        ShrinkError: the record is not a shrink record, or does not fit ``model`` (another class or version);
-            the model is left as it was.
-    """
-    if not isinstance(record, Mapping) or record.get("format") != SHRINK_RECORD_FORMAT:
-        raise ShrinkError(
-            f"not a shrink record (format {SHRINK_RECORD_FORMAT!r} expected); make one with prunus.shrink_state"
-        )
-    modules = dict(model.named_modules())
-    snapshot = _snapshot(model)
-    try:
-        for name, entry in record["modules"].items():
-            module = modules.get(name)
-            if module is None or type(module).__name__ != entry["type"]:
-                found = "nothing" if module is None else type(module).__name__
-                raise ShrinkError(
-                    f"the record has a {entry['type']} at {name!r}, the model {found}: load it into a fresh "
-                    "instance of the class that was shrunk"
-                )
-            for key, value in entry.get("attributes", {}).items():
-                current = module.__dict__.get(key)
-                if key in module.__dict__ and current != value:
-                    setattr(module, key, tuple(value) if isinstance(current, tuple) else value)
-            for key, shape in entry.get("parameters", {}).items():
-                old = module._parameters.get(key)
-                if old is not None and list(old.shape) != list(shape):
-                    module._parameters[key] = nn.Parameter(
-                        torch.empty(shape, dtype=old.dtype, device=old.device),
-                        requires_grad=old.requires_grad,
-                    )
-            for key, shape in entry.get("buffers", {}).items():
-                old_buffer = module._buffers.get(key)
-                if old_buffer is not None and list(old_buffer.shape) != list(shape):
-                    module._buffers[key] = torch.empty(
-                        shape, dtype=old_buffer.dtype, device=old_buffer.device
-                    )
-        model.load_state_dict(state_dict)
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        _rollback(snapshot)
-        if isinstance(error, ShrinkError):
-            raise
-        raise ShrinkError(
-            f"the record or state_dict does not fit {type(model).__name__}: {type(error).__name__}: {error}; "
-            "the model was left as it was"
-        ) from error
-    return model

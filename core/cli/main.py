@@ -2,7 +2,7 @@
 
 ``prunus list`` shows every strategy with its granularity, a one-line summary and the plugin (distribution) that
 provides it; ``prunus info NAME`` shows one strategy's options. ``prunus prune``, ``prunus report`` and
-``prunus sensitivity`` run the pruning workflow on a checkpoint (see :mod:`prunus.cli_workflow`). A user mistake
+``prunus sensitivity`` run the pruning workflow on a checkpoint (see :mod:`prunus.cli.workflow`). A user mistake
 ends with a one-line error and a non-zero exit, never a traceback.
 """
 
@@ -14,16 +14,12 @@ from typing import Any
 
 import click
 
-from .cli_workflow import prune_command, report_command, sensitivity_command
-from .errors import PrunusError
-from .registry import Provider, Registry, registry
+from ..errors import PrunusError
+from ..registration import Provider, Registry
+from .context import registry_of
+from .workflow import prune_command, report_command, sensitivity_command
 
 __all__ = ["main"]
-
-
-def _registry(ctx: click.Context) -> Registry:
-    # Tests pass a private registry through click's context object; users get the global one.
-    return ctx.obj if isinstance(ctx.obj, Registry) else registry
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,7 +49,7 @@ def list_command(ctx: click.Context, pattern: str | None, as_json: bool, kind: s
     an entry point in the 'prunus' group. Every criterion at every granularity is a strategy named
     <criterion>_<granularity>.
     """
-    reg = _registry(ctx)
+    reg = registry_of(ctx)
     rows: list[dict[str, Any]] = []
     if kind is not None:
         for component in reg.components(kind, pattern):  # type: ignore[arg-type]
@@ -118,7 +114,7 @@ def _table(rows: list[dict[str, Any]], *, title: str) -> None:
 @click.pass_context
 def info_command(ctx: click.Context, name: str) -> None:
     """Show a strategy's summary, granularity, provider and options (with types and defaults)."""
-    reg = _registry(ctx)
+    reg = registry_of(ctx)
     info = reg.info(name)
     click.echo(f"{info.name}: {info.summary}")
     click.echo(f"granularity: {info.granularity}")

@@ -1,8 +1,12 @@
-"""The strategy registry: names to configured strategies, filled by plugins on first use.
+"""The registry: names to configured strategies, criteria, granularities and schedules, filled by plugins.
 
 ``prunus.registry`` is the process-wide instance. It loads plugins lazily (``import prunus`` loads none): the
-built-ins from :mod:`prunus.plugins`, then every installed distribution's entry point in the ``prunus`` group.
-A plugin that fails to load is reported by name and skipped; the others keep working.
+built-ins from :mod:`prunus.plugins` and the hook implementations of prunus's own tools, then every installed
+distribution's entry point in the ``prunus`` group. A plugin that fails to load is reported by name and
+skipped; the others keep working. Nothing is visible to other threads until every plugin has registered.
+
+The four registrable kinds (:class:`~prunus.component.Component` subclasses) are kept in one table and checked
+alike; strategies named ``<criterion>_<granularity>`` are composed from every criterion and granularity.
 
 Environment switches:
 
@@ -29,36 +33,56 @@ from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 import pluggy
 from pydantic import ValidationError, create_model, model_validator
-from torch import Tensor
 
 from . import hookspecs
+from .component import KINDS, Component, Kind
 from .config import StrategyConfig, validate_config
 from .errors import (
-    PluginError,
     PluginLoadWarning,
     RegistrationError,
     UnknownCriterionError,
+    UnknownScheduleError,
     UnknownStrategyError,
 )
-from .schedules import Schedule, UnknownScheduleError
-from .selection import Selection
-from .strategy import ComposedStrategy, Criterion, Granularity, PruneContext, Strategy, Target
+from .hooks import Hooks
+from .schedules import Schedule
+from .strategy import ComposedStrategy, Criterion, Granularity, Strategy
 
 __all__ = [
+    "BUILTIN_TOOL_PLUGINS",
     "ENTRY_POINT_GROUP",
     "ComponentInfo",
-    "Hooks",
     "PluginFailure",
     "Provider",
     "Registrar",
     "Registry",
     "StrategyInfo",
+    "registry",
 ]
 
 ENTRY_POINT_GROUP = "prunus"
 USER = "<user>"
 
-Kind = Literal["criterion", "granularity", "strategy", "schedule"]
+BUILTIN_TOOL_PLUGINS: tuple[tuple[str, str], ...] = (("prunus.hardware", "prunus.hardware.plugin"),)
+"""``(plugin name, module)`` of the hook implementations prunus's tool subpackages provide.
+
+They are loaded by name, as the built-in strategies of :mod:`prunus.plugins` are, so the contracts and the
+engine reach a tool through its hooks and never import it.
+"""
+
+_BASES: dict[Kind, type[Component]] = {
+    "criterion": Criterion,
+    "granularity": Granularity,
+    "strategy": Strategy,
+    "schedule": Schedule,
+}
+
+_UNKNOWN: dict[Kind, type[LookupError]] = {
+    "criterion": UnknownCriterionError,
+    "granularity": UnknownStrategyError,
+    "strategy": UnknownStrategyError,
+    "schedule": UnknownScheduleError,
+}
 
 
 @dataclass(frozen=True)
@@ -96,10 +120,10 @@ class ComponentInfo:
 
 
 @dataclass(frozen=True)
-class _Component:
-    """A registered criterion, granularity or schedule class and its provider."""
+class _Entry:
+    """A registered class and who registered it."""
 
-    cls: type[Criterion] | type[Granularity] | type[Schedule]
+    cls: type[Component]
     provider: Provider
 
 
@@ -157,59 +181,6 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation)
 
 
-class Hooks:
-    """The typed face of the plugin hooks: core calls these methods, never ``pm.hook`` directly."""
-
-    def __init__(self, pm: pluggy.PluginManager) -> None:
-        self._pm = pm
-
-    def score(self, criterion: Criterion, target: Target, context: PruneContext) -> Tensor:
-        """Scores of ``target`` under ``criterion`` from the first plugin that gives them."""
-        result = self._pm.hook.prunus_score(criterion=criterion, target=target, context=context)
-        if result is None:
-            raise PluginError(
-                f"no plugin scored {target.name!r} with criterion {criterion.name!r}; "
-                "is the built-in plugin 'prunus.defaults' disabled?"
-            )
-        return result  # type: ignore[no-any-return]
-
-    def apply_mask(
-        self, target: Target, mask: Tensor, restorable: bool, context: PruneContext
-    ) -> Callable[[], None]:
-        """Put ``mask`` on the model; returns the function that undoes it."""
-        undo = self._pm.hook.prunus_apply_mask(
-            target=target, mask=mask, restorable=restorable, context=context
-        )
-        if undo is None:
-            raise PluginError(
-                f"no plugin applied the mask of {target.name!r}; "
-                "is the built-in plugin 'prunus.defaults' disabled?"
-            )
-        if not callable(undo):
-            # Checked here: a bad one would only fail when a later target fails and the engine undoes.
-            raise PluginError(
-                f"the prunus_apply_mask implementation that applied the mask of {target.name!r} returned "
-                f"{type(undo).__name__}; it must return a function that undoes the application"
-            )
-        return undo  # type: ignore[no-any-return]
-
-    def select(
-        self, model: Any, hardware: Any, objective: str, sparsity: float
-    ) -> Selection | None:
-        """The first plugin's strategy selection for a hardware target, or ``None``."""
-        impls = self._pm.hook.prunus_select_strategy.get_hookimpls()
-        for impl in reversed(impls):  # the order pluggy calls them in
-            caller = self._pm.subset_hook_caller(
-                "prunus_select_strategy",
-                remove_plugins=[i.plugin for i in impls if i is not impl],
-            )
-            result = caller(model=model, hardware=hardware, objective=objective, sparsity=sparsity)
-            if result is not None:
-                assert isinstance(result, Selection)
-                return result.model_copy(update={"decided_by": impl.plugin_name})
-        return None
-
-
 class Registrar:
     """The ``register`` argument of the registration hooks: ``register(cls, replace=False)``.
 
@@ -222,7 +193,7 @@ class Registrar:
         self.provider = provider
 
     def __call__(self, cls: Any, *, replace: bool = False) -> Any:
-        """Register ``cls`` (a Criterion, Granularity or Strategy subclass, per the hook) and return it."""
+        """Register ``cls`` (a Criterion, Granularity, Strategy or Schedule subclass, per the hook)."""
         self._registry._register(self._kind, cls, provider=self.provider, replace=replace)
         return cls
 
@@ -236,13 +207,14 @@ class Registry:
 
     def __init__(self, *, autoload: bool = True) -> None:
         self._autoload = autoload
-        self._criteria: dict[str, _Component] = {}
-        self._granularities: dict[str, _Component] = {}
+        self._entries: dict[Kind, dict[str, _Entry]] = {kind: {} for kind in KINDS}
         self._strategies: dict[str, StrategyInfo] = {}
-        self._schedules: dict[str, _Component] = {}
         self._pm: pluggy.PluginManager | None = None
         self._hooks: Hooks | None = None
         self._lock = threading.RLock()
+        # Set last, once every plugin has registered: until then other threads wait on the lock.
+        self._ready = False
+        self._loading = False
         self.plugin_failures: list[PluginFailure] = []
         """Plugins that failed to load or register, with the error."""
 
@@ -264,7 +236,7 @@ class Registry:
         self._ensure_loaded()
         if not isinstance(name, str):
             raise UnknownStrategyError(
-                f"a strategy name must be a str, not {type(name).__name__} ({name!r}); "
+                f"a strategy name must be a str, not {type(name).__name__} ({name!r:.80}); "
                 f"available: {', '.join(self.names())}"
             )
         try:
@@ -275,36 +247,23 @@ class Registry:
     def names(self, pattern: str | None = None) -> list[str]:
         """Sorted strategy names, optionally filtered by a glob ``pattern`` such as ``"*_structured"``."""
         self._ensure_loaded()
-        names = sorted(self._strategies)
-        return names if pattern is None else fnmatch.filter(names, pattern)
+        return _filtered(self._strategies, pattern)
 
     def criteria(self, pattern: str | None = None) -> list[str]:
         """Sorted criterion names, optionally filtered by a glob ``pattern``."""
-        self._ensure_loaded()
-        names = sorted(self._criteria)
-        return names if pattern is None else fnmatch.filter(names, pattern)
+        return self._names("criterion", pattern)
 
-    def granularities(self) -> list[str]:
-        """Sorted granularity names."""
-        self._ensure_loaded()
-        return sorted(self._granularities)
-
-    def criterion(self, name: str, /, **options: Any) -> Criterion:
-        """A criterion configured with ``options`` (for plugins that combine criteria)."""
-        self._ensure_loaded()
-        component = self._criteria.get(name)
-        if component is None:
-            raise UnknownCriterionError(self._unknown("criterion", name, self.criteria()))
-        config = validate_config(component.cls.Config, f"criterion {name}", options)
-        criterion = component.cls(config)
-        assert isinstance(criterion, Criterion)
-        return criterion
+    def granularities(self, pattern: str | None = None) -> list[str]:
+        """Sorted granularity names, optionally filtered by a glob ``pattern``."""
+        return self._names("granularity", pattern)
 
     def schedules(self, pattern: str | None = None) -> list[str]:
         """Sorted schedule names (``cubic``, ``linear``, ``iterative``, ...), optionally filtered by ``pattern``."""
-        self._ensure_loaded()
-        names = sorted(self._schedules)
-        return names if pattern is None else fnmatch.filter(names, pattern)
+        return self._names("schedule", pattern)
+
+    def criterion(self, name: str, /, **options: Any) -> Criterion:
+        """A criterion configured with ``options`` (for plugins that combine criteria)."""
+        return cast(Criterion, self._build("criterion", name, options))
 
     def schedule(self, name: str, /, **options: Any) -> Schedule:
         """A pruning schedule configured with ``options``, validated by its config model.
@@ -313,37 +272,28 @@ class Registry:
             UnknownScheduleError: no schedule has that name (the message lists the closest ones).
             ConfigError: an option is unknown, missing, of the wrong type or out of range.
         """
-        self._ensure_loaded()
-        component = self._schedules.get(name) if isinstance(name, str) else None
-        if component is None:
-            raise UnknownScheduleError(self._unknown("schedule", name, self.schedules()))
-        config = validate_config(component.cls.Config, f"schedule {name}", options)
-        schedule = component.cls(config)
-        assert isinstance(schedule, Schedule)
-        return schedule
+        return cast(Schedule, self._build("schedule", name, options))
 
     def components(
         self, kind: Literal["criterion", "granularity", "schedule"], pattern: str | None = None
     ) -> list[ComponentInfo]:
         """The registered criteria, granularities or schedules, sorted, optionally filtered by ``pattern``."""
         self._ensure_loaded()
-        table = {
-            "criterion": self._criteria,
-            "granularity": self._granularities,
-            "schedule": self._schedules,
-        }[kind]
-        names = sorted(table) if pattern is None else fnmatch.filter(sorted(table), pattern)
-        return [ComponentInfo(n, kind, table[n].cls.summary, table[n].provider) for n in names]
+        table = self._entries[kind]
+        return [
+            ComponentInfo(n, kind, table[n].cls.summary, table[n].provider)
+            for n in _filtered(table, pattern)
+        ]
 
     def provider(self, kind: Kind, name: str) -> Provider:
         """Who registered the criterion, granularity, strategy or schedule ``name``."""
         self._ensure_loaded()
         if kind == "strategy":
             return self.info(name).provider
-        if kind == "schedule":
-            return self._schedules[name].provider
-        table = self._criteria if kind == "criterion" else self._granularities
-        return table[name].provider
+        entry = self._entries[kind].get(name)
+        if entry is None:
+            raise _UNKNOWN[kind](self._unknown(kind, name, self._names(kind)))
+        return entry.provider
 
     @property
     def hooks(self) -> Hooks:
@@ -364,12 +314,23 @@ class Registry:
         return iter(self.names())
 
     def __repr__(self) -> str:
-        if self._pm is None:
+        if not self._ready:
             return "<prunus.Registry (plugins not loaded yet)>"
         rows = [
             f"  {i.name:<28} {i.granularity:<13} {i.provider}" for i in self._strategies.values()
         ]
         return f"<prunus.Registry with {len(rows)} strategies>\n" + "\n".join(sorted(rows))
+
+    def _names(self, kind: Kind, pattern: str | None = None) -> list[str]:
+        self._ensure_loaded()
+        return _filtered(self._entries[kind], pattern)
+
+    def _build(self, kind: Kind, name: str, options: dict[str, Any]) -> Component:
+        self._ensure_loaded()
+        entry = self._entries[kind].get(name) if isinstance(name, str) else None
+        if entry is None:
+            raise _UNKNOWN[kind](self._unknown(kind, name, self._names(kind)))
+        return entry.cls(validate_config(entry.cls.Config, f"{kind} {name}", options))
 
     # -- registration -------------------------------------------------------------------------------------
 
@@ -381,30 +342,31 @@ class Registry:
         """
         self._ensure_loaded()
         assert self._pm is not None
-        try:
-            # pluggy raises ValueError for a name or object already registered, PluginValidationError for a
-            # hook implementation whose arguments the spec does not have.
-            registered = self._pm.register(plugin, name=name)
-        except (ValueError, pluggy.PluginValidationError) as error:
-            raise RegistrationError(
-                f"plugin {name or plugin!r} cannot be registered: {error}"
-            ) from None
-        if registered is None:
-            raise RegistrationError(
-                f"plugin {name or plugin!r} is blocked (named in PRUNUS_DISABLED_PLUGINS?)"
-            )
-        try:
-            self._pm.check_pending()
-            self._run_registration(registered, Provider(registered))
-        except pluggy.PluginValidationError as error:
-            self._forget(registered)
-            raise RegistrationError(
-                f"plugin {registered!r} cannot be registered: {error}"
-            ) from None
-        except Exception:
-            self._forget(registered)
-            raise
-        return registered
+        with self._lock:
+            try:
+                # pluggy raises ValueError for a name or object already registered, PluginValidationError for
+                # a hook implementation whose arguments the spec does not have.
+                registered = self._pm.register(plugin, name=name)
+            except (ValueError, pluggy.PluginValidationError) as error:
+                raise RegistrationError(
+                    f"plugin {name or plugin!r} cannot be registered: {error}"
+                ) from None
+            if registered is None:
+                raise RegistrationError(
+                    f"plugin {name or plugin!r} is blocked (named in PRUNUS_DISABLED_PLUGINS?)"
+                )
+            try:
+                self._pm.check_pending()
+                self._run_registration(registered, Provider(registered))
+            except pluggy.PluginValidationError as error:
+                self._forget(registered)
+                raise RegistrationError(
+                    f"plugin {registered!r} cannot be registered: {error}"
+                ) from None
+            except BaseException:
+                self._forget(registered)
+                raise
+            return registered
 
     def unregister_plugin(self, name: str) -> None:
         """Remove an in-process plugin and everything it registered."""
@@ -412,17 +374,31 @@ class Registry:
         with self._lock:
             self._forget(name)
 
+    def register(self, cls: type[Component], *, replace: bool = False) -> None:
+        """Register a criterion, granularity, strategy or schedule class in-process (provider ``<user>``)."""
+        self._ensure_loaded()
+        kind = cls.kind if isinstance(cls, type) and issubclass(cls, Component) else "strategy"
+        self._register(kind, cls, provider=Provider(USER), replace=replace)
+
+    def unregister(self, name: str) -> None:
+        """Remove strategy, criterion, granularity or schedule ``name`` (and the strategies composed from it)."""
+        self._ensure_loaded()
+        with self._lock:
+            found = False
+            for table in self._entries.values():
+                if name in table:
+                    del table[name]
+                    found = True
+            if not found:
+                raise UnknownStrategyError(self._unknown("entry", name, self.names()))
+            self._rebuild_strategies()
+
     def _register(self, kind: Kind, cls: Any, *, provider: Provider, replace: bool) -> None:
         """Check ``cls`` and add it; on any error the registry is left as it was."""
-        expected: type = {
-            "criterion": Criterion,
-            "granularity": Granularity,
-            "strategy": Strategy,
-            "schedule": Schedule,
-        }[kind]
+        expected = _BASES[kind]
         if not (isinstance(cls, type) and issubclass(cls, expected)):
             raise RegistrationError(
-                f"{provider} registered {cls!r} as a {kind}; it must be a subclass of "
+                f"{provider} registered {cls!r:.80} as a {kind}; it must be a subclass of "
                 f"prunus.{expected.__name__}"
             )
         if inspect.isabstract(cls):
@@ -433,46 +409,51 @@ class Registry:
         name = getattr(cls, "name", "")
         if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
             raise RegistrationError(
-                f"{provider} registered {cls.__name__} with name {name!r}; "
+                f"{provider} registered {cls.__name__} with name {name!r:.80}; "
                 "a name must be a snake_case identifier"
             )
         config = getattr(cls, "Config", None)
         if not (isinstance(config, type) and issubclass(config, StrategyConfig)):
             raise RegistrationError(
-                f"{cls.__name__}.Config must subclass prunus.StrategyConfig, not {config!r}"
+                f"{cls.__name__}.Config must subclass prunus.StrategyConfig, not {config!r:.80}"
             )
         with self._lock:
-            if kind == "strategy":
-                self._add_strategy(
-                    self._explicit_info(cast(type[Strategy], cls), provider), replace=replace
-                )
-                return
-            if kind == "schedule":
-                held = self._schedules.get(name)
-                if held is not None and not replace:
-                    raise RegistrationError(
-                        f"schedule {name!r} is already registered by {held.provider}; "
-                        f"{provider} cannot register it too (pass replace=True to take it over)"
-                    )
-                self._schedules[name] = _Component(cast(type[Schedule], cls), provider)
-                return
-            table = self._criteria if kind == "criterion" else self._granularities
-            if name in table and not replace:
+            table = self._entries[kind]
+            previous = table.get(name)
+            if previous is not None and not replace:
                 raise RegistrationError(
-                    f"{kind} {name!r} is already registered by {table[name].provider}; "
+                    f"{kind} {name!r} is already registered by {previous.provider}; "
                     f"{provider} cannot register it too (pass replace=True to take it over)"
                 )
-            previous = table.get(name)
-            table[name] = _Component(cast(type[Criterion] | type[Granularity], cls), provider)
+            table[name] = _Entry(cls, provider)
             try:
-                self._recompose()
+                self._rebuild_strategies()
             except RegistrationError:
                 if previous is None:
                     del table[name]
                 else:
                     table[name] = previous
-                self._recompose()
+                self._rebuild_strategies()
                 raise
+
+    def _rebuild_strategies(self) -> None:
+        """The strategy table: every registered strategy class, and every criterion at every granularity."""
+        strategies = {
+            name: self._explicit_info(cast(type[Strategy], entry.cls), entry.provider)
+            for name, entry in self._entries["strategy"].items()
+        }
+        for cname, crit in self._entries["criterion"].items():
+            for gname, gran in self._entries["granularity"].items():
+                info = self._composed_info(cname, crit, gname, gran)
+                held = strategies.get(info.name)
+                if held is not None:
+                    raise RegistrationError(
+                        f"strategy {info.name!r} (criterion {cname!r} from {crit.provider} at granularity "
+                        f"{gname!r} from {gran.provider}) clashes with the strategy registered by "
+                        f"{held.provider}; rename one of them"
+                    )
+                strategies[info.name] = info
+        self._strategies = strategies
 
     def _explicit_info(self, cls: type[Strategy], provider: Provider) -> StrategyInfo:
         def build(config: StrategyConfig) -> Strategy:
@@ -488,33 +469,7 @@ class Registry:
             deterministic=cls.deterministic,
         )
 
-    def _add_strategy(self, info: StrategyInfo, *, replace: bool) -> None:
-        held = self._strategies.get(info.name)
-        if held is not None and not replace:
-            raise RegistrationError(
-                f"strategy {info.name!r} is already registered by {held.provider}; "
-                f"{info.provider} cannot register it too (pass replace=True to take it over)"
-            )
-        self._strategies[info.name] = info
-
-    def _recompose(self) -> None:
-        """Rebuild the ``<criterion>_<granularity>`` strategies after a criterion or granularity changed."""
-        self._strategies = {k: v for k, v in self._strategies.items() if v.criterion is None}
-        for cname, crit in self._criteria.items():
-            for gname, gran in self._granularities.items():
-                info = self._composed_info(cname, crit, gname, gran)
-                held = self._strategies.get(info.name)
-                if held is not None:
-                    raise RegistrationError(
-                        f"strategy {info.name!r} (criterion {cname!r} from {crit.provider} at granularity "
-                        f"{gname!r} from {gran.provider}) clashes with the strategy registered by "
-                        f"{held.provider}; rename one of them"
-                    )
-                self._strategies[info.name] = info
-
-    def _composed_info(
-        self, cname: str, crit: _Component, gname: str, gran: _Component
-    ) -> StrategyInfo:
+    def _composed_info(self, cname: str, crit: _Entry, gname: str, gran: _Entry) -> StrategyInfo:
         ccls, gcls = crit.cls, gran.cls
         assert issubclass(ccls, Criterion) and issubclass(gcls, Granularity)
         name = f"{cname}_{gname}"
@@ -552,49 +507,21 @@ class Registry:
             deterministic=ccls.deterministic,
         )
 
-    def register(
-        self,
-        cls: type[Criterion] | type[Granularity] | type[Strategy] | type[Schedule],
-        *,
-        replace: bool = False,
-    ) -> None:
-        """Register a criterion, granularity, strategy or schedule class in-process (provider ``<user>``)."""
-        self._ensure_loaded()
-        kind: Kind = (
-            "criterion"
-            if isinstance(cls, type) and issubclass(cls, Criterion)
-            else "granularity"
-            if isinstance(cls, type) and issubclass(cls, Granularity)
-            else "schedule"
-            if isinstance(cls, type) and issubclass(cls, Schedule)
-            else "strategy"
-        )
-        self._register(kind, cls, provider=Provider(USER), replace=replace)
-
-    def unregister(self, name: str) -> None:
-        """Remove strategy, criterion, granularity or schedule ``name`` (and the strategies composed from it)."""
-        self._ensure_loaded()
-        with self._lock:
-            found = False
-            for table in (self._criteria, self._granularities, self._schedules):
-                if name in table:
-                    del table[name]
-                    found = True
-            if name in self._strategies and self._strategies[name].criterion is None:
-                del self._strategies[name]
-                found = True
-            if not found:
-                raise UnknownStrategyError(self._unknown("entry", name, self.names()))
-            self._recompose()
-
     # -- loading ------------------------------------------------------------------------------------------
 
     def _ensure_loaded(self) -> None:
-        if self._pm is not None:
+        if self._ready:
             return
         with self._lock:
-            if self._pm is None:
-                self._load()
+            # The loading thread itself gets here again (registration builds strategies through the hooks);
+            # any other thread waits on the lock until the load is complete.
+            if not self._ready and not self._loading:
+                self._loading = True
+                try:
+                    self._load()
+                    self._ready = True
+                finally:
+                    self._loading = False
 
     def _load(self) -> None:
         pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -611,15 +538,17 @@ class Registry:
         loaded: list[tuple[str, Provider]] = []
 
         if self._autoload:
-            # The built-in plugins are a sibling package; core never names them one by one.
-            builtin = importlib.import_module(f"{__package__}.plugins")
             version = _version("prunus")
-            for module_name in builtin.BUILTIN_PLUGINS:
-                plugin_name = f"prunus.{module_name}"
+            # The built-in plugins are a sibling package and the tools' hooks live in subpackages: both are
+            # loaded by name, so the contracts never import them.
+            builtin = importlib.import_module(f"{__package__}.plugins")
+            modules = [
+                (f"prunus.{name}", f"{builtin.__name__}.{name}") for name in builtin.BUILTIN_PLUGINS
+            ]
+            for plugin_name, module_name in [*modules, *BUILTIN_TOOL_PLUGINS]:
                 if plugin_name in disabled:
                     continue
-                module = importlib.import_module(f"{builtin.__name__}.{module_name}")
-                pm.register(module, name=plugin_name)
+                pm.register(importlib.import_module(module_name), name=plugin_name)
                 loaded.append((plugin_name, Provider(plugin_name, "prunus", version)))
 
         if self._autoload and not _truthy(os.environ.get("PRUNUS_DISABLE_PLUGIN_AUTOLOAD")):
@@ -673,13 +602,10 @@ class Registry:
         assert self._pm is not None
         if self._pm.has_plugin(plugin_name):
             self._pm.unregister(name=plugin_name)
-        for table in (self._criteria, self._granularities, self._schedules):
+        for table in self._entries.values():
             for key in [k for k, v in table.items() if v.provider.plugin == plugin_name]:
                 del table[key]
-        self._strategies = {
-            k: v for k, v in self._strategies.items() if v.provider.plugin != plugin_name
-        }
-        self._recompose()
+        self._rebuild_strategies()
 
     def _fail(self, provider: Provider, message: str) -> None:
         self.plugin_failures.append(PluginFailure(provider.plugin, provider.distribution, message))
@@ -691,14 +617,19 @@ class Registry:
         )
 
     @staticmethod
-    def _unknown(kind: str, name: str, available: list[str]) -> str:
+    def _unknown(kind: str, name: object, available: list[str]) -> str:
         close = difflib.get_close_matches(str(name), available, n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         return (
-            f"no {kind} named {name!r}.{hint} Available: {', '.join(available) or '(none)'}. "
+            f"no {kind} named {name!r:.80}.{hint} Available: {', '.join(available) or '(none)'}. "
             f"Strategies come from prunus's built-in plugins and from installed distributions that "
             f"declare an entry point in the {ENTRY_POINT_GROUP!r} group (see `prunus list`)."
         )
+
+
+def _filtered(table: dict[str, Any], pattern: str | None) -> list[str]:
+    names = sorted(table)
+    return names if pattern is None else fnmatch.filter(names, pattern)
 
 
 def _merged_config(name: str, parts: tuple[type[StrategyConfig], ...]) -> type[StrategyConfig]:

@@ -17,11 +17,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from .engine import FilterFn, Patterns, is_pruned, prune, restore, select_targets
-from .errors import ConfigError
+from ..engine import is_pruned, prune, restore
+from ..errors import ConfigError
+from ..progress import progress
+from ..registration import Registry, registry
+from ..targets import FilterFn, Patterns, select_targets
 from .evaluation import Data, accuracy
-from .progress import progress
-from .registry import Registry, registry
 
 __all__ = ["SensitivityCurve", "SensitivityResult", "sensitivity"]
 

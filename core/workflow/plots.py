@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .sensitivity import SensitivityResult
+    from .sensitivity_analysis import SensitivityResult
 
 __all__ = [
     "plot_accuracy_vs_sparsity",
@@ -50,7 +50,7 @@ def _save(figure: Figure, path: str | Path | None) -> Figure:
 
 def layer_sparsity(model: nn.Module) -> dict[str, float]:
     """Sparsity (fraction of zeros) of every weight of the layers ``prune`` targets by default."""
-    from .engine import DEFAULT_LAYERS
+    from ..targets import DEFAULT_LAYERS
     from .evaluation import _weights
 
     out = {}

@@ -1,0 +1,11 @@
+"""The ``prunus`` command line (click): ``list``, ``info``, ``prune``, ``report``, ``sensitivity``.
+
+:func:`main` is the click group, :func:`run` calls it in-process and returns the exit code, and
+:func:`entry_point` is the console script.
+"""
+
+from __future__ import annotations
+
+from .main import entry_point, main, run
+
+__all__ = ["entry_point", "main", "run"]

@@ -1,0 +1,82 @@
+"""Everything a prunus plugin may use, in one place.
+
+A plugin, built-in or third-party, imports from this module and from nothing else of prunus::
+
+    from prunus.plugin_api import Criterion, PruneContext, Registrar, Target, hookimpl
+
+prunus's own plugins (:mod:`prunus.plugins`) are held to it by an import contract checked in CI, so nothing a
+built-in does is out of a third party's reach. What is here:
+
+* **hooks**: :data:`hookimpl` and the :class:`Registrar` the registration hooks receive (the hooks themselves
+  are documented in :mod:`prunus.hookspecs`);
+* **contracts**: the four registrable kinds (:class:`Criterion`, :class:`Granularity`, :class:`Strategy`,
+  :class:`Schedule`, all :class:`Component`), what a strategy sees (:class:`Target`, :class:`PruneContext`), and
+  the :class:`Registry` a strategy's ``create`` may look things up in;
+* **config building blocks**: :class:`StrategyConfig`, :class:`NoOptions`, the :data:`Amount` and
+  :data:`Fraction` field types, :data:`SchedulePoint`;
+* **ranking primitives**: :func:`count_to_prune` (torch's rounding of an amount), :func:`keep_mask`,
+  :func:`keep_slices`, :func:`eligible_slices`, :func:`rankable`, and :func:`global_keep_masks`, the one
+  ranking across many parameters in a few percent of the memory of concatenating them;
+* **targets**: :func:`select_targets` (what ``prune`` would target by default), :data:`DEFAULT_LAYERS`,
+  :func:`input_dim`;
+* **mask storage**: :func:`attach_mask`, what a ``prunus_apply_mask`` implementation calls to keep a mask the
+  way prunus does (zeros in place, a bool mask and the pruned values beside the parameter);
+* **hardware selection**: :class:`Selection`, :class:`HardwareProfile` (with :class:`CpuInfo`,
+  :class:`GpuInfo`), what the ``prunus_select_strategy`` hook receives and returns;
+* **errors** a plugin raises: :class:`ConfigError`, :class:`AmountError`, :class:`MaskError`,
+  :class:`TargetError`, :class:`PluginError`.
+"""
+
+from __future__ import annotations
+
+from .component import Component, Kind
+from .config import Amount, NoOptions, StrategyConfig, count_to_prune
+from .errors import AmountError, ConfigError, MaskError, PluginError, TargetError
+from .global_ranking import global_keep_masks
+from .hardware_profile import CpuInfo, GpuInfo, HardwareProfile
+from .hookspecs import hookimpl
+from .masking import attach_mask
+from .ranking import eligible_slices, keep_mask, keep_slices, rankable
+from .registration import Registrar, Registry
+from .schedules import Fraction, Schedule, SchedulePoint
+from .selection import Selection
+from .strategy import Criterion, Granularity, PruneContext, Strategy, Target
+from .targets import DEFAULT_LAYERS, input_dim, select_targets
+
+__all__ = [
+    "DEFAULT_LAYERS",
+    "Amount",
+    "AmountError",
+    "Component",
+    "ConfigError",
+    "CpuInfo",
+    "Criterion",
+    "Fraction",
+    "GpuInfo",
+    "Granularity",
+    "HardwareProfile",
+    "Kind",
+    "MaskError",
+    "NoOptions",
+    "PluginError",
+    "PruneContext",
+    "Registrar",
+    "Registry",
+    "Schedule",
+    "SchedulePoint",
+    "Selection",
+    "Strategy",
+    "StrategyConfig",
+    "Target",
+    "TargetError",
+    "attach_mask",
+    "count_to_prune",
+    "eligible_slices",
+    "global_keep_masks",
+    "hookimpl",
+    "input_dim",
+    "keep_mask",
+    "keep_slices",
+    "rankable",
+    "select_targets",
+]

@@ -1,0 +1,177 @@
+"""Which parameters a call prunes: ``include`` / ``exclude`` glob patterns, ``filter_fn``, and the default.
+
+One rule for glob patterns serves every call that takes them (``prune``, ``to_sparse``, ``shrink``...): a
+pattern or a list of patterns, each of which must match something, and never an empty list.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Sequence
+
+from torch import nn
+
+from . import masking
+from .errors import TargetError
+
+__all__ = [
+    "DEFAULT_LAYERS",
+    "FilterFn",
+    "Patterns",
+    "glob_patterns",
+    "input_dim",
+    "listing",
+    "matches",
+    "select_targets",
+]
+
+DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+"""Layers whose ``weight`` ``prune`` targets when no ``include`` or ``filter_fn`` is given."""
+
+FilterFn = Callable[[nn.Module, str], bool]
+"""``filter_fn(module, qualified_name) -> bool``: choose parameters by any rule."""
+Patterns = str | Sequence[str] | None
+"""One glob pattern over qualified names, a list of them, or ``None``."""
+
+
+def input_dim(module: nn.Module, ndim: int) -> int:
+    """The dim of ``module``'s ``ndim``-D weight that its matmul or convolution reduces over (its inputs).
+
+    1 for a Linear ``(out, in)`` and a convolution ``(out, in / groups, *kernel)``; 0 for a transposed
+    convolution ``(in, out / groups, *kernel)`` and for a parameter of at most one dim.
+    """
+    if ndim <= 1 or isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return 0
+    return 1
+
+
+def matches(name: str, patterns: Sequence[str]) -> bool:
+    """Whether ``name`` matches any of the glob ``patterns`` (case-sensitive, as qualified names are)."""
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def select_targets(
+    model: nn.Module,
+    *,
+    include: Patterns = None,
+    exclude: Patterns = None,
+    filter_fn: FilterFn | None = None,
+) -> list[tuple[str, nn.Module, str]]:
+    """The parameters ``prune`` would target: ``(qualified name, owning module, parameter name)``.
+
+    Raises:
+        TargetError: a pattern matches nothing, or nothing is left to prune.
+    """
+    include_patterns = glob_patterns("include", include)
+    exclude_patterns = glob_patterns("exclude", exclude)
+    # Every name of every parameter: a tied weight (an embedding shared with an output layer) or a module
+    # registered twice is listed under each of its names, so any of them can choose it; it is pruned once.
+    candidates: list[tuple[str, nn.Module, str]] = []
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for pname, param in module._parameters.items():
+            if param is not None:
+                candidates.append((f"{prefix}.{pname}" if prefix else pname, module, pname))
+    names = [name for name, _, _ in candidates]
+
+    if include_patterns:
+        for pattern in include_patterns:
+            if not fnmatch.filter(names, pattern):
+                raise TargetError(
+                    f"include pattern {pattern!r} matches no parameter of {type(model).__name__}; "
+                    f"parameters: {listing(names)}"
+                )
+        chosen = [c for c in candidates if matches(c[0], include_patterns)]
+    elif filter_fn is None:
+        chosen = [c for c in candidates if isinstance(c[1], DEFAULT_LAYERS) and c[2] == "weight"]
+    else:
+        chosen = candidates
+    if filter_fn is not None:
+        chosen = [c for c in chosen if filter_fn(c[1], c[0])]
+
+    chosen_names = [name for name, _, _ in chosen]
+    for pattern in exclude_patterns:
+        if not fnmatch.filter(chosen_names, pattern):
+            raise TargetError(
+                f"exclude pattern {pattern!r} matches none of the parameters chosen for pruning: "
+                f"{listing(chosen_names)}"
+            )
+    # Excluding any name of a tied parameter excludes the parameter.
+    excluded = {
+        id(c[1]._parameters[c[2]])
+        for c in chosen
+        if any(fnmatch.fnmatchcase(c[0], p) for p in exclude_patterns)
+    }
+    chosen = _one_per_parameter(
+        [c for c in chosen if id(c[1]._parameters[c[2]]) not in excluded], candidates
+    )
+
+    for name, module, pname in chosen:
+        param = module._parameters[pname]
+        assert param is not None
+        if not param.is_floating_point():
+            raise TargetError(
+                f"parameter {name!r} has dtype {param.dtype}; only floating-point parameters can be pruned"
+            )
+    if not chosen:
+        how = (
+            "no Linear or Conv layer with a weight"
+            if not include_patterns and filter_fn is None and not exclude_patterns
+            else "no parameter left after include/exclude/filter_fn"
+        )
+        raise TargetError(
+            f"nothing to prune in {type(model).__name__}: {how}. Choose parameters with include=[...] "
+            f"or filter_fn=...; parameters: {listing(names)}"
+        )
+    return chosen
+
+
+def _one_per_parameter(
+    chosen: list[tuple[str, nn.Module, str]], candidates: list[tuple[str, nn.Module, str]]
+) -> list[tuple[str, nn.Module, str]]:
+    """Each chosen parameter once, in model order: under the name whose module holds its mask, if any."""
+    masked = {
+        id(c[1]._parameters[c[2]]): c
+        for c in candidates
+        if masking.get_mask(c[1], c[2]) is not None
+    }
+    out: dict[int, tuple[str, nn.Module, str]] = {}
+    for entry in chosen:
+        key = id(entry[1]._parameters[entry[2]])
+        if key not in out:
+            out[key] = masked.get(key, entry)
+    return list(out.values())
+
+
+def glob_patterns(what: str, value: Patterns) -> list[str]:
+    """``value`` (one glob pattern, a list of them, or ``None``) as a list, checked.
+
+    Raises:
+        TargetError: ``value`` is not a string or a sequence of strings, or is an empty list (which would
+            silently mean "the default" for an include and "nothing" for an exclude).
+    """
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, Iterable) or not all(isinstance(p, str) for p in items):
+        raise TargetError(f"{what} must be a glob pattern or a list of them, not {value!r}")
+    patterns = list(items)
+    if not patterns:
+        # An empty list would silently mean "the default selection" for include, "nothing" for exclude.
+        raise TargetError(f"{what}=[] names no pattern; give at least one or leave {what}=None")
+    return patterns
+
+
+def listing(names: Sequence[str], limit: int = 20) -> str:
+    """``names`` joined for an error message, the first ``limit`` of them and the count."""
+    if not names:
+        return "(none)"
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")

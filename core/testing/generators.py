@@ -1,0 +1,629 @@
+"""Hypothesis generators for pruning: tensors, keep-masks, amounts, real modules and strategy configs.
+
+(Hypothesis calls these *strategies*; prunus names the module ``generators`` because a strategy is a pruning
+method here. :mod:`prunus.testing.strategies` is kept as an alias of this module.)
+
+They follow Hypothesis's house style: plural nouns, keyword-only options, and
+:class:`hypothesis.errors.InvalidArgument` for an option that makes no sense. Use them in your own
+``@given`` tests as well as through the kit:
+
+>>> from hypothesis import given
+>>> from prunus.testing import generators as pst
+>>> @given(pst.tensors(dtypes=[torch.float16]), pst.amounts())      # doctest: +SKIP
+... def test_my_criterion(tensor, amount): ...
+
+Drawn tensors lean on the values that break pruning code: ties, zeros (also ``-0.0``), negatives, the
+smallest normal and subnormal values of the dtype and its largest finite ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
+
+import annotated_types
+import torch
+from hypothesis import assume
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+from torch import Tensor, nn
+
+from ..config import StrategyConfig
+
+if TYPE_CHECKING:
+    from ..strategy import Target
+
+__all__ = [
+    "DTYPES",
+    "MODEL_KINDS",
+    "MODULE_KINDS",
+    "AttentionBlock",
+    "ResidualBlock",
+    "amounts",
+    "config_options",
+    "masks",
+    "models",
+    "modules",
+    "shapes",
+    "tensors",
+]
+
+DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+"""The floating dtypes the kit draws parameters in, simplest first (Hypothesis shrinks towards float32)."""
+
+MODULE_KINDS: tuple[str, ...] = ("linear", "conv1d", "conv2d", "grouped_conv2d", "batchnorm")
+"""Single layers :func:`modules` draws."""
+
+MODEL_KINDS: tuple[str, ...] = (*MODULE_KINDS, "sequential", "residual", "attention")
+"""What :func:`models` draws: the single layers plus small composite models."""
+
+_FINITE_MAX = {
+    torch.float16: 65504.0,
+    torch.bfloat16: 3.3895313892515355e38,
+    torch.float32: 3.4028234663852886e38,
+    torch.float64: 1.7976931348623157e308,
+}
+_WIDTH = {torch.float16: 16, torch.bfloat16: 32, torch.float32: 32, torch.float64: 64}
+
+
+# -- validation helpers ----------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: object, *, minimum: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgument(f"{name}={value!r} must be an int")
+    if minimum is not None and value < minimum:
+        raise InvalidArgument(f"{name}={value!r} must be >= {minimum}")
+    return value
+
+
+def _check_dtypes(
+    dtypes: Iterable[torch.dtype], *, what: str = "dtypes"
+) -> tuple[torch.dtype, ...]:
+    if isinstance(dtypes, torch.dtype):
+        raise InvalidArgument(f"{what}={dtypes!r} must be a sequence of dtypes, e.g. [{dtypes}]")
+    out = tuple(dtypes)
+    if not out:
+        raise InvalidArgument(f"{what}={out!r} must name at least one dtype")
+    for dtype in out:
+        if dtype not in _FINITE_MAX:
+            raise InvalidArgument(
+                f"{what} contains {dtype!r}; the kit draws the floating dtypes "
+                f"{', '.join(map(str, DTYPES))}"
+            )
+    return out
+
+
+# -- shapes, tensors, masks --------------------------------------------------------------------------------
+
+
+def shapes(
+    *,
+    min_dims: int = 1,
+    max_dims: int = 4,
+    min_side: int = 1,
+    max_side: int = 5,
+    max_numel: int = 24,
+) -> st.SearchStrategy[tuple[int, ...]]:
+    """Shapes of ``min_dims`` to ``max_dims`` dims, each side in ``[min_side, max_side]``, at most ``max_numel`` entries.
+
+    Shrinks towards fewer dims and sides of ``min_side``.
+    """
+    _check_int("min_dims", min_dims, minimum=0)
+    _check_int("max_dims", max_dims, minimum=0)
+    _check_int("min_side", min_side, minimum=0)
+    _check_int("max_side", max_side, minimum=0)
+    _check_int("max_numel", max_numel, minimum=0)
+    if min_dims > max_dims:
+        raise InvalidArgument(f"min_dims={min_dims} must be <= max_dims={max_dims}")
+    if min_side > max_side:
+        raise InvalidArgument(f"min_side={min_side} must be <= max_side={max_side}")
+    if min_side**min_dims > max_numel:
+        raise InvalidArgument(
+            f"no shape with {min_dims} dims of side >= {min_side} has at most max_numel={max_numel} entries"
+        )
+
+    # The most dims that fit max_numel at sides of min_side.
+    feasible = max_dims
+    while feasible > min_dims and max(min_side, 1) ** feasible > max_numel:
+        feasible -= 1
+    return _shapes(min_dims, feasible, min_side, max_side, max_numel)
+
+
+@functools.cache
+def _shapes(
+    min_dims: int, max_dims: int, min_side: int, max_side: int, max_numel: int
+) -> st.SearchStrategy[tuple[int, ...]]:
+    return _draw_shape(min_dims, max_dims, min_side, max_side, max_numel)
+
+
+@st.composite
+def _draw_shape(
+    draw: st.DrawFn, min_dims: int, max_dims: int, min_side: int, max_side: int, max_numel: int
+) -> tuple[int, ...]:
+    ndim = draw(_integers(min_dims, max_dims))
+    sides: list[int] = []
+    for index in range(ndim):
+        used = math.prod(sides)
+        if used == 0:
+            sides.append(draw(_integers(min_side, max_side)))
+            continue
+        # Leave room for the remaining dims at their smallest side.
+        rest = max(min_side, 1) ** (ndim - index - 1)
+        limit = min(max_side, max_numel // (used * rest))
+        sides.append(draw(_integers(min_side, max(min_side, limit))))
+    return tuple(sides)
+
+
+@functools.cache
+def _choices(items: tuple[Any, ...]) -> st.SearchStrategy[Any]:
+    return st.sampled_from(items)
+
+
+@functools.cache
+def _integers(low: int, high: int) -> st.SearchStrategy[int]:
+    return st.integers(low, high)
+
+
+@functools.cache
+def _elements(dtype: torch.dtype) -> st.SearchStrategy[float]:
+    """Finite values of ``dtype``."""
+    big = _FINITE_MAX[dtype]
+    return st.floats(
+        min_value=-big,
+        max_value=big,
+        allow_nan=False,
+        allow_infinity=False,
+        width=_WIDTH[dtype],  # type: ignore[arg-type]
+    )
+
+
+@functools.cache
+def _specials(dtype: torch.dtype) -> tuple[float, ...]:
+    """The values of ``dtype`` that break pruning code: zeros, ones, extremes, subnormals."""
+    big = _FINITE_MAX[dtype]
+    finfo = torch.finfo(dtype)
+    tiny = float(finfo.tiny)
+    specials = [0.0, 1.0, -1.0, -0.0, 0.5, 2.0, tiny, -tiny, big, -big]
+    if dtype != torch.bfloat16:
+        specials.append(float(finfo.smallest_normal) / 2)  # a subnormal
+    return tuple(specials)
+
+
+@functools.cache
+def _pools(dtype: torch.dtype) -> st.SearchStrategy[list[float]]:
+    return st.lists(_elements(dtype), min_size=1, max_size=4)
+
+
+@functools.cache
+def _bytes(size: int) -> st.SearchStrategy[bytes]:
+    return st.binary(min_size=size, max_size=size)
+
+
+_POOL_SHARE = 176
+"""Bytes below this pick a value of the drawn pool, the others one of the special values."""
+
+
+def tensors(
+    *,
+    dtypes: Sequence[torch.dtype] = DTYPES,
+    shape: Sequence[int] | None = None,
+    min_dims: int = 1,
+    max_dims: int = 4,
+    max_side: int = 5,
+    max_numel: int = 24,
+    device: str | torch.device = "cpu",
+) -> st.SearchStrategy[Tensor]:
+    """Finite floating tensors of 1 to 4 dims, rich in ties, zeros, negatives, tiny and huge values.
+
+    Args:
+        dtypes: the dtypes to draw from (float32, float64, float16, bfloat16), simplest first.
+        shape: a fixed shape; otherwise one is drawn from :func:`shapes` with the next three options.
+        min_dims, max_dims, max_side, max_numel: bounds of the drawn shape.
+        device: where the tensors live.
+    """
+    return _tensors(
+        _check_dtypes(dtypes),
+        None if shape is None else tuple(shape),
+        min_dims,
+        max_dims,
+        max_side,
+        max_numel,
+        str(torch.device(device)),
+    )
+
+
+@functools.cache
+def _tensors(
+    dtype_choices: tuple[torch.dtype, ...],
+    fixed: tuple[int, ...] | None,
+    min_dims: int,
+    max_dims: int,
+    max_side: int,
+    max_numel: int,
+    device: str,
+) -> st.SearchStrategy[Tensor]:
+    if fixed is not None and not all(isinstance(s, int) and s >= 0 for s in fixed):
+        raise InvalidArgument(f"shape={fixed!r} must be a sequence of ints >= 0")
+    shape_strategy = (
+        st.just(fixed)
+        if fixed is not None
+        else shapes(min_dims=min_dims, max_dims=max_dims, max_side=max_side, max_numel=max_numel)
+    )
+    return _draw_tensor(dtype_choices, shape_strategy, torch.device(device))
+
+
+@st.composite
+def _draw_tensor(
+    draw: st.DrawFn,
+    dtypes: tuple[torch.dtype, ...],
+    shape: st.SearchStrategy[tuple[int, ...]],
+    device: torch.device,
+) -> Tensor:
+    dtype = draw(_choices(dtypes))
+    size = draw(shape)
+    # Every entry picks from a few drawn values (so ties are common, not a coincidence) or from the special
+    # values of the dtype: one byte per entry, which Hypothesis draws and shrinks as one block (towards the
+    # first drawn value).
+    pool = draw(_pools(dtype))
+    specials = _specials(dtype)
+    picks = draw(_bytes(math.prod(size)))
+    values = [
+        pool[b % len(pool)] if b < _POOL_SHARE else specials[(b - _POOL_SHARE) % len(specials)]
+        for b in picks
+    ]
+    build = torch.float32 if dtype == torch.bfloat16 else dtype
+    return torch.tensor(values, dtype=build).to(dtype).reshape(size).to(device)
+
+
+def masks(*, shape: Sequence[int], device: str | torch.device = "cpu") -> st.SearchStrategy[Tensor]:
+    """Bool keep-masks of ``shape`` (``True`` keeps an entry), shrinking towards keeping everything."""
+    size = tuple(shape)
+    if not all(isinstance(s, int) and s >= 0 for s in size):
+        raise InvalidArgument(f"shape={shape!r} must be a sequence of ints >= 0")
+    return _masks(size, str(torch.device(device)))
+
+
+@functools.cache
+def _masks(shape: tuple[int, ...], device: str) -> st.SearchStrategy[Tensor]:
+    return _draw_mask(shape, torch.device(device))
+
+
+@st.composite
+def _draw_mask(draw: st.DrawFn, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    picks = draw(_bytes(math.prod(shape)))
+    keep = torch.tensor([b < 160 for b in picks], dtype=torch.bool)
+    return keep.reshape(shape).to(device)
+
+
+# -- amounts -----------------------------------------------------------------------------------------------
+
+
+def amounts(
+    *, max_count: int | None = None, fractions: bool = True
+) -> st.SearchStrategy[int | float]:
+    """Valid ``amount`` options: float fractions in ``[0, 1]`` and, given ``max_count``, int counts.
+
+    Fractions include 0.0, 1.0 and the values whose count lands on a rounding tie (``(j + 0.5) / max_count``),
+    where half-to-even rounding matters; counts are ints in ``[0, max_count]`` (an int is a count, not a
+    fraction: ``amount=1`` prunes one unit).
+
+    Args:
+        max_count: how many units can be pruned; ``None`` draws fractions only.
+        fractions: also draw fractions (``False`` draws counts only; needs ``max_count``).
+    """
+    if max_count is not None:
+        _check_int("max_count", max_count, minimum=0)
+    if not isinstance(fractions, bool):
+        raise InvalidArgument(f"fractions={fractions!r} must be a bool")
+    if not fractions and max_count is None:
+        raise InvalidArgument("amounts(fractions=False) draws counts only, so it needs max_count")
+    return _amounts(max_count, fractions)
+
+
+@functools.cache
+def _amounts(max_count: int | None, fractions: bool) -> st.SearchStrategy[int | float]:
+    options: list[st.SearchStrategy[int | float]] = []
+    if fractions:
+        notable = [0.0, 1.0, 0.5, 0.25, 0.75]
+        if max_count:
+            notable += [(j + 0.5) / max_count for j in range(min(max_count, 8))]
+        options += [st.sampled_from(notable), st.floats(min_value=0.0, max_value=1.0)]
+    if max_count is not None:
+        options.insert(0, st.integers(min_value=0, max_value=max_count))
+    return st.one_of(options)
+
+
+# -- real modules ------------------------------------------------------------------------------------------
+
+
+class ResidualBlock(nn.Module):
+    """Conv-BN-ReLU-Conv-BN plus the input: the shape of a ResNet basic block."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + x)
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention with a residual connection, then a LayerNorm and an MLP: a small transformer block."""
+
+    def __init__(self, embed: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(embed, heads, batch_first=True)
+        self.norm = nn.LayerNorm(embed)
+        self.mlp = nn.Sequential(
+            nn.Linear(embed, 2 * embed), nn.GELU(), nn.Linear(2 * embed, embed)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        attended: Tensor = self.attn(x, x, x, need_weights=False)[0]
+        x = x + attended
+        out: Tensor = x + self.mlp(self.norm(x))
+        return out
+
+
+def _build(kind: str, draw: st.DrawFn) -> tuple[Callable[[], nn.Module], tuple[int, ...]]:
+    """A constructor for a ``kind`` model and the shape of its input, with sizes drawn now."""
+    small = st.integers(1, 4)
+    batch = draw(st.integers(1, 2))
+    if kind == "linear":
+        fan_in, fan_out, bias = draw(small), draw(small), draw(st.booleans())
+        return lambda: nn.Linear(fan_in, fan_out, bias=bias), (batch, fan_in)
+    if kind == "conv1d":
+        cin, cout, k = draw(st.integers(1, 3)), draw(small), draw(st.integers(1, 3))
+        length = k + draw(st.integers(0, 3))
+        return lambda: nn.Conv1d(cin, cout, k), (batch, cin, length)
+    if kind in ("conv2d", "grouped_conv2d"):
+        groups = 2 if kind == "grouped_conv2d" else 1
+        cin, cout = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
+        k = draw(st.integers(1, 3))
+        side = k + draw(st.integers(0, 2))
+        return lambda: nn.Conv2d(cin, cout, k, groups=groups), (batch, cin, side, side)
+    if kind == "batchnorm":
+        features = draw(small)
+        return lambda: nn.BatchNorm1d(features), (batch, features)
+    if kind == "sequential":
+        if draw(st.booleans()):
+            a, b, c = draw(small), draw(small), draw(small)
+            return lambda: nn.Sequential(nn.Linear(a, b), nn.ReLU(), nn.Linear(b, c)), (batch, a)
+        cin, cout, side = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(2, 4))
+        return (
+            lambda: nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.Flatten(),
+                nn.Linear(cout * side * side, 2),
+            ),
+            (batch, cin, side, side),
+        )
+    if kind == "residual":
+        channels, side = draw(st.integers(1, 3)), draw(st.integers(2, 4))
+        return lambda: ResidualBlock(channels), (batch, channels, side, side)
+    if kind == "attention":
+        heads, head_dim, seq = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(small)
+        return lambda: AttentionBlock(heads * head_dim, heads), (batch, seq, heads * head_dim)
+    raise InvalidArgument(f"unknown model kind {kind!r}; kinds are {', '.join(MODEL_KINDS)}")
+
+
+def _model_strategy(
+    kinds: Sequence[str], allowed: Sequence[str], dtypes: Sequence[torch.dtype], what: str
+) -> st.SearchStrategy[tuple[nn.Module, Tensor]]:
+    if isinstance(kinds, str):
+        raise InvalidArgument(f"kinds={kinds!r} must be a sequence of kinds, e.g. [{kinds!r}]")
+    chosen = tuple(kinds)
+    if not chosen:
+        raise InvalidArgument("kinds=() must name at least one kind")
+    for kind in chosen:
+        if kind not in allowed:
+            raise InvalidArgument(f"unknown {what} kind {kind!r}; kinds are {', '.join(allowed)}")
+    return _draw_model(chosen, _check_dtypes(dtypes))
+
+
+@st.composite
+def _draw_model(
+    draw: st.DrawFn, kinds: tuple[str, ...], dtypes: tuple[torch.dtype, ...]
+) -> tuple[nn.Module, Tensor]:
+    kind = draw(st.sampled_from(kinds))
+    dtype = draw(st.sampled_from(dtypes))
+    make, input_shape = _build(kind, draw)
+    seed = draw(st.integers(0, 2**16))
+    coarse = draw(st.booleans())
+    # Seed the default initialisation without touching the caller's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = make()
+        inputs = torch.randn(input_shape)
+    if coarse:  # weights on a grid of quarters: many ties and exact zeros
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.copy_((parameter * 4).round() / 4)
+    return model.to(dtype).eval(), inputs.to(dtype)
+
+
+def modules(
+    *, kinds: Sequence[str] = MODULE_KINDS, dtypes: Sequence[torch.dtype] = (torch.float32,)
+) -> st.SearchStrategy[tuple[nn.Module, Tensor]]:
+    """Single real layers with an input batch: ``(module, inputs)``.
+
+    Kinds: Linear, Conv1d, Conv2d, grouped Conv2d and BatchNorm1d (see :data:`MODULE_KINDS`). Weights come from
+    torch's default initialisation under a drawn seed, sometimes rounded to quarters for ties and zeros.
+    """
+    return _model_strategy(kinds, MODULE_KINDS, dtypes, "module")
+
+
+def models(
+    *, kinds: Sequence[str] = MODEL_KINDS, dtypes: Sequence[torch.dtype] = (torch.float32,)
+) -> st.SearchStrategy[tuple[nn.Module, Tensor]]:
+    """Small real models with an input batch: ``(model, inputs)``.
+
+    Everything :func:`modules` draws, plus a Sequential MLP or conv net, a residual block
+    (:class:`ResidualBlock`) and an attention block (:class:`AttentionBlock`); see :data:`MODEL_KINDS`.
+    """
+    return _model_strategy(kinds, MODEL_KINDS, dtypes, "model")
+
+
+# -- strategy options --------------------------------------------------------------------------------------
+
+
+def _bounds(metadata: Iterable[object]) -> tuple[float | None, float | None, bool, bool]:
+    low: float | None = None
+    high: float | None = None
+    exclude_low = exclude_high = False
+    for item in metadata:
+        if isinstance(item, annotated_types.Ge):
+            low = float(item.ge)  # type: ignore[arg-type]
+        elif isinstance(item, annotated_types.Gt):
+            low, exclude_low = float(item.gt), True  # type: ignore[arg-type]
+        elif isinstance(item, annotated_types.Le):
+            high = float(item.le)  # type: ignore[arg-type]
+        elif isinstance(item, annotated_types.Lt):
+            high, exclude_high = float(item.lt), True  # type: ignore[arg-type]
+        elif isinstance(item, annotated_types.Interval):
+            found = _bounds(
+                [
+                    annotated_types.Ge(item.ge) if item.ge is not None else None,
+                    annotated_types.Gt(item.gt) if item.gt is not None else None,
+                    annotated_types.Le(item.le) if item.le is not None else None,
+                    annotated_types.Lt(item.lt) if item.lt is not None else None,
+                ]
+            )
+            low, high, exclude_low, exclude_high = found
+    return low, high, exclude_low, exclude_high
+
+
+def _from_annotation(annotation: Any, metadata: list[object]) -> st.SearchStrategy[Any] | None:
+    """Values of a config field's type, or ``None`` when the kit cannot draw it."""
+    origin = get_origin(annotation)
+    if origin is typing.Annotated:
+        inner, *extra = get_args(annotation)
+        return _from_annotation(inner, [*metadata, *extra])
+    if origin is typing.Union or origin is types.UnionType:
+        members = [_from_annotation(arg, metadata) for arg in get_args(annotation)]
+        if any(member is None for member in members):
+            return None
+        return st.one_of([m for m in members if m is not None])
+    if origin is Literal:
+        return st.sampled_from(get_args(annotation))
+    if annotation is type(None):
+        return st.none()
+    if annotation is bool:
+        return st.booleans()
+    low, high, exclude_low, exclude_high = _bounds(metadata)
+    if annotation is int:
+        lo = None if low is None else math.floor(low) + (1 if exclude_low else 0)
+        hi = None if high is None else math.ceil(high) - (1 if exclude_high else 0)
+        if lo is None and hi is None:
+            lo, hi = -8, 8
+        elif lo is None:
+            assert hi is not None
+            lo = hi - 2**16
+        elif hi is None:
+            hi = lo + 2**16
+        return st.integers(lo, hi)
+    if annotation is float:
+        values = st.floats(
+            min_value=low,
+            max_value=high,
+            exclude_min=exclude_low and low is not None,
+            exclude_max=exclude_high and high is not None,
+            allow_nan=False,
+        )
+        # Infinities, where allowed, are options people give (a norm order of inf), not a rare draw.
+        infinities = [
+            v
+            for v in (math.inf, -math.inf)
+            if (low is None or v > low) and (high is None or v < high)
+        ]
+        return st.one_of(values, st.sampled_from(infinities)) if infinities else values
+    return None
+
+
+def _min_ndim(targets: Sequence[Target] | None) -> int:
+    if not targets:
+        return 1
+    return max(1, min(t.tensor.dim() for t in targets))
+
+
+def config_options(
+    config: type[StrategyConfig],
+    *,
+    targets: Sequence[Target] | None = None,
+    exclude: Iterable[str] = ("amount",),
+) -> st.SearchStrategy[dict[str, Any]]:
+    """Option dicts drawn from a pydantic config model, field by field, each validated by the model.
+
+    Ints, floats, bools, ``Literal`` and ``None`` are drawn within the field's ``ge``/``gt``/``le``/``lt``
+    bounds (unions combine them); a field named ``dim`` is drawn as a dim that is valid for every one of
+    ``targets``; a field the kit cannot draw keeps its default. A required field the kit cannot draw raises
+    :class:`~hypothesis.errors.InvalidArgument`: give the strategy an options function instead (see
+    :class:`prunus.testing.StrategyCase`).
+
+    Args:
+        config: the config model (``registry.info(name).config``).
+        targets: the parameters the options are for (to draw valid dims).
+        exclude: fields not to draw (``amount`` by default: the kit draws it against the targets' sizes).
+    """
+    if not (isinstance(config, type) and issubclass(config, StrategyConfig)):
+        raise InvalidArgument(f"config={config!r} must be a prunus.StrategyConfig subclass")
+    return _config_options(config, _min_ndim(targets), frozenset(exclude))
+
+
+@functools.cache
+def _config_options(
+    config: type[StrategyConfig], ndim: int, skipped: frozenset[str]
+) -> st.SearchStrategy[dict[str, Any]]:
+    fields: dict[str, st.SearchStrategy[Any]] = {}
+    for name, info in config.model_fields.items():
+        if name in skipped:
+            continue
+        strategy = _field_values(name, info, ndim)
+        if strategy is not None:
+            fields[name] = strategy
+        elif info.is_required():
+            raise InvalidArgument(
+                f"cannot draw the required option {name!r} ({info.annotation!r}) of {config.__name__}; "
+                "give the strategy an options function: StrategyCase(name, options=...)"
+            )
+
+    return _draw_options(config, tuple(fields.items()), _placeholders(config, set(skipped)))
+
+
+@st.composite
+def _draw_options(
+    draw: st.DrawFn,
+    config: type[StrategyConfig],
+    fields: tuple[tuple[str, st.SearchStrategy[Any]], ...],
+    placeholders: dict[str, Any],
+) -> dict[str, Any]:
+    options = {name: draw(strategy) for name, strategy in fields}
+    try:
+        config.model_validate({**placeholders, **options})
+    except ValidationError:
+        assume(False)
+    return options
+
+
+def _field_values(name: str, info: FieldInfo, ndim: int) -> st.SearchStrategy[Any] | None:
+    if name == "dim":
+        return st.integers(-ndim, ndim - 1)
+    return _from_annotation(info.annotation, list(info.metadata))
+
+
+def _placeholders(config: type[StrategyConfig], skipped: set[str]) -> dict[str, Any]:
+    """Valid stand-ins for the excluded fields, so the drawn ones can be validated on their own."""
+    return {"amount": 0.0} if "amount" in skipped and "amount" in config.model_fields else {}
