@@ -42,6 +42,20 @@ def _plain(value: Any) -> bool:
     return False
 
 
+def _with_tied(model: nn.Module, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``state_dict`` with every tied parameter's other names filled in (safetensors keeps one name of each)."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    out = dict(state_dict)
+    for aliases in names.values():
+        given = next((out[n] for n in aliases if n in out), None)
+        if given is not None:
+            for n in aliases:
+                out.setdefault(n, given)
+    return out
+
+
 def shrink_state(model: nn.Module) -> dict[str, Any]:
     """A JSON-serializable record of the model's architecture: every module's parameter and buffer shapes and
     its plain attributes (``out_features``, ``in_channels``, ``num_features``, ...).
@@ -71,7 +85,8 @@ def load_shrunk(
 
     Args:
         model: a freshly built instance of the class that was shrunk (changed in place).
-        state_dict: the shrunken model's ``state_dict()``.
+        state_dict: the shrunken model's ``state_dict()`` (tied parameters may appear under one of their names,
+            as safetensors saves them).
         record: what :func:`shrink_state` returned (after a JSON round trip or not).
 
     Returns:
@@ -114,7 +129,7 @@ def load_shrunk(
                         module._buffers[key] = torch.empty(
                             shape, dtype=old_buffer.dtype, device=old_buffer.device
                         )
-            model.load_state_dict(state_dict)
+            model.load_state_dict(_with_tied(model, state_dict))
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         if isinstance(error, ShrinkError):
             raise
