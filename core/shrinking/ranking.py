@@ -157,6 +157,12 @@ def choose(
                 f"amount={amount!r} asks to remove {k} channel units, but {_limits(min_keep, max_layer_sparsity)}"
                 f" allow at most {sum(caps)}; lower amount or relax the limits"
             )
+        if k == 0:
+            rounds = f"amount={amount!r} of {len(pool)} live units across all groups rounds to none"
+            return chosen, [
+                rounds if g.left is None and not c else None
+                for g, c in zip(groups, chosen, strict=True)
+            ]
         taken = [0] * len(groups)
         # Lowest score first; ties go to the earlier group and unit (positional, as prunus ranks everywhere).
         for _, i, u in sorted(pool):
@@ -166,9 +172,6 @@ def choose(
                 chosen[i].append(u)
                 taken[i] += 1
                 k -= 1
-        for i, g in enumerate(groups):
-            if g.left is None and live[i] and not taken[i]:
-                why[i] = "the global ranking removed none of its units"
         return chosen, why
     for i, g in enumerate(groups):
         if g.left is not None or not live[i]:
@@ -185,8 +188,9 @@ def choose(
                 f"{_limits(min_keep, max_layer_sparsity)} allow at most {caps[i]}; lower amount or relax the limits"
             )
         if k == 0:
-            unit = f" (units of {g.unit} channels)" if g.unit > 1 else ""
-            why[i] = f"amount={amount!r} of its {len(live[i])} live units{unit} rounds to none"
+            if not chosen[i]:
+                unit = f" (units of {g.unit} channels)" if g.unit > 1 else ""
+                why[i] = f"amount={amount!r} of its {len(live[i])} live units{unit} rounds to none"
             continue
         values = unit_scores[i][live[i]]
         order = sorted(range(len(live[i])), key=lambda j: (float(values[j]), j))
