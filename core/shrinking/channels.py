@@ -471,7 +471,7 @@ def _max_diff(before: Any, after: Any) -> tuple[float, float]:
     a, b = output_tensors(before), output_tensors(after)
     # Outputs whose shape follows the removed channels (a key/value cache) are not compared.
     pairs = [(x, y) for x, y in zip(a, b, strict=False) if x.shape == y.shape]
-    if len(a) != len(b) or not pairs and a:
+    if len(a) != len(b) or (not pairs and a):
         return math.inf, 0.0
     diff = max(
         (float((x.detach() - y.detach()).abs().max()) for x, y in pairs if x.numel()),

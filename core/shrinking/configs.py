@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .heads import Attention
-from .tracing import is_conv1d
+from .tracing import conv1d_size, is_conv1d
 
 __all__ = ["hidden_width", "update_config"]
 
@@ -55,7 +55,7 @@ def hidden_width(model: nn.Module) -> int | None:
 def _head_counts(att: Attention) -> tuple[int, int]:
     """Query and key/value heads of an attention block now."""
     if is_conv1d(att.q.module):
-        heads = int(att.q.module.nf) // 3 // att.head_dim
+        heads = conv1d_size(att.q.module, "nf") // 3 // att.head_dim
         return heads, heads
     q, k = att.q.module, att.k.module
     assert isinstance(q, nn.Linear) and isinstance(k, nn.Linear)

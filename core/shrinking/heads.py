@@ -28,7 +28,7 @@ from torch import nn
 
 from ..targets import matches
 from .groups import Group, Removal, Slice
-from .tracing import is_conv1d
+from .tracing import conv1d_size, is_conv1d
 
 __all__ = ["Attention", "find_attention", "head_group"]
 
@@ -82,7 +82,7 @@ def find_attention(model: nn.Module) -> list[Attention]:
         head_dim = _int(module, "head_dim")
         qkvo = _linears(module, "q_proj", "k_proj", "v_proj", "o_proj")
         if qkvo is not None and head_dim:
-            q, k, v, o = qkvo
+            q, k, v, _ = qkvo
             if (
                 q.out_features % head_dim
                 or k.out_features % head_dim
@@ -112,7 +112,10 @@ def find_attention(model: nn.Module) -> list[Attention]:
                     heads,
                     kv,
                     head_dim,
-                    *(Projection(m, n) for m, n in zip(qkvo, names, strict=True)),
+                    Projection(q, names[0]),
+                    Projection(k, names[1]),
+                    Projection(v, names[2]),
+                    Projection(qkvo[3], names[3]),
                     attributes=attributes,
                     cut=[q, k, v],
                 )
@@ -134,7 +137,7 @@ def find_attention(model: nn.Module) -> list[Attention]:
             def bert_attributes(h: int, kv: int, module: nn.Module = module) -> dict[str, int]:
                 return {
                     "num_attention_heads": h,
-                    "all_head_size": h * int(module.attention_head_size),
+                    "all_head_size": h * int(vars(module)["attention_head_size"]),
                 }
 
             found.append(
@@ -162,7 +165,7 @@ def find_attention(model: nn.Module) -> list[Attention]:
             and is_conv1d(c_proj)
             and head_dim
             and split
-            and c_attn.nf == 3 * split
+            and conv1d_size(c_attn, "nf") == 3 * split
             and split % head_dim == 0
             and getattr(module, "q_attn", None)
             is None  # cross-attention packs only keys and values
@@ -170,7 +173,7 @@ def find_attention(model: nn.Module) -> list[Attention]:
             heads = split // head_dim
 
             def gpt2_attributes(h: int, kv: int, module: nn.Module = module) -> dict[str, int]:
-                return {"num_heads": h, "split_size": h * int(module.head_dim)}
+                return {"num_heads": h, "split_size": h * int(vars(module)["head_dim"])}
 
             found.append(
                 Attention(

@@ -58,7 +58,7 @@ def _op_name(node: Any) -> str:
     grad_fn = node.grad_fn
     if grad_fn is None or not hasattr(grad_fn, "name"):
         return "?"
-    name = grad_fn.name().lower()
+    name = str(grad_fn.name()).lower()
     return name.rstrip("0123456789").removesuffix("backward")
 
 

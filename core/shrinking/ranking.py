@@ -53,10 +53,15 @@ def ranking_of(strategy: str, options: dict[str, Any], registry: Registry) -> Ra
         raise ConfigError(
             "shrink prunes the output channels of each group of coupled layers; it takes no dim option"
         )
-    configured = registry.get(strategy, **options) if info.criterion is not None else None
+    criterion_name = info.criterion
+    configured = registry.get(strategy, **options) if criterion_name is not None else None
     component = getattr(configured, "granularity_component", None)
     rounding = getattr(component, "slices_to_prune", None)
-    if configured is None or (info.granularity != "global" and rounding is None):
+    if (
+        configured is None
+        or criterion_name is None
+        or (info.granularity != "global" and rounding is None)
+    ):
         raise ConfigError(
             f"shrink ranks channels with a criterion: give '<criterion>_structured' (a ranking per group of "
             f"coupled channels), '<criterion>_aligned' (the same, keeping a multiple of round_to) or "
@@ -67,7 +72,7 @@ def ranking_of(strategy: str, options: dict[str, Any], registry: Registry) -> Ra
     amount = values.pop("amount")
     for key in ("dim", "round_to"):
         values.pop(key, None)
-    criterion = registry.criterion(info.criterion, **values)
+    criterion = registry.criterion(criterion_name, **values)
     return Ranking(
         criterion,
         info.granularity == "global",

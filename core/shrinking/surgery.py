@@ -147,7 +147,7 @@ def fold_constants(
         varying[key] = int((~constant).sum())
         if not bool((value != 0).any()):
             continue
-        weight = module.weight.detach()
+        weight = module.get_parameter("weight").detach()
         if is_conv1d(module):
             shift = (weight[index].double() * value[:, None]).sum(0)
         else:

@@ -23,7 +23,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..errors import MissingDependencyError, ShrinkError, TargetError
 from ..forward import call_model, output_tensors
 
-__all__ = ["EXTRA", "MacCounter", "Traced", "is_conv1d", "torch_pruning", "trace"]
+__all__ = ["EXTRA", "MacCounter", "Traced", "conv1d_size", "is_conv1d", "torch_pruning", "trace"]
 
 EXTRA = "shrink"
 
@@ -49,6 +49,11 @@ def torch_pruning() -> Any:
         ) from error
 
 
+def conv1d_size(module: nn.Module, which: str) -> int:
+    """A ``Conv1D`` layer's input (``"nx"``) or output (``"nf"``) width."""
+    return int(vars(module)[which])
+
+
 def is_conv1d(module: nn.Module) -> bool:
     """A transposed linear layer as GPT-2 uses (``transformers.pytorch_utils.Conv1D``): ``weight`` is ``(nx, nf)``."""
     weight = getattr(module, "weight", None)
@@ -57,7 +62,7 @@ def is_conv1d(module: nn.Module) -> bool:
         and isinstance(getattr(module, "nf", None), int)
         and isinstance(getattr(module, "nx", None), int)
         and isinstance(weight, Tensor)
-        and tuple(weight.shape) == (module.nx, module.nf)
+        and tuple(weight.shape) == (vars(module)["nx"], vars(module)["nf"])
     )
 
 
@@ -86,7 +91,7 @@ class MacCounter:
             else:
                 self.total += output.numel() * (module.in_channels // module.groups) * kernel
         else:
-            self.total += output.numel() * int(module.nx)
+            self.total += output.numel() * conv1d_size(module, "nx")
 
     def close(self) -> int:
         for handle in self._handles:
@@ -119,29 +124,29 @@ def _conv1d_pruner(tp: Any) -> Any:
 
     class Conv1DPruner(tp.pruner.function.BasePruningFunc):  # type: ignore[misc]
         # Which parameter dims hold the channels, read by the planner (prunus.shrinking.planning).
-        prunus_dims = {
+        prunus_dims: ClassVar[dict[str, tuple[tuple[str, int, bool], ...]]] = {
             "out": (("weight", 1, True), ("bias", 0, False)),
             "in": (("weight", 0, True),),
         }
 
         def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-            keep = sorted(set(range(layer.nf)) - set(idxs))
+            keep = sorted(set(range(conv1d_size(layer, "nf"))) - set(idxs))
             layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 1)
             layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
-            layer.nf = len(keep)
+            vars(layer)["nf"] = len(keep)
             return layer
 
         def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-            keep = sorted(set(range(layer.nx)) - set(idxs))
+            keep = sorted(set(range(conv1d_size(layer, "nx"))) - set(idxs))
             layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
-            layer.nx = len(keep)
+            vars(layer)["nx"] = len(keep)
             return layer
 
         def get_out_channels(self, layer: nn.Module) -> int:
-            return int(layer.nf)
+            return conv1d_size(layer, "nf")
 
         def get_in_channels(self, layer: nn.Module) -> int:
-            return int(layer.nx)
+            return conv1d_size(layer, "nx")
 
     return Conv1DPruner()
 
