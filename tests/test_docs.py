@@ -10,10 +10,14 @@ import pkgutil
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # installed with import-linter (the dev extra) on Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -24,7 +28,9 @@ TUTORIAL_PACKAGE = ROOT / "examples" / "prunus-taylor"
 # The module map: a ```text block whose first line names pyproject.toml; a tree line is a connector (or none at
 # the top), a name, an optional [layer], and what lives there.
 MAP = re.compile(r"^```text\n(pyproject\.toml.*?)^```$", re.MULTILINE | re.DOTALL)
-TREE_LINE = re.compile(r"^(?P<indent>(?:[│ ]   )*)(?:[├└]── )?(?P<name>\S+)\s+(?:\[(?P<layer>\d+)\])?")
+TREE_LINE = re.compile(
+    r"^(?P<indent>(?:[│ ]   )*)(?:[├└]── )?(?P<name>\S+)\s+(?:\[(?P<layer>\d+)\])?"
+)
 
 
 def _module_map() -> dict[str, int | None]:
@@ -60,9 +66,7 @@ def test_the_module_map_names_every_module_and_nothing_else() -> None:
 def test_the_module_map_layers_are_the_import_contract() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     layers = next(
-        c["layers"]
-        for c in config["tool"]["importlinter"]["contracts"]
-        if c["type"] == "layers"
+        c["layers"] for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers"
     )
     expected: dict[str, int] = {}
     for index, layer in enumerate(reversed(layers), start=1):
@@ -96,7 +100,9 @@ def test_every_path_a_page_names_exists(page: Path) -> None:
 
 def test_the_hook_specifications_plugins_md_quotes_are_the_real_ones() -> None:
     source = (ROOT / "core" / "hookspecs.py").read_text()
-    quoted = re.findall(r"^```py\n(@hookspec.*?)^```$", (DOCS / "plugins.md").read_text(), re.M | re.S)
+    quoted = re.findall(
+        r"^```py\n(@hookspec.*?)^```$", (DOCS / "plugins.md").read_text(), re.M | re.S
+    )
     specs = [spec for block in quoted for spec in block.strip().split("\n\n\n")]
     assert len(specs) == source.count("\n@hookspec")
     for spec in specs:
@@ -144,7 +150,8 @@ PACKAGES = [
     pytest.param(
         "prunus.cli",
         marks=pytest.mark.xfail(
-            strict=True, reason="prunus.cli.main, the click group, hides the module prunus/cli/main.py"
+            strict=True,
+            reason="prunus.cli.main, the click group, hides the module prunus/cli/main.py",
         ),
     ),
     "prunus.testing",

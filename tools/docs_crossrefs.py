@@ -8,8 +8,8 @@ then its parents up to the module, then the package); a ``~`` shows the last com
 ``:meth:`title <target>``` shows the title. A ``prunus`` name
 that resolves to nothing is still written as a link, so ``mkdocs build --strict`` reports it; a name from
 another package (torch, pluggy) is shown as code. reStructuredText's ``::`` before a literal block becomes
-``:`` (the indented block is already code in Markdown), and doctest lines (``>>>``) become a ``pycon`` code
-block without their ``# doctest:`` directives.
+``:`` (the indented block is already code in Markdown), a ``.. code-block:: python`` directive a fenced
+``python`` block, and doctest lines (``>>>``) a ``pycon`` block without their ``# doctest:`` directives.
 
 The docstrings in the source stay as they are: only the copies the docs site renders are rewritten.
 """
@@ -23,6 +23,7 @@ import griffe
 
 ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc|obj):`(?P<target>[^`]+)`")
 LITERAL_BLOCK = re.compile(r"(?<=\S)::$|^\s*::$", re.MULTILINE)
+CODE_BLOCK = re.compile(r"^(?P<indent>\s*)\.\. code-block:: (?P<lang>\w+)\s*$")
 DOCTEST_DIRECTIVE = re.compile(r"\s*# doctest: [^\n]*$")
 ROOT = "prunus"
 
@@ -61,7 +62,36 @@ def _convert(text: str, scope: griffe.Object, loader: griffe.GriffeLoader) -> st
             identifier = target  # left for autorefs to report
         return f"[`{shown}`][{identifier}]"
 
-    return _fence_doctests(LITERAL_BLOCK.sub(":", ROLE.sub(link, text)))
+    return _fence_doctests(LITERAL_BLOCK.sub(":", _fence_code_blocks(ROLE.sub(link, text))))
+
+
+def _fence_code_blocks(text: str) -> str:
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        directive = CODE_BLOCK.match(lines[i])
+        if directive is None:
+            out.append(lines[i])
+            i += 1
+            continue
+        indent = directive["indent"]
+        body: list[str] = []
+        i += 1
+        while i < len(lines) and (
+            not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > len(indent)
+        ):
+            body.append(lines[i])
+            i += 1
+        while body and not body[-1].strip():
+            body.pop()
+        while body and not body[0].strip():
+            body.pop(0)
+        depth = min(len(line) - len(line.lstrip()) for line in body if line.strip())
+        out.append(f"{indent}```{directive['lang']}")
+        out.extend(indent + line[depth:] if line.strip() else "" for line in body)
+        out.extend([f"{indent}```", ""])
+    return "\n".join(out)
 
 
 def _fence_doctests(text: str) -> str:
