@@ -175,7 +175,9 @@ def bench_minilm(quick: bool) -> dict[str, Any]:
     dense, tokenizer = minilm()
     lines = gensim_data("pang_lee_polarity.cor").read_text(encoding="latin-1").splitlines()
     sentences = [line.split(" ", 1)[-1] for line in lines if line.strip()][: 40 if quick else 200]
-    evaluation = tokenizer(sentences, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    evaluation = tokenizer(
+        sentences, padding=True, truncation=True, max_length=128, return_tensors="pt"
+    )
     example = tokenizer(sentences[:2], padding=True, return_tensors="pt")
     example = {k: example[k] for k in ("input_ids", "attention_mask")}
     reference = embed(dense, evaluation)
@@ -197,7 +199,9 @@ def bench_minilm(quick: bool) -> dict[str, Any]:
             model = models[f"{name} {ratio:.0%}"]
             cosine = (embed(model, evaluation) * reference).sum(-1)
             heads = sum(
-                m.num_attention_heads for m in model.modules() if hasattr(m, "query") and hasattr(m, "num_attention_heads")
+                m.num_attention_heads
+                for m in model.modules()
+                if hasattr(m, "query") and hasattr(m, "num_attention_heads")
             )
             out[f"{name} {ratio:.0%}"] = {
                 "params": params(model),
@@ -205,17 +209,27 @@ def bench_minilm(quick: bool) -> dict[str, Any]:
                 "cosine_mean": float(cosine.mean()),
                 "cosine_min": float(cosine.min()),
                 "heads": heads,
-                "ffn": sum(m.out_features for n, m in model.named_modules() if n.endswith("intermediate.dense")),
+                "ffn": sum(
+                    m.out_features
+                    for n, m in model.named_modules()
+                    if n.endswith("intermediate.dense")
+                ),
             }
     out["dense"]["heads"] = sum(
-        m.num_attention_heads for m in dense.modules() if hasattr(m, "query") and hasattr(m, "num_attention_heads")
+        m.num_attention_heads
+        for m in dense.modules()
+        if hasattr(m, "query") and hasattr(m, "num_attention_heads")
     )
-    out["dense"]["ffn"] = sum(m.out_features for n, m in dense.named_modules() if n.endswith("intermediate.dense"))
+    out["dense"]["ffn"] = sum(
+        m.out_features for n, m in dense.named_modules() if n.endswith("intermediate.dense")
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for batch in (1, 32):
-            ids = torch.randint(1000, 20000, (batch, 128), generator=torch.Generator().manual_seed(0))
+            ids = torch.randint(
+                1000, 20000, (batch, 128), generator=torch.Generator().manual_seed(0)
+            )
             inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
             def forward(model: nn.Module, inputs: dict[str, Tensor] = inputs) -> Callable[[], None]:
@@ -246,7 +260,9 @@ def render_minilm(r: dict[str, Any], quick: bool) -> str:
     for name, v in r.items():
         b1, b32 = median(v["latency_b1"]), median(v["latency_b32"])
         prune = f"{median(v['prune_s']):.2f} s {spread(v['prune_s'])}" if "prune_s" in v else ""
-        cosine = f"{v['cosine_mean']:.3f} / {v['cosine_min']:.3f}" if "cosine_mean" in v else "1 / 1"
+        cosine = (
+            f"{v['cosine_mean']:.3f} / {v['cosine_min']:.3f}" if "cosine_mean" in v else "1 / 1"
+        )
         label = name.replace("torch_pruning", "Torch-Pruning").replace("prunus", "prunus.shrink")
         rows.append(
             f"| {label} | {v['heads']} | {v['ffn']} | {v['params']:,} | {v['macs_b1'] / 1e6:,.0f} M | "
@@ -304,7 +320,9 @@ def perplexity(model: nn.Module, docs: list[Tensor]) -> float:
     with torch.no_grad():
         for ids in docs:
             logits = model(input_ids=ids).logits[:, :-1]
-            loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+            loss = nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+            )
             total += float(loss)
             tokens += ids.shape[1] - 1
     return math.exp(total / tokens)
@@ -332,8 +350,11 @@ def bench_smollm2(quick: bool) -> dict[str, Any]:
         "kv_heads": attention.k_proj.out_features // attention.head_dim,
         "ffn": model.model.layers[0].mlp.up_proj.out_features,
     }
-    out["dense"].update(q_heads=dense.config.num_attention_heads, kv_heads=dense.config.num_key_value_heads,
-                        ffn=dense.config.intermediate_size)
+    out["dense"].update(
+        q_heads=dense.config.num_attention_heads,
+        kv_heads=dense.config.num_key_value_heads,
+        ffn=dense.config.intermediate_size,
+    )
     with tempfile.TemporaryDirectory() as folder:
         model.config.save_pretrained(folder)  # a GGUF-loaded model cannot save_pretrained itself
         save_model(model, os.path.join(folder, "model.safetensors"))
@@ -347,7 +368,7 @@ def bench_smollm2(quick: bool) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ids = {"input_ids": torch.cat(docs)[:1, :256] if docs[0].shape[1] >= 256 else docs[0]}
+        ids = {"input_ids": max(docs, key=lambda d: d.shape[1])}
 
         def forward(m: nn.Module) -> Callable[[], None]:
             def run() -> None:
@@ -373,7 +394,7 @@ def render_smollm2(r: dict[str, Any], quick: bool) -> str:
         "|---|---|---|---|---|---|---|",
         f"| dense | {d['q_heads']} / {d['kv_heads']} | {d['ffn']} | {d['params']:,} | "
         f"{median(d['latency']) * 1e3:.0f} ms {spread(d['latency'])} | 1.00x | {d['ppl']:.2f} |",
-        f"| `prunus.shrink(..., \"l1_structured\", amount=0.25)` | {s['q_heads']} / {s['kv_heads']} | {s['ffn']} | "
+        f'| `prunus.shrink(..., "l1_structured", amount=0.25)` | {s["q_heads"]} / {s["kv_heads"]} | {s["ffn"]} | '
         f"{s['params']:,} | {median(s['latency']) * 1e3:.0f} ms {spread(s['latency'])} | "
         f"{median(d['latency']) / median(s['latency']):.2f}x | {s['ppl']:.2f} |",
     ]
@@ -425,19 +446,31 @@ def bench_tracing(quick: bool) -> dict[str, Any]:
         torch.manual_seed(0)
         model = factory().eval()
         start = time.perf_counter()
-        report = prunus.shrink(model, inputs, "l1_structured", amount=0.25)  # default outputs: dict, cache
-        out[name] = {"seconds": time.perf_counter() - start, "groups": len(report.groups),
-                     "params": (report.params_before, report.params_after)}
+        report = prunus.shrink(
+            model, inputs, "l1_structured", amount=0.25
+        )  # default outputs: dict, cache
+        out[name] = {
+            "seconds": time.perf_counter() - start,
+            "groups": len(report.groups),
+            "params": (report.params_before, report.params_after),
+        }
     return out
 
 
 def render_tracing(r: dict[str, Any], quick: bool) -> str:
-    rows = ["| model (random weights, from its config) | groups | shrink at 25 % (trace, plan, remove, check) |", "|---|---|---|"]
+    rows = [
+        "| model (random weights, from its config) | groups | shrink at 25 % (trace, plan, remove, check) |",
+        "|---|---|---|",
+    ]
     for name, v in r.items():
         rows.append(f"| {name} | {v['groups']} | {v['seconds']:.1f} s |")
     return "\n".join(
-        [f"Time to shrink with the default Hugging Face outputs (`return_dict=True`, key/value cache on) "
-         f"({'quick run: fewer layers' if quick else 'full run'}; `{COMMAND}`). {machine()}.", "", *rows]
+        [
+            f"Time to shrink with the default Hugging Face outputs (`return_dict=True`, key/value cache on) "
+            f"({'quick run: fewer layers' if quick else 'full run'}; `{COMMAND}`). {machine()}.",
+            "",
+            *rows,
+        ]
     )
 
 
@@ -461,10 +494,16 @@ def bench_conv(quick: bool) -> dict[str, Any]:
         last = [m for m in dense.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
 
         def with_tp(model: nn.Module, x: Tensor = x) -> None:
-            index = [m for m in dense.modules() if isinstance(m, (nn.Linear, nn.Conv2d))].index(last)
+            index = [m for m in dense.modules() if isinstance(m, (nn.Linear, nn.Conv2d))].index(
+                last
+            )
             final = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][index]
             tp.pruner.BasePruner(
-                model, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=0.5, ignored_layers=[final]
+                model,
+                x,
+                importance=tp.importance.MagnitudeImportance(p=1),
+                pruning_ratio=0.5,
+                ignored_layers=[final],
             ).step()
 
         def with_prunus(model: nn.Module, x: Tensor = x) -> None:
@@ -517,7 +556,9 @@ def render_conv(r: dict[str, Any], quick: bool) -> str:
 # -- the suite's contract -------------------------------------------------------------------------------------
 
 
-TABLES: dict[str, tuple[Callable[[bool], dict[str, Any]], Callable[[dict[str, Any], bool], str]]] = {
+TABLES: dict[
+    str, tuple[Callable[[bool], dict[str, Any]], Callable[[dict[str, Any], bool], str]]
+] = {
     "transformers-minilm": (bench_minilm, render_minilm),
     "transformers-smollm2": (bench_smollm2, render_smollm2),
     "transformers-tracing": (bench_tracing, render_tracing),
@@ -559,7 +600,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke test")
     parser.add_argument("--only", nargs="+", choices=sorted(TABLES), help="some tables only")
-    parser.add_argument("--write-docs", action="store_true", help="write the tables into docs/performance.md")
+    parser.add_argument(
+        "--write-docs", action="store_true", help="write the tables into docs/performance.md"
+    )
     args = parser.parse_args()
     found = tables(args.quick, args.only)
     for markdown in found.values():

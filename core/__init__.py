@@ -53,7 +53,8 @@ if TYPE_CHECKING:
     from .hardware.detection import detect_hardware
     from .hardware.probing import ProbePoint, ProbeResult, load_probe, probe
     from .hardware.sparse import SparseLinear, to_dense, to_sparse
-    from .shrinking.channels import ChannelGroupReport, ShrinkReport, prune_channels, shrink
+    from .shrinking.channels import prune_channels, shrink
+    from .shrinking.report import ChannelGroupReport, ShrinkReport
     from .shrinking.record import load_shrunk, shrink_state
     from .workflow import plots
     from .workflow.config import PruneConfig, SensitivityConfig, load_config
@@ -90,8 +91,8 @@ _TOOLS: dict[str, str] = {
     "SparseLinear": "hardware.sparse",
     "to_dense": "hardware.sparse",
     "to_sparse": "hardware.sparse",
-    "ChannelGroupReport": "shrinking.channels",
-    "ShrinkReport": "shrinking.channels",
+    "ChannelGroupReport": "shrinking.report",
+    "ShrinkReport": "shrinking.report",
     "prune_channels": "shrinking.channels",
     "shrink": "shrinking.channels",
     "load_shrunk": "shrinking.record",
