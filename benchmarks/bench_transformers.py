@@ -108,7 +108,8 @@ def linear_macs(model: nn.Module, inputs: dict[str, Tensor]) -> int:
         with torch.no_grad():
             model(**inputs)
     finally:
-        return counter.close()
+        macs = counter.close()
+    return macs
 
 
 def params(model: nn.Module) -> int:
@@ -185,7 +186,7 @@ def bench_minilm(quick: bool) -> dict[str, Any]:
     models: dict[str, nn.Module] = {"dense": dense}
     for ratio in (0.3, 0.5):
         prune_times: dict[str, list[float]] = {"prunus": [], "torch_pruning": []}
-        for i in range(1 if quick else 3):
+        for _ in range(1 if quick else 3):
             for name in ("prunus", "torch_pruning"):
                 model = copy.deepcopy(dense)
                 start = time.perf_counter()
@@ -491,13 +492,10 @@ def bench_conv(quick: bool) -> dict[str, Any]:
         torch.manual_seed(0)
         dense = randomize_norms(factory()).eval()
         x = torch.randn(shape)
-        last = [m for m in dense.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
 
         def with_tp(model: nn.Module, x: Tensor = x) -> None:
-            index = [m for m in dense.modules() if isinstance(m, (nn.Linear, nn.Conv2d))].index(
-                last
-            )
-            final = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][index]
+            # The output layer is kept, as prunus keeps it.
+            final = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
             tp.pruner.BasePruner(
                 model,
                 x,
