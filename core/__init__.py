@@ -54,8 +54,8 @@ if TYPE_CHECKING:
     from .hardware.probing import ProbePoint, ProbeResult, load_probe, probe
     from .hardware.sparse import SparseLinear, to_dense, to_sparse
     from .shrinking.channels import prune_channels, shrink
-    from .shrinking.report import ChannelGroupReport, ShrinkReport
     from .shrinking.record import load_shrunk, shrink_state
+    from .shrinking.report import ChannelGroupReport, ShrinkReport
     from .workflow import plots
     from .workflow.config import PruneConfig, SensitivityConfig, load_config
     from .workflow.evaluation import (

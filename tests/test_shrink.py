@@ -744,3 +744,74 @@ def test_channels_removed_never_exceed_the_amount_plus_those_reported(
     # Whatever was removed beyond amount was silent: the masked model computes what the model computed.
     for g in report.groups:
         assert g.left is None or not g.removed
+
+
+# -- nn.MultiheadAttention --------------------------------------------------------------------------------------
+
+
+class MHABlock(nn.Module):
+    """A pre-norm-free encoder block around nn.MultiheadAttention (batch first), then an FFN."""
+
+    def __init__(self, batch_first: bool = True, packed: bool = True) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.attn = nn.MultiheadAttention(
+            16, 4, batch_first=batch_first, kdim=None if packed else 16, vdim=None if packed else 12
+        )
+        self.values = nn.Linear(6, 12)
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 16)
+        self.out = nn.Linear(16, 3)
+        self.batch_first = batch_first
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x)
+        seq = h if self.batch_first else h.transpose(0, 1)
+        values = self.values(x) if self.attn.vdim != 16 else seq
+        if not self.batch_first and values is not seq:
+            values = values.transpose(0, 1)
+        a, _ = self.attn(seq, seq, values, need_weights=False)
+        h = h + (a if self.batch_first else a.transpose(0, 1))
+        h = h + self.fc2(torch.relu(self.fc1(h)))
+        return self.out(h.mean(dim=1))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("packed", [True, False])
+def test_multihead_attention_loses_whole_heads(batch_first: bool, packed: bool) -> None:
+    torch.manual_seed(0)
+    model, x = MHABlock(batch_first, packed).eval(), torch.randn(2, 5, 6)
+    masked = copy.deepcopy(model)
+    prunus.prune_channels(masked, x, "l1_structured", amount=0.5)
+    expected = masked(x)
+    report = prunus.shrink(masked, x)
+    attn = masked.attn
+    assert isinstance(attn, nn.MultiheadAttention) and attn.num_heads == 2
+    assert attn.out_proj.in_features == 8
+    heads = next(g for g in report.groups if g.name == "attn")
+    assert heads.unit == 4 and len(heads.removed) == 8
+    assert close(masked(x), expected)
+    with torch.no_grad():  # the weights it returns are per remaining head
+        q, v = torch.randn(5, 16), torch.randn(5, 16 if packed else 12)  # unbatched
+        _, weights = attn(q, q, v, average_attn_weights=False)
+    assert weights is not None and weights.shape == (2, 5, 5)
+
+    fresh = MHABlock(batch_first, packed)
+    record = json.loads(json.dumps(prunus.shrink_state(masked)))
+    prunus.load_shrunk(fresh, masked.state_dict(), record)
+    assert type(fresh.attn) is type(attn) and close(fresh.eval()(x), expected)
+
+
+def test_a_failed_shrink_gives_multihead_attention_its_class_back(snapshot: Snapshot) -> None:
+    class Broken(MHABlock):
+        def forward(self, x: Tensor) -> Tensor:
+            if self.attn.num_heads != 4:
+                raise RuntimeError("expects four heads")
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    model, x = Broken().eval(), torch.randn(2, 5, 6)
+    before = snapshot(model)
+    with pytest.raises(prunus.ShrinkError, match="no longer runs"):
+        prunus.shrink(model, x, "l1_structured", amount=0.5)
+    assert type(model.attn) is nn.MultiheadAttention and snapshot(model) == before

@@ -11,7 +11,9 @@ the block's layout, recognised by the attributes the common implementations shar
 * ``query``, ``key``, ``value`` Linear layers with ``num_attention_heads`` and ``attention_head_size``: BERT and
   its relatives, whose output projection is the sibling ``output.dense``;
 * ``c_attn`` and ``c_proj`` ``Conv1D`` layers with ``num_heads``, ``head_dim`` and ``split_size``: GPT-2 (the
-  query, key and value projections packed in one layer).
+  query, key and value projections packed in one layer);
+* ``nn.MultiheadAttention`` (without ``add_bias_kv`` or ``add_zero_attn``), which becomes a
+  :class:`~prunus.shrinking.mha.HeadPrunedMultiheadAttention` once it loses heads.
 
 One unit is one key/value group: a key head, a value head and the query heads that share them (one query head
 when there are as many key/value heads as query heads), so every group keeps the same number of query heads and
@@ -28,6 +30,7 @@ from torch import nn
 
 from ..targets import matches
 from .groups import Group, Removal, Slice
+from .mha import prunable_heads, remove_heads
 from .tracing import conv1d_size, is_conv1d
 
 __all__ = ["Attention", "find_attention", "head_group"]
@@ -40,6 +43,13 @@ class Projection:
     module: nn.Module
     name: str
     offset: int = 0
+    weight: str = "weight"
+    bias: str = "bias"
+    bias_offset: int | None = None  # where its bias entries start, if not at ``offset``
+
+    @property
+    def bias_start(self) -> int:
+        return self.offset if self.bias_offset is None else self.bias_offset
 
 
 @dataclass
@@ -57,6 +67,7 @@ class Attention:
     o: Projection
     attributes: Callable[[int, int], dict[str, int]]
     cut: list[nn.Module] = field(default_factory=list)
+    remove: Callable[[nn.Module, Sequence[int]], None] | None = None
 
     @property
     def layers(self) -> list[str]:
@@ -79,6 +90,10 @@ def find_attention(model: nn.Module) -> list[Attention]:
     found = []
     for name, module in modules.items():
         prefix = f"{name}." if name else ""
+        if isinstance(module, nn.MultiheadAttention):
+            if prunable_heads(module) is None:
+                found.append(_multihead(name, module))
+            continue
         head_dim = _int(module, "head_dim")
         qkvo = _linears(module, "q_proj", "k_proj", "v_proj", "o_proj")
         if qkvo is not None and head_dim:
@@ -193,6 +208,38 @@ def find_attention(model: nn.Module) -> list[Attention]:
     return found
 
 
+def _multihead(name: str, module: nn.MultiheadAttention) -> Attention:
+    inner = module.num_heads * module.head_dim
+    prefix = f"{name}." if name else ""
+    if module._qkv_same_embed_dim:
+        q, k, v = (
+            Projection(module, name, i * inner, "in_proj_weight", "in_proj_bias") for i in range(3)
+        )
+    else:  # separate weights, each from row 0, and one packed bias
+        q, k, v = (
+            Projection(module, name, 0, f"{x}_proj_weight", "in_proj_bias", i * inner)
+            for i, x in enumerate("qkv")
+        )
+
+    def remove(block: nn.Module, channels: Sequence[int]) -> None:
+        assert isinstance(block, nn.MultiheadAttention)
+        remove_heads(block, sorted({c // block.head_dim for c in channels}))
+
+    return Attention(
+        name,
+        module,
+        module.num_heads,
+        module.num_heads,
+        module.head_dim,
+        q,
+        k,
+        v,
+        Projection(module.out_proj, f"{prefix}out_proj"),
+        attributes=lambda h, kv: {},
+        remove=remove,
+    )
+
+
 def head_group(att: Attention, fn: Any, conv1d: Any, ignore: Sequence[str]) -> Group:
     """The group of one attention block: root channels are the query rows, one unit per key/value group."""
     h, kv, d = att.heads, att.kv_heads, att.head_dim
@@ -218,35 +265,39 @@ def head_group(att: Attention, fn: Any, conv1d: Any, ignore: Sequence[str]) -> G
         (att.k, kv_index, kv_roots),
         (att.v, kv_index, kv_roots),
     ):
-        shifted = [i + proj.offset for i in index]
+        rows = [i + proj.offset for i in index]
+        biases = [i + proj.bias_start for i in index]
         packed = is_conv1d(proj.module)
         group.slices.append(
-            Slice(proj.module, proj.name, "weight", 1 if packed else 0, shifted, roots, True, True)
+            Slice(proj.module, proj.name, proj.weight, 1 if packed else 0, rows, roots, True, True)
         )
-        if getattr(proj.module, "bias", None) is not None:
+        if getattr(proj.module, proj.bias, None) is not None:
             group.slices.append(
-                Slice(proj.module, proj.name, "bias", 0, shifted, roots, True, False)
+                Slice(proj.module, proj.name, proj.bias, 0, biases, roots, True, False)
             )
-        rows = out_rows.setdefault(id(proj.module), ([], []))
-        rows[0].extend(shifted)
-        rows[1].extend(roots)
-    for proj in (att.q, att.k, att.v):
-        if id(proj.module) in out_rows:
-            index, roots = out_rows.pop(id(proj.module))
-            handler = (
-                conv1d.prune_out_channels
-                if is_conv1d(proj.module)
-                else fn.prune_linear_out_channels
-            )
-            group.removals.append(Removal(handler, proj.module, index, roots))
+        removal = out_rows.setdefault(id(proj.module), ([], []))
+        removal[0].extend(rows)
+        removal[1].extend(roots)
     packed_o = is_conv1d(att.o.module)
     group.slices.append(
         Slice(
             att.o.module, att.o.name, "weight", 0 if packed_o else 1, queries, queries, False, True
         )
     )
-    handler = conv1d.prune_in_channels if packed_o else fn.prune_linear_in_channels
-    group.removals.append(Removal(handler, att.o.module, queries, queries))
+    if att.remove is not None:  # one call removes the heads everywhere in the block
+        group.removals.append(Removal(att.remove, att.module, queries, queries))
+    else:
+        for proj in (att.q, att.k, att.v):
+            if id(proj.module) in out_rows:
+                index, roots = out_rows.pop(id(proj.module))
+                handler = (
+                    conv1d.prune_out_channels
+                    if is_conv1d(proj.module)
+                    else fn.prune_linear_out_channels
+                )
+                group.removals.append(Removal(handler, proj.module, index, roots))
+        handler = conv1d.prune_in_channels if packed_o else fn.prune_linear_in_channels
+        group.removals.append(Removal(handler, att.o.module, queries, queries))
     if any(matches(layer, ignore) for layer in group.layers):
         group.left = (
             f"touches ignored layer {next(x for x in group.layers if matches(x, ignore))!r}"

@@ -15,10 +15,16 @@ from torch import nn
 
 from ..errors import ShrinkError, TargetError
 from ..transaction import ModuleSnapshot, transaction
+from .mha import HeadPrunedMultiheadAttention
 
 __all__ = ["SHRINK_RECORD_FORMAT", "load_shrunk", "shrink_state"]
 
 SHRINK_RECORD_FORMAT = "prunus.shrink/1"
+
+# Classes shrink may switch a module to (a subclass of its own class), by the name the record gives.
+_SWITCHES: dict[str, type[nn.Module]] = {
+    HeadPrunedMultiheadAttention.__name__: HeadPrunedMultiheadAttention
+}
 """The ``format`` field of a shrink record."""
 
 _Json = Any
@@ -106,6 +112,15 @@ def load_shrunk(
             tx.record(ModuleSnapshot(model))
             for name, entry in record["modules"].items():
                 module = modules.get(name)
+                switch = _SWITCHES.get(entry["type"])
+                if (
+                    module is not None
+                    and switch is not None
+                    and isinstance(module, switch.__mro__[1])
+                ):
+                    module.__class__ = (
+                        switch  # the class shrink switched it to (the snapshot undoes it)
+                    )
                 if module is None or type(module).__name__ != entry["type"]:
                     found = "nothing" if module is None else type(module).__name__
                     raise ShrinkError(
