@@ -815,3 +815,51 @@ def test_a_failed_shrink_gives_multihead_attention_its_class_back(snapshot: Snap
     with pytest.raises(prunus.ShrinkError, match="no longer runs"):
         prunus.shrink(model, x, "l1_structured", amount=0.5)
     assert type(model.attn) is nn.MultiheadAttention and snapshot(model) == before
+
+
+# -- data-aware criteria: the seam calibration plugs into -------------------------------------------------------
+
+
+def test_a_data_aware_criterion_ranks_neurons_by_their_activations(
+    private_registry: prunus.Registry,
+) -> None:
+    class InputNorm(prunus.Criterion):
+        """Scores each weight entry by the norm of the input column it reads, over ``context.data``."""
+
+        name = "input_norm"
+        summary = "input activation norms (test)"
+
+        def score(self, target: Target, context: PruneContext) -> Tensor:
+            norms = context.extras.get("input_norms")
+            if norms is None:
+                norms = {}
+                hooks = [
+                    m.register_forward_hook(
+                        lambda m, args, out: norms.__setitem__(
+                            id(m), args[0].flatten(0, -2).norm(dim=0)
+                        )
+                    )
+                    for m in context.model.modules()
+                    if isinstance(m, nn.Linear)
+                ]
+                with torch.no_grad():
+                    context.model(context.data)
+                for hook in hooks:
+                    hook.remove()
+                context.extras["input_norms"] = norms
+            return norms[id(target.module)].expand_as(target.tensor).clone()
+
+    private_registry.register(InputNorm)
+    model, x, _ = build("mlp")
+    assert isinstance(model, MLP)
+    with (
+        torch.no_grad()
+    ):  # fc1's neurons 0-7 never fire on positive inputs: their activations are zero
+        model.fc1.weight[:8] = -model.fc1.weight[:8].abs()
+        model.fc1.bias[:8] = -1.0
+    data = x.abs()
+    report = prunus.shrink(
+        model, x, "input_norm_structured", amount=0.25, data=data, registry=private_registry
+    )
+    fc1 = next(g for g in report.groups if g.name == "fc1")
+    assert fc1.removed == list(range(8))
