@@ -182,7 +182,7 @@ def bench_minilm(quick: bool) -> dict[str, Any]:
     example = tokenizer(sentences[:2], padding=True, return_tensors="pt")
     example = {k: example[k] for k in ("input_ids", "attention_mask")}
     reference = embed(dense, evaluation)
-    out: dict[str, Any] = {"dense": {"params": params(dense)}}
+    out: dict[str, Any] = {"dense": {"params": params(dense)}, "baseline": {}}
     models: dict[str, nn.Module] = {"dense": dense}
     for ratio in (0.3, 0.5):
         prune_times: dict[str, list[float]] = {"prunus": [], "torch_pruning": []}
@@ -216,6 +216,14 @@ def bench_minilm(quick: bool) -> dict[str, Any]:
                     if n.endswith("intermediate.dense")
                 ),
             }
+    for ratio in (
+        0.3,
+        0.5,
+    ):  # the random-pruning baseline: quality only (same architecture as prunus L1)
+        model = copy.deepcopy(dense)
+        prunus.shrink(model, example, "random_structured", amount=ratio, seed=0)
+        cosine = (embed(model, evaluation) * reference).sum(-1)
+        out["baseline"][f"{ratio:.0%}"] = (float(cosine.mean()), float(cosine.min()))
     out["dense"]["heads"] = sum(
         m.num_attention_heads
         for m in dense.modules()
@@ -259,6 +267,8 @@ def render_minilm(r: dict[str, Any], quick: bool) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, v in r.items():
+        if name == "baseline":
+            continue
         b1, b32 = median(v["latency_b1"]), median(v["latency_b32"])
         prune = f"{median(v['prune_s']):.2f} s {spread(v['prune_s'])}" if "prune_s" in v else ""
         cosine = (
@@ -288,6 +298,10 @@ def render_minilm(r: dict[str, Any], quick: bool) -> str:
             *rows,
             "",
             "Against the goals: " + "; ".join(goals) + ".",
+            "",
+            "Random-pruning baseline (`random_structured`, seed 0, the same architecture as prunus's rows): cosine "
+            + ", ".join(f"{k} {m:.3f} / {n:.3f}" for k, (m, n) in r["baseline"].items())
+            + ".",
         ]
     )
 
@@ -356,6 +370,11 @@ def bench_smollm2(quick: bool) -> dict[str, Any]:
         kv_heads=dense.config.num_key_value_heads,
         ffn=dense.config.intermediate_size,
     )
+    # The random-pruning baseline (the same architecture as the L1 one, so the same latency).
+    baseline = copy.deepcopy(dense)
+    prunus.shrink(baseline, example, "random_structured", amount=0.25, seed=0)
+    out["random"] = {"params": params(baseline), "ppl": perplexity(baseline, docs)}
+    del baseline
     with tempfile.TemporaryDirectory() as folder:
         model.config.save_pretrained(folder)  # a GGUF-loaded model cannot save_pretrained itself
         save_model(model, os.path.join(folder, "model.safetensors"))
@@ -398,6 +417,8 @@ def render_smollm2(r: dict[str, Any], quick: bool) -> str:
         f'| `prunus.shrink(..., "l1_structured", amount=0.25)` | {s["q_heads"]} / {s["kv_heads"]} | {s["ffn"]} | '
         f"{s['params']:,} | {median(s['latency']) * 1e3:.0f} ms {spread(s['latency'])} | "
         f"{median(d['latency']) / median(s['latency']):.2f}x | {s['ppl']:.2f} |",
+        f'| `prunus.shrink(..., "random_structured", amount=0.25, seed=0)` (baseline) | {s["q_heads"]} / '
+        f"{s['kv_heads']} | {s['ffn']} | {r['random']['params']:,} | as above | as above | {r['random']['ppl']:.2f} |",
     ]
     return "\n".join(
         [
