@@ -188,11 +188,21 @@ def test_hidden_size_under_layer_norm_needs_asking() -> None:
     report = prunus.shrink(model, inputs, "l1_structured", amount=0.25, normalized=True)
     hidden = next(g for g in report.groups if g.channels == 32 and g.unit == 1)
     assert hidden.left is None and len(hidden.removed) == 8
-    assert hidden.note is not None and "mean and variance change" in hidden.note
+    assert hidden.note is not None and "statistics" in hidden.note and "more norms" in hidden.note
     assert model.config.hidden_size == 24 and report.config["hidden_size"] == 24
     assert model.vit.layernorm.normalized_shape == (24,)
     assert main_output(model(**inputs)).shape == (2, 3)
     assert report.reloads is not None and report.reloads.startswith("yes")
+
+
+def test_the_hidden_size_of_a_llama_goes_with_its_rms_norms(tmp_path: Path) -> None:
+    model, inputs = build("llama")
+    report = prunus.shrink(model, inputs, "l1_structured", amount=0.25, normalized=True)
+    assert model.config.hidden_size == 36 and model.model.norm.weight.shape == (36,)
+    assert report.reloads is not None and report.reloads.startswith("yes")
+    model.save_pretrained(tmp_path)
+    fresh = type(model).from_pretrained(tmp_path).eval()
+    assert torch.allclose(fresh(**inputs).logits, model(**inputs).logits, atol=1e-6)
 
 
 def test_tracing_takes_seconds_not_minutes() -> None:

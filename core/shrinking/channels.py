@@ -99,9 +99,12 @@ class _Plan:
             }
             note = notes[i] if notes is not None else None
             if g.normalized is not None and g.left is None and self.removed[i]:
+                norms = len({s.module_name for s in g.slices if s.norm})
+                others = f" and {norms - 1} more norms" if norms > 1 else ""
                 stats = (
-                    f"{g.normalized!r} now normalizes over {g.channels - len(self.channels(i))} of "
-                    f"{g.channels} channels: its mean and variance change, and so do the outputs"
+                    f"{g.normalized!r}{others} now normalize over {g.channels - len(self.channels(i))} of "
+                    f"{g.channels} channels: their statistics (mean, variance or root mean square) change, and "
+                    "so do the outputs"
                 )
                 note = f"{stats}; {note}" if note else stats
             out.append(g.report(self.channels(i), beyond, self.why[i], note))
