@@ -147,13 +147,7 @@ PACKAGES = [
     "prunus.hardware",
     "prunus.workflow",
     "prunus.shrinking",
-    pytest.param(
-        "prunus.cli",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="prunus.cli.main, the click group, hides the module prunus/cli/main.py",
-        ),
-    ),
+    "prunus.cli",
     "prunus.testing",
     "prunus.plugins",
 ]
