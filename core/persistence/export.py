@@ -104,7 +104,9 @@ def export_program(
     was_training = plain.training
     plain.eval()
     try:
-        return torch.export.export(plain, args, kwargs or None, dynamic_shapes=dynamic_shapes, strict=strict)
+        return torch.export.export(
+            plain, args, kwargs or None, dynamic_shapes=dynamic_shapes, strict=strict
+        )
     except Exception as error:
         raise ExportError(
             f"torch.export could not trace {type(model).__name__}: {type(error).__name__}: {error}"
@@ -174,7 +176,12 @@ def export_onnx(
 
 
 def _compare(
-    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], path: Path, atol: float, rtol: float
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    path: Path,
+    atol: float,
+    rtol: float,
 ) -> float:
     import onnxruntime
 
@@ -193,7 +200,9 @@ def _compare(
     for ours, theirs in zip(expected, got, strict=True):
         theirs_t = torch.from_numpy(theirs).to(ours.dtype)
         if theirs_t.shape != ours.shape:
-            raise ExportError(f"onnxruntime's output is {tuple(theirs_t.shape)}, PyTorch's {tuple(ours.shape)}")
+            raise ExportError(
+                f"onnxruntime's output is {tuple(theirs_t.shape)}, PyTorch's {tuple(ours.shape)}"
+            )
         if ours.numel():
             worst = max(worst, float((theirs_t.float() - ours.float()).abs().max()))
         if not torch.allclose(theirs_t.float(), ours.float(), atol=atol, rtol=rtol):

@@ -90,5 +90,7 @@ def load_pretrained(
         if pruner is not None:
             model.prunus_pruner = pruner
     if not isinstance(model, nn.Module):
-        raise StateError(f"{model_class!r}.from_pretrained returned {type(model).__name__}, not a module")
+        raise StateError(
+            f"{model_class!r}.from_pretrained returned {type(model).__name__}, not a module"
+        )
     return model

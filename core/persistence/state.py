@@ -195,9 +195,21 @@ def _manifest(
         plugins=plugins,
         pruner=pruner_state,
         schedule=schedule,
-        architecture=shrink_state(model),
+        architecture=_architecture(model),
         state_layout=state_layout,
     )
+
+
+def _architecture(model: nn.Module) -> dict[str, Any]:
+    """:func:`prunus.shrink_state` of ``model`` without prunus's own mask and restore buffers."""
+    record = shrink_state(model)
+    for entry in record["modules"].values():
+        entry["buffers"] = {
+            key: shape
+            for key, shape in entry["buffers"].items()
+            if not key.startswith((masking.MASK_PREFIX, masking.VALUES_PREFIX))
+        }
+    return record
 
 
 def pruning_state(
@@ -436,7 +448,11 @@ def _weights(manifest: Manifest, tensors: Mapping[str, Tensor], where: str) -> d
 
 
 def _differs(model: nn.Module, record: Mapping[str, Any]) -> str | None:
-    """Where ``model``'s shapes differ from the recorded architecture (``None`` when they do not)."""
+    """Where the recorded architecture is a shrunken ``model`` (``None`` when their shapes are the same).
+
+    Raises:
+        StateError: a recorded shape is larger than the model's, or has another rank (another model).
+    """
     modules = dict(model.named_modules())
     for name, entry in record.get("modules", {}).items():
         module = modules.get(name)
@@ -447,7 +463,16 @@ def _differs(model: nn.Module, record: Mapping[str, Any]) -> str | None:
                 tensor = table.get(key)
                 if tensor is not None and list(tensor.shape) != list(shape):
                     qualified = f"{name}.{key}" if name else key
-                    return f"{qualified} is {list(shape)} in the file, {list(tensor.shape)} in the model"
+                    found = f"{qualified} is {list(shape)} in the file, {list(tensor.shape)} in the model"
+                    if len(shape) != tensor.dim() or any(
+                        s > t for s, t in zip(shape, tensor.shape, strict=True)
+                    ):
+                        # Larger than the model: not a shrunken version of it, so nothing to rebuild.
+                        raise StateError(
+                            f"{found}; load into a fresh instance of the class and configuration that "
+                            "was saved"
+                        )
+                    return found
     return None
 
 
