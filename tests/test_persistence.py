@@ -283,7 +283,7 @@ def test_version_mismatch_refuses_to_resume_a_pruner(
     state["manifest"] = json.dumps(manifest)
     fresh = make_model("mlp")
     resumed = prunus.GradualPruner(fresh, "l1_unstructured", schedule="one_shot", sparsity=0.5)
-    with pytest.raises(prunus.StateError, match="0.0.1"):
+    with pytest.raises(prunus.StateError, match=r"0\.0\.1"):
         prunus.load_pruning_state(fresh, state, pruner=resumed)
     assert not prunus.is_pruned(fresh)
     prunus.load_pruning_state(fresh, state, pruner=resumed, check_versions=False)
