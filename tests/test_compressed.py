@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tensor_bytes
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import prunus
 from prunus.persistence.compressed import FORMAT, LEGACY_FORMAT
-
-from conftest import tensor_bytes
 
 
 def reference_decompress(tensors: dict[str, Tensor]) -> dict[str, Tensor]:

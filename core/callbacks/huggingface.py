@@ -31,7 +31,7 @@ __all__ = ["PruningCallback"]
 LOG_KEY = "prunus/sparsity"
 
 
-class PruningCallback(TrainerCallback):  # type: ignore[misc]
+class PruningCallback(TrainerCallback):
     """Runs ``pruner``'s schedule in a ``Trainer``, logs the sparsity, and saves it with every checkpoint.
 
     Args:
@@ -58,7 +58,7 @@ class PruningCallback(TrainerCallback):  # type: ignore[misc]
     ) -> None:
         source = self.resume_from
         if source is None and state.global_step > 0:
-            source = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE
+            source = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}" / STATE_FILE
         if source is not None and source.is_file() and not is_pruned(self.pruner.model):
             load_pruned(self.pruner.model, source, pruner=self.pruner)
 
@@ -89,7 +89,7 @@ class PruningCallback(TrainerCallback):  # type: ignore[misc]
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        directory = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
         if directory.is_dir():
             save_pruned(
                 self.pruner.model, directory / STATE_FILE, weights=False, pruner=self.pruner

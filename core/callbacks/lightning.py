@@ -27,7 +27,7 @@ __all__ = ["PruningCallback"]
 LOG_KEY = "prunus/sparsity"
 
 
-class PruningCallback(pl.Callback):  # type: ignore[misc]
+class PruningCallback(pl.Callback):
     """Runs ``pruner``'s schedule in a Lightning ``Trainer``, logs the sparsity, and checkpoints it.
 
     Args:

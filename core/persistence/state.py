@@ -570,7 +570,7 @@ def _check_versions(manifest: Manifest, where_registry: Registry, where: str) ->
             installed = (
                 where_registry.info(name).provider
                 if kind == "strategy"
-                else where_registry.provider(kind, name)
+                else where_registry.provider("schedule", name)
             )
         except PrunusError as error:
             raise StateError(
