@@ -83,6 +83,23 @@ def test_linear_weights_are_in_the_sparse_bitmask_layout(tmp_path: Path) -> None
         assert torch.equal(theirs[key], value), key
 
 
+def test_compressed_tensors_reads_and_writes_the_same_files(tmp_path: Path) -> None:
+    sparse_bitmask = pytest.importorskip("compressed_tensors.compressors.sparse_compressors.sparse_bitmask")
+    from compressed_tensors import BitmaskConfig
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+    prunus.prune(model, "l1_unstructured", amount=0.8)
+    prunus.save_compressed(model, tmp_path / "ours.safetensors")
+    compressor = sparse_bitmask.BitmaskCompressor(config=BitmaskConfig())
+    theirs = dict(compressor.decompress(str(tmp_path / "ours.safetensors")))
+    assert sorted(theirs) == sorted(model.state_dict())
+    assert all(torch.equal(theirs[k], v) for k, v in model.state_dict().items())
+    save_file(compressor.compress(dict(model.state_dict())), str(tmp_path / "theirs.safetensors"))
+    ours = prunus.load_compressed(tmp_path / "theirs.safetensors")
+    assert all(torch.equal(ours[k], v) for k, v in model.state_dict().items())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_decompression_is_bit_for_bit(dtype: torch.dtype, tmp_path: Path) -> None:
     generator = torch.Generator().manual_seed(0)

@@ -11,7 +11,7 @@ from ..persistence.state import Manifest, load_pruning_state, pruning_state
 from ..report import PruneReport
 from ..workflow.gradual import GradualPruner
 
-__all__ = ["PruningDriver"]
+__all__ = ["DrivenCallback", "PruningDriver"]
 
 
 class PruningDriver:
@@ -65,3 +65,19 @@ class PruningDriver:
         manifest = load_pruning_state(self.pruner.model, state, pruner=self.pruner)
         self._sparsity = None
         return manifest
+
+
+class DrivenCallback:
+    """What both framework callbacks expose of their :class:`PruningDriver` (held in ``self.driver``)."""
+
+    driver: PruningDriver
+
+    @property
+    def pruner(self) -> GradualPruner:
+        """The pruner the callback drives."""
+        return self.driver.pruner
+
+    @property
+    def sparsity_log(self) -> list[tuple[int, float]]:
+        """``(optimizer step, sparsity)`` after every optimizer step."""
+        return self.driver.sparsity_log

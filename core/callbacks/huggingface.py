@@ -24,14 +24,14 @@ from ..engine import is_pruned
 from ..persistence.huggingface import STATE_FILE
 from ..persistence.state import load_pruned, save_pruned
 from ..workflow.gradual import GradualPruner
-from .driver import PruningDriver
+from .driver import DrivenCallback, PruningDriver
 
 __all__ = ["PruningCallback"]
 
 LOG_KEY = "prunus/sparsity"
 
 
-class PruningCallback(TrainerCallback):
+class PruningCallback(DrivenCallback, TrainerCallback):
     """Runs ``pruner``'s schedule in a ``Trainer``, logs the sparsity, and saves it with every checkpoint.
 
     Args:
@@ -43,15 +43,6 @@ class PruningCallback(TrainerCallback):
     def __init__(self, pruner: GradualPruner, *, resume_from: str | Path | None = None) -> None:
         self.driver = PruningDriver(pruner)
         self.resume_from = Path(resume_from) if resume_from is not None else None
-
-    @property
-    def pruner(self) -> GradualPruner:
-        return self.driver.pruner
-
-    @property
-    def sparsity_log(self) -> list[tuple[int, float]]:
-        """``(global step, sparsity)`` after every optimizer step."""
-        return self.driver.sparsity_log
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

@@ -20,14 +20,14 @@ from typing import Any
 import lightning.pytorch as pl
 
 from ..workflow.gradual import GradualPruner
-from .driver import PruningDriver
+from .driver import DrivenCallback, PruningDriver
 
 __all__ = ["PruningCallback"]
 
 LOG_KEY = "prunus/sparsity"
 
 
-class PruningCallback(pl.Callback):
+class PruningCallback(DrivenCallback, pl.Callback):
     """Runs ``pruner``'s schedule in a Lightning ``Trainer``, logs the sparsity, and checkpoints it.
 
     Args:
@@ -37,15 +37,6 @@ class PruningCallback(pl.Callback):
     def __init__(self, pruner: GradualPruner) -> None:
         self.driver = PruningDriver(pruner)
         self._pending: Mapping[str, Any] | None = None
-
-    @property
-    def pruner(self) -> GradualPruner:
-        return self.driver.pruner
-
-    @property
-    def sparsity_log(self) -> list[tuple[int, float]]:
-        """``(global step, sparsity)`` after every optimizer step."""
-        return self.driver.sparsity_log
 
     @property
     def state_key(self) -> str:
