@@ -94,7 +94,8 @@ def export_program(
 
     Args:
         example_inputs: a tensor, a tuple of positional inputs or a dict of keyword inputs.
-        dynamic_shapes, strict: passed to ``torch.export.export``.
+        dynamic_shapes: passed to ``torch.export.export``.
+        strict: passed to ``torch.export.export``.
 
     Raises:
         ExportError: the model holds sparse execution modules (see the module docs), or tracing failed.
@@ -132,7 +133,8 @@ def export_onnx(
         path: the ``.onnx`` file to write (weights embedded).
         dynamic_shapes: as in ``torch.export`` (e.g. ``({0: "batch"},)`` for a dynamic batch).
         check: run the file in onnxruntime on ``example_inputs`` and compare with PyTorch's outputs.
-        atol, rtol: the tolerance of that comparison (kernels differ in the last bits of float sums).
+        atol: the absolute tolerance of that comparison (kernels differ in the last bits of float sums).
+        rtol: its relative tolerance.
 
     Raises:
         MissingDependencyError: onnx, onnxscript or onnxruntime is not installed (``pip install 'prunus[onnx]'``).

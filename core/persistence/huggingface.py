@@ -41,7 +41,8 @@ def save_pretrained(
 
     Args:
         model: a Hugging Face ``PreTrainedModel`` (anything with ``save_pretrained``).
-        pruner, reports: recorded in the manifest, as in :func:`prunus.save_pruned`.
+        pruner: recorded in the manifest, as in :func:`prunus.save_pruned`.
+        reports: recorded in the manifest, as in :func:`prunus.save_pruned`.
         **kwargs: passed to ``save_pretrained`` (``safe_serialization``, ``max_shard_size``, ...).
 
     Returns:
