@@ -320,3 +320,17 @@ def test_hugging_face_directory_carries_the_pruning_state(tmp_path: Path) -> Non
     plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # no prunus involved
     assert not prunus.is_pruned(plain)
     assert torch.equal(plain(ids).logits, model(ids).logits)  # the zeros came with the weights
+
+
+@pytest.mark.gpu
+def test_round_trip_of_a_cuda_model(make_model: Callable[..., nn.Module], tmp_path: Path) -> None:
+    model = make_model("lenet").cuda()
+    prunus.prune(model, "l1_unstructured", amount=0.6)
+    prunus.save_pruned(model, tmp_path / "p.safetensors")
+    fresh = make_model("lenet", seed=3).cuda()
+    prunus.load_pruned(fresh, tmp_path / "p.safetensors")
+    assert all(m.device.type == "cuda" for m in prunus.masks(fresh).values())
+    assert_same(
+        {k: v.cpu() for k, v in everything(fresh).items()},
+        {k: v.cpu() for k, v in everything(model).items()},
+    )
