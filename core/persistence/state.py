@@ -39,7 +39,7 @@ from ..report import PruneReport
 from ..shrinking.record import load_shrunk, shrink_state
 from ..transaction import ModuleSnapshot, transaction
 from .bits import pack_mask, unpack_mask
-from .compressed import compress_state, decompress_state
+from .compressed import FORMAT, FORMAT_KEY, LAYOUT_KEY, compress_state, decompress_state
 from .files import read_safetensors_metadata, write_atomically
 
 __all__ = [
@@ -242,7 +242,7 @@ def pruning_state(
         if weights:
             state_tensors, metadata = compress_state(model.state_dict())
             tensors.update({_STATE + key: value for key, value in state_tensors.items()})
-            layout = metadata["prunus.layout"]
+            layout = metadata[LAYOUT_KEY]
         manifest = _manifest(
             model,
             weights=weights,
@@ -456,9 +456,7 @@ def _weights(manifest: Manifest, tensors: Mapping[str, Tensor], where: str) -> d
     state = {key[len(_STATE) :]: value for key, value in tensors.items() if key.startswith(_STATE)}
     if manifest.state_layout is None:
         raise StateError(f"{where}: the manifest says the file holds weights but records no layout")
-    return decompress_state(
-        state, {"prunus.format": "prunus.compressed/2", "prunus.layout": manifest.state_layout}
-    )
+    return decompress_state(state, {FORMAT_KEY: FORMAT, LAYOUT_KEY: manifest.state_layout})
 
 
 def _differs(model: nn.Module, record: Mapping[str, Any]) -> str | None:
