@@ -149,13 +149,7 @@ PACKAGES = [
     "prunus.shrinking",
     "prunus.persistence",
     "prunus.callbacks",
-    pytest.param(
-        "prunus.cli",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="prunus.cli.main, the click group, hides the module prunus/cli/main.py",
-        ),
-    ),
+    "prunus.cli",
     "prunus.testing",
     "prunus.plugins",
 ]
