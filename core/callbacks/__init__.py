@@ -1,7 +1,7 @@
 """Training-framework callbacks that drive a :class:`prunus.GradualPruner` and checkpoint it with the model.
 
 * :mod:`prunus.callbacks.huggingface`: ``PruningCallback`` for the Hugging Face ``Trainer`` (the optional
-  ``huggingface`` extra);
+  ``transformers`` extra);
 * :mod:`prunus.callbacks.lightning`: ``PruningCallback`` for Lightning (the optional ``lightning`` extra);
 * :mod:`prunus.callbacks.driver`: what both share, usable from any loop.
 

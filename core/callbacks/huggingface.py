@@ -10,7 +10,7 @@
 The pruner's steps are the Trainer's optimizer steps (``state.global_step``). Every checkpoint directory gets a
 ``prunus_pruning.safetensors`` beside the Trainer's files; on resume the callback loads the one of the
 checkpoint the Trainer resumed from. The sparsity is logged with the Trainer's logs (``prunus/sparsity``) and
-kept per step in :attr:`PruningCallback.sparsity_log`. Needs the optional ``huggingface`` extra.
+kept per step in :attr:`PruningCallback.sparsity_log`. Needs the optional ``transformers`` extra.
 """
 
 from __future__ import annotations
