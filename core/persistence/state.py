@@ -123,6 +123,20 @@ def _provider(provider: Provider) -> dict[str, str | None]:
     }
 
 
+def _json_part(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A pruner's state without its tensors: entries that hold tensors (masks, pruned values) become empty,
+    since the pruning state stores the masks and pruned values itself, packed."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if isinstance(value, Tensor) or (
+            isinstance(value, Mapping) and any(isinstance(v, Tensor) for v in value.values())
+        ):
+            out[key] = {}
+        else:
+            out[key] = value
+    return out
+
+
 def _strategy_entry(name: str, options: Mapping[str, Any], where: Registry) -> dict[str, Any]:
     try:
         provider: dict[str, str | None] | None = _provider(where.info(name).provider)
@@ -159,7 +173,7 @@ def _manifest(
             )
         )
     strategies = [_strategy_entry(r.strategy, r.options, where) for r in reports]
-    pruner_state = pruner.state_dict() if pruner is not None else None
+    pruner_state = _json_part(pruner.state_dict()) if pruner is not None else None
     schedule: dict[str, Any] | None = None
     if pruner_state is not None and "strategy" in pruner_state:
         strategies.append(
