@@ -147,13 +147,9 @@ PACKAGES = [
     "prunus.hardware",
     "prunus.workflow",
     "prunus.shrinking",
-    pytest.param(
-        "prunus.cli",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="prunus.cli.main, the click group, hides the module prunus/cli/main.py",
-        ),
-    ),
+    "prunus.persistence",
+    "prunus.callbacks",
+    "prunus.cli",
     "prunus.testing",
     "prunus.plugins",
 ]
