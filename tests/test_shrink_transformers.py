@@ -162,11 +162,16 @@ def test_save_pretrained_then_from_pretrained(name: str, tmp_path: Path) -> None
         assert not list(tmp_path.glob("*.bin"))
         fresh = type(model).from_pretrained(tmp_path).eval()
     else:
-        # The config cannot describe the heads: the JSON shrink record rebuilds them on the stock class.
+        # The config cannot describe the heads: the shrink record rebuilds them on the stock class, from the
+        # JSON record beside safetensors weights, or from one file of prunus.save_pruned.
         safetensors_torch.save_model(model, str(tmp_path / "model.safetensors"))
         record = json.loads(json.dumps(prunus.shrink_state(model)))
         weights = safetensors_torch.load_file(str(tmp_path / "model.safetensors"))
         fresh = prunus.load_shrunk(type(model)(model.config), weights, record).eval()
+        prunus.save_pruned(model, tmp_path / "pruned.safetensors")
+        again = type(model)(model.config)
+        prunus.load_pruned(again, tmp_path / "pruned.safetensors")
+        assert torch.allclose(main_output(again.eval()(**inputs)), expected, rtol=1e-4, atol=1e-5)
     assert torch.allclose(main_output(fresh(**inputs)), expected, rtol=1e-4, atol=1e-5)
     assert sum(p.numel() for p in fresh.parameters()) == report.params_after
 

@@ -7,8 +7,9 @@ rebuilds the smaller architecture and ``from_pretrained`` loads it with no pickl
 entry: layers shrunk unevenly (a global ranking) cannot be described, nor can heads in architectures that derive
 the head width from ``hidden_size / num_attention_heads`` (BERT, GPT-2). Whether the config suffices is not
 assumed but checked: the class is built from the new config on the meta device (no memory, no weights) and its
-parameter shapes compared with the shrunken model's. Where it does not suffice, :func:`prunus.shrink_state` and
-:func:`prunus.load_shrunk` save and rebuild the model without pickle all the same.
+parameter shapes compared with the shrunken model's. Where it does not suffice, :func:`prunus.save_pruned` and
+:func:`prunus.load_pruned` (or :func:`prunus.shrink_state` and :func:`prunus.load_shrunk`) save and rebuild the
+model without pickle all the same.
 """
 
 from __future__ import annotations
@@ -154,6 +155,6 @@ def _rebuilds(model: nn.Module, config: Any, problems: list[str]) -> str:
         )
     )
     return (
-        f"no: {why}. Save with prunus.shrink_state(model) (JSON) beside the weights and rebuild with "
-        "prunus.load_shrunk(type(model)(config), weights, record)"
+        f"no: {why}. Save with prunus.save_pruned(model, path) (weights and shapes in one safetensors file) and "
+        "rebuild with prunus.load_pruned(type(model)(model.config), path)"
     )
