@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .anatomy import model_kind
 from .auto import select
 from .component import Component
 from .config import Amount, NoOptions, StrategyConfig
@@ -31,6 +32,8 @@ from .errors import (
     PluginLoadWarning,
     PrunusError,
     PrunusWarning,
+    QualityError,
+    QualityWarning,
     RegistrationError,
     RollbackError,
     ShrinkError,
@@ -44,9 +47,9 @@ from .hardware_profile import CpuInfo, GpuInfo, HardwareProfile
 from .hookspecs import hookimpl, hookspec
 from .ranking import keep_mask
 from .registration import Registrar, Registry, StrategyInfo, registry
-from .report import ParameterReport, PruneReport
+from .report import AutoOutcome, ParameterReport, PruneReport, QualityFigure, StepReport
 from .schedules import Schedule
-from .selection import Selection
+from .selection import PlanStep, Selection
 from .strategy import ComposedStrategy, Criterion, Granularity, PruneContext, Strategy, Target
 from .targets import DEFAULT_LAYERS, select_targets
 
@@ -69,6 +72,7 @@ if TYPE_CHECKING:
     from .shrinking.channels import prune_channels, shrink
     from .shrinking.record import load_shrunk, shrink_state
     from .shrinking.report import ChannelGroupReport, ShrinkReport
+    from .shrinking.sensitivity import GroupSensitivity, channel_sensitivity
     from .workflow import plots
     from .workflow.config import PruneConfig, SensitivityConfig, load_config
     from .workflow.evaluation import (
@@ -85,6 +89,7 @@ if TYPE_CHECKING:
     )
     from .workflow.gradual import FineTuneResult, GradualPruner, ScheduleStep, fine_tune
     from .workflow.quantization import compare_quantized, quantize, quantized_weights
+    from .workflow.recovery import distill, recalibrate_batchnorm
     from .workflow.sensitivity_analysis import SensitivityCurve, SensitivityResult, sensitivity
 
 __version__ = "0.1.0"
@@ -120,6 +125,8 @@ _TOOLS: dict[str, str] = {
     "shrink": "shrinking.channels",
     "load_shrunk": "shrinking.record",
     "shrink_state": "shrinking.record",
+    "GroupSensitivity": "shrinking.sensitivity",
+    "channel_sensitivity": "shrinking.sensitivity",
     "PruneConfig": "workflow.config",
     "SensitivityConfig": "workflow.config",
     "load_config": "workflow.config",
@@ -140,6 +147,8 @@ _TOOLS: dict[str, str] = {
     "compare_quantized": "workflow.quantization",
     "quantize": "workflow.quantization",
     "quantized_weights": "workflow.quantization",
+    "distill": "workflow.recovery",
+    "recalibrate_batchnorm": "workflow.recovery",
     "SensitivityCurve": "workflow.sensitivity_analysis",
     "SensitivityResult": "workflow.sensitivity_analysis",
     "sensitivity": "workflow.sensitivity_analysis",
@@ -170,6 +179,7 @@ __all__ = [
     "Amount",
     "AmountError",
     "AnalysisReport",
+    "AutoOutcome",
     "ChannelGroupReport",
     "Comparison",
     "Component",
@@ -183,6 +193,7 @@ __all__ = [
     "GpuInfo",
     "GradualPruner",
     "Granularity",
+    "GroupSensitivity",
     "HardwareProfile",
     "LayerAnalysis",
     "Manifest",
@@ -192,6 +203,7 @@ __all__ = [
     "NoOptions",
     "NotPrunedError",
     "ParameterReport",
+    "PlanStep",
     "PluginError",
     "PluginLoadWarning",
     "ProbePoint",
@@ -201,6 +213,9 @@ __all__ = [
     "PruneReport",
     "PrunusError",
     "PrunusWarning",
+    "QualityError",
+    "QualityFigure",
+    "QualityWarning",
     "Registrar",
     "RegistrationError",
     "Registry",
@@ -215,6 +230,7 @@ __all__ = [
     "ShrinkReport",
     "SparseLinear",
     "StateError",
+    "StepReport",
     "Strategy",
     "StrategyConfig",
     "StrategyInfo",
@@ -225,10 +241,12 @@ __all__ = [
     "UnknownStrategyError",
     "accuracy",
     "analyze",
+    "channel_sensitivity",
     "compare",
     "compare_quantized",
     "count_parameters",
     "detect_hardware",
+    "distill",
     "evaluate",
     "export_onnx",
     "export_program",
@@ -246,6 +264,7 @@ __all__ = [
     "load_pruning_state",
     "load_shrunk",
     "masks",
+    "model_kind",
     "model_size",
     "plots",
     "probe",
@@ -255,6 +274,7 @@ __all__ = [
     "quantize",
     "quantized_weights",
     "read_manifest",
+    "recalibrate_batchnorm",
     "registry",
     "remove",
     "restore",

@@ -14,12 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from . import masking
-from .auto import resolve_auto
+from .auto import run_auto
 from .config import jsonable
 from .errors import ConfigError, NotPrunedError, PluginError, PrunusError, TargetError
 from .registration import Registry, registry
 from .report import ParameterReport, PruneReport
-from .selection import AUTO, Selection
+from .selection import AUTO
 from .strategy import PruneContext, Strategy, Target
 from .targets import FilterFn, Patterns, listing, select_targets
 from .transaction import transaction
@@ -46,10 +46,12 @@ def prune(
     Args:
         model: the model to prune; changed in place.
         strategy: a strategy from ``registry.get(...)``, or a registered name configured with ``options``, or
-            ``"auto"``: the strategy :func:`prunus.select` chooses for ``hardware=`` (default ``"auto"``, this
-            machine) and ``objective=`` (default ``"latency"``) at ``sparsity=`` (required); it prunes the
-            parameters the selection names unless ``include`` or ``filter_fn`` is given, and the report records
-            the selection.
+            ``"auto"``: the plan :func:`prunus.select` chooses for ``hardware=`` (default ``"auto"``, this
+            machine) and ``objective=`` (default ``"latency"``) at ``sparsity=`` (required), carried out in
+            place: masks, physical removal of coupled channel groups (``example_inputs=``, or the first batch of
+            ``data``, traces the model), sparse formats, and recovery from ``data`` (``recover=``); the report
+            records the plan, each step, and the predicted and measured speed-up (``measure=``). A plan that
+            would ruin the model is refused with a :class:`~prunus.errors.QualityError` that says what to do.
         include: glob patterns over qualified parameter names (``"fc1.weight"``, ``"blocks.*.weight"``);
             each must match something. Default: the ``weight`` of every Linear and Conv layer.
         exclude: glob patterns of parameters to leave alone; each must match one of the chosen parameters.
@@ -71,6 +73,7 @@ def prune(
 
     Raises:
         UnknownStrategyError, ConfigError: a bad strategy name or option.
+        QualityError: ``"auto"`` refused a request that would ruin the model.
         TargetError: a pattern matched nothing, or there is nothing to prune.
         AmountError, MaskError: the options do not fit the chosen parameters.
         PluginError: a plugin raised, or returned scores or masks that break the contract.
@@ -113,14 +116,19 @@ def _prune(
     registry: Registry,
     options: dict[str, Any],
 ) -> PruneReport:
-    selection: Selection | None = None
     if isinstance(strategy, str) and strategy == AUTO:
         if amounts is not None:
             raise ConfigError("amounts= cannot be combined with 'auto'; prune with a strategy name")
-        strategy, selection = resolve_auto(model, options, registry)
-        options = {}
-        if include is None and filter_fn is None:
-            include = selection.include
+        return run_auto(
+            model,
+            options,
+            include=include,
+            exclude=exclude,
+            filter_fn=filter_fn,
+            data=data,
+            restorable=restorable,
+            registry=registry,
+        )
     per_layer: dict[str, Strategy] | None = None
     if amounts is not None:
         if not isinstance(strategy, str):
@@ -216,7 +224,6 @@ def _prune(
             if t.name in newly
         ],
         model_numel=sum(p.numel() for p in model.parameters()),
-        selection=selection,
     )
 
 

@@ -19,6 +19,8 @@ __all__ = [
     "PluginLoadWarning",
     "PrunusError",
     "PrunusWarning",
+    "QualityError",
+    "QualityWarning",
     "RegistrationError",
     "RollbackError",
     "ShrinkError",
@@ -91,12 +93,22 @@ class ExportError(PrunusError, RuntimeError):
     """A model cannot be exported (ONNX, ``torch.export``) as it is; the message says what to do instead."""
 
 
+class QualityError(PrunusError, ValueError):
+    """A request would ruin the model (e.g. half of a language model's neurons removed without data); the message
+    says what to do instead. Nothing was changed."""
+
+
 class MissingDependencyError(PrunusError, ImportError):
     """An optional dependency that a feature needs is not installed."""
 
 
 class PrunusWarning(UserWarning):
     """Base class of the warnings prunus emits."""
+
+
+class QualityWarning(PrunusWarning):
+    """A pruning plan costs quality the user should know about before relying on the model (e.g. no data to
+    recover with), or cannot deliver the speed it was asked for."""
 
 
 class PluginLoadWarning(PrunusWarning):

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from .errors import PluginError
 from .hardware_profile import HardwareProfile
-from .selection import Selection
+from .report import PruneReport
+from .selection import AutoRequest, Selection
 from .strategy import Criterion, PruneContext, Target
 
 __all__ = ["Hooks"]
@@ -73,7 +74,12 @@ class Hooks:
         return profile
 
     def select(
-        self, model: Any, hardware: HardwareProfile, objective: str, sparsity: float
+        self,
+        model: Any,
+        hardware: HardwareProfile,
+        objective: str,
+        sparsity: float,
+        data: Any = None,
     ) -> Selection | None:
         """The first plugin's strategy selection for a hardware target, or ``None``."""
         impls = self._pm.hook.prunus_select_strategy.get_hookimpls()
@@ -82,7 +88,9 @@ class Hooks:
                 "prunus_select_strategy",
                 remove_plugins=[i.plugin for i in impls if i is not impl],
             )
-            result = caller(model=model, hardware=hardware, objective=objective, sparsity=sparsity)
+            result = caller(
+                model=model, hardware=hardware, objective=objective, sparsity=sparsity, data=data
+            )
             if result is None:
                 continue
             if not isinstance(result, Selection):
@@ -92,3 +100,22 @@ class Hooks:
                 )
             return result.model_copy(update={"decided_by": impl.plugin_name})
         return None
+
+    def carry_out(
+        self, model: Any, selection: Selection, request: AutoRequest, registry: Any
+    ) -> PruneReport:
+        """Carry out ``selection`` on ``model`` through the first plugin that does."""
+        report = self._pm.hook.prunus_carry_out(
+            model=model, selection=selection, request=request, registry=registry
+        )
+        if report is None:
+            raise PluginError(
+                "no plugin carried out the plan; is the built-in plugin 'prunus.autoplan' disabled "
+                "(PRUNUS_DISABLED_PLUGINS)?"
+            )
+        if not isinstance(report, PruneReport):
+            raise PluginError(
+                f"a prunus_carry_out implementation returned {type(report).__name__}; it must return a "
+                "prunus.PruneReport or None"
+            )
+        return report

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from .hardware_profile import HardwareProfile
-    from .registration import Registrar
-    from .selection import Selection
+    from .registration import Registrar, Registry
+    from .report import PruneReport
+    from .selection import AutoRequest, Selection
     from .strategy import Criterion, PruneContext, Target
 
 __all__ = ["hookimpl", "hookspec"]
@@ -154,19 +155,46 @@ def prunus_resolve_hardware(hardware: object) -> HardwareProfile | None:
 
 @hookspec(firstresult=True)
 def prunus_select_strategy(
-    model: nn.Module, hardware: Any, objective: str, sparsity: float
+    model: nn.Module, hardware: Any, objective: str, sparsity: float, data: Any
 ) -> Selection | None:
-    """Choose a strategy for ``model`` on a hardware target.
+    """Choose a plan for ``model`` on a hardware target: a strategy and the steps that make it pay there.
 
     Args:
-        model: the model to prune.
+        model: the model to prune (read, not changed; :func:`prunus.plugin_api.model_kind` tells what it is).
         hardware: the hardware target, a :class:`~prunus.HardwareProfile` (``prunus.select`` resolves the
             names ``"auto"``, ``"gpu"``, ``"cpu"``, ``"sparse_accelerator"`` and dicts to one before calling): its
             ``kind``, GPU compute capability, CPU vector width and, when measured, ``sparse_crossover``.
         objective: what to optimise: ``"latency"``, ``"memory"`` or ``"accuracy"``.
         sparsity: the fraction of weights the user wants removed.
+        data: the calibration data the user gave (``None`` when none): a plan may then rank with data-aware
+            criteria and allocate amounts by sensitivity. An implementation may leave this argument out.
 
     Returns:
-        A :class:`~prunus.selection.Selection` naming a registered strategy, its options and the reason,
-        or ``None`` to let another plugin decide.
+        A :class:`~prunus.selection.Selection` naming a registered strategy, its options and the reason, and, for
+        a plan, its :class:`~prunus.selection.PlanStep` steps (``prune``, ``shrink``, ``to_sparse``,
+        ``recover``), what it predicts and what it warns about, or a ``refusal`` when the request would ruin the
+        model; or ``None`` to let another plugin decide. A selection without steps is carried out as one
+        ``prune`` step.
+    """
+
+
+@hookspec(firstresult=True)
+def prunus_carry_out(
+    model: nn.Module, selection: Selection, request: AutoRequest, registry: Registry
+) -> PruneReport | None:
+    """Carry out a plan on ``model`` in place: ``prune(model, "auto", ...)`` calls this after the selection.
+
+    prunus's own implementation (``trylast``, in :mod:`prunus.autoplan.plugin`) runs the steps of
+    :meth:`Selection.plan` in order inside one transaction (a failure leaves the model as it was), emits the
+    selection's warnings, and measures what the plan gave. Implement it to carry out plans another way (on a
+    remote device, say) and return ``None`` for the plans you leave to prunus.
+
+    Args:
+        model: the model, changed in place.
+        selection: the plan (its ``refusal`` is ``None``: refused plans never get here).
+        request: the call's data, example inputs and settings.
+        registry: where strategies are looked up.
+
+    Returns:
+        The :class:`~prunus.report.PruneReport` of the call, with ``steps`` and ``outcome``; or ``None``.
     """

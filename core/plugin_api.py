@@ -21,14 +21,16 @@ built-in does is out of a third party's reach. What is here:
   :func:`input_dim`;
 * **mask storage**: :func:`attach_mask`, what a ``prunus_apply_mask`` implementation calls to keep a mask the
   way prunus does (zeros in place, a bool mask and the pruned values beside the parameter);
-* **hardware selection**: :class:`Selection`, :class:`HardwareProfile` (with :class:`CpuInfo`,
-  :class:`GpuInfo`), what the ``prunus_select_strategy`` hook receives and returns;
+* **hardware selection**: :class:`Selection` and its :class:`PlanStep` steps, :class:`HardwareProfile` (with
+  :class:`CpuInfo`, :class:`GpuInfo`), what the ``prunus_select_strategy`` hook receives and returns, and
+  :func:`model_kind`, what the model is (a language model, an encoder, a CNN, an MLP);
 * **errors** a plugin raises: :class:`ConfigError`, :class:`AmountError`, :class:`MaskError`,
   :class:`TargetError`, :class:`PluginError`.
 """
 
 from __future__ import annotations
 
+from .anatomy import ModelKind, model_kind
 from .component import Component, Kind
 from .config import Amount, NoOptions, StrategyConfig, count_to_prune
 from .errors import AmountError, ConfigError, MaskError, PluginError, TargetError
@@ -39,7 +41,7 @@ from .masking import attach_mask
 from .ranking import eligible_slices, keep_mask, keep_slices, rankable
 from .registration import Registrar, Registry
 from .schedules import Fraction, Schedule, SchedulePoint
-from .selection import Selection
+from .selection import PlanStep, Selection
 from .strategy import Criterion, Granularity, PruneContext, Strategy, Target
 from .targets import DEFAULT_LAYERS, input_dim, select_targets
 
@@ -57,7 +59,9 @@ __all__ = [
     "HardwareProfile",
     "Kind",
     "MaskError",
+    "ModelKind",
     "NoOptions",
+    "PlanStep",
     "PluginError",
     "PruneContext",
     "Registrar",
@@ -77,6 +81,7 @@ __all__ = [
     "input_dim",
     "keep_mask",
     "keep_slices",
+    "model_kind",
     "rankable",
     "select_targets",
 ]

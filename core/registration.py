@@ -63,7 +63,10 @@ __all__ = [
 ENTRY_POINT_GROUP = "prunus"
 USER = "<user>"
 
-BUILTIN_TOOL_PLUGINS: tuple[tuple[str, str], ...] = (("prunus.hardware", "prunus.hardware.plugin"),)
+BUILTIN_TOOL_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("prunus.hardware", "prunus.hardware.plugin"),
+    ("prunus.autoplan", "prunus.autoplan.plugin"),
+)
 """``(plugin name, module)`` of the hook implementations prunus's tool subpackages provide.
 
 They are loaded by name, as the built-in strategies of :mod:`prunus.plugins` are, so the contracts and the

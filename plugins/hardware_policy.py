@@ -1,29 +1,51 @@
 """prunus's built-in hardware-aware selection policy (the ``prunus_select_strategy`` hook, ``trylast``).
 
-The rules, first match wins:
+It returns a *plan*: a strategy and the steps that turn its zeros into the speed it claims on the target, with
+what it costs in quality. The rules, first match wins:
 
-1. objective ``accuracy``: ``l1_unstructured`` (the finest granularity keeps the most accuracy at a sparsity).
-2. ``sparse_accelerator``: ``l1_unstructured`` (every zero is work skipped there).
-3. ``gpu`` with 2:4 kernels (CUDA compute capability >= 8.0, unless a probe measured them slower), large
-   Linear layers, and an asked sparsity within 10 points of 50 %: ``l1_nm`` (2:4) on those layers.
-4. ``gpu`` otherwise: ``l1_aligned``: whole output channels / neurons, the kept count a multiple of 8.
-5. ``cpu``: ``l1_unstructured`` when the asked sparsity is at or above the CSR crossover measured on that CPU
-   (:func:`prunus.probe`) for layers of the sizes of the model's Linear layers (their median, weighted by
-   weight count), and Linear layers hold most of the weights (convolutions have no sparse kernel there);
-   objective ``memory``: above 50 %, where CSR with 32-bit indices is smaller than dense. Else
-   ``l1_aligned`` rounded to the CPU's float32 vector width.
-6. anything else: ``l1_structured`` (removing whole neurons shrinks the dense computation anywhere).
+1. objective ``accuracy``: ``l1_unstructured`` masks (the finest granularity keeps the most accuracy at a
+   sparsity), recovery with data. Faster only above the sparse crossover: the reason says so.
+2. ``sparse_accelerator``: ``l1_unstructured`` masks (every zero is work skipped there), recovery with data.
+3. ``gpu`` with 2:4 kernels (CUDA compute capability >= 8.0, unless a probe measured them slower), large Linear
+   layers, and an asked sparsity within 10 points of 50 %: ``l1_nm`` (2:4) on those layers, recovery, then
+   ``to_sparse`` in the 2:4 semi-structured layout.
+4. ``cpu`` where the asked sparsity is at or above the CSR crossover measured there (:func:`prunus.probe`) for
+   layers of the sizes of the model's Linear layers, and Linear layers hold most of the weights:
+   ``l1_unstructured``, recovery, then ``to_sparse`` (CSR) for the layers sparse enough. Objective ``memory``
+   above 50 % (CSR is smaller than dense there): ``l1_unstructured`` and recovery.
+5. anything else: *structural removal*: ``shrink`` with ``l1_aligned`` (``l1_structured`` on an unknown target)
+   removes coupled channel groups through the dependency graph (residual branches, BatchNorms, attention heads
+   and key/value groups, FFN neurons), the number kept rounded to what dense kernels like there (8 on a GPU,
+   the float32 vector width on a CPU); with data the amount is spread over the groups by measured sensitivity.
+   BatchNorm statistics are recalibrated and the model distilled toward the dense one for an epoch of the data.
+   The model's output layer is left whole; a transformer's hidden size too (LayerNorm / RMSNorm statistics).
 
-Structured selections leave the model's last Linear or Conv layer whole (its outputs are the model's: pruning
-its rows would remove outputs). A third-party plugin that implements the hook and returns a selection wins
-over this one.
+Quality is part of the choice (:func:`model_kind` says what the model is):
+
+* a language model is never given structural removal above :data:`LM_STRUCTURED_LIMIT` (SmolLM2-135M lost all
+  use at 25 % of its FFN neurons and key/value groups: perplexity 30.7 to two million); the plan is *refused*
+  with the data-aware one-shot strategies to use instead. Without data, unstructured magnitude pruning of a
+  language model above :data:`LM_MAGNITUDE_LIMIT` is refused too (SmolLM2-135M at 50 %: perplexity 427).
+* without data a structural plan warns that nothing recalibrates or recovers the model; above
+  :data:`HEAVY_STRUCTURED` it warns that much of the accuracy goes.
+
+A third-party plugin that implements the hook and returns a selection wins over this one.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
-from prunus.plugin_api import HardwareProfile, Selection, hookimpl, select_targets
+from prunus.plugin_api import (
+    HardwareProfile,
+    PlanStep,
+    Selection,
+    hookimpl,
+    model_kind,
+    select_targets,
+)
 
 LARGE_LINEAR_MIN_DIM = 512
 """A Linear layer is large enough for 2:4 kernels to pay off when both dims are at least this ..."""
@@ -33,6 +55,23 @@ SEMI_STRUCTURED_MULTIPLE = 64
 """... and both dims are multiples of this (what torch's 2:4 kernels accept in float16)."""
 NM_TOLERANCE = 0.1
 """2:4 removes exactly 50 %; it is selected when the asked sparsity is this close to it."""
+LM_STRUCTURED_LIMIT = 0.1
+"""The most of a language model's heads and neurons a plan removes structurally; above, it is refused."""
+LM_MAGNITUDE_LIMIT = 0.3
+"""The most of a language model's weights a plan prunes by magnitude without data; above, it is refused."""
+HEAVY_STRUCTURED = 0.7
+"""Structural removal at or above this fraction is warned about even with data."""
+RECOVERY_EPOCHS = 1
+"""Epochs of distillation toward the dense model in the built-in recovery (``recover={"epochs": n}``)."""
+
+DATA_AWARE = (
+    "the data-aware one-shot strategies keep it working: prune(model, 'wanda_row', amount=..., data=batches) "
+    "or prune(model, 'sparsegpt_unstructured', amount=..., data=batches, allocation='owl') (SmolLM2-135M at "
+    "50 %: perplexity 30.7 -> 67.8 with Wanda, 427 with magnitude alone), smaller once saved compressed "
+    "(prunus.save_compressed); on a GPU with 2:4 kernels 'sparsegpt_nm' or 'wanda_nm' (n_keep=2, m_group=4) "
+    "then prunus.to_sparse(model) is also faster. prune(model, 'auto', objective='accuracy', data=batches) "
+    "plans that"
+)
 
 
 def large_linear_weights(model: nn.Module) -> list[str]:
@@ -52,35 +91,152 @@ def large_linear_weights(model: nn.Module) -> list[str]:
     return out
 
 
-def _all_but_last(model: nn.Module) -> tuple[list[str] | None, str]:
-    """Default targets without the last one (the output layer), and a note for the reason."""
+def _output_layer(model: nn.Module) -> str | None:
     names = [name for name, _, _ in select_targets(model)]
-    if len(names) < 2:
-        return None, ""
-    return names[:-1], f"; {names[-1]} (the output layer) is left whole"
+    return names[-1].rsplit(".", 1)[0] if len(names) >= 2 else None
 
 
-def _structured(model: nn.Module, profile: HardwareProfile, sparsity: float, why: str) -> Selection:
-    include, note = _all_but_last(model)
-    multiple = profile.alignment
-    return Selection(
-        strategy="l1_aligned",
-        options={"amount": sparsity, "dim": 0, "round_to": multiple},
-        include=include,
+def _recovery(data: Any, why: str) -> PlanStep:
+    epochs = RECOVERY_EPOCHS if data is not None else 0
+    return PlanStep(
+        kind="recover",
+        settings={"epochs": epochs},
         reason=(
-            f"{why}: structured pruning zeroes whole output channels and neurons, and a layer shrunk to "
-            f"the ones kept is a smaller dense layer, faster on any hardware (prunus.analyze measures it); "
-            f"the number kept is rounded to a multiple of {multiple}, the width dense kernels handle best "
-            f"on this target{note}"
+            f"{why}: BatchNorm statistics measured again on the data, then {epochs} epoch of distillation "
+            "toward the dense model's outputs (recover={'epochs': n} for more, recover=False for none)"
+            if data is not None
+            else f"{why}: needs data (skipped without it)"
         ),
     )
 
 
-def _unstructured(sparsity: float, reason: str) -> Selection:
-    return Selection(strategy="l1_unstructured", options={"amount": sparsity}, reason=reason)
+def _structural(
+    model: nn.Module,
+    profile: HardwareProfile,
+    sparsity: float,
+    why: str,
+    kind: str,
+    data: Any,
+    aligned: bool = True,
+) -> Selection:
+    """Coupled channel groups removed physically, then recovery."""
+    multiple = profile.alignment
+    strategy = "l1_aligned" if aligned else "l1_structured"
+    options: dict[str, Any] = (
+        {"amount": sparsity, "round_to": multiple} if aligned else {"amount": sparsity}
+    )
+    output = _output_layer(model)
+    note = f"; {output} (the output layer) is left whole" if output else ""
+    if kind in ("language_model", "encoder"):
+        note += "; the hidden size is kept (its LayerNorm / RMSNorm statistics would change)"
+    if kind == "language_model" and sparsity > LM_STRUCTURED_LIMIT:
+        return Selection(
+            strategy=strategy,
+            options=options,
+            reason=f"{why}: structural removal is the only way to make a language model faster here",
+            refusal=(
+                f"removing {sparsity:.0%} of a language model's attention heads and FFN neurons without "
+                "retraining ruins it (SmolLM2-135M at 25 %: perplexity 30.7 -> 2,081,372; structural removal "
+                f"above {LM_STRUCTURED_LIMIT:.0%} is not planned for language models); {DATA_AWARE}"
+            ),
+        )
+    warnings = []
+    if data is None:
+        warnings.append(
+            f"no data: the {sparsity:.0%} of channels removed are chosen by weight magnitude alone, and nothing "
+            "recalibrates BatchNorm statistics or recovers the model afterwards; expect a large loss of accuracy. "
+            "Pass data=<a few hundred inputs, labels optional> to allocate by sensitivity and recover"
+        )
+    if sparsity >= HEAVY_STRUCTURED:
+        warnings.append(
+            f"removing {sparsity:.0%} of the channels of every group leaves little of the model: expect a large "
+            "loss even after recovery (more epochs help: recover={'epochs': 10})"
+        )
+    rounding = f", the number kept rounded to a multiple of {multiple}" if aligned else ""
+    allocation = "sensitivity" if data is not None else "uniform"
+    spread = (
+        "amounts spread over the groups by measured sensitivity (total weighted by MACs)"
+        if data is not None
+        else "the same amount in every group (no data to measure sensitivity)"
+    )
+    return Selection(
+        strategy=strategy,
+        options=options,
+        reason=(
+            f"{why}: whole channel groups removed physically (coupled through the dependency graph: residual "
+            f"branches, BatchNorms, attention heads, FFN neurons) leave a smaller dense model, faster on any "
+            f"hardware{rounding}, the width dense kernels handle best there{note}"
+        ),
+        steps=[
+            PlanStep(
+                kind="shrink",
+                strategy=strategy,
+                options=options,
+                settings={"normalized": False},
+                allocation=allocation,
+                reason=f"remove {sparsity:.0%} of the channels of each group, {spread}",
+            ),
+            _recovery(data, "structural removal changes what every later layer sees"),
+        ],
+        warnings=warnings,
+    )
 
 
-def _gpu(model: nn.Module, profile: HardwareProfile, sparsity: float) -> Selection:
+def _unstructured(
+    model: nn.Module,
+    sparsity: float,
+    reason: str,
+    kind: str,
+    data: Any,
+    *,
+    sparse: PlanStep | None = None,
+    include: list[str] | None = None,
+) -> Selection:
+    """Unstructured masks (optionally converted to a sparse format), then recovery."""
+    if kind == "language_model" and data is None and sparsity > LM_MAGNITUDE_LIMIT:
+        return Selection(
+            strategy="l1_unstructured",
+            options={"amount": sparsity},
+            reason=reason,
+            refusal=(
+                f"pruning {sparsity:.0%} of a language model's weights by magnitude alone, without calibration "
+                f"data, ruins it (SmolLM2-135M at 50 %: perplexity 30.7 -> 427); {DATA_AWARE}"
+            ),
+        )
+    warnings = []
+    if kind == "language_model":
+        warnings.append(
+            f"magnitude pruning of a language model loses much of its quality ({DATA_AWARE})"
+        )
+    options: dict[str, Any] = {"amount": sparsity}
+    steps = [
+        PlanStep(
+            kind="prune",
+            strategy="l1_unstructured",
+            options=options,
+            include=include,
+            allocation="sensitivity"
+            if data is not None and kind != "language_model"
+            else "uniform",
+            reason=f"zero {sparsity:.0%} of the weights, the smallest first",
+        ),
+        _recovery(data, "the model is tuned around its zeros (masks stay enforced)"),
+    ]
+    if sparse is not None:
+        steps.append(sparse)
+    return Selection(
+        strategy="l1_unstructured",
+        options=options,
+        include=include,
+        reason=reason,
+        steps=steps,
+        warnings=warnings,
+    )
+
+
+def _gpu(
+    model: nn.Module, profile: HardwareProfile, sparsity: float, kind: str, data: Any
+) -> Selection:
     large = large_linear_weights(model)
     obstacles = []
     if not profile.supports_semi_structured:
@@ -101,17 +257,27 @@ def _gpu(model: nn.Module, profile: HardwareProfile, sparsity: float) -> Selecti
     if abs(sparsity - 0.5) > NM_TOLERANCE:
         obstacles.append(f"2:4 removes exactly 50 %, not the {sparsity:.0%} asked")
     if obstacles:
-        return _structured(
+        return _structural(
             model,
             profile,
             sparsity,
             f"GPU without 2:4 semi-structured sparsity here ({'; '.join(obstacles)})",
+            kind,
+            data,
         )
     speed = (
         f"measured {measured:.2f}x faster than dense there"
         if measured is not None
         else "not measured here: prunus.probe('cuda') on the GPU measures it"
     )
+    warnings = []
+    if kind == "language_model":
+        warnings.append(
+            "2:4 by magnitude costs a small language model much of its quality (SmolLM2-135M: perplexity 30.7 -> "
+            "1,799; 222 with Wanda): use prune(model, 'sparsegpt_nm', n_keep=2, m_group=4, data=batches) then "
+            "prunus.to_sparse(model) for the same speed"
+        )
+    modules = [name.rsplit(".", 1)[0] if "." in name else "" for name in large]
     return Selection(
         strategy="l1_nm",
         options={"n_keep": 2, "m_group": 4},
@@ -119,9 +285,26 @@ def _gpu(model: nn.Module, profile: HardwareProfile, sparsity: float) -> Selecti
         reason=(
             f"GPU with 2:4 semi-structured sparse kernels and {len(large)} large Linear layer"
             f"{'s' * (len(large) > 1)}: 2:4 removes exactly 50 % of their weights in a pattern the sparse "
-            f"tensor cores execute ({speed}; convert with prunus.to_sparse(model) in float16 or bfloat16); "
-            "other layers are left whole"
+            f"tensor cores execute ({speed}); other layers are left whole"
         ),
+        predicted_speedup=measured if measured is not None and measured > 1.0 else None,
+        steps=[
+            PlanStep(
+                kind="prune",
+                strategy="l1_nm",
+                options={"n_keep": 2, "m_group": 4},
+                include=large,
+                reason="keep the 2 largest of every 4 consecutive input weights",
+            ),
+            _recovery(data, "the model is tuned around its 2:4 zeros (masks stay enforced)"),
+            PlanStep(
+                kind="to_sparse",
+                include=modules,
+                settings={"layout": "semi_structured"},
+                reason="2:4 semi-structured storage, executed by the sparse tensor cores (float16 / bfloat16)",
+            ),
+        ],
+        warnings=warnings,
     )
 
 
@@ -154,93 +337,122 @@ def model_crossover(model: nn.Module, profile: HardwareProfile) -> tuple[float |
     return ordered[-1][0], share  # pragma: no cover - the loop always returns
 
 
-def _cpu(model: nn.Module, profile: HardwareProfile, objective: str, sparsity: float) -> Selection:
+def _cpu(
+    model: nn.Module,
+    profile: HardwareProfile,
+    objective: str,
+    sparsity: float,
+    kind: str,
+    data: Any,
+) -> Selection:
     crossover, linear_share = model_crossover(model, profile)
     if objective == "memory":
         if sparsity > 0.5:
             return _unstructured(
+                model,
                 sparsity,
                 f"objective memory at {sparsity:.0%}: unstructured pruning stored in CSR with 32-bit indices "
                 "(8 bytes per kept float32 weight) is smaller than dense once more than half the weights are "
-                "zero; convert with prunus.to_sparse(model)",
+                "zero; save it with prunus.save_compressed(model, path) or convert with prunus.to_sparse(model)",
+                kind,
+                data,
             )
-        return _structured(
+        return _structural(
             model,
             profile,
             sparsity,
             f"objective memory at {sparsity:.0%} (CSR would not be smaller)",
+            kind,
+            data,
         )
     if linear_share < 0.5:
-        return _structured(
+        return _structural(
             model,
             profile,
             sparsity,
             f"CPU, and most of the weights ({1 - linear_share:.0%}) are in convolutions, which have no "
             "sparse kernel there",
+            kind,
+            data,
         )
     if crossover is None:
-        return _structured(
+        return _structural(
             model,
             profile,
             sparsity,
             "CPU with no measured sparse crossover (run prunus.probe() to measure where CSR sparse "
             "execution beats dense here)",
+            kind,
+            data,
         )
     source = f" ({profile.crossover_source})" if profile.crossover_source else ""
     sized = "for layers of the sizes of this model's Linear layers"
     if crossover >= 1.0:
-        return _structured(
+        return _structural(
             model,
             profile,
             sparsity,
             f"CPU where CSR sparse execution was faster at no sparsity measured {sized}{source}",
+            kind,
+            data,
         )
     if sparsity >= crossover:
+        convert = PlanStep(
+            kind="to_sparse",
+            settings={"layout": "csr", "min_sparsity": round(crossover, 4)},
+            reason=f"CSR for the layers at least {crossover:.0%} sparse, where it measured faster",
+        )
         return _unstructured(
+            model,
             sparsity,
             f"CPU where CSR sparse execution was measured faster than dense above {crossover:.1%} sparsity "
             f"{sized}{source}, and {sparsity:.0%} was asked: unstructured pruning keeps the most accuracy "
             f"and runs faster once converted with prunus.to_sparse(model, min_sparsity={crossover:.2f})",
+            kind,
+            data,
+            sparse=convert,
         )
-    return _structured(
+    return _structural(
         model,
         profile,
         sparsity,
         f"CPU where CSR sparse execution was measured faster than dense only above {crossover:.1%} "
         f"sparsity {sized}{source}; unstructured zeros at {sparsity:.0%} would not run faster",
+        kind,
+        data,
     )
 
 
 @hookimpl(trylast=True)
 def prunus_select_strategy(
-    model: nn.Module, hardware: HardwareProfile, objective: str, sparsity: float
+    model: nn.Module, hardware: HardwareProfile, objective: str, sparsity: float, data: Any
 ) -> Selection:
     """The built-in policy (see the module's documentation)."""
     profile = hardware
+    kind = model_kind(model)
     if objective == "accuracy":
         return _unstructured(
+            model,
             sparsity,
             "objective accuracy: unstructured pruning, the finest granularity, removes the least important "
             "weights one by one and keeps the most accuracy at a given sparsity; it is faster only with "
             "sparse execution above the hardware's crossover (see prunus.analyze)",
+            kind,
+            data,
         )
     if profile.kind == "sparse_accelerator":
         return _unstructured(
+            model,
             sparsity,
             "sparse accelerator: it skips zero weights one by one, so unstructured pruning, which keeps the "
             "most accuracy at a given sparsity, turns every zero into work saved",
+            kind,
+            data,
         )
     if profile.kind == "gpu":
-        return _gpu(model, profile, sparsity)
+        return _gpu(model, profile, sparsity, kind, data)
     if profile.kind == "cpu":
-        return _cpu(model, profile, objective, sparsity)
-    include, note = _all_but_last(model)
-    return Selection(
-        strategy="l1_structured",
-        options={"amount": sparsity, "dim": 0},
-        include=include,
-        reason=(
-            f"{profile.kind} hardware: structured pruning zeroes whole output channels and neurons, and a "
-            f"layer shrunk to the ones kept is a smaller dense layer, faster on any hardware{note}"
-        ),
+        return _cpu(model, profile, objective, sparsity, kind, data)
+    return _structural(
+        model, profile, sparsity, f"{profile.kind} hardware", kind, data, aligned=False
     )

@@ -83,6 +83,9 @@ def test_ampere_gpu_with_large_linear_layers_gets_two_four_on_those_layers():
     assert selection.options == {"n_keep": 2, "m_group": 4}
     assert selection.include == ["0.weight", "2.weight"]
     assert "2:4" in selection.reason and "not measured here" in selection.reason
+    assert [step.kind for step in selection.steps] == ["prune", "recover", "to_sparse"]
+    assert selection.steps[2].settings == {"layout": "semi_structured"}
+    assert selection.steps[2].include == ["0", "2"]
     assert selection.hardware == AMPERE and selection.sparsity == 0.5
     assert selection.objective == "latency"
 
@@ -108,10 +111,16 @@ def test_two_four_is_kept_for_sparsities_near_half_only():
 def test_gpus_without_two_four_get_aligned_structured(hardware, why):
     selection = prunus.select(big(), hardware, sparsity=0.5)
     check(selection, "l1_aligned")
-    assert selection.options == {"amount": 0.5, "dim": 0, "round_to": 8}
+    assert selection.options == {"amount": 0.5, "round_to": 8}
     assert why in selection.reason
-    assert selection.include == ["0.weight", "2.weight", "3.weight"]  # the output layer left whole
-    assert "4.weight (the output layer) is left whole" in selection.reason
+    shrink, recover = selection.steps
+    assert (shrink.kind, shrink.strategy, shrink.options) == (
+        "shrink",
+        "l1_aligned",
+        selection.options,
+    )
+    assert shrink.allocation == "uniform" and recover.kind == "recover"  # no data: no sensitivity
+    assert "4 (the output layer) is left whole" in selection.reason  # shrink never cuts the outputs
 
 
 def test_no_large_linear_layer_means_no_two_four():
@@ -214,7 +223,8 @@ def test_memory_objective_on_cpu():
 def test_unknown_hardware_gets_plain_structured():
     selection = prunus.select(small(), {"kind": "unknown"}, sparsity=0.3)
     check(selection, "l1_structured")
-    assert selection.options == {"amount": 0.3, "dim": 0}
+    assert selection.options == {"amount": 0.3}
+    assert selection.steps[0].kind == "shrink"
 
 
 def test_a_model_with_one_layer_is_pruned_whole():
@@ -261,13 +271,14 @@ def test_prune_auto_prunes_with_the_selection_and_reports_it():
 
 def test_prune_auto_respects_an_explicit_include():
     model = big("cpu")
-    report = prunus.prune(model, "auto", sparsity=0.5, hardware=TURING, include="4.weight")
-    assert [p.name for p in report.parameters] == ["4.weight"]
+    report = prunus.prune(model, "auto", sparsity=0.5, hardware=AMPERE, include="0.weight")
+    assert [p.name for p in report.parameters] == ["0.weight"]
 
 
 def test_prune_auto_on_this_machine():
     model = small()
-    report = prunus.prune(model, "auto", sparsity=0.5)
+    with pytest.warns(prunus.QualityWarning, match="no data"):
+        report = prunus.prune(model, "auto", sparsity=0.5, example_inputs=torch.randn(2, 3, 8, 8))
     assert report.selection is not None and report.selection.hardware is not None
     assert report.selection.hardware.detected
 
@@ -369,13 +380,19 @@ def installed_selector(tmp_path_factory) -> Path:
 SELECT_IN_SUBPROCESS = """
 import json
 import prunus
+import torch
 from torch import nn
 
 model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2))
 chosen = prunus.select(model, hardware="gpu", sparsity=0.3)
 fallback = prunus.select(model, hardware="gpu", objective="accuracy", sparsity=0.3)
-report = prunus.prune(model, "auto", sparsity=0.3, hardware="cpu")
+report = prunus.prune(model, "auto", sparsity=0.3, hardware="cpu", example_inputs=torch.randn(2, 8))
+memory = prunus.select(model, hardware="cpu", objective="memory", sparsity=0.9)
+planned = prunus.prune(model, "auto", sparsity=0.9, hardware="cpu", objective="memory")
 print(json.dumps({
+    "steps": [step.kind for step in memory.steps],
+    "planned_steps": [step.kind for step in planned.steps],
+    "sparse_layers": sum(isinstance(m, prunus.SparseLinear) for m in model.modules()),
     "strategy": chosen.strategy,
     "options": chosen.options,
     "decided_by": chosen.decided_by,
@@ -409,6 +426,9 @@ def test_an_installed_plugin_overrides_the_built_in_policy(installed_selector, t
     assert out["fallback"] == POLICY  # the plugin declined objective accuracy
     assert out["pruned_by"] == "random_unstructured"
     assert out["report_decided_by"] == "selector_example"
+    # For objective memory it returns a plan, which prune(model, "auto") carries out step by step.
+    assert out["steps"] == out["planned_steps"] == ["prune", "to_sparse"]
+    assert out["sparse_layers"] == 2
 
 
 def test_disabling_the_installed_plugin_brings_the_built_in_back(installed_selector, tmp_path):

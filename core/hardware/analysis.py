@@ -6,19 +6,29 @@ shrunk after structured pruning. Executed dense, a pruned layer costs exactly wh
 
 ``prunus.analyze(model, example_inputs, measure=True)`` reports, per Linear and Conv layer and in total:
 
-* parameters, nonzeros, the sparsity and its pattern (``unstructured``, ``2:4``, ``structured``: whole rows or
-  input channels zero);
+* parameters, the entries pruned, the sparsity and its pattern (``unstructured``, ``2:4``, ``structured``: whole
+  rows or input channels pruned). What counts as pruned: the entries prunus's masks prune, when the layer has a
+  mask; otherwise (a model pruned elsewhere) its exact zeros, but only when they form whole rows or input
+  channels or are at least ``zeros_threshold`` of the layer: a few scattered zeros in a trained model are not
+  pruning, and are reported as ``stray_zeros``;
 * bytes dense and compressed (the smallest of CSR with 32-bit indices, a bitmask beside the nonzero values,
   2:4 semi-structured storage when the pattern allows it, and the shrunk layer when rows or columns are zero);
 * multiply-accumulates dense and of the nonzero weights, and the theoretical speedup between them;
 * with ``measure=True``, latencies on this device: the layer as it executes now, dense, CSR, 2:4 (CUDA), the
   shrunk layer, and a dense layer with as many rows removed as the sparsity (what structured pruning at the
   same sparsity would give);
-* a plain warning for each layer whose pruning cannot be faster here, with what would be.
+* a plain warning for each layer whose pruning cannot be faster here, with what would be;
+* the **predicted speed-up of the whole model**: the model prunus can make of these zeros *as they are* (channels
+  :func:`prunus.shrink` can remove exactly, through the coupling of the layers: a channel pruned in one layer but
+  still read or produced by a coupled one is not removable; layers measured faster as CSR converted), measured
+  end to end against the model as it is with ``measure=True``, or its MACs counted without. Per-layer best cases
+  do not add up: coupling makes most of them unreachable, and the whole model has costs no layer shows.
 """
 
 from __future__ import annotations
 
+import copy
+import glob
 import math
 from collections.abc import Callable
 from functools import partial
@@ -29,15 +39,35 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from ..errors import ConfigError, TargetError
-from ..forward import call_model
+from .. import masking
+from ..errors import (
+    ConfigError,
+    MissingDependencyError,
+    NotPrunedError,
+    PrunusError,
+    TargetError,
+)
+from ..forward import call_model, evaluation_mode, output_tensors
 from ..hardware_profile import HardwareProfile
 from ..report import kib
+from ..shrinking.channels import shrink
+from ..shrinking.tracing import MacCounter
 from .detection import resolve_hardware
-from .sparse import SparseLinear, _ineligible, _quiet, csr_linear, follows_nm, sparse_weight
-from .timing import time_interleaved
+from .sparse import (
+    SparseLinear,
+    _ineligible,
+    _quiet,
+    csr_linear,
+    follows_nm,
+    sparse_weight,
+    to_sparse,
+)
+from .timing import measure_speedup, time_interleaved
 
-__all__ = ["AnalysisReport", "LayerAnalysis", "analyze"]
+__all__ = ["ZEROS_THRESHOLD", "AnalysisReport", "LayerAnalysis", "analyze"]
+
+ZEROS_THRESHOLD = 0.05
+"""In a layer without a prunus mask, scattered exact zeros count as pruning from this fraction of its weights."""
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -52,10 +82,14 @@ class LayerAnalysis(BaseModel):
         kind: its class (``Linear``, ``Conv2d``, ``SparseLinear``...).
         shape: its weight's shape.
         params: weight entries.
-        nonzeros: nonzero weight entries.
-        pattern: ``dense``, ``unstructured``, ``2:4``, ``structured`` (every zero lies in a zero output row
-            or input column) or ``empty`` (all zero).
-        zero_rows, zero_cols: output channels / neurons and input channels / features that are all zero.
+        nonzeros: weight entries not pruned (see ``pruned_by``).
+        pattern: ``dense``, ``unstructured``, ``2:4``, ``structured`` (every pruned entry lies in a pruned
+            output row or input column) or ``empty`` (all pruned).
+        pruned_by: ``mask`` (prunus's mask says what is pruned), ``zeros`` (no mask: the exact zeros that
+            count as pruning) or ``none`` (nothing pruned).
+        stray_zeros: exact zeros not counted as pruning: inside the kept entries of a masked layer, or
+            scattered zeros of an unmasked layer below ``zeros_threshold`` (a trained model has some).
+        zero_rows, zero_cols: output channels / neurons and input channels / features all pruned.
         executes_as: ``dense``, or the sparse layout of a :class:`~prunus.SparseLinear`.
         bytes_dense: the weight stored dense.
         bytes_compressed: the smallest storage of ``compressed_format``.
@@ -78,6 +112,8 @@ class LayerAnalysis(BaseModel):
     params: int
     nonzeros: int
     pattern: str
+    pruned_by: str = "none"
+    stray_zeros: int = 0
     zero_rows: int
     zero_cols: int
     executes_as: str
@@ -130,6 +166,12 @@ class AnalysisReport(BaseModel):
         layers: one row per analysed layer.
         model_latency_s: the measured seconds of one forward of the whole model as it is, if measured.
         threads: torch's intra-op threads during the measurement.
+        predicted_speedup: how much faster the whole model gets once its pruned entries are turned into speed
+            the ways prunus reaches from them as they are (``reachable`` says which: channels
+            :func:`prunus.shrink` removes without changing the outputs, Linear layers measured faster sparse),
+            ``predicted_from`` how it was found: measured end to end against the model as it is
+            (``measure=True``; ``predicted_spread``: half the interquartile range of the per-round ratios), or
+            the MACs of that model. ``None`` without example inputs.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -141,6 +183,10 @@ class AnalysisReport(BaseModel):
     layers: list[LayerAnalysis]
     model_latency_s: float | None = None
     threads: int
+    predicted_speedup: float | None = None
+    predicted_spread: float | None = None
+    predicted_from: str = ""
+    reachable: list[str] = []
 
     def __getitem__(self, name: str) -> LayerAnalysis:
         for layer in self.layers:
@@ -184,7 +230,8 @@ class AnalysisReport(BaseModel):
     def latency_total(self, execution: str) -> float | None:
         """Sum over layers of ``execution``'s measured seconds (``dense``, ``as_is``, ``best``), if measured.
 
-        ``best`` takes each layer's fastest measured way to run its current zeros.
+        ``best`` takes each layer's fastest measured way to run its current zeros, each layer alone: coupled
+        layers often cannot all reach theirs, so this is no prediction for the model (``predicted_speedup`` is).
         """
         if not self.measured:
             return None
@@ -242,14 +289,24 @@ class AnalysisReport(BaseModel):
             f"{self.bytes_compressed / 1024:>10,.1f} {'':<7} {_x(self.theoretical_speedup):>7}"
         )
         if self.measured:
-            dense_total, as_is_total, best_total = (
-                self.latency_total(k) for k in ("dense", "as_is", "best")
-            )
-            gain = f"{_x(dense_total / best_total)}" if dense_total and best_total else ""
-            total += f" {_ms(dense_total)} {_ms(as_is_total)} {gain:>24}"
+            dense_total, as_is_total = (self.latency_total(k) for k in ("dense", "as_is"))
+            total += f" {_ms(dense_total)} {_ms(as_is_total)}"
         lines.append(total)
         if self.model_latency_s is not None:
             lines.append(f"whole model as it is: {self.model_latency_s * 1e3:.3f} ms per forward")
+        if self.predicted_speedup is not None:
+            spread = f" ±{self.predicted_spread:.0%}" if self.predicted_spread else ""
+            lines.append(
+                f"predicted speed-up of the whole model: {_x(self.predicted_speedup)}{spread} "
+                f"({self.predicted_from})"
+            )
+            lines.extend(f"  {note}" for note in self.reachable)
+        stray = [a for a in self.layers if a.stray_zeros]
+        if stray:
+            lines.append(
+                f"{sum(a.stray_zeros for a in stray):,} stray zeros in {len(stray)} layers are not counted as "
+                "pruning (scattered zeros of training, or zeros among kept entries)"
+            )
         if self.warnings:
             lines.append("warnings:")
             lines.extend(f"  {w}" for w in self.warnings)
@@ -291,31 +348,67 @@ def _input_dim(module: nn.Module) -> int:
     return 0 if isinstance(module, _CONV_T) else 1
 
 
-def _pattern(weight: Tensor, module: nn.Module) -> tuple[str, int, int, Tensor, Tensor]:
-    """The pattern name, zero rows, zero cols, and the kept row and column indices."""
-    nonzero = weight != 0
+def _pruned_entries(
+    module: nn.Module, weight: Tensor, zeros_threshold: float
+) -> tuple[Tensor, int, str]:
+    """The entries that count as pruned, the stray zeros left out, and where the answer comes from."""
+    mask = masking.get_mask(module, "weight") if not isinstance(module, SparseLinear) else None
+    zero = weight == 0
+    if mask is not None:
+        pruned = ~mask
+        return pruned, int((zero & mask).sum()), "mask"
+    count = int(zero.sum())
+    if count == 0:
+        return zero, 0, "none"
+    rows, cols = _full(zero, module)
+    whole = zero & (rows | cols)
+    scattered = count - int(whole.sum())
+    if scattered >= zeros_threshold * weight.numel():
+        return zero, 0, "zeros"
+    # Too few scattered zeros to be pruning: only whole rows and columns count.
+    return whole, scattered, "zeros" if bool(whole.any()) else "none"
+
+
+def _full(pruned: Tensor, module: nn.Module) -> tuple[Tensor, Tensor]:
+    """Boolean tensors of ``pruned``'s shape: the entry's output row / input column is all pruned."""
     in_dim = _input_dim(module)
     out_dim = 1 - in_dim
-    others_out = tuple(d for d in range(weight.dim()) if d != out_dim)
-    others_in = tuple(d for d in range(weight.dim()) if d != in_dim)
-    rows = nonzero.any(dim=others_out) if others_out else nonzero
-    cols = nonzero.any(dim=others_in) if others_in else nonzero
+    if pruned.dim() < 2:
+        full = pruned.clone()
+        return full, full
+    others_out = tuple(d for d in range(pruned.dim()) if d != out_dim)
+    others_in = tuple(d for d in range(pruned.dim()) if d != in_dim)
+    row = pruned.all(dim=others_out, keepdim=True).expand_as(pruned)
+    col = pruned.all(dim=others_in, keepdim=True).expand_as(pruned)
+    return row, col
+
+
+def _pattern(pruned: Tensor, module: nn.Module) -> tuple[str, int, int, Tensor, Tensor]:
+    """The pattern name of the pruned entries, pruned rows and cols, and the kept row and column indices."""
+    kept = ~pruned
+    in_dim = _input_dim(module)
+    out_dim = 1 - in_dim
+    others_out = tuple(d for d in range(kept.dim()) if d != out_dim)
+    others_in = tuple(d for d in range(kept.dim()) if d != in_dim)
+    rows = kept.any(dim=others_out) if others_out else kept
+    cols = kept.any(dim=others_in) if others_in else kept
     zero_rows, zero_cols = int((~rows).sum()), int((~cols).sum())
     kept_rows, kept_cols = rows.nonzero().squeeze(1), cols.nonzero().squeeze(1)
-    nnz = int(nonzero.sum())
-    if nnz == weight.numel():
+    nkept = int(kept.sum())
+    if nkept == kept.numel():
         name = "dense"
-    elif nnz == 0:
+    elif nkept == 0:
         name = "empty"
     else:
-        shrunk = (
-            kept_rows.numel()
-            * kept_cols.numel()
-            * (weight.numel() // max(1, _rows_cols(weight, module)))
-        )
-        if nnz == shrunk:
+        full_row, full_col = _full(pruned, module)
+        if not bool((pruned & ~(full_row | full_col)).any()):
             name = "structured"
-        elif follows_nm(weight, 2, 4, in_dim) and nnz * 2 >= weight.numel() * 0.95:
+        elif (
+            kept.dim() >= 2
+            and kept.shape[in_dim] % 4 == 0
+            and nkept * 2 >= kept.numel() * 0.95
+            and follows_nm(kept, 2, 4, in_dim)
+        ):
             name = "2:4"
         else:
             name = "unstructured"
@@ -328,11 +421,10 @@ def _rows_cols(weight: Tensor, module: nn.Module) -> int:
 
 
 def _bytes(
-    weight: Tensor, pattern: str, kept_rows: int, kept_cols: int, module: nn.Module
+    weight: Tensor, nnz: int, pattern: str, kept_rows: int, kept_cols: int, module: nn.Module
 ) -> dict[str, int]:
     elem = weight.element_size()
     numel = weight.numel()
-    nnz = int((weight != 0).sum())
     rows = weight.shape[1 - _input_dim(module)] if weight.dim() >= 2 else 1
     sizes = {
         "dense": numel * elem,
@@ -372,14 +464,14 @@ def _measure_layer(
     kept_rows: Tensor,
     kept_cols: Tensor,
     pattern: str,
+    sparsity: float,
     repeats: int,
 ) -> dict[str, float]:
-    """Seconds per call of the layer, as it is and in every execution that suits its zeros."""
+    """Seconds per call of the layer, as it is and in every execution that suits its pruned entries."""
     device = x.device
     bias = getattr(module, "bias", None)
     bias = bias.detach() if isinstance(bias, Tensor) else None
     runs: dict[str, Callable[[], object]] = {"as_is": partial(module, x)}
-    sparsity = 1.0 - int((weight != 0).sum()) / weight.numel()
     in_dim = _input_dim(module)
     structured_rows = max(1, round(weight.shape[1 - in_dim] * (1.0 - sparsity)))
     if isinstance(module, nn.Linear | SparseLinear):
@@ -577,6 +669,148 @@ def _verdict(
     )
 
 
+# -- the whole model ------------------------------------------------------------------------------------------
+
+
+class _Prediction(BaseModel):
+    speedup: float | None = None
+    spread: float | None = None
+    source: str = ""
+    notes: list[str] = []
+
+
+def _faster_sparse(rows: list[LayerAnalysis]) -> list[str]:
+    """Linear layers (as they are, dense) measured at least 5 % faster as CSR or 2:4 than dense."""
+    out = []
+    for a in rows:
+        best = a.best_measured
+        dense = a.latency_s.get("dense")
+        if (
+            a.executes_as == "dense"
+            and best is not None
+            and dense
+            and best[0] in ("csr", "semi_structured")
+            and best[1] < dense / 1.05
+        ):
+            out.append(a.name)
+    return out
+
+
+def _macs_of(model: nn.Module, example_inputs: Any) -> int:
+    counter = MacCounter(model)
+    try:
+        with torch.inference_mode(), evaluation_mode(model):
+            call_model(model, example_inputs)
+    finally:
+        macs = counter.close()
+    return macs
+
+
+def _shrunk_twin(model: nn.Module, example_inputs: Any, notes: list[str]) -> nn.Module:
+    """A copy with every channel removed that can be without changing what the model computes."""
+    twin = copy.deepcopy(model)
+    for _, module, pname in list(masking.masked_parameters(twin)):
+        masking.remove_parameter(module, pname)  # zeros stay: channels are found from them
+    with evaluation_mode(model), torch.no_grad():
+        reference = call_model(model, example_inputs)
+    try:
+        report = shrink(twin, example_inputs)
+        notes.append(
+            f"prunus.shrink removes {report.removed_channels} channels exactly (coupled layers included)"
+        )
+        return twin
+    except NotPrunedError:
+        pass
+    except MissingDependencyError as error:
+        notes.append(f"channel removal not counted: {error}")
+        return copy.deepcopy(model)
+    except PrunusError as error:
+        notes.append(f"channel removal not counted: {error}")
+        return copy.deepcopy(model)
+    # No channel is silent with its biases and norm shifts: removing the zero rows folds those constants into
+    # the next layers, which is what the model computes only when the fold is exact (no padding, no norm
+    # between).
+    try:
+        report = shrink(twin, example_inputs, exact=False)
+    except PrunusError as error:
+        notes.append(f"no channel can be removed: {error}")
+        return copy.deepcopy(model)
+    with evaluation_mode(twin), torch.no_grad():
+        after = call_model(twin, example_inputs)
+    diff, scale = _output_diff(reference, after)
+    if report.removed_channels and diff <= 1e-4 * max(scale, 1.0):
+        notes.append(
+            f"prunus.shrink(exact=False) removes {report.removed_channels} channels, folding their constant "
+            "outputs into the next layers (outputs unchanged)"
+        )
+        return twin
+    if report.removed_channels:
+        notes.append(
+            f"no channel is pruned in every coupled layer; prunus.shrink(exact=False) would remove "
+            f"{report.removed_channels} but change the outputs by up to {diff:.3g}: not counted"
+        )
+    else:
+        notes.append(
+            "no channel is pruned in every layer that produces or reads it: nothing to remove"
+        )
+    return copy.deepcopy(model)
+
+
+def _output_diff(before: Any, after: Any) -> tuple[float, float]:
+    a, b = output_tensors(before), output_tensors(after)
+    pairs = [(x, y) for x, y in zip(a, b, strict=False) if x.shape == y.shape and x.numel()]
+    if len(a) != len(b) or not pairs:
+        return math.inf, 0.0
+    diff = max(float((x.float() - y.float()).abs().max()) for x, y in pairs)
+    scale = max(float(x.float().abs().max()) for x, _ in pairs)
+    return diff, scale
+
+
+def _predict(
+    model: nn.Module,
+    example_inputs: Any,
+    rows: list[LayerAnalysis],
+    measure: bool,
+    repeats: int,
+    device: torch.device,
+) -> _Prediction:
+    """The whole-model speed-up of the model prunus can make of these zeros, measured or from MACs."""
+    if all(a.pattern == "dense" for a in rows):
+        return _Prediction(speedup=1.0, source="nothing is pruned", notes=[])
+    notes: list[str] = []
+    try:
+        twin = _shrunk_twin(model, example_inputs, notes)
+    except Exception as error:  # a model that cannot be copied or traced: say so, predict nothing
+        return _Prediction(notes=[f"no prediction: {type(error).__name__}: {error}"])
+    if not measure:
+        before, after = _macs_of(model, example_inputs), _macs_of(twin, example_inputs)
+        return _Prediction(
+            speedup=before / after if after else None,
+            source="MACs of that model (measure=True times it)",
+            notes=notes,
+        )
+    sparse = _faster_sparse(rows)
+    if sparse:
+        with _quiet():
+            converted = to_sparse(twin, include=[glob.escape(n) for n in sparse])
+        notes.append(
+            f"{len(converted)} Linear layers run sparse (measured faster): {', '.join(converted)}"
+        )
+    with evaluation_mode(model), evaluation_mode(twin):
+        speed = measure_speedup(
+            partial(call_model, model, example_inputs),
+            partial(call_model, twin, example_inputs),
+            repeats=max(repeats, 7),
+            device=device,
+        )
+    return _Prediction(
+        speedup=speed.ratio,
+        spread=speed.spread,
+        source="measured end to end against the model as it is",
+        notes=notes,
+    )
+
+
 # -- entry point ----------------------------------------------------------------------------------------------
 
 
@@ -587,6 +821,7 @@ def analyze(
     measure: bool = False,
     hardware: str | HardwareProfile | dict[str, Any] = "auto",
     repeats: int = 10,
+    zeros_threshold: float = ZEROS_THRESHOLD,
 ) -> AnalysisReport:
     """Report, per Linear and Conv layer and in total, what the pruning of ``model`` saves here.
 
@@ -600,6 +835,9 @@ def analyze(
         hardware: the target whose measured crossover (:func:`prunus.probe`) informs the warnings when not
             measuring: ``"auto"`` (this machine) or a declared target.
         repeats: timed runs per median.
+        zeros_threshold: in a layer without a prunus mask, the fraction of scattered exact zeros from which
+            they count as pruning (below it they are stray zeros of training; zeros filling whole rows or
+            input channels always count). Layers with a mask count what the mask prunes.
 
     Returns:
         An :class:`AnalysisReport`; ``print(report)`` shows the table, the warnings and the advice.
@@ -610,6 +848,10 @@ def analyze(
     """
     if measure and example_inputs is None:
         raise ConfigError("analyze(measure=True) needs example_inputs: one batch the model takes")
+    if isinstance(zeros_threshold, bool) or not (
+        isinstance(zeros_threshold, int | float) and 0 <= zeros_threshold <= 1
+    ):
+        raise ConfigError(f"zeros_threshold={zeros_threshold!r} is not a fraction in [0, 1]")
     layers = _layers(model)
     if not layers:
         raise TargetError(f"{type(model).__name__} has no Linear or Conv layer to analyse")
@@ -638,9 +880,10 @@ def analyze(
     rows: list[LayerAnalysis] = []
     for name, module in layers:
         weight = _dense_weight(module)
-        pattern, zero_rows, zero_cols, kept_rows, kept_cols = _pattern(weight, module)
-        nnz = int((weight != 0).sum())
-        sizes = _bytes(weight, pattern, kept_rows.numel(), kept_cols.numel(), module)
+        pruned, stray, pruned_by = _pruned_entries(module, weight, zeros_threshold)
+        pattern, zero_rows, zero_cols, kept_rows, kept_cols = _pattern(pruned, module)
+        nnz = weight.numel() - int(pruned.sum())
+        sizes = _bytes(weight, nnz, pattern, kept_rows.numel(), kept_cols.numel(), module)
         best_format = min(sizes, key=sizes.__getitem__)
         per_call = macs.get(name) if example_inputs is not None else None
         if per_call is None:
@@ -653,7 +896,14 @@ def analyze(
         latency: dict[str, float] = {}
         if measure and name in seen_inputs:
             latency = _measure_layer(
-                module, seen_inputs[name], weight, kept_rows, kept_cols, pattern, repeats
+                module,
+                seen_inputs[name],
+                weight,
+                kept_rows,
+                kept_cols,
+                pattern,
+                1.0 - nnz / max(1, weight.numel()),
+                repeats,
             )
         row = LayerAnalysis(
             name=name,
@@ -662,6 +912,8 @@ def analyze(
             params=weight.numel(),
             nonzeros=nnz,
             pattern=pattern,
+            pruned_by=pruned_by,
+            stray_zeros=stray,
             zero_rows=zero_rows,
             zero_cols=zero_cols,
             executes_as=module.layout if isinstance(module, SparseLinear) else "dense",
@@ -681,6 +933,9 @@ def analyze(
         model_latency = time_interleaved(
             [partial(call_model, model, example_inputs)], repeats=repeats, device=device
         )[0]
+    prediction = _Prediction()
+    if example_inputs is not None:
+        prediction = _predict(model, example_inputs, rows, measure, repeats, device)
     return AnalysisReport(
         device=str(device),
         hardware=profile,
@@ -689,4 +944,8 @@ def analyze(
         layers=rows,
         model_latency_s=model_latency,
         threads=torch.get_num_threads(),
+        predicted_speedup=prediction.speedup,
+        predicted_spread=prediction.spread,
+        predicted_from=prediction.source,
+        reachable=prediction.notes,
     )

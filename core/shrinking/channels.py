@@ -29,6 +29,7 @@ describes it, with ``save_pretrained``.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ from ..errors import (
 from ..forward import call_model, output_tensors
 from ..registration import Registry, registry
 from ..strategy import PruneContext, Target
-from ..targets import glob_patterns
+from ..targets import glob_patterns, listing
 from ..transaction import ModuleSnapshot, transaction
 from .configs import hidden_width, update_config
 from .groups import Group
@@ -85,6 +86,8 @@ class _Plan:
     dead: list[dict[str, list[int]]]
     why: list[str | None]
     amount: int | float | None
+    ranking: Ranking | None = None
+    unit_scores: list[torch.Tensor] | None = None
 
     def channels(self, i: int) -> list[int]:
         g = self.groups[i]
@@ -164,11 +167,18 @@ def _prepare(
     data: Any,
     registry: Registry,
     need_masks: bool,
+    amounts: Mapping[str, int | float] | None = None,
 ) -> _Plan:
     """Trace, plan and rank without changing the model (its training flags excepted, restored by callers)."""
     tp = torch_pruning()
     ranking: Ranking | None = None
+    if amounts is not None and strategy is None:
+        raise ConfigError(
+            "amounts= needs a strategy: shrink(model, inputs, 'l1_structured', amounts={'layer1.*': 0.5})"
+        )
     if strategy is not None:
+        if amounts is not None and "amount" not in options:
+            options = {**options, "amount": 0}  # groups no pattern matches are left whole
         ranking = ranking_of(strategy, options, registry)
     elif options:
         raise ConfigError(
@@ -214,8 +224,41 @@ def _prepare(
             f"criterion {ranking.criterion.name!r} raised {type(error).__name__}: {error}; the model was not "
             "changed"
         ) from error
-    removed, why = choose(groups, unit_scores, dead, ranking, min_keep, max_layer_sparsity)
-    return _Plan(traced, attentions, groups, removed, dead, why, ranking.amount)
+    per_group = None if amounts is None else _group_amounts(groups, amounts, ranking)
+    removed, why = choose(
+        groups, unit_scores, dead, ranking, min_keep, max_layer_sparsity, per_group
+    )
+    return _Plan(
+        traced, attentions, groups, removed, dead, why, ranking.amount, ranking, unit_scores
+    )
+
+
+def _group_amounts(
+    groups: list[Group], amounts: Mapping[str, int | float], ranking: Ranking
+) -> list[int | float]:
+    """Each group's amount: that of the first pattern of ``amounts`` matching its name, else ``amount``."""
+    if ranking.global_ranking:
+        raise ConfigError(
+            "amounts= gives each group its own amount, which a global ranking (one ranking across all groups) "
+            "cannot take; use a '<criterion>_structured' or '<criterion>_aligned' strategy"
+        )
+    if not isinstance(amounts, Mapping) or not all(isinstance(k, str) for k in amounts):
+        raise ConfigError(
+            f"amounts must map glob patterns over group names to amounts, e.g. {{'layer1.*': 0.5}}, not "
+            f"{amounts!r:.80}"
+        )
+    names = [g.name for g in groups]
+    for pattern in amounts:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            raise TargetError(
+                f"amounts pattern {pattern!r} matches no group of coupled channels; groups (named after their "
+                f"root layer): {listing(names)}"
+            )
+    out: list[int | float] = []
+    for name in names:
+        match = next((p for p in amounts if fnmatch.fnmatchcase(name, p)), None)
+        out.append(ranking.amount if match is None else amounts[match])
+    return out
 
 
 def prune_channels(
@@ -232,6 +275,7 @@ def prune_channels(
     normalized: bool | None = None,
     restorable: bool = True,
     data: Any = None,
+    amounts: Mapping[str, int | float] | None = None,
     registry: Registry = registry,
     **options: Any,
 ) -> ShrinkReport:
@@ -262,6 +306,7 @@ def prune_channels(
             data=data,
             registry=registry,
             need_masks=True,
+            amounts=amounts,
         )
     finally:
         for module, training in flags:
@@ -289,7 +334,7 @@ def prune_channels(
     params = sum(p.numel() for p in model.parameters())
     return ShrinkReport(
         strategy=strategy,
-        options=jsonable(options),
+        options=_options(options, amounts),
         shrunk=False,
         groups=planned.reports(),
         params_before=params,
@@ -314,6 +359,7 @@ def shrink(
     normalized: bool | None = None,
     tolerance: float = 1e-4,
     data: Any = None,
+    amounts: Mapping[str, int | float] | None = None,
     registry: Registry = registry,
     **options: Any,
 ) -> ShrinkReport:
@@ -348,6 +394,10 @@ def shrink(
             opposite of ``exact``.
         tolerance: see ``exact``.
         data: passed to data-aware criteria (in the ``PruneContext`` the ``prunus_score`` hook receives).
+        amounts: per-group amounts, glob pattern over group names (a group is named after its root layer, or its
+            attention module for heads: see the report) to amount (``{"layer1.*": 0.3, "layer4.*": 0.6}``); a group
+            no pattern matches takes ``amount=`` if given and is left whole otherwise. Each pattern must match a
+            group. Not with a global ranking.
         registry: where ``strategy`` and its criterion are looked up.
         **options: the strategy's options: ``amount`` (a fraction of each group's units, or of all units for a
             global ranking, or an int count), ``round_to`` for ``aligned``, and the criterion's own (``seed``,
@@ -393,6 +443,7 @@ def shrink(
                 data=data,
                 registry=registry,
                 need_masks=False,
+                amounts=amounts,
             )
             traced = planned.traced
             if strategy is None and not any(planned.removed):
@@ -451,7 +502,7 @@ def shrink(
             module.training = training
     return ShrinkReport(
         strategy=strategy,
-        options=jsonable(options),
+        options=_options(options, amounts),
         shrunk=True,
         groups=reports,
         params_before=params_before,
@@ -463,6 +514,14 @@ def shrink(
         config=config,
         reloads=reloads,
     )
+
+
+def _options(options: dict[str, Any], amounts: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options a report records: the strategy's, and the per-group amounts when given."""
+    recorded = jsonable(options)
+    if amounts is not None:
+        recorded["amounts"] = jsonable(dict(amounts))
+    return recorded
 
 
 def _training_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:

@@ -134,9 +134,13 @@ def choose(
     ranking: Ranking,
     min_keep: int,
     max_layer_sparsity: float | None,
+    amounts: list[int | float] | None = None,
 ) -> tuple[list[list[int]], list[str | None]]:
     """Which units of each group to remove (the dead ones plus the ``amount`` lowest-scored live ones), and for
-    each group left whole although it could be pruned, why (e.g. the amount rounds to no unit)."""
+    each group left whole although it could be pruned, why (e.g. the amount rounds to no unit).
+
+    ``amounts`` gives each group its own amount (per-group ranking only); default: the ranking's for all.
+    """
     dead_sets = [{u for units in d.values() for u in units} for d in dead]
     live = [
         [u for u in range(len(g.units)) if u not in dead_sets[i]] if g.left is None else []
@@ -181,6 +185,8 @@ def choose(
     for i, g in enumerate(groups):
         if g.left is not None or not live[i]:
             continue
+        if amounts is not None:
+            amount = amounts[i]
         asked = count_to_prune(amount, len(live[i]), what=f"live channel units of group {g.name!r}")
         k = asked
         if ranking.rounding is not None:

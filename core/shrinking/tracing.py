@@ -71,6 +71,8 @@ class MacCounter:
 
     def __init__(self, model: nn.Module) -> None:
         self.total = 0
+        self.per_module: dict[int, int] = {}
+        """MACs of each layer by ``id(module)``."""
         self._handles = [
             m.register_forward_hook(self._hook)
             for m in model.modules()
@@ -80,18 +82,21 @@ class MacCounter:
     def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
         if not isinstance(output, Tensor):
             return
+        macs = 0
         if isinstance(module, nn.Linear):
-            self.total += output.numel() * module.in_features
+            macs = output.numel() * module.in_features
         elif isinstance(module, nn.modules.conv._ConvNd):
             kernel = math.prod(module.kernel_size)
             if module.transposed:
                 inputs = args[0] if args and isinstance(args[0], Tensor) else None
                 if inputs is not None:
-                    self.total += inputs.numel() * (module.out_channels // module.groups) * kernel
+                    macs = inputs.numel() * (module.out_channels // module.groups) * kernel
             else:
-                self.total += output.numel() * (module.in_channels // module.groups) * kernel
+                macs = output.numel() * (module.in_channels // module.groups) * kernel
         else:
-            self.total += output.numel() * conv1d_size(module, "nx")
+            macs = output.numel() * conv1d_size(module, "nx")
+        self.total += macs
+        self.per_module[id(module)] = self.per_module.get(id(module), 0) + macs
 
     def close(self) -> int:
         for handle in self._handles:
@@ -107,6 +112,7 @@ class Traced:
         graph: Torch-Pruning's ``DependencyGraph``.
         output: the model's output on ``example_inputs``.
         macs: multiply-accumulates of the traced pass.
+        module_macs: those of each layer, by ``id(module)``.
         output_nodes: graph nodes that produce the model's output (their channels are the output's).
         conv1d: the pruner registered for ``Conv1D`` layers (``None`` when the model has none).
     """
@@ -117,6 +123,7 @@ class Traced:
     output_nodes: set[Any]
     conv1d: Any = None
     cut: list[nn.Module] = field(default_factory=list)
+    module_macs: dict[int, int] = field(default_factory=dict)
 
 
 def _conv1d_pruner(tp: Any) -> Any:
@@ -198,6 +205,7 @@ def trace(model: nn.Module, example_inputs: Inputs, cut: Sequence[nn.Module] = (
             captured["out"] = call_model(m, inputs)
         finally:
             captured["macs"] = counter.close()
+            captured["module_macs"] = counter.per_module
             for handle in handles:
                 handle.remove()
         return captured["out"]
@@ -242,4 +250,12 @@ def trace(model: nn.Module, example_inputs: Inputs, cut: Sequence[nn.Module] = (
         if (node.type == tp.ops.OPTYPE.OUTPUT and node.grad_fn not in extra)
         or node.grad_fn in roots
     }
-    return Traced(graph, captured["out"], captured["macs"], output_nodes, conv1d, list(cut))
+    return Traced(
+        graph,
+        captured["out"],
+        captured["macs"],
+        output_nodes,
+        conv1d,
+        list(cut),
+        captured["module_macs"],
+    )

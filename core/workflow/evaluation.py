@@ -41,11 +41,13 @@ __all__ = [
     "compare",
     "count_parameters",
     "evaluate",
+    "input_batches",
     "latency_ms",
     "load_compressed",
     "model_size",
     "save_compressed",
     "summary",
+    "to_device",
 ]
 
 Data = tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]]
@@ -95,6 +97,75 @@ def batches(
                 "pass an evaluator for other kinds of data"
             )
         yield batch[0], batch[1]
+
+
+def _is_pair(data: Any) -> bool:
+    return isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)
+
+
+def _rows(value: Any, index: Tensor) -> Any:
+    """Rows ``index`` of a tensor, or of every tensor of a dict (other values kept as they are)."""
+    if isinstance(value, Tensor):
+        return value[index]
+    return {k: v[index] if isinstance(v, Tensor) else v for k, v in value.items()}
+
+
+def input_batches(
+    data: Any, batch_size: int = 64, *, shuffle: bool = False, seed: int | None = None
+) -> Iterator[Any]:
+    """Batches of model inputs from ``data``, labels dropped: what a model is called on (see ``call_model``).
+
+    ``data`` may be labelled, ``(inputs, labels)`` tensors as :func:`batches` takes them; inputs alone, a tensor
+    or a dict of tensors (a tokenizer's output), cut along dim 0 (shuffled with ``seed`` when ``shuffle``); or an
+    iterable of batches, each a tensor, a dict, or ``(inputs, labels, ...)`` (a DataLoader), passed through.
+
+    Raises:
+        ConfigError: ``data`` is none of these, or ``batch_size`` < 1.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be >= 1")
+    whole: Any = data[0] if _is_pair(data) else data
+    if isinstance(whole, Tensor) or (
+        isinstance(whole, Mapping) and any(isinstance(v, Tensor) for v in whole.values())
+    ):
+        sizes = {
+            len(v)
+            for v in ([whole] if isinstance(whole, Tensor) else whole.values())
+            if isinstance(v, Tensor)
+        }
+        if len(sizes) != 1:
+            raise ConfigError(
+                f"the tensors of data have different lengths along dim 0: {sorted(sizes)}"
+            )
+        count = sizes.pop()
+        if shuffle:
+            order = torch.randperm(count, generator=torch.Generator().manual_seed(seed or 0))
+        else:
+            order = torch.arange(count)
+        for start in range(0, count, batch_size):
+            yield _rows(whole, order[start : start + batch_size])
+        return
+    if not isinstance(data, Iterable) or isinstance(data, str | bytes):
+        raise ConfigError(
+            "data must be (inputs, labels) tensors, inputs alone (a tensor or a dict of tensors), or an "
+            f"iterable of batches, not {type(data).__name__}"
+        )
+    for batch in data:
+        if isinstance(batch, tuple | list) and batch and isinstance(batch[0], Tensor | Mapping):
+            yield batch[0]
+        else:
+            yield batch
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """``value`` (a tensor, or a tuple, list or dict of them) on ``device``; anything else as it is."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(to_device(v, device) for v in value)
+    return value
 
 
 def num_batches(data: Data, batch_size: int) -> int | None:

@@ -28,12 +28,13 @@ from .. import masking
 from ..config import jsonable
 from ..engine import prune
 from ..errors import ConfigError
+from ..forward import call_model
 from ..progress import progress
 from ..registration import Registry, registry
 from ..report import PruneReport
 from ..schedules import Schedule
 from ..targets import FilterFn, Patterns, select_targets
-from .evaluation import Data, batches, num_batches
+from .evaluation import Data, batches, num_batches, to_device
 
 __all__ = ["FineTuneResult", "GradualPruner", "ScheduleStep", "fine_tune"]
 
@@ -333,9 +334,11 @@ def fine_tune(
     :class:`GradualPruner`'s schedule is in optimizer steps. Pruned weights stay zero through the optimizer.
 
     Args:
-        data: ``(inputs, labels)`` tensors (shuffled each epoch with ``seed``) or an iterable of batches.
+        data: ``(inputs, labels)`` tensors (shuffled each epoch with ``seed``) or an iterable of ``(inputs,
+            targets)`` batches, where inputs may be anything the model is called on (a tensor, a tuple of
+            positional arguments, a dict of keyword arguments: see :func:`prunus.forward.call_model`).
         optimizer: by default ``Adam(model.parameters(), lr)``.
-        loss_fn: by default cross-entropy.
+        loss_fn: ``loss_fn(output, targets)``; by default cross-entropy.
         evaluate: called after each epoch; its results are in ``metrics``.
         progress_bar: show a progress bar over the epochs (tqdm).
 
@@ -370,7 +373,7 @@ def fine_tune(
                 if pruner is not None:
                     pruner.step(step)
                 optimizer.zero_grad()
-                loss = loss_fn(model(x.to(device)), y.to(device))
+                loss = loss_fn(call_model(model, to_device(x, device)), to_device(y, device))
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
                 total += float(loss.detach()) * len(y)
