@@ -38,10 +38,10 @@ def _has_attention(model: nn.Module) -> bool:
 
 
 def _causal_lm(model: nn.Module) -> bool:
-    """A decoder that predicts tokens: its config says so, or its last layer maps to the vocabulary."""
+    """A decoder that predicts tokens: its class or config says so, or its last layer maps to the vocabulary."""
     config = getattr(model, "config", None)
-    architectures = getattr(config, "architectures", None) or []
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures if isinstance(a, str)):
+    names = [type(model).__name__, *(getattr(config, "architectures", None) or [])]
+    if any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names if isinstance(n, str)):
         return True
     if getattr(config, "is_decoder", False) is True:
         return True

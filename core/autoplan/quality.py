@@ -76,12 +76,21 @@ class Reference:
         data: the data given to ``prune(model, "auto", data=...)``.
         kind: what the model is (:func:`prunus.model_kind`): ``language_model`` is judged by perplexity.
         batch_size: rows per batch.
-        max_batches: batches kept (the figures and errors are over these).
+        max_batches: batches kept for the figures.
+        error_batches: the first of them that :meth:`error` runs on (it runs once per layer and amount tried).
     """
 
     def __init__(
-        self, dense: nn.Module, data: Any, kind: str, *, batch_size: int = 64, max_batches: int = 8
+        self,
+        dense: nn.Module,
+        data: Any,
+        kind: str,
+        *,
+        batch_size: int = 32,
+        max_batches: int = 16,
+        error_batches: int = 4,
     ) -> None:
+        self.error_batches = error_batches
         self.kind = kind
         self.device = next((p.device for p in dense.parameters()), torch.device("cpu"))
         self.batches = list(islice(input_batches(data, batch_size), max_batches))
@@ -96,6 +105,9 @@ class Reference:
         self.outputs = [] if self.language else [self._run(dense, b) for b in self.batches]
         self.classifier = not self.language and all(o.dim() == 2 for o in self.outputs)
         self.dense_figures = self.figures(dense)
+        self._dense_error_perplexity = 1.0
+        if self.language:
+            self._dense_error_perplexity = self._perplexity(dense, self.batches[:error_batches])
 
     def _run(self, model: nn.Module, batch: Any) -> Tensor:
         with torch.no_grad(), evaluation_mode(model):
@@ -105,9 +117,10 @@ class Reference:
         """Relative squared error of ``model``'s outputs against the dense ones (0: the same outputs); for a
         language model, the log of its perplexity over the dense one's."""
         if self.language:
-            return math.log(self.figures(model)["perplexity"] / self.dense_figures["perplexity"])
+            batches = self.batches[: self.error_batches]
+            return math.log(self._perplexity(model, batches) / self._dense_error_perplexity)
         num = den = 0.0
-        for batch, dense in zip(self.batches, self.outputs, strict=True):
+        for batch, dense in islice(zip(self.batches, self.outputs, strict=True), self.error_batches):
             out = self._run(model, batch)
             if out.shape != dense.shape:
                 return math.inf
@@ -143,9 +156,9 @@ class Reference:
             count += len(cosine)
         return {"cosine": total / max(count, 1)}
 
-    def _perplexity(self, model: nn.Module) -> float:
+    def _perplexity(self, model: nn.Module, batches: list[Any] | None = None) -> float:
         total, tokens = 0.0, 0
-        for batch in self.batches:
+        for batch in self.batches if batches is None else batches:
             logits = self._run(model, batch)
             ids = _token_ids(batch)
             assert ids is not None

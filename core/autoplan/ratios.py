@@ -24,8 +24,8 @@ from ..workflow.sensitivity_analysis import SensitivityCurve, SensitivityResult,
 
 __all__ = ["MAX_GROUP_AMOUNT", "Allocation", "group_amounts", "layer_amounts", "probe_amounts"]
 
-MAX_GROUP_AMOUNT = 0.9
-"""No layer or group is asked to lose more than this fraction."""
+MAX_GROUP_AMOUNT = 0.75
+"""No layer or group is asked to lose more than this fraction (one that collapses takes the model with it)."""
 
 
 class Allocation(BaseModel):
