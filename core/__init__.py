@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from .shrinking.channels import ChannelGroupReport, ShrinkReport, prune_channels, shrink
     from .shrinking.record import load_shrunk, shrink_state
     from .workflow import plots
+    from .workflow.compressed import load_compressed, save_compressed
     from .workflow.config import PruneConfig, SensitivityConfig, load_config
     from .workflow.evaluation import (
         Comparison,
@@ -66,9 +67,7 @@ if TYPE_CHECKING:
         count_parameters,
         evaluate,
         latency_ms,
-        load_compressed,
         model_size,
-        save_compressed,
         summary,
     )
     from .workflow.gradual import FineTuneResult, GradualPruner, ScheduleStep, fine_tune
@@ -107,9 +106,9 @@ _TOOLS: dict[str, str] = {
     "count_parameters": "workflow.evaluation",
     "evaluate": "workflow.evaluation",
     "latency_ms": "workflow.evaluation",
-    "load_compressed": "workflow.evaluation",
+    "load_compressed": "workflow.compressed",
     "model_size": "workflow.evaluation",
-    "save_compressed": "workflow.evaluation",
+    "save_compressed": "workflow.compressed",
     "summary": "workflow.evaluation",
     "FineTuneResult": "workflow.gradual",
     "GradualPruner": "workflow.gradual",

@@ -33,7 +33,8 @@ from ..workflow.config import (
     parse_config,
     read_mapping,
 )
-from ..workflow.evaluation import FORMAT, Comparison, Data, compare, load_compressed, summary
+from ..workflow.compressed import FORMAT, load_compressed
+from ..workflow.evaluation import Comparison, Data, compare, summary
 from ..workflow.gradual import GradualPruner, fine_tune
 from ..workflow.quantization import quantize as quantize_model
 from ..workflow.sensitivity_analysis import sensitivity

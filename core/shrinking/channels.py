@@ -48,7 +48,7 @@ from ..errors import (
     ShrinkError,
     TargetError,
 )
-from ..forward import call_model, output_tensors
+from ..forward import call_model, evaluation_mode, output_tensors
 from ..registration import Registry, registry
 from ..strategy import Criterion, PruneContext, Target, checked_scores
 from ..targets import glob_patterns, matches
@@ -815,10 +815,6 @@ def _restore_hook_dicts(saved: list[tuple[dict[Any, Any], dict[Any, Any]]]) -> N
         live.update(content)
 
 
-def _training_flags(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    return [(m, m.training) for m in model.modules()]
-
-
 def _max_diff(before: Any, after: Any) -> tuple[float, float]:
     """Largest absolute difference between two outputs, and the largest magnitude of ``before``."""
     a, b = output_tensors(before), output_tensors(after)
@@ -947,8 +943,8 @@ def prune_channels(
     Args and Raises: as :func:`shrink` (``restorable`` as in :func:`prunus.prune`).
     """
     _validate(model, example_inputs, min_keep, max_layer_sparsity, 0.0)
-    flags = _training_flags(model)
-    try:
+    # Tracing and scoring are a measurement: the model keeps its flags, buffers and random stream.
+    with evaluation_mode(model):
         _, traced, groups, removed = _prepare(
             model,
             example_inputs,
@@ -963,9 +959,6 @@ def prune_channels(
             registry=registry,
             need_masks=True,
         )
-    finally:
-        for module, training in flags:
-            module.training = training
     masks = _group_masks(groups, removed)
     names = _names(model)
     context = PruneContext(model=model, targets=[], data=data, restorable=restorable)
@@ -1062,12 +1055,12 @@ def shrink(
     On any error the model is left exactly as it was.
     """
     _validate(model, example_inputs, min_keep, max_layer_sparsity, tolerance)
-    flags = _training_flags(model)
     params_before = sum(p.numel() for p in model.parameters())
-    try:
-        with transaction() as tx:
-            snapshot = ModuleSnapshot(model)
-            tx.record(snapshot)
+    with transaction() as tx:
+        snapshot = ModuleSnapshot(model)
+        tx.record(snapshot)
+        # Tracing, scoring and the check below are measurements: flags, buffers and random stream stay.
+        with evaluation_mode(model):
             _, traced, groups, removed = _prepare(
                 model,
                 example_inputs,
@@ -1082,55 +1075,52 @@ def shrink(
                 registry=registry,
                 need_masks=False,
             )
-            if strategy is None and not any(removed):
-                if next(masking.masked_parameters(model), None) is None:
-                    raise NotPrunedError(
-                        f"shrink: {type(model).__name__} has no pruned channels: prune it with "
-                        "prunus.prune_channels first, or give a strategy: shrink(model, inputs, 'l1_structured', "
-                        "amount=0.5)"
+        if strategy is None and not any(removed):
+            if next(masking.masked_parameters(model), None) is None:
+                raise NotPrunedError(
+                    f"shrink: {type(model).__name__} has no pruned channels: prune it with "
+                    "prunus.prune_channels first, or give a strategy: shrink(model, inputs, 'l1_structured', "
+                    "amount=0.5)"
+                )
+            raise ShrinkError(
+                "the masks silence no whole channel: removing the masked rows would change the outputs "
+                "because their biases, BatchNorm shifts or other coupled layers are still alive. Mask "
+                "coupled channels with prunus.prune_channels, or pass exact=False to remove channels whose "
+                "weights are pruned anyway; the model was left as it was"
+            )
+        reports = []
+        for g, units in zip(groups, removed, strict=True):
+            channels = sorted({c for u in units for c in g.units[u]})
+            reports.append(g.report(channels))
+            if channels:
+                tp_group = traced.graph.get_pruning_group(g.root, g.handler, channels)
+                if not traced.graph.check_pruning_group(tp_group):
+                    raise ShrinkError(
+                        f"removing {len(channels)} channels of {g.name!r} would empty a layer"
                     )
-                raise ShrinkError(
-                    "the masks silence no whole channel: removing the masked rows would change the outputs "
-                    "because their biases, BatchNorm shifts or other coupled layers are still alive. Mask "
-                    "coupled channels with prunus.prune_channels, or pass exact=False to remove channels whose "
-                    "weights are pruned anyway; the model was left as it was"
-                )
-            reports = []
-            for g, units in zip(groups, removed, strict=True):
-                channels = sorted({c for u in units for c in g.units[u]})
-                reports.append(g.report(channels))
-                if channels:
-                    tp_group = traced.graph.get_pruning_group(g.root, g.handler, channels)
-                    if not traced.graph.check_pruning_group(tp_group):
-                        raise ShrinkError(
-                            f"removing {len(channels)} channels of {g.name!r} would empty a layer"
-                        )
-                    tp_group.prune(record_history=False)
-            _keep_requires_grad(snapshot)
-            counter = _MacCounter(model)
-            try:
-                with torch.no_grad():
-                    after = call_model(model, example_inputs)
-            except Exception as error:
-                raise ShrinkError(
-                    f"the shrunken model no longer runs: {type(error).__name__}: {error}. A module whose forward "
-                    "uses a stored size (e.g. self.num_heads) must infer it from its inputs' shapes instead"
-                ) from error
-            finally:
-                macs_after = counter.close()
-            diff, scale = _max_diff(traced.output, after)
-            if strategy is None and exact and diff > tolerance * max(scale, 1.0):
-                raise ShrinkError(
-                    f"removing the pruned channels changed the outputs by up to {diff:.3g} (tolerance "
-                    f"{tolerance:g} x {max(scale, 1.0):.3g}): the model uses channels in a way the dependency "
-                    "graph does not show (e.g. a reduction over channels, or an op that maps 0 to non-zero); "
-                    "the model was left as it was"
-                )
-            for _, module, pname in list(masking.masked_parameters(model)):
-                masking.remove_parameter(module, pname)
-    finally:
-        for module, training in flags:
-            module.training = training
+                tp_group.prune(record_history=False)
+        _keep_requires_grad(snapshot)
+        counter = _MacCounter(model)
+        try:
+            with torch.no_grad(), evaluation_mode(model):
+                after = call_model(model, example_inputs)
+        except Exception as error:
+            raise ShrinkError(
+                f"the shrunken model no longer runs: {type(error).__name__}: {error}. A module whose forward "
+                "uses a stored size (e.g. self.num_heads) must infer it from its inputs' shapes instead"
+            ) from error
+        finally:
+            macs_after = counter.close()
+        diff, scale = _max_diff(traced.output, after)
+        if strategy is None and exact and diff > tolerance * max(scale, 1.0):
+            raise ShrinkError(
+                f"removing the pruned channels changed the outputs by up to {diff:.3g} (tolerance "
+                f"{tolerance:g} x {max(scale, 1.0):.3g}): the model uses channels in a way the dependency "
+                "graph does not show (e.g. a reduction over channels, or an op that maps 0 to non-zero); "
+                "the model was left as it was"
+            )
+        for _, module, pname in list(masking.masked_parameters(model)):
+            masking.remove_parameter(module, pname)
     return ShrinkReport(
         strategy=strategy,
         options=jsonable(options),

@@ -10,13 +10,10 @@ tensor as its nonzero values plus one bit per entry), which :func:`load_compress
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import math
 import tempfile
-import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,11 +22,13 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from .. import masking
-from ..errors import ConfigError
-from ..forward import call_model, evaluation_mode
+from .. import files, masking
+from ..arguments import check_callable, check_int, check_model, check_path
+from ..errors import ConfigError, ConfigTypeError, brief
+from ..forward import call_model, evaluation_mode, run_model
 from ..hardware.timing import time_interleaved
 from ..report import kib
+from .compressed import load_compressed, save_compressed
 
 __all__ = [
     "Comparison",
@@ -53,8 +52,6 @@ Data = tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]]
 
 Evaluator = Callable[[nn.Module], float]
 
-FORMAT = "prunus-compressed-v1"
-
 
 # -- data -------------------------------------------------------------------------------------------------
 
@@ -70,12 +67,16 @@ def batches(
     Raises:
         ConfigError: ``data`` is neither.
     """
+    check_int("batch_size", batch_size, minimum=1)
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         x, y = data
+        if x.dim() == 0 or y.dim() == 0:
+            raise ConfigError(
+                f"data must hold a batch of inputs and of labels; got shapes {tuple(x.shape)} and "
+                f"{tuple(y.shape)}"
+            )
         if len(x) != len(y):
             raise ConfigError(f"data has {len(x)} inputs but {len(y)} labels")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size} must be >= 1")
         if shuffle:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
             order = torch.randperm(len(x), generator=generator)
@@ -85,16 +86,26 @@ def batches(
             index = order[start : start + batch_size]
             yield x[index], y[index]
         return
-    if isinstance(data, Tensor) or not isinstance(data, Iterable):
-        raise ConfigError(
+    if isinstance(data, (Tensor, str, bytes, Mapping)) or not isinstance(data, Iterable):
+        raise ConfigTypeError(
             f"data must be a pair (inputs, labels) of tensors or an iterable of such batches (a DataLoader), "
-            f"not {type(data).__name__}"
+            f"not {type(data).__name__} ({brief(data)})"
         )
     for batch in data:
-        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+        if not (
+            isinstance(batch, (tuple, list))
+            and len(batch) >= 2
+            and isinstance(batch[0], Tensor)
+            and isinstance(batch[1], Tensor)
+        ):
+            raise ConfigTypeError(
+                f"each batch must be (inputs, labels, ...) tensors, got {type(batch).__name__} "
+                f"({brief(batch)}); pass an evaluator for other kinds of data"
+            )
+        if batch[0].dim() == 0 or batch[1].dim() == 0 or len(batch[0]) != len(batch[1]):
             raise ConfigError(
-                f"each batch must be (inputs, labels, ...), got {type(batch).__name__}; "
-                "pass an evaluator for other kinds of data"
+                f"a batch has inputs of shape {tuple(batch[0].shape)} and labels of shape "
+                f"{tuple(batch[1].shape)}; each input needs one label"
             )
         yield batch[0], batch[1]
 
@@ -115,23 +126,39 @@ def _device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, data: Data, *, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on labelled ``data`` (eval mode; the training flag is put back)."""
-    was_training = model.training
-    model.eval()
+    """Top-1 accuracy of ``model`` on labelled ``data``.
+
+    The model runs in eval mode without gradients and is left exactly as it was (every submodule's training
+    flag, its buffers, torch's random generator: see :func:`prunus.forward.evaluation_mode`).
+
+    Raises:
+        ConfigError: ``data`` is empty or not labelled data, or the model's outputs are not one row of class
+            scores per input.
+    """
+    check_model(model)
+    check_int("batch_size", batch_size, minimum=1)
     device = _device(model)
     correct = total = 0
-    try:
+    with torch.no_grad(), evaluation_mode(model):
         for x, y in batches(data, batch_size):
-            out = model(x.to(device))
+            out = run_model(model, x.to(device), "data")
+            if not (isinstance(out, Tensor) and out.dim() == 2 and len(out) == len(y)):
+                raise ConfigError(
+                    f"accuracy needs one row of class scores per input: {type(model).__name__} gave "
+                    f"{_shape_of(out)} for {len(y)} labels; pass an evaluator for other models"
+                )
             correct += int((out.argmax(dim=1) == y.to(out.device)).sum())
             total += len(y)
-    finally:
-        model.train(was_training)
     if total == 0:
         raise ConfigError("data is empty: no batch to measure accuracy on")
     return correct / total
+
+
+def _shape_of(value: Any) -> str:
+    return (
+        f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else f"a {type(value).__name__}"
+    )
 
 
 # -- counting ---------------------------------------------------------------------------------------------
@@ -170,120 +197,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 # -- size on disk -----------------------------------------------------------------------------------------
 
 
-def _pack_bits(mask: Tensor) -> Tensor:
-    flat = mask.reshape(-1).to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
-    return (flat.reshape(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
-
-
-def _unpack_bits(bits: Tensor, numel: int) -> Tensor:
-    shifts = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
-    return ((bits.unsqueeze(1) >> shifts) & 1).reshape(-1)[:numel].bool()
-
-
-def _sparse(tensor: Tensor, fill: int | float = 0) -> Any:
-    """``tensor`` as its entries other than ``fill`` plus a bit per entry, when that is smaller."""
-    numel = tensor.numel()
-    kept = tensor != fill
-    count = int(kept.sum())
-    if numel >= 8 and math.ceil(numel / 8) + count * tensor.element_size() < (
-        numel * tensor.element_size()
-    ):
-        return {
-            "__prunus__": "sparse",
-            "shape": list(tensor.shape),
-            "bits": _pack_bits(kept),
-            "values": tensor[kept].clone(),
-            "fill": fill,
-        }
-    return tensor.clone()
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        tensor = value.detach().cpu()
-        if tensor.is_quantized:
-            if tensor.qscheme() not in (torch.per_tensor_affine, torch.per_tensor_symmetric):
-                return tensor  # per-channel: saved as it is
-            # A pruned entry quantizes to exactly the zero point.
-            return {
-                "__prunus__": "qtensor",
-                "ints": _sparse(tensor.int_repr(), tensor.q_zero_point()),
-                "scale": tensor.q_scale(),
-                "zero_point": tensor.q_zero_point(),
-            }
-        return _sparse(tensor)
-    if isinstance(value, dict):
-        return {key: _encode(item) for key, item in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_encode(item) for item in value)
-    return value
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict):
-        kind = value.get("__prunus__")
-        if kind == "sparse":
-            shape = tuple(value["shape"])
-            values = value["values"]
-            mask = _unpack_bits(value["bits"], math.prod(shape)).reshape(shape)
-            tensor = torch.full(shape, value["fill"], dtype=values.dtype)
-            tensor[mask] = values
-            return tensor
-        if kind == "qtensor":
-            with warnings.catch_warnings():
-                warnings.simplefilter(
-                    "ignore"
-                )  # torch's notice that quantized tensors are deprecated
-                return torch._make_per_tensor_quantized_tensor(
-                    _decode(value["ints"]), value["scale"], value["zero_point"]
-                )
-        return {key: _decode(item) for key, item in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_decode(item) for item in value)
-    return value
-
-
-def save_compressed(model_or_state: nn.Module | Mapping[str, Any], path: str | Path) -> int:
-    """Save a state dict compactly: each tensor whose zeros make it pay as its nonzero values + a bit mask.
-
-    Other tensors (and quantized ones, as their int8 values) are saved as they are. Returns the file's size in
-    bytes. :func:`load_compressed` gives back a state dict equal to the original, entry for entry.
-    """
-    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
-    # The per-module versions that load_state_dict reads (quantized modules depend on them).
-    metadata = getattr(state, "_metadata", None)
-    torch.save(
-        {
-            "format": FORMAT,
-            "state": _encode(dict(state)),
-            "metadata": dict(metadata) if metadata is not None else None,
-        },
-        path,
-    )
-    return Path(path).stat().st_size
-
-
-def load_compressed(path: str | Path) -> dict[str, Any]:
-    """Read a file written by :func:`save_compressed` back into a state dict.
-
-    Raises:
-        ConfigError: the file is not a prunus compressed checkpoint.
-    """
-    loaded = torch.load(path, weights_only=True)
-    if not (isinstance(loaded, dict) and loaded.get("format") == FORMAT):
-        raise ConfigError(f"{path} is not a prunus compressed checkpoint (format {FORMAT!r})")
-    decoded = _decode(loaded["state"])
-    assert isinstance(decoded, dict)
-    state: OrderedDict[str, Any] = OrderedDict(decoded)
-    if loaded.get("metadata") is not None:
-        state._metadata = OrderedDict(loaded["metadata"])  # type: ignore[attr-defined]
-    return state
-
-
 class ModelSize(BaseModel):
     """Bytes of two real files: the dense ``torch.save(state_dict)`` and :func:`save_compressed`'s form."""
 
@@ -299,14 +212,20 @@ class ModelSize(BaseModel):
 
 
 def model_size(model: nn.Module, directory: str | Path | None = None) -> ModelSize:
-    """Write ``model``'s state dict densely and compressed (in ``directory``, a temporary one by default)."""
+    """Write ``model``'s state dict densely and compressed (in ``directory``, a temporary one by default).
+
+    Raises:
+        FileError: a file could not be written (each is written atomically: see :mod:`prunus.files`).
+    """
+    check_model(model)
+    if directory is not None:
+        check_path("directory", directory)
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(directory) if directory is not None else Path(tmp)
-        where.mkdir(parents=True, exist_ok=True)
-        dense_path = where / "dense.pt"
-        torch.save(model.state_dict(), dense_path)
-        compressed = save_compressed(model, where / "compressed.pt")
-        return ModelSize(dense_bytes=dense_path.stat().st_size, compressed_bytes=compressed)
+        state = model.state_dict()
+        dense = files.write_atomic(where / "dense.pt", lambda file: torch.save(state, file))
+        compressed = save_compressed(state, where / "compressed.pt")
+        return ModelSize(dense_bytes=dense, compressed_bytes=compressed)
 
 
 def state_dict_bytes(model: nn.Module) -> int:
@@ -323,11 +242,11 @@ def _latencies(
     models: Mapping[str, nn.Module], example_input: Any, runs: int, warmup: int
 ) -> dict[str, float]:
     """Median milliseconds per forward of each model; the models take turns, so noise hits them alike."""
-    if runs < 1:
-        raise ConfigError(f"runs={runs} must be >= 1")
-    with contextlib.ExitStack() as stack:
+    check_int("runs", runs, minimum=1)
+    check_int("warmup", warmup, minimum=0)
+    with torch.inference_mode(), evaluation_mode(*models.values()):
         for model in models.values():
-            stack.enter_context(evaluation_mode(model))
+            run_model(model, example_input, "example_input")  # a clear error before the timing
         seconds = time_interleaved(
             [functools.partial(call_model, model, example_input) for model in models.values()],
             repeats=runs,
@@ -339,8 +258,13 @@ def _latencies(
 def latency_ms(model: nn.Module, example_input: Any, *, runs: int = 30, warmup: int = 3) -> float:
     """Median milliseconds of ``model(example_input)`` over ``runs`` (eval mode, no autograd).
 
-    ``example_input`` may be a tensor, a tuple of positional inputs or a dict of keyword inputs.
+    ``example_input`` may be a tensor, a tuple of positional inputs or a dict of keyword inputs. The model is
+    left exactly as it was (see :func:`prunus.forward.evaluation_mode`).
+
+    Raises:
+        TargetError: ``example_input`` does not run the model.
     """
+    check_model(model)
     return _latencies({"model": model}, example_input, runs, warmup)["model"]
 
 
@@ -375,14 +299,24 @@ class Evaluation(BaseModel):
         return self.dense_bytes / self.compressed_bytes
 
 
+def measure_with(evaluator: Evaluator, model: nn.Module) -> float:
+    """``evaluator(model)`` as a number, run as a measurement (the model is left exactly as it was).
+
+    Raises:
+        ConfigError: the evaluator returned something other than a number.
+    """
+    with evaluation_mode(model):
+        value = evaluator(model)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(
+            f"the evaluator returned {type(value).__name__} ({brief(value, 40)}); it must return a number"
+        )
+    return float(value)
+
+
 def _accuracy_of(model: nn.Module, data: Data | None, evaluator: Evaluator | None) -> float | None:
     if evaluator is not None:
-        value = evaluator(model)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(
-                f"the evaluator returned {type(value).__name__} ({value!r:.40}); it must return a number"
-            )
-        return float(value)
+        return measure_with(evaluator, model)
     if data is not None:
         return accuracy(model, data)
     return None
@@ -405,7 +339,12 @@ def evaluate(
         example_input: an input to time the forward pass with; no latency without it.
         latency_runs: forwards timed (the median is reported).
         label: the name shown in tables.
+
+    The model is left exactly as it was (see :func:`prunus.forward.evaluation_mode`).
     """
+    check_model(model)
+    if not isinstance(label, str):
+        raise ConfigTypeError(f"label must be a str, not {type(label).__name__} ({brief(label)})")
     return compare(
         {label: model},
         data=data,
@@ -480,10 +419,26 @@ def compare(
 ) -> Comparison:
     """:func:`evaluate` each model (e.g. ``{"dense": d, "pruned": p, "pruned + int8": q}``), side by side.
 
-    Latencies are measured with the models taking turns, so that machine noise hits them alike.
+    Latencies are measured with the models taking turns, so that machine noise hits them alike. Every model is
+    left exactly as it was (see :func:`prunus.forward.evaluation_mode`).
     """
+    if not isinstance(models, Mapping):
+        raise ConfigTypeError(
+            f"models must map labels to models, e.g. {{'dense': d, 'pruned': p}}, not "
+            f"{type(models).__name__} ({brief(models)})"
+        )
     if not models:
         raise ConfigError("compare needs at least one model")
+    for label, model in models.items():
+        if not isinstance(label, str):
+            raise ConfigTypeError(
+                f"model labels must be str, not {type(label).__name__} ({brief(label)})"
+            )
+        if not isinstance(model, nn.Module):
+            raise ConfigTypeError(f"{label!r} is a {type(model).__name__}, not a torch.nn.Module")
+    if evaluator is not None:
+        check_callable("evaluator", evaluator)
+    check_int("latency_runs", latency_runs, minimum=1)
     timings = (
         _latencies(models, example_input, latency_runs, warmup=3)
         if example_input is not None
@@ -492,8 +447,6 @@ def compare(
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for index, (label, model) in enumerate(models.items()):
-            if not isinstance(model, nn.Module):
-                raise ConfigError(f"{label!r} is a {type(model).__name__}, not a torch.nn.Module")
             total, nonzero = count_parameters(model)
             size = model_size(model, Path(tmp) / str(index))
             rows.append(

@@ -25,14 +25,15 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from .. import masking
+from ..arguments import check_bool, check_callable, check_int, check_model, check_number
 from ..engine import prune
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigTypeError, brief
 from ..progress import progress
 from ..registration import Registry, registry
 from ..report import PruneReport
 from ..schedules import Schedule
 from ..targets import FilterFn, Patterns, select_targets
-from .evaluation import Data, batches, num_batches
+from .evaluation import Data, batches, measure_with, num_batches
 
 __all__ = ["FineTuneResult", "GradualPruner", "ScheduleStep", "fine_tune"]
 
@@ -301,8 +302,24 @@ def fine_tune(
     Raises:
         ConfigError: the schedule ends after the last step this loop takes (when that is known up front).
     """
-    if epochs < 0:
-        raise ConfigError(f"epochs={epochs} must be >= 0")
+    check_model(model)
+    check_int("epochs", epochs, minimum=0)
+    check_number("lr", lr, above=0)
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("start_step", start_step, minimum=0)
+    check_int("seed", seed, minimum=0)
+    check_bool("progress_bar", progress_bar)
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigTypeError(
+            f"optimizer must be a torch.optim.Optimizer, not {type(optimizer).__name__} ({brief(optimizer)})"
+        )
+    for name, function in (("loss_fn", loss_fn), ("evaluate", evaluate)):
+        if function is not None:
+            check_callable(name, function)
+    if pruner is not None and not isinstance(pruner, GradualPruner):
+        raise ConfigTypeError(
+            f"pruner must be a prunus.GradualPruner, not {type(pruner).__name__} ({brief(pruner)})"
+        )
     per_epoch = num_batches(data, batch_size)
     if pruner is not None and per_epoch is not None:
         last = start_step + epochs * per_epoch - 1
@@ -318,7 +335,8 @@ def fine_tune(
     losses: list[float] = []
     metrics: list[float] = []
     taken = len(pruner.history) if pruner is not None else 0
-    was_training = model.training
+    # Each submodule's own flag comes back at the end (model.train(was_training) would set them all alike).
+    flags = [(module, module.training) for module in model.modules()]
     model.train()
     try:
         for epoch in progress(
@@ -337,10 +355,12 @@ def fine_tune(
                 step += 1
             losses.append(total / max(count, 1))
             if evaluate is not None:
-                metrics.append(float(evaluate(model)))
-                model.train()
+                # A measurement: the model comes back in training mode, its buffers and the random stream as
+                # they were, so evaluating does not change the training run.
+                metrics.append(measure_with(evaluate, model))
     finally:
-        model.train(was_training)
+        for module, training in flags:
+            module.training = training
     history: Sequence[ScheduleStep] = pruner.history[taken:] if pruner is not None else []
     return FineTuneResult(
         losses=losses, steps=step - start_step, history=list(history), metrics=metrics

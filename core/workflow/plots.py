@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
+from .. import files
+from ..arguments import check_path
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -41,10 +43,10 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(figure: Figure, path: str | Path | None) -> Figure:
+    """Write ``figure`` to ``path`` as PNG, atomically (a failed write keeps the previous file)."""
     if path is not None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(target, format="png")
+        check_path("path", path)
+        files.write_atomic(path, lambda file: figure.savefig(file, format="png"))
     return figure
 
 
