@@ -27,13 +27,13 @@ import torch
 from torch import Tensor, nn
 
 from ..engine import is_pruned, masks, prune, remove
+from ..workflow.compressed import FORMAT, load_compressed
 from ..workflow.config import (
     PruneConfig,
     SensitivityConfig,
     parse_config,
     read_mapping,
 )
-from ..workflow.compressed import FORMAT, load_compressed
 from ..workflow.evaluation import Comparison, Data, compare, summary
 from ..workflow.gradual import GradualPruner, fine_tune
 from ..workflow.quantization import quantize as quantize_model

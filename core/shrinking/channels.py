@@ -649,7 +649,9 @@ def _criterion_of(
     configured = registry.get(strategy, **options)  # validates every option, criterion's included
     values = dict(configured.config)
     amount = values.pop("amount")
+    # The granularity's own options: shrink has its own (min_keep counts channels of a group there).
     values.pop("dim", None)
+    values.pop("min_keep", None)
     criterion = registry.criterion(info.criterion, **values)
     return criterion, info.granularity == "global", amount
 
@@ -973,6 +975,10 @@ def prune_channels(
                     masking.get_mask(module, pname),
                 )
                 tx.record(registry.hooks.apply_mask(target, keep, restorable, context))
+    except PluginError as error:
+        raise PluginError(
+            f"applying the channel masks failed: {error}; the model was left as it was"
+        ) from error
     except PrunusError:
         raise
     except Exception as error:

@@ -117,7 +117,13 @@ def _settable(module: nn.Module, key: str, value: Any) -> bool:
     if current is None or value is None:
         return True
     # An int may become an int, a float a float (an int is fine too), a str a str.
-    kinds = (bool,) if isinstance(current, bool) else (str,) if isinstance(current, str) else (int, float)
+    kinds = (
+        (bool,)
+        if isinstance(current, bool)
+        else (str,)
+        if isinstance(current, str)
+        else (int, float)
+    )
     return isinstance(value, kinds) and not (isinstance(value, bool) and kinds != (bool,))
 
 
@@ -191,7 +197,9 @@ def _rebuild(module: nn.Module | None, name: str, entry: _ModuleRecord) -> None:
     for key, shape in entry.parameters.items():
         old = module._parameters.get(key)
         if old is None:
-            raise ShrinkError(f"the record has a parameter {name}.{key} that the {entry.type} lacks")
+            raise ShrinkError(
+                f"the record has a parameter {name}.{key} that the {entry.type} lacks"
+            )
         if list(old.shape) != shape:
             module._parameters[key] = nn.Parameter(
                 torch.empty(shape, dtype=old.dtype, device=old.device),
@@ -202,7 +210,9 @@ def _rebuild(module: nn.Module | None, name: str, entry: _ModuleRecord) -> None:
         if old_buffer is None:
             raise ShrinkError(f"the record has a buffer {name}.{key} that the {entry.type} lacks")
         if list(old_buffer.shape) != shape:
-            module._buffers[key] = torch.empty(shape, dtype=old_buffer.dtype, device=old_buffer.device)
+            module._buffers[key] = torch.empty(
+                shape, dtype=old_buffer.dtype, device=old_buffer.device
+            )
 
 
 def _check_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
