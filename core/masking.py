@@ -47,6 +47,7 @@ __all__ = [
     "deferred_zeroing",
     "get_mask",
     "is_restorable",
+    "load_mask",
     "masked_parameters",
     "pruned_values",
     "remove_parameter",
@@ -395,6 +396,47 @@ def attach_mask(
                 )
             with torch.no_grad():
                 param.masked_scatter_(~mask if prior is None else prior & ~mask, back)
+        _drop(module, name)
+        if prior is not None:
+            module.register_buffer(MASK_PREFIX + name, prior, persistent=False)
+        if prior_values is not None:
+            module.register_buffer(VALUES_PREFIX + name, prior_values, persistent=False)
+        if not had_tracker:
+            _untrack(module)
+        _changed()
+
+    return undo
+
+
+@_locked
+def load_mask(
+    module: nn.Module, name: str, mask: Tensor, values: Tensor | None
+) -> Callable[[], None]:
+    """Put a saved mask back on ``module.<name>`` (resuming from a checkpoint), replacing any mask it has.
+
+    ``mask`` is the full bool keep-mask; ``values`` the original values of its pruned entries in flat order (what
+    :func:`restore_parameter` writes back), or ``None`` when they were not kept. The pruned entries are zeroed.
+    Returns a function that undoes this call exactly (the values it zeroed are kept for that).
+    """
+    param = module._parameters[name]
+    assert param is not None
+    prior = get_mask(module, name)
+    prior_values = module._buffers.get(VALUES_PREFIX + name)
+    had_tracker = _TRACKER in module.__dict__
+    data = param.detach()
+    zeroed = pruned_values(data, mask)
+    zero_pruned(data, mask)
+    _drop(module, name)
+    module.register_buffer(MASK_PREFIX + name, mask, persistent=False)
+    if values is not None:
+        module.register_buffer(VALUES_PREFIX + name, values, persistent=False)
+    if not had_tracker:
+        module.__dict__[_TRACKER] = _Tracker(module)
+    _changed()
+
+    def undo() -> None:
+        with torch.no_grad():
+            param.masked_scatter_(~mask, zeroed)
         _drop(module, name)
         if prior is not None:
             module.register_buffer(MASK_PREFIX + name, prior, persistent=False)

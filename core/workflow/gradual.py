@@ -11,21 +11,34 @@ of *all* the targeted entries, while ``prune`` counts an amount among the entrie
 converts one to the other with integer counts: per parameter (``target_zeros - current_zeros`` entries, or
 slices for a structured strategy), or across all targets for a global strategy. Masks compose, nothing is
 revived, and pruned weights stay zero through ``optimizer.step()``.
+
+A training job checkpoints the pruner with the model and resumes it exactly:
+
+>>> torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+...             "pruner": pruner.state_dict(), "step": step}, "ckpt.pt")              # doctest: +SKIP
+>>> # ... in a new process, the model and the pruner built as before:
+>>> ckpt = torch.load("ckpt.pt")                                                    # doctest: +SKIP
+>>> model.load_state_dict(ckpt["model"]); pruner.load_state_dict(ckpt["pruner"])    # doctest: +SKIP
+
+From there every later step prunes exactly what the uninterrupted run prunes. A pruner (its schedule and
+strategy included) also pickles and deep-copies; the state dict is the small, checked form meant for checkpoints.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
 from .. import masking
 from ..arguments import check_bool, check_callable, check_int, check_model, check_number
+from ..config import config_error
 from ..engine import prune
 from ..errors import ConfigError, ConfigTypeError, brief
 from ..progress import progress
@@ -33,9 +46,10 @@ from ..registration import Registry, registry
 from ..report import PruneReport
 from ..schedules import Schedule
 from ..targets import FilterFn, Patterns, select_targets
+from ..transaction import transaction
 from .evaluation import Data, batches, measure_with, num_batches
 
-__all__ = ["FineTuneResult", "GradualPruner", "ScheduleStep", "fine_tune"]
+__all__ = ["STATE_FORMAT", "FineTuneResult", "GradualPruner", "ScheduleStep", "fine_tune"]
 
 
 class ScheduleStep(BaseModel):
@@ -74,6 +88,10 @@ class _Tracked:
         return 0 if mask is None else self.numel - int(mask.sum())
 
 
+STATE_FORMAT = "prunus.gradual/1"
+"""The ``format`` field of :meth:`GradualPruner.state_dict`."""
+
+
 class GradualPruner:
     """Prunes ``model`` with ``strategy`` to the sparsity a schedule gives at each training step.
 
@@ -93,6 +111,12 @@ class GradualPruner:
     The sparsity a step reaches is over the targeted parameters: each one for a per-parameter strategy
     (``*_unstructured``: every parameter reaches it; ``*_structured``: counted in slices along ``dim``), or
     their total for a global one. Other granularities get the matching fraction of the remaining entries.
+
+    Checkpoints: :meth:`state_dict` and :meth:`load_state_dict` save and restore the pruning (the masks, the
+    pruned values when ``restorable``, the history) so a resumed run prunes exactly as an uninterrupted one.
+    This is the API a training framework's callback builds on: call :meth:`step` before each optimizer step,
+    save :meth:`state_dict` with the model's and the optimizer's, and on resume build the pruner with the same
+    arguments, load the model's weights, then :meth:`load_state_dict`.
     """
 
     def __init__(
@@ -111,10 +135,17 @@ class GradualPruner:
         registry: Registry = registry,
         **schedule_options: Any,
     ) -> None:
+        check_model(model)
+        check_bool("restorable", restorable)
         if not isinstance(strategy, str):
-            raise ConfigError(
-                f"GradualPruner needs a registered strategy name, not {type(strategy).__name__}; "
-                "the pruner sets its amount at each step"
+            raise ConfigTypeError(
+                f"GradualPruner needs a registered strategy name, not {type(strategy).__name__} "
+                f"({brief(strategy)}); the pruner sets its amount at each step"
+            )
+        if strategy_options is not None and not isinstance(strategy_options, Mapping):
+            raise ConfigTypeError(
+                f"strategy_options must be a dict of options, not {type(strategy_options).__name__} "
+                f"({brief(strategy_options)})"
             )
         info = registry.info(strategy)
         options = dict(strategy_options or {})
@@ -135,8 +166,13 @@ class GradualPruner:
                     f"schedule {schedule.name!r}; pass its name instead"
                 )
             self.schedule = schedule
-        else:
+        elif isinstance(schedule, str):
             self.schedule = registry.schedule(schedule, **schedule_options)
+        else:
+            raise ConfigTypeError(
+                f"schedule must be a registered schedule name or a prunus.Schedule, not "
+                f"{type(schedule).__name__} ({brief(schedule)})"
+            )
         self.schedule.checked_points()
 
         self.model = model
@@ -178,16 +214,17 @@ class GradualPruner:
 
     def done(self, step: int) -> bool:
         """Whether the schedule has nothing left to prune after ``step``."""
+        check_int("step", step)
         return step >= self.schedule.last_step
 
     def step(self, step: int) -> PruneReport | None:
         """Prune to the schedule's sparsity at ``step``; ``None`` when nothing is to be pruned.
 
         Any step may be given (every training step, or only some): the pruner reaches the target of the
-        last schedule point at or before ``step``, and never prunes anything twice.
+        last schedule point at or before ``step``, and never prunes anything twice. The lookup is a binary
+        search over the schedule's points.
         """
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise ConfigError(f"step must be an int, not {type(step).__name__} ({step!r})")
+        check_int("step", step)
         target = self.schedule.sparsity(step)
         before = self.pruned
         report = self._prune_to(target)
@@ -204,9 +241,103 @@ class GradualPruner:
         )
         return report
 
+    # -- checkpoints --------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pruning so far, to save beside the model's and the optimizer's state dicts.
+
+        Returns a dict of plain Python values and tensors (``torch.save`` writes it, and
+        ``torch.load(..., weights_only=True)`` reads it back):
+
+        * ``format``: ``"prunus.gradual/1"``;
+        * ``strategy``, ``strategy_options``, ``schedule`` (``{"name", "options"}``), ``targets``: what the
+          pruner was built with, checked on loading;
+        * ``history``: the steps taken (:class:`ScheduleStep` as dicts);
+        * ``masks``: the bool keep-mask of each targeted parameter pruned so far (copies);
+        * ``pruned_values``: the original values of their pruned entries (when ``restorable``), so that
+          :func:`prunus.restore` still works after resuming.
+
+        The model's weights are not in it: save ``model.state_dict()`` too (pruned entries are zero there).
+        """
+        masks: dict[str, Tensor] = {}
+        values: dict[str, Tensor] = {}
+        for t in self._targets:
+            mask = t.mask
+            if mask is None:
+                continue
+            masks[t.name] = mask.detach().cpu().clone()
+            kept = t.module._buffers.get(masking.VALUES_PREFIX + t.param_name)
+            if kept is not None:
+                values[t.name] = kept.detach().cpu().clone()
+        return {
+            "format": STATE_FORMAT,
+            **self._built_with(),
+            "history": [h.model_dump() for h in self.history],
+            "masks": masks,
+            "pruned_values": values,
+        }
+
+    def _built_with(self) -> dict[str, Any]:
+        """What this pruner was built with: a saved state must match it to be loaded."""
+        return {
+            "strategy": self.strategy,
+            "strategy_options": dict(self.strategy_options),
+            "schedule": {"name": self.schedule.name, "options": dict(self.schedule.config)},
+            "targets": self.targets,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: put the saved masks (and pruned values) back, and the history.
+
+        Build the pruner with the arguments the saved one had and load the model's weights first; afterwards
+        every :meth:`step` prunes exactly what the uninterrupted run would have. Masks on the targeted
+        parameters are replaced by the saved ones.
+
+        Raises:
+            ConfigError: ``state`` is not a pruner state, or is of a pruner with another strategy, schedule or
+                targets, or its masks do not fit the parameters (each problem named); nothing was changed.
+        """
+        parsed = _State.parse(state)
+        for field, mine in self._built_with().items():
+            saved = getattr(parsed, field)
+            if _plain(saved) != _plain(mine):
+                raise ConfigError(
+                    f"the state is of a pruner with {field} {brief(saved, 200)}, this one has "
+                    f"{brief(mine, 200)}; build the pruner as the saved one was"
+                )
+        plan: list[tuple[_Tracked, Tensor, Tensor | None]] = []
+        for t in self._targets:
+            mask = parsed.masks.get(t.name)
+            if mask is None:
+                if t.mask is not None:
+                    raise ConfigError(
+                        f"the state has no mask for {t.name!r}, which is pruned now; load it into a model "
+                        "that was not pruned since the state was saved"
+                    )
+                continue
+            param = t.module._parameters[t.param_name]
+            assert param is not None
+            values = parsed.pruned_values.get(t.name)
+            plan.append((t, *_fitted(t.name, param, mask, values, self.restorable)))
+        unknown = sorted(set(parsed.masks) - self._names)
+        if unknown:
+            raise ConfigError(
+                f"the state has masks for parameters this pruner does not prune: {unknown}"
+            )
+        with transaction() as tx:
+            for t, mask, values in plan:
+                tx.record(masking.load_mask(t.module, t.param_name, mask, values))
+        self.history = list(parsed.history)
+
+    def __repr__(self) -> str:
+        return (
+            f"<GradualPruner {self.strategy} {self.schedule!r} on {len(self._targets)} parameters, "
+            f"sparsity {self.sparsity:.2%}>"
+        )
+
     def _prune_to(self, target: float) -> PruneReport | None:
         common: dict[str, Any] = {
-            "filter_fn": lambda module, name: name in self._names,
+            "filter_fn": self._chosen,
             "data": self.data,
             "restorable": self.restorable,
             "registry": self._registry,
@@ -227,6 +358,9 @@ class GradualPruner:
         if not amounts:
             return None
         return prune(self.model, self.strategy, amounts=amounts, **common)
+
+    def _chosen(self, module: nn.Module, name: str) -> bool:
+        return name in self._names
 
     def _slice_counts(self, target: float) -> dict[str, int]:
         dim = self.strategy_options.get("dim", 0)
@@ -252,11 +386,56 @@ class GradualPruner:
         amount = min(1.0, (target - self.sparsity) / kept)
         return prune(self.model, self.strategy, amount=amount, **common)
 
-    def __repr__(self) -> str:
-        return (
-            f"<GradualPruner {self.strategy} {self.schedule!r} on {len(self._targets)} parameters, "
-            f"sparsity {self.sparsity:.2%}>"
+
+class _State(BaseModel):
+    """A :meth:`GradualPruner.state_dict`, checked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    format: Literal["prunus.gradual/1"]
+    strategy: str
+    strategy_options: dict[str, Any]
+    schedule: dict[str, Any]
+    targets: list[str]
+    history: list[ScheduleStep]
+    masks: dict[str, Tensor]
+    pruned_values: dict[str, Tensor]
+
+    @classmethod
+    def parse(cls, state: object) -> _State:
+        if not isinstance(state, Mapping):
+            raise ConfigTypeError(
+                f"a GradualPruner state must be the dict state_dict() returned, not {type(state).__name__}"
+            )
+        try:
+            return cls.model_validate(dict(state))
+        except ValidationError as error:
+            raise config_error("the GradualPruner state", error) from None
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples as lists), to compare what was saved with what is built."""
+    return json.loads(json.dumps(value, default=repr))
+
+
+def _fitted(
+    name: str, param: Tensor, mask: Tensor, values: Tensor | None, restorable: bool
+) -> tuple[Tensor, Tensor | None]:
+    """The saved mask and values of ``name``, checked against the parameter and moved to its device."""
+    if mask.dtype != torch.bool or mask.shape != param.shape:
+        raise ConfigError(
+            f"the saved mask of {name!r} is {mask.dtype} {tuple(mask.shape)}; the parameter needs a "
+            f"torch.bool mask of shape {tuple(param.shape)}"
         )
+    pruned = mask.numel() - int(torch.count_nonzero(mask))
+    if values is not None:
+        if values.dim() != 1 or values.numel() != pruned or values.dtype != param.dtype:
+            raise ConfigError(
+                f"the saved pruned values of {name!r} are {values.dtype} {tuple(values.shape)}; the mask "
+                f"prunes {pruned} entries of a {param.dtype} parameter"
+            )
+        values = values.to(param.device) if restorable else None
+    return mask.to(param.device), values
 
 
 class FineTuneResult(BaseModel):
