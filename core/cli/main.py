@@ -16,7 +16,7 @@ import click
 
 from ..errors import PrunusError
 from ..registration import Provider, Registry
-from .context import registry_of
+from .context import one_line, registry_of
 from .workflow import prune_command, report_command, sensitivity_command
 
 __all__ = ["main"]
@@ -132,7 +132,7 @@ main.add_command(sensitivity_command)
 
 
 def run(args: list[str] | None = None, registry: Registry | None = None) -> int:
-    """Run the CLI and return its exit code, turning prunus errors into one-line messages."""
+    """Run the CLI and return its exit code, turning every error into a one-line message (exit status 2)."""
     try:
         main.main(args=args, obj=registry, standalone_mode=False)
     except click.exceptions.Exit as done:
@@ -144,7 +144,10 @@ def run(args: list[str] | None = None, registry: Registry | None = None) -> int:
         error.show()
         return error.exit_code
     except PrunusError as error:
-        click.echo(f"error: {type(error).__name__}: {error}", err=True)
+        click.echo(f"error: {type(error).__name__}: {one_line(error)}", err=True)
+        return 2
+    except Exception as error:  # never a traceback: one line, exit status 2
+        click.echo(f"error: {type(error).__name__}: {one_line(error)}", err=True)
         return 2
     return 0
 

@@ -24,7 +24,7 @@ from .. import files
 from ..arguments import check_path
 from ..errors import ConfigTypeError, FileError, FileFormatError, brief
 
-__all__ = ["FORMAT", "is_compressed", "load_compressed", "save_compressed"]
+__all__ = ["FORMAT", "compressed_content", "is_compressed", "load_compressed", "save_compressed"]
 
 FORMAT = "prunus-compressed-v1"
 """The ``format`` field of a compressed checkpoint."""
@@ -195,6 +195,16 @@ def save_compressed(model_or_state: nn.Module | Mapping[str, Any], path: str | P
         FileError: the file could not be written (read-only directory, full disk...).
     """
     check_path("path", path)
+    content = compressed_content(model_or_state)
+    return files.write_atomic(path, lambda file: torch.save(content, file))
+
+
+def compressed_content(model_or_state: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
+    """What :func:`save_compressed` writes with ``torch.save``: for writers that stage several files at once.
+
+    Raises:
+        ConfigTypeError: ``model_or_state`` is neither a module nor a mapping.
+    """
     if isinstance(model_or_state, nn.Module):
         state: Mapping[str, Any] = model_or_state.state_dict()
     elif isinstance(model_or_state, Mapping):
@@ -206,12 +216,11 @@ def save_compressed(model_or_state: nn.Module | Mapping[str, Any], path: str | P
         )
     # The per-module versions that load_state_dict reads (quantized modules depend on them).
     metadata = getattr(state, "_metadata", None)
-    content = {
+    return {
         "format": FORMAT,
         "state": _encode(dict(state)),
         "metadata": dict(metadata) if metadata is not None else None,
     }
-    return files.write_atomic(path, lambda file: torch.save(content, file))
 
 
 def load_compressed(path: str | Path) -> dict[str, Any]:

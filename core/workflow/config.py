@@ -79,7 +79,7 @@ class FineTuneSection(WorkflowConfig):
     """The built-in classification fine-tuning loop (:func:`prunus.fine_tune`)."""
 
     epochs: StrictInt = Field(default=1, ge=0)
-    lr: Number = Field(default=1e-3, gt=0)
+    lr: Number = Field(default=1e-3, gt=0, allow_inf_nan=False)
     batch_size: StrictInt = Field(default=64, ge=1)
     seed: StrictInt = Field(default=0, ge=0)
 
