@@ -133,9 +133,7 @@ class Hooks:
             )
         return checked_scores(result, target, owner)
 
-    def score_unchecked(
-        self, criterion: Criterion, target: Target, context: PruneContext
-    ) -> Any:
+    def score_unchecked(self, criterion: Criterion, target: Target, context: PruneContext) -> Any:
         """What the ``prunus_score`` hook returns, as it is: no check, exceptions as raised.
 
         For diagnosis tools (the conformance kit of :mod:`prunus.testing` reports a plugin's raw behaviour);

@@ -674,6 +674,11 @@ class Registry:
 
 
 def _filtered(table: dict[str, Any], pattern: str | None) -> list[str]:
+    if pattern is not None and not isinstance(pattern, str):
+        raise ConfigTypeError(
+            f"pattern must be a glob pattern such as '*_structured', not {type(pattern).__name__} "
+            f"({brief(pattern)})"
+        )
     names = sorted(table)
     return names if pattern is None else fnmatch.filter(names, pattern)
 

@@ -187,6 +187,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
     The weights of quantized modules count too (a weight quantized to zero is a zero).
     """
+    check_model(model)
     total = nonzero = 0
     for _, tensor in _weights(model):
         total += tensor.numel()
@@ -471,6 +472,7 @@ def summary(model: nn.Module) -> str:
 
     Works on pruned models (with or without masks) and on quantized ones (their weights dequantized).
     """
+    check_model(model)
     masked = {name for name, _, _ in masking.masked_parameters(model)}
     rows: list[tuple[str, str, str, str, str, str]] = []
     total = nonzero_total = 0
