@@ -88,7 +88,7 @@ def evaluation_mode(*models: nn.Module) -> Iterator[None]:
     flags = [(module, module.training) for module in modules]
     buffers = [_BufferState(module) for module in modules]
     cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None  # type: ignore[no-untyped-call]
     for model in models:
         model.eval()
     try:

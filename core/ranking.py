@@ -43,8 +43,13 @@ def keep_mask(scores: Tensor, k: int, eligible: Tensor | None = None) -> Tensor:
         MaskError: ``eligible`` is not a bool tensor of ``scores``'s shape.
         AmountError: ``k`` is negative or more than the eligible entries.
     """
-    if not isinstance(scores, Tensor) or not scores.is_floating_point():
-        raise ConfigTypeError(f"scores must be a floating-point tensor, not {_what(scores)}")
+    if (
+        not isinstance(scores, Tensor)
+        or scores.dtype == torch.bool
+        or scores.is_complex()
+        or scores.is_quantized
+    ):
+        raise ConfigTypeError(f"scores must be a real-valued tensor, not {_what(scores)}")
     if isinstance(k, bool) or not isinstance(k, int):
         raise ConfigTypeError(f"k={brief(k)} is a {type(k).__name__}; give an int count")
     if eligible is not None and (

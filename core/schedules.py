@@ -182,8 +182,8 @@ class Schedule(Component):
             self.__dict__["_checked"] = cached
         return cached
 
-    def _check(self, raw: Sequence[SchedulePoint]) -> Sequence[SchedulePoint]:
-        if not isinstance(raw, Sequence) or isinstance(raw, str):
+    def _check(self, raw: object) -> Sequence[SchedulePoint]:
+        if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
             raise PluginError(
                 f"schedule {self.name!r}: points() returned {type(raw).__name__}; it must return a list "
                 "of (step, sparsity) pairs"
@@ -200,7 +200,7 @@ class Schedule(Component):
     def _point(self, point: object) -> SchedulePoint:
         try:
             step, value = point  # type: ignore[misc]
-            return int(step), float(value)
+            return int(step), float(value)  # type: ignore[has-type]
         except (TypeError, ValueError):
             raise PluginError(
                 f"schedule {self.name!r}: point {brief(point)} is not a (step, sparsity) pair"

@@ -337,7 +337,7 @@ def _checked_config(config: PruneConfig, registry: Registry) -> None:
             registry.get(config.strategy, **config.options, amount=amount)
 
 
-class Amount(click.ParamType):
+class Amount(click.ParamType):  # type: ignore[type-arg]
     """``--amount``: read like Python's ``amount=``: ``0.5`` or ``1.0`` is a fraction, ``1`` or ``10`` a count."""
 
     name = "AMOUNT"

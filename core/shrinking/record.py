@@ -193,7 +193,11 @@ def _rebuild(module: nn.Module | None, name: str, entry: _ModuleRecord) -> None:
             )
         current = module.__dict__[key]
         if current != value:
-            setattr(module, key, tuple(value) if isinstance(current, tuple) else value)
+            setattr(
+                module,
+                key,
+                tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value,
+            )
     for key, shape in entry.parameters.items():
         old = module._parameters.get(key)
         if old is None:

@@ -137,7 +137,7 @@ class _Reader:
             )
         if not (isinstance(values, Tensor) and values.dim() == 1 and not values.is_quantized):
             raise self.fail(where, "values must be a 1-D tensor")
-        if isinstance(fill, bool) or not isinstance(fill, numbers.Real) or not math.isfinite(fill):
+        if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
             raise self.fail(where, f"fill {brief(fill)} is not a finite number")
         mask = _unpack_bits(bits, 8 * bits.numel())
         if bool(mask[numel:].any()):

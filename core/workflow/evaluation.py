@@ -69,7 +69,8 @@ def batches(
     """
     check_int("batch_size", batch_size, minimum=1)
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
+        x, y = data[0], data[1]
+        assert isinstance(x, Tensor) and isinstance(y, Tensor)
         if x.dim() == 0 or y.dim() == 0:
             raise ConfigError(
                 f"data must hold a batch of inputs and of labels; got shapes {tuple(x.shape)} and "
