@@ -48,6 +48,7 @@ from ..errors import (
     ShrinkError,
     TargetError,
 )
+from ..arguments import check_model
 from ..forward import call_model, evaluation_mode, output_tensors
 from ..registration import Registry, registry
 from ..strategy import Criterion, PruneContext, Target, checked_scores
@@ -841,10 +842,7 @@ def _validate(
     max_layer_sparsity: float | None,
     tolerance: float,
 ) -> None:
-    if not isinstance(model, nn.Module):
-        raise TargetError(
-            f"model must be a torch.nn.Module, not {type(model).__name__} ({model!r:.80})"
-        )
+    check_model(model)
     if example_inputs is None:
         raise TargetError(
             "example_inputs is required: a batch the model accepts, used to trace its layers"
