@@ -16,7 +16,7 @@ import click
 
 from ..errors import PrunusError
 from ..registration import Provider, Registry
-from .context import one_line, registry_of
+from .context import MESSAGE_LIMIT, one_line, registry_of
 from .workflow import prune_command, report_command, sensitivity_command
 
 __all__ = ["main"]
@@ -140,6 +140,11 @@ def run(args: list[str] | None = None, registry: Registry | None = None) -> int:
     except click.Abort:
         click.echo("aborted", err=True)
         return 1
+    except click.UsageError as error:  # one line too, not click's usage block
+        hint = f" (see prunus {error.ctx.info_name} --help)" if error.ctx is not None else ""
+        message = " ".join(error.format_message().split())[:MESSAGE_LIMIT]
+        click.echo(f"error: {message}{hint}", err=True)
+        return error.exit_code
     except click.ClickException as error:
         error.show()
         return error.exit_code

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from .. import masking
+from ..arguments import check_model
 from ..config import count_to_prune, jsonable
 from ..errors import (
     AmountError,
@@ -48,7 +49,6 @@ from ..errors import (
     ShrinkError,
     TargetError,
 )
-from ..arguments import check_model
 from ..forward import call_model, evaluation_mode, output_tensors
 from ..registration import Registry, registry
 from ..strategy import Criterion, PruneContext, Target, checked_scores

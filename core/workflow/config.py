@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -39,6 +39,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic.functional_validators import BeforeValidator
 
 from .. import files
 from ..arguments import check_path
@@ -66,11 +67,20 @@ class WorkflowConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _no_options(value: Any) -> Any:
+    # `options:` with nothing after it is YAML null: no options, as an absent key.
+    return {} if value is None else value
+
+
+Options = Annotated[dict[str, Any], BeforeValidator(_no_options)]
+"""Options of a strategy or schedule; a null (an empty YAML key) means none."""
+
+
 class ScheduleSection(WorkflowConfig):
     """A registered schedule and its options (``prunus.registry.schedules()``)."""
 
     name: StrictStr = Field(default="cubic", description="cubic, linear, iterative, one_shot, ...")
-    options: dict[str, Any] = Field(
+    options: Options = Field(
         default_factory=dict, description="e.g. {final_sparsity: 0.9, end: 600, every: 50}"
     )
 
@@ -88,7 +98,7 @@ class PruneConfig(WorkflowConfig):
     """What ``prunus prune`` does: one-shot (``amount`` / ``amounts``) or on a ``schedule``."""
 
     strategy: StrictStr = Field(description="a registered strategy (prunus list)")
-    options: dict[str, Any] = Field(
+    options: Options = Field(
         default_factory=dict, description="the strategy's options other than the amount"
     )
     amount: Number | None = Field(default=None, description="one amount for every layer")
@@ -126,7 +136,7 @@ class SensitivityConfig(WorkflowConfig):
     """What ``prunus sensitivity`` does."""
 
     strategy: StrictStr = "l1_unstructured"
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: Options = Field(default_factory=dict)
     amounts: list[StrictFloat] = Field(
         default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], min_length=1
     )
