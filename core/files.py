@@ -60,6 +60,24 @@ def _temporary(target: Path) -> tuple[int, Path]:
     raise FileExistsError(f"no free temporary name beside {target}")
 
 
+class _Recorder:
+    """A binary file that remembers the first ``OSError`` its ``write`` raised (the disk's real reason)."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        self.failure: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as error:
+            self.failure = self.failure or error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
 def _sync_directory(directory: Path) -> None:
     """Make the rename durable too (best effort: not every platform can open a directory)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -81,7 +99,12 @@ def _write_temporary(target: Path, write: Writer) -> Path:
         raise FileError(f"cannot write {target}: {_reason(error)}") from error
     try:
         with os.fdopen(fd, "wb") as file:
-            write(file)
+            recorder = _Recorder(file)
+            try:
+                write(recorder)  # type: ignore[arg-type]
+            except Exception as error:
+                # A writer in C++ (torch.save) replaces the OSError it got with its own message: report the cause.
+                raise recorder.failure or error from error
             file.flush()
             os.fsync(file.fileno())
         with contextlib.suppress(FileNotFoundError):

@@ -116,15 +116,14 @@ def _settable(module: nn.Module, key: str, value: Any) -> bool:
         return isinstance(value, list)
     if current is None or value is None:
         return True
-    # An int may become an int, a float a float (an int is fine too), a str a str.
-    kinds = (
-        (bool,)
-        if isinstance(current, bool)
-        else (str,)
-        if isinstance(current, str)
-        else (int, float)
-    )
-    return isinstance(value, kinds) and not (isinstance(value, bool) and kinds != (bool,))
+    # Each kind stays itself: a bool a bool, an int an int, a str a str; a float may be written as an int.
+    if isinstance(current, bool) or isinstance(value, bool):
+        return isinstance(current, bool) and isinstance(value, bool)
+    if isinstance(current, int):
+        return isinstance(value, int)
+    if isinstance(current, float):
+        return isinstance(value, (int, float))
+    return isinstance(current, str) and isinstance(value, str)
 
 
 def load_shrunk(
