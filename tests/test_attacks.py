@@ -475,7 +475,7 @@ BAD_CONFIGS = st.one_of(
         lambda kv: (
             {"strategy": "l1_unstructured", kv[0]: kv[1]}
             if kv[0] != "strategy"
-            else {"strategy": kv[1]}
+            else {"strategy": [kv[1]]}  # a strategy's name is any str: a list is the wrong kind
         )
     ),
     # not a mapping at the top
