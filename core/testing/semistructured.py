@@ -32,6 +32,7 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
+from ..ranking import rankable
 from ..registration import Registry
 from ..registration import registry as global_registry
 from ..strategy import Criterion, PruneContext, Target
@@ -70,12 +71,16 @@ def aligned_keep(size: int, pruned: int, round_to: int) -> int:
 
 def block_scores(criterion: Criterion, scores: Tensor, rows: int, cols: int) -> Tensor:
     """One score per ``(rows, cols)`` block of the 2-D ``scores``: ``criterion.reduce`` over its entries,
-    block by block (edge blocks hold what is left)."""
+    block by block (edge blocks hold what is left).
+
+    Reduced in the scores' own precision, as a granularity ranks them (and as the structured property reduces
+    slices): a float32 sum that overflows to inf, or a norm that underflows to 0, is a tie there, not an order.
+    """
     height, width = scores.shape
     grid = torch.empty(-(-height // rows), -(-width // cols), dtype=torch.float64)
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
-            block = scores[i * rows : (i + 1) * rows, j * cols : (j + 1) * cols].double()
+            block = rankable(scores[i * rows : (i + 1) * rows, j * cols : (j + 1) * cols])
             grid[i, j] = criterion.reduce(block, (0, 1))
     return grid
 
