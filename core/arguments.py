@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from torch import nn
@@ -24,6 +24,7 @@ __all__ = [
     "check_int",
     "check_model",
     "check_number",
+    "check_options",
     "check_path",
     "optional",
 ]
@@ -106,6 +107,21 @@ def check_number(
             f"{name}={value!r} must be a finite number{' ' + wanted if wanted else ''}"
         )
     return number
+
+
+def check_options(name: str, value: object) -> dict[str, Any]:
+    """``value`` (a mapping of option names to values, or ``None``) as a dict.
+
+    Raises:
+        ConfigTypeError: it is neither.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigTypeError(
+            f"{name} must be a dict of options, not {type(value).__name__} ({brief(value)})"
+        )
+    return dict(value)
 
 
 def check_callable(name: str, value: T) -> T:

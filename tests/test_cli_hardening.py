@@ -13,32 +13,23 @@ from typing import Any
 
 import pytest
 import torch
+from test_cli_workflow import NET as BASE_NET
 from torch import nn
 
 import prunus
 from prunus.cli import run
 
-NET = """
-import torch
-from torch import nn
-
-
-def make():
-    return nn.Sequential(nn.Linear(8, 24), nn.ReLU(), nn.Linear(24, 3))
-
-
-def data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(96, 8, generator=g)
-    y = x[:, :3].argmax(dim=1)
-    return (x[:64], y[:64]), (x[64:], y[64:])
-
+NET = (
+    BASE_NET
+    + """
 
 def wrong_width():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 5, generator=g)
     return (x, x[:, 0].long().abs() % 3), (x, x[:, 0].long().abs() % 3)
 """
+)
+"""The model and data functions of tests/test_cli_workflow.py, and data that does not fit the model."""
 
 FACTORY = ["--factory", "net:make"]
 ONE_SHOT = ["prune", "dense.pt", *FACTORY, "--strategy", "l1_unstructured"]

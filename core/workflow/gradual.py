@@ -37,7 +37,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
 from .. import masking
-from ..arguments import check_bool, check_callable, check_int, check_model, check_number
+from ..arguments import (
+    check_bool,
+    check_callable,
+    check_int,
+    check_model,
+    check_number,
+    check_options,
+)
 from ..config import config_error
 from ..engine import prune
 from ..errors import ConfigError, ConfigTypeError, brief
@@ -142,11 +149,7 @@ class GradualPruner:
                 f"GradualPruner needs a registered strategy name, not {type(strategy).__name__} "
                 f"({brief(strategy)}); the pruner sets its amount at each step"
             )
-        if strategy_options is not None and not isinstance(strategy_options, Mapping):
-            raise ConfigTypeError(
-                f"strategy_options must be a dict of options, not {type(strategy_options).__name__} "
-                f"({brief(strategy_options)})"
-            )
+        check_options("strategy_options", strategy_options)
         info = registry.info(strategy)
         options = dict(strategy_options or {})
         if "amount" not in info.config.model_fields:

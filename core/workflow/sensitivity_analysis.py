@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from ..arguments import check_bool, check_callable, check_model
+from ..arguments import check_bool, check_callable, check_model, check_options
 from ..engine import is_pruned, prune, restore
 from ..errors import ConfigError, ConfigTypeError, brief
 from ..progress import progress
@@ -193,11 +193,7 @@ def sensitivity(
             f"amounts must be a list of fractions such as [0.25, 0.5], not {type(amounts).__name__} "
             f"({brief(amounts)})"
         )
-    if strategy_options is not None and not isinstance(strategy_options, Mapping):
-        raise ConfigTypeError(
-            f"strategy_options must be a dict of options, not {type(strategy_options).__name__} "
-            f"({brief(strategy_options)})"
-        )
+    check_options("strategy_options", strategy_options)
     if is_pruned(model):
         raise ConfigError(
             "sensitivity analysis needs a model without prunus masks (it restores each layer after "
