@@ -14,6 +14,7 @@ __all__ = [
     "AmountError",
     "ConfigError",
     "ConfigTypeError",
+    "ExportError",
     "FileError",
     "FileFormatError",
     "MaskError",
@@ -26,6 +27,7 @@ __all__ = [
     "RegistrationError",
     "RollbackError",
     "ShrinkError",
+    "StateError",
     "TargetError",
     "TargetTypeError",
     "UnknownCriterionError",
@@ -102,11 +104,6 @@ class FileError(PrunusError, OSError):
     """
 
 
-class FileFormatError(ConfigError):
-    """A file prunus reads is not what it should be: corrupt, truncated, of another format, out of range or
-    inconsistent. The message names the file and what is wrong with it."""
-
-
 class MaskError(PrunusError, ValueError):
     """A mask has the wrong shape, dtype or device for the parameter it is meant for."""
 
@@ -117,6 +114,21 @@ class NotPrunedError(PrunusError, ValueError):
 
 class ShrinkError(PrunusError, RuntimeError):
     """Channels could not be removed (or the result would not compute what the masked model computed)."""
+
+
+class StateError(PrunusError, ValueError):
+    """A saved pruning state or compressed file does not fit: not a prunus file, an unknown format version, or
+    names, shapes or dtypes that differ from the model it is loaded into."""
+
+
+class FileFormatError(StateError, ConfigError):
+    """A file prunus reads is not what it should be: corrupt, truncated, of another format, out of range or
+    inconsistent (a compressed checkpoint, a pruning state, a config). The message names the file and what is
+    wrong with it. Both a :class:`StateError` and a :class:`ConfigError` (so a ``ValueError``)."""
+
+
+class ExportError(PrunusError, RuntimeError):
+    """A model cannot be exported (ONNX, ``torch.export``) as it is; the message says what to do instead."""
 
 
 class MissingDependencyError(PrunusError, ImportError):

@@ -30,6 +30,7 @@ __all__ = [
     "read_text",
     "staged",
     "write_atomic",
+    "write_atomic_path",
     "write_bytes",
     "write_text",
 ]
@@ -145,6 +146,46 @@ def write_atomic(path: str | os.PathLike[str], write: Writer) -> int:
     target = Path(path)
     temporary = _write_temporary(target, write)
     size = temporary.stat().st_size
+    _replace(temporary, target)
+    return size
+
+
+def write_atomic_path(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> int:
+    """:func:`write_atomic` for writers that only take a path (safetensors' ``save_file``, ONNX's ``save``).
+
+    ``write(temporary)`` writes the new content to ``temporary``, a path beside ``path``; it is then synced
+    and renamed over ``path``. Returns the size of the written file in bytes.
+
+    Raises:
+        FileError: as :func:`write_atomic`; the previous file, if any, is unchanged.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise FileError(f"cannot write {target}: it is a directory")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = _temporary(target)
+        os.close(fd)
+    except OSError as error:
+        raise FileError(f"cannot write {target}: {_reason(error)}") from error
+    try:
+        write(temporary)
+        fd = os.open(temporary, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(temporary, stat.S_IMODE(os.stat(target).st_mode))
+        size = temporary.stat().st_size
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(error, PrunusError) or not isinstance(error, Exception):
+            raise
+        raise FileError(
+            f"cannot write {target}: {_reason(error)}; the previous file, if any, is unchanged"
+        ) from error
     _replace(temporary, target)
     return size
 

@@ -222,10 +222,16 @@ def global_keep_masks(
 ) -> dict[str, Tensor]:
     """Keep-masks of one ranking across ``targets``, equal to ``keep_mask`` on their concatenated scores.
 
+    Exact count, ties pruned first by position in concatenation order, entries an earlier prune removed
+    (``target.prior``) kept pruned and not counted, in a few percent of the memory of concatenating the scores
+    (see the module's documentation). ``score`` is called two or three times per target, which is exact for
+    deterministic and seeded criteria; if the scores change between calls so that the counts stop adding up,
+    the ranking falls back to concatenating them.
+
     Args:
         targets: the parameters ranked together.
-        score: the checked scores of a target.
-        amount: a fraction of all their entries still kept, or a count.
+        score: a target's scores (a granularity passes on the ``score`` function it was given).
+        amount: a fraction of the entries still kept across all targets, or an int count of them.
         keep_bytes: how much memory of scores the ranking may hold between its passes to avoid scoring those
             targets again (0: score every target twice and hold one at a time).
         min_keep: a floor per target: each keeps at least ``min_keep`` of its entries still kept (all of them if
@@ -233,6 +239,12 @@ def global_keep_masks(
             from the other targets. The floor holds whenever the amount leaves room for it; an amount that asks
             for more (everything, say) is followed as the plain ranking follows it. With the floor binding, the
             ranking is global among the entries the floor does not hold.
+
+    Returns:
+        The bool keep-mask of each target, by target name.
+
+    Raises:
+        AmountError: an int ``amount`` larger than the entries still kept.
     """
     masks = _ranked(targets, score, amount, keep_bytes)
     return _floored(targets, score, amount, keep_bytes, min_keep, masks) if min_keep > 0 else masks

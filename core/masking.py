@@ -47,11 +47,11 @@ __all__ = [
     "deferred_zeroing",
     "get_mask",
     "is_restorable",
-    "load_mask",
     "masked_parameters",
     "pruned_values",
     "remove_parameter",
     "restore_parameter",
+    "saved_values",
     "zero_pruned",
 ]
 
@@ -228,6 +228,15 @@ def is_restorable(module: nn.Module, name: str) -> bool:
     return module._buffers.get(VALUES_PREFIX + name) is not None
 
 
+def saved_values(module: nn.Module, name: str) -> Tensor | None:
+    """The original values of ``module.<name>``'s pruned entries, kept for ``restore`` (flat row-major order of
+    the pruned entries), or ``None`` when it is not pruned or was pruned with ``restorable=False``.
+
+    The tensor itself: do not modify it. A saved pruning state holds it; :func:`attach_mask` takes it back.
+    """
+    return module._buffers.get(VALUES_PREFIX + name)
+
+
 def masked_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
     """``(qualified name, module, parameter name)`` for every masked parameter in ``model``."""
     for prefix, module in model.named_modules():
@@ -333,13 +342,22 @@ def deferred_zeroing() -> Iterator[Callable[[], None]]:
 
 @_locked
 def attach_mask(
-    module: nn.Module, name: str, mask: Tensor, *, restorable: bool = True
+    module: nn.Module,
+    name: str,
+    mask: Tensor,
+    *,
+    restorable: bool = True,
+    values: Tensor | None = None,
 ) -> Callable[[], None]:
     """Put ``mask`` on ``module.<name>``: zero the pruned entries and remember what ``restore`` needs.
 
     ``mask`` is the full keep-mask (already combined with any earlier one). Returns a function that undoes this
     call exactly, used to leave the model as it was when a later step of the same ``prune`` fails. Inside
     :func:`deferred_zeroing` the zeroing waits for the commit.
+
+    ``values``: the original values of the pruned entries when they are known from elsewhere (a saved pruning
+    state being loaded, see :func:`saved_values`): kept for ``restore`` as they are instead of being gathered
+    from the parameter, whose pruned entries may already be zero. Only for a parameter without a mask yet.
 
     Memory: the mask itself, the pruned values when ``restorable`` (one entry per pruned entry), and one
     transient inverted mask. Outside :func:`deferred_zeroing` the undo also keeps the values this call zeroes
@@ -351,8 +369,16 @@ def attach_mask(
     prior, prior_values = before.mask, before.values
     data = param.detach()
 
-    values: Tensor | None = None
-    if restorable and (prior is None or prior_values is not None):
+    supplied = values is not None
+    if values is not None:
+        if prior is not None:
+            raise ValueError(f"values= is for a parameter without a mask; {name!r} already has one")
+        pruned_count = mask.numel() - int(torch.count_nonzero(mask))
+        if values.numel() != pruned_count:
+            raise ValueError(
+                f"values= holds {values.numel()} entries but the mask of {name!r} prunes {pruned_count}"
+            )
+    elif restorable and (prior is None or prior_values is not None):
         if prior is None:
             values = pruned_values(data, mask)
         else:
@@ -368,7 +394,7 @@ def attach_mask(
     # What undo() writes back if the zeroing happened and `values` is not it.
     newly: Tensor | None = None
     if pending is None:
-        if values is None or prior is not None:
+        if values is None or prior is not None or supplied:
             newly = pruned_values(data, mask) if prior is None else data[prior & ~mask]
         zero_pruned(data, mask)
     else:
@@ -388,45 +414,15 @@ def attach_mask(
         if job is not None and not job.done:
             job.cancelled = True  # the weights were never touched
         else:
-            back = newly if newly is not None else values if prior is None else None
+            back = (
+                newly if newly is not None else values if prior is None and not supplied else None
+            )
             if back is None:
                 raise RuntimeError(
                     "cannot undo a deferred mask attachment after its commit: its values were not kept"
                 )
             with torch.no_grad():
                 param.masked_scatter_(~mask if prior is None else prior & ~mask, back)
-        before.put_back()
-
-    return undo
-
-
-@_locked
-def load_mask(
-    module: nn.Module, name: str, mask: Tensor, values: Tensor | None
-) -> Callable[[], None]:
-    """Put a saved mask back on ``module.<name>`` (resuming from a checkpoint), replacing any mask it has.
-
-    ``mask`` is the full bool keep-mask; ``values`` the original values of its pruned entries in flat order (what
-    :func:`restore_parameter` writes back), or ``None`` when they were not kept. The pruned entries are zeroed.
-    Returns a function that undoes this call exactly (the values it zeroed are kept for that).
-    """
-    param = module._parameters[name]
-    assert param is not None
-    before = _Held(module, name)
-    data = param.detach()
-    zeroed = pruned_values(data, mask)
-    zero_pruned(data, mask)
-    _drop(module, name)
-    module.register_buffer(MASK_PREFIX + name, mask, persistent=False)
-    if values is not None:
-        module.register_buffer(VALUES_PREFIX + name, values, persistent=False)
-    if not before.tracked:
-        module.__dict__[_TRACKER] = _Tracker(module)
-    _changed()
-
-    def undo() -> None:
-        with torch.no_grad():
-            param.masked_scatter_(~mask, zeroed)
         before.put_back()
 
     return undo

@@ -17,6 +17,7 @@ Each test draws from a fixed, derandomized example budget and checks it met its 
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import functools
 import inspect
@@ -47,6 +48,7 @@ from prunus import (
     PrunusError,
     PrunusWarning,
     ShrinkError,
+    StateError,
     TargetError,
     UnknownScheduleError,
     UnknownStrategyError,
@@ -563,6 +565,8 @@ def test_corrupt_and_truncated_compressed_checkpoints(case: Any, tmp_path: Path)
 
 
 FAILURES = st.sampled_from(["open", "write", "fsync", "replace"])
+PATH_WRITERS = {"save_compressed", "save_pruned"}
+"""Writers that hand prunus.files a path to write to (safetensors), not a file object."""
 ERRNOS = st.sampled_from([errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EIO, errno.EDQUOT])
 
 
@@ -620,7 +624,7 @@ def failing(where: str, code: int, after: int) -> Iterator[None]:
 
 @attack(
     st.tuples(
-        st.sampled_from(["save_compressed", "model_size", "plot", "probe"]),
+        st.sampled_from(["save_compressed", "save_pruned", "model_size", "plot", "probe"]),
         FAILURES,
         ERRNOS,
         st.integers(
@@ -634,14 +638,19 @@ def test_writes_into_read_only_or_full_directories(
     case: Any, tmp_path: Path, mlp: nn.Module, snapshot: Snapshot
 ) -> None:
     writer, where, code, after, previous = case
+    if where == "write" and writer in PATH_WRITERS:
+        where = (
+            "open"  # safetensors writes through a path, not through a file object prunus hands it
+        )
     directory = tmp_path / f"{writer}-{where}-{code}-{after}-{previous}"
     shutil.rmtree(directory, ignore_errors=True)  # Hypothesis may replay a case
     directory.mkdir()
     os.environ[CACHE_ENV] = str(directory)
     try:
         target = {
-            "save_compressed": directory / "m.pt",
-            "model_size": directory / "compressed.pt",
+            "save_compressed": directory / "m.safetensors",
+            "save_pruned": directory / "p.safetensors",
+            "model_size": directory / "dense.pt",
             "plot": directory / "p.png",
             "probe": probe_cache_path("cpu"),
         }[writer]
@@ -649,12 +658,15 @@ def test_writes_into_read_only_or_full_directories(
             target.write_bytes(b"the previous file, which must survive")
         calls: dict[str, Callable[[], Any]] = {
             "save_compressed": lambda: prunus.save_compressed(mlp, target),
+            "save_pruned": lambda: prunus.save_pruned(pruned, target),
             "model_size": lambda: prunus.model_size(mlp, directory),
             "plot": lambda: prunus.plots.plot_layer_sparsity({"fc1.weight": 0.5}, target),
             "probe": lambda: prunus.probe(
                 shapes=[(8, 8)], batches=[1], sparsities=[0.5], repeats=1
             ),
         }
+        pruned = copy.deepcopy(mlp)
+        prunus.prune(pruned, "l1_unstructured", amount=0.5)
         with failing(where, code, after):
             refused(
                 calls[writer],
@@ -669,60 +681,88 @@ def test_writes_into_read_only_or_full_directories(
 
 
 STATE_DAMAGE = st.one_of(
+    # the pruner's own state (JSON, in the manifest)
     st.tuples(
         st.just("drop"),
-        st.sampled_from(["format", "strategy", "masks", "history", "targets", "schedule"]),
+        st.sampled_from(
+            ["strategy", "history", "targets", "schedule", "restorable", "strategy_options"]
+        ),
     ),
     st.tuples(
         st.just("strategy"), st.sampled_from(["l1_structured", "random_unstructured", "l1_global"])
     ),
     st.tuples(st.just("end"), st.integers(0, 100).filter(lambda e: e != 8)),
     st.tuples(
-        st.just("mask_shape"),
-        st.tuples(st.integers(1, 40), st.integers(1, 40)).filter(lambda s: s != (32, 16)),
+        st.just("history"), st.one_of(st.integers(), st.text(max_size=3), st.just([{"x": 1}]))
     ),
-    st.tuples(st.just("mask_dtype"), st.sampled_from([torch.float32, torch.int64, torch.uint8])),
-    st.tuples(st.just("values"), st.integers(0, 600).filter(lambda n: n != 256)),
+    st.tuples(st.just("format"), st.text(max_size=8).map(lambda t: "prunus.gradual/9" + t)),
     st.tuples(st.just("extra"), IDENTIFIERS),
+    # the masks and restore data beside it
+    st.tuples(st.just("mask bytes"), st.integers(0, 100).filter(lambda n: n != 64)),
+    st.tuples(st.just("values"), st.integers(0, 600).filter(lambda n: n != 256)),
     st.tuples(
-        st.just("not a dict"),
+        st.just("values dtype"), st.sampled_from([torch.float64, torch.int64, torch.float16])
+    ),
+    st.tuples(st.just("manifest"), st.text(max_size=10)),
+    st.tuples(
+        st.just("manifest key"),
+        st.sampled_from(["format", "parameters", "weights", "architecture"]),
+    ),
+    st.tuples(
+        st.just("not a state"),
         st.one_of(st.none(), st.integers(), st.lists(st.integers(), max_size=2)),
     ),
 )
 
 
-@attack(STATE_DAMAGE, cases=30)
-def test_damaged_gradual_pruner_states(
+@attack(STATE_DAMAGE, cases=40)
+def test_damaged_pruning_states(
     case: Any, make_model: Callable[..., nn.Module], snapshot: Snapshot
 ) -> None:
+    """A training checkpoint's pruning state (prunus.pruning_state) with its pruner's state, damaged."""
+
     def pruner(model: nn.Module) -> prunus.GradualPruner:
         return prunus.GradualPruner(model, "l1_unstructured", final_sparsity=0.5, end=8)
 
     source = pruner(make_model("mlp"))
     source.step(8)
-    state: Any = source.state_dict()
+    state: Any = prunus.pruning_state(source.model, pruner=source)
+    manifest = json.loads(state["manifest"])
+    own = manifest["pruner"]
     kind, value = case
     if kind == "drop":
-        del state[value]
+        del own[value]
     elif kind == "strategy":
-        state["strategy"] = value
+        own["strategy"] = value
     elif kind == "end":
-        state["schedule"]["options"]["end"] = value
-    elif kind == "mask_shape":
-        state["masks"]["fc1.weight"] = torch.ones(value, dtype=torch.bool)
-    elif kind == "mask_dtype":
-        state["masks"]["fc1.weight"] = state["masks"]["fc1.weight"].to(value)
-    elif kind == "values":
-        state["pruned_values"]["fc1.weight"] = torch.zeros(value)
+        own["schedule"]["options"]["end"] = value
+    elif kind in ("history", "format"):
+        own[kind] = value
     elif kind == "extra":
-        state["x_" + value] = 1
-    else:
+        own["x_" + value] = 1
+    elif kind == "mask bytes":
+        state["tensors"]["mask.fc1.weight"] = torch.zeros(value, dtype=torch.uint8)
+    elif kind == "values":
+        state["tensors"]["pruned.fc1.weight"] = torch.zeros(value)
+    elif kind == "values dtype":
+        state["tensors"]["pruned.fc1.weight"] = state["tensors"]["pruned.fc1.weight"].to(value)
+    elif kind == "manifest key":
+        del manifest[value]
+    if kind == "manifest":
+        state["manifest"] = value
+    elif kind == "not a state":
         state = value
+    else:
+        state["manifest"] = json.dumps(manifest)
     model = make_model("mlp")
     target = pruner(model)
     refused(
-        lambda: target.load_state_dict(state), error=ConfigError, model=model, snapshot=snapshot
+        lambda: prunus.load_pruning_state(model, state, pruner=target),
+        error=(ConfigError, StateError),
+        model=model,
+        snapshot=snapshot,
     )
+    assert target.history == []
 
 
 RECORD_DAMAGE = st.one_of(

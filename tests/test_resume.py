@@ -46,7 +46,7 @@ TRAIN = textwrap.dedent(
         state = torch.load(checkpoint, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        pruner.load_state_dict(state["pruner"])
+        prunus.load_pruning_state(model, state["pruning"], pruner=pruner)
         order.set_state(state["order"])
         start = state["step"]
 
@@ -68,7 +68,7 @@ TRAIN = textwrap.dedent(
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "pruner": pruner.state_dict(),
+            "pruning": prunus.pruning_state(model, pruner=pruner),
             "order": order.get_state(),
             "step": step + 1,
         }

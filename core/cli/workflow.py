@@ -35,10 +35,11 @@ from torch import Tensor, nn
 
 from .. import files
 from ..engine import is_pruned, masks, prune, remove
-from ..errors import brief
+from ..errors import StateError, brief
 from ..forward import evaluation_mode, run_model
+from ..persistence.compressed import LEGACY_FORMAT, compress_state, load_compressed
+from ..persistence.files import read_safetensors_metadata
 from ..registration import Registry
-from ..workflow.compressed import FORMAT, compressed_content, load_compressed
 from ..workflow.config import (
     PruneConfig,
     SensitivityConfig,
@@ -124,6 +125,12 @@ def _call_user(spec: str, what: str) -> Any:
 
 def load_model(checkpoint: Path, factory: str | None, *, trust: bool = False) -> nn.Module:
     """Build the model from ``factory`` and load ``checkpoint`` into it (or unpickle a whole model)."""
+    if checkpoint.is_file() and read_safetensors_metadata(checkpoint) is not None:
+        try:
+            loaded: Any = load_compressed(checkpoint)
+        except StateError as error:
+            raise UserError(f"cannot load {checkpoint}: {one_line(error)}") from None
+        return _into_factory(checkpoint, loaded, factory)
     try:
         loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -149,7 +156,7 @@ def load_model(checkpoint: Path, factory: str | None, *, trust: bool = False) ->
         ) from None
     if isinstance(loaded, nn.Module):
         return loaded
-    if isinstance(loaded, dict) and loaded.get("format") == FORMAT:
+    if isinstance(loaded, dict) and loaded.get("format") == LEGACY_FORMAT:
         loaded = load_compressed(checkpoint)  # checked entry by entry
     elif isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
@@ -157,6 +164,11 @@ def load_model(checkpoint: Path, factory: str | None, *, trust: bool = False) ->
         raise UserError(
             f"{checkpoint} holds a {type(loaded).__name__}, not a state dict or a model"
         )
+    return _into_factory(checkpoint, loaded, factory)
+
+
+def _into_factory(checkpoint: Path, loaded: dict[str, Any], factory: str | None) -> nn.Module:
+    """The model ``factory`` builds, with the state dict ``loaded`` (read from ``checkpoint``) in it."""
     if factory is None:
         raise UserError(
             f"{checkpoint} is a state dict: give --factory module:function that builds the model"
@@ -293,6 +305,14 @@ def _example_input(shape: tuple[int, ...] | None, test: Data | None) -> Tensor |
 
 def _json(payload: Any) -> str:
     return json.dumps(payload, indent=2, default=str) + "\n"
+
+
+def _compressed_bytes(state: dict[str, Any]) -> bytes:
+    """The file :func:`prunus.save_compressed` writes, in memory (to be written with the other outputs)."""
+    from safetensors.torch import save
+
+    tensors, metadata = compress_state(state)
+    return bytes(save(tensors, metadata=metadata))
 
 
 def _png(figure: Any) -> bytes:
@@ -683,8 +703,7 @@ def prune_command(
     with files.staged() as out:
         out.write(output, lambda file: torch.save(state, file))
         if compressed_path is not None:
-            content = compressed_content(state)
-            out.write(compressed_path, lambda file: torch.save(content, file))
+            out.write_bytes(compressed_path, _compressed_bytes(state))
         for path, figure in figures.items():
             out.write_bytes(path, _png(figure))
         out.write_text(report_file, _json(result))

@@ -73,14 +73,16 @@ def block_scores(criterion: Criterion, scores: Tensor, rows: int, cols: int) -> 
     """One score per ``(rows, cols)`` block of the 2-D ``scores``: ``criterion.reduce`` over its entries,
     block by block (edge blocks hold what is left).
 
-    Reduced in the scores' own precision, as a granularity ranks them (and as the structured property reduces
-    slices): a float32 sum that overflows to inf, or a norm that underflows to 0, is a tie there, not an order.
+    Reduced in the dtype the granularity ranks in (:func:`prunus.ranking.rankable`), so where the criterion's
+    own reduction overflows there (an Ln norm of huge weights is inf), the oracle's does too: that is the
+    criterion's arithmetic, not the granularity's ranking.
     """
-    height, width = scores.shape
-    grid = torch.empty(-(-height // rows), -(-width // cols), dtype=torch.float64)
+    values = rankable(scores)
+    height, width = values.shape
+    grid = torch.empty(-(-height // rows), -(-width // cols), dtype=values.dtype)
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
-            block = rankable(scores[i * rows : (i + 1) * rows, j * cols : (j + 1) * cols])
+            block = values[i * rows : (i + 1) * rows, j * cols : (j + 1) * cols]
             grid[i, j] = criterion.reduce(block, (0, 1))
     return grid
 
@@ -325,8 +327,8 @@ def block_criterion_respected(subject: Subject, example: Example) -> None:
         grid = block_scores(criterion, _view(scores[target.name]), rows, cols)
         could, _ = _per_block(prior, rows, cols)
         kept, _ = _per_block(mask, rows, cols)
-        # The oracle sums in float64, the granularity in float32: orders within float32's rounding of a
-        # sum of rows * cols terms are not a bug.
+        # The oracle reduces each block on its own, the granularity all blocks at once: orders within the
+        # rounding of a reduction of rows * cols terms are not a bug.
         rtol = rows * cols * torch.finfo(torch.float32).eps
         _order(f"{target.name!r} blocks of {rows}x{cols}", grid, could & ~kept, kept, rtol)
 

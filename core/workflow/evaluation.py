@@ -1,8 +1,9 @@
 """Measuring a pruned model: accuracy, parameters and nonzeros, size on disk, latency, and a summary.
 
 Sizes are measured, not estimated: :func:`model_size` writes two real files and reads their byte counts, the
-dense ``torch.save(model.state_dict())`` and the compressed form of :func:`save_compressed` (each mostly-zero
-tensor as its nonzero values plus one bit per entry), which :func:`load_compressed` reads back exactly.
+dense ``torch.save(model.state_dict())`` and the compressed form of :func:`~prunus.persistence.compressed.save_compressed`
+(each mostly-zero weight as its nonzero values plus one bit per entry, in the sparse-bitmask safetensors layout),
+which :func:`~prunus.persistence.compressed.load_compressed` reads back exactly.
 
 >>> before = prunus.evaluate(model, data=(x_test, y_test), example_input=x_test[:64])   # doctest: +SKIP
 >>> print(prunus.compare({"dense": dense, "pruned": model}, data=(x_test, y_test)))    # doctest: +SKIP
@@ -27,8 +28,8 @@ from ..arguments import check_callable, check_int, check_model, check_path
 from ..errors import ConfigError, ConfigTypeError, brief
 from ..forward import call_model, evaluation_mode, run_model
 from ..hardware.timing import time_interleaved
+from ..persistence.compressed import load_compressed, save_compressed
 from ..report import kib
-from .compressed import load_compressed, save_compressed
 
 __all__ = [
     "Comparison",
@@ -226,7 +227,7 @@ def model_size(model: nn.Module, directory: str | Path | None = None) -> ModelSi
         where = Path(directory) if directory is not None else Path(tmp)
         state = model.state_dict()
         dense = files.write_atomic(where / "dense.pt", lambda file: torch.save(state, file))
-        compressed = save_compressed(state, where / "compressed.pt")
+        compressed = save_compressed(state, where / "compressed.safetensors")
         return ModelSize(dense_bytes=dense, compressed_bytes=compressed)
 
 

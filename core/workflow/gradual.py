@@ -12,16 +12,17 @@ converts one to the other with integer counts: per parameter (``target_zeros - c
 slices for a structured strategy), or across all targets for a global strategy. Masks compose, nothing is
 revived, and pruned weights stay zero through ``optimizer.step()``.
 
-A training job checkpoints the pruner with the model and resumes it exactly:
+A training job checkpoints the pruning with the model and resumes it exactly:
 
 >>> torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-...             "pruner": pruner.state_dict(), "step": step}, "ckpt.pt")              # doctest: +SKIP
->>> # ... in a new process, the model and the pruner built as before:
->>> ckpt = torch.load("ckpt.pt")                                                    # doctest: +SKIP
->>> model.load_state_dict(ckpt["model"]); pruner.load_state_dict(ckpt["pruner"])    # doctest: +SKIP
+...             "pruning": prunus.pruning_state(model, pruner=pruner), "step": step}, "ckpt.pt")  # doctest: +SKIP
+>>> # ... in a new process, the model, the optimizer and the pruner built as before:
+>>> ckpt = torch.load("ckpt.pt", weights_only=True)                                 # doctest: +SKIP
+>>> model.load_state_dict(ckpt["model"])                                            # doctest: +SKIP
+>>> prunus.load_pruning_state(model, ckpt["pruning"], pruner=pruner)  # masks, restore data, history
 
 From there every later step prunes exactly what the uninterrupted run prunes. A pruner (its schedule and
-strategy included) also pickles and deep-copies; the state dict is the small, checked form meant for checkpoints.
+strategy included) also pickles and deep-copies; :meth:`GradualPruner.state_dict` is its JSON part.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from ..arguments import (
     check_number,
     check_options,
 )
-from ..config import config_error
+from ..config import config_error, jsonable
 from ..engine import prune
 from ..errors import ConfigError, ConfigTypeError, brief
 from ..progress import progress
@@ -53,7 +54,6 @@ from ..registration import Registry, registry
 from ..report import PruneReport
 from ..schedules import Schedule
 from ..targets import FilterFn, Patterns, select_targets
-from ..transaction import transaction
 from .evaluation import Data, batches, measure_with, num_batches
 
 __all__ = ["STATE_FORMAT", "FineTuneResult", "GradualPruner", "ScheduleStep", "fine_tune"]
@@ -109,7 +109,9 @@ class GradualPruner:
         schedule: a registered schedule name (``cubic``, ``linear``, ``iterative``, ``one_shot``; see
             ``prunus.registry.schedules()``) configured by ``schedule_options``, or a built
             :class:`~prunus.schedules.Schedule`.
-        include, exclude, filter_fn: which parameters to prune, as in :func:`prunus.prune` (chosen once, here).
+        include: glob patterns of the parameters to prune, as in :func:`prunus.prune` (chosen once, here).
+        exclude: glob patterns of parameters to leave alone, as in :func:`prunus.prune`.
+        filter_fn: ``filter_fn(module, name) -> bool``, as in :func:`prunus.prune`.
         strategy_options: the strategy's options other than ``amount`` (``{"seed": 1}``, ``{"dim": 0}``...).
         data: passed to every ``prune`` call, for data-aware criteria.
         restorable: as in :func:`prunus.prune`.
@@ -119,11 +121,12 @@ class GradualPruner:
     (``*_unstructured``: every parameter reaches it; ``*_structured``: counted in slices along ``dim``), or
     their total for a global one. Other granularities get the matching fraction of the remaining entries.
 
-    Checkpoints: :meth:`state_dict` and :meth:`load_state_dict` save and restore the pruning (the masks, the
-    pruned values when ``restorable``, the history) so a resumed run prunes exactly as an uninterrupted one.
-    This is the API a training framework's callback builds on: call :meth:`step` before each optimizer step,
-    save :meth:`state_dict` with the model's and the optimizer's, and on resume build the pruner with the same
-    arguments, load the model's weights, then :meth:`load_state_dict`.
+    Checkpoints: :func:`prunus.pruning_state` / :func:`prunus.load_pruning_state` (or :func:`prunus.save_pruned`
+    / :func:`prunus.load_pruned` for a file) save and restore the pruning: the masks, the pruned values when
+    ``restorable``, and this pruner's :meth:`state_dict` (what it was built with, its history), so a resumed
+    run prunes exactly as an uninterrupted one. The framework callbacks (:mod:`prunus.callbacks`) build on it:
+    call :meth:`step` before each optimizer step, save the pruning state with the model's and the optimizer's,
+    and on resume build the pruner with the same arguments, load the model's weights, then the pruning state.
     """
 
     def __init__(
@@ -247,89 +250,47 @@ class GradualPruner:
     # -- checkpoints --------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The pruning so far, to save beside the model's and the optimizer's state dicts.
+        """What a training checkpoint needs of this pruner to resume it exactly (JSON-serializable).
 
-        Returns a dict of plain Python values and tensors (``torch.save`` writes it, and
-        ``torch.load(..., weights_only=True)`` reads it back):
-
-        * ``format``: ``"prunus.gradual/1"``;
-        * ``strategy``, ``strategy_options``, ``schedule`` (``{"name", "options"}``), ``targets``: what the
-          pruner was built with, checked on loading;
-        * ``history``: the steps taken (:class:`ScheduleStep` as dicts);
-        * ``masks``: the bool keep-mask of each targeted parameter pruned so far (copies);
-        * ``pruned_values``: the original values of their pruned entries (when ``restorable``), so that
-          :func:`prunus.restore` still works after resuming.
-
-        The model's weights are not in it: save ``model.state_dict()`` too (pruned entries are zero there).
+        ``format``, what the pruner was built with (``strategy``, ``strategy_options``, ``schedule`` with its
+        ``name`` and ``options``, ``targets``, ``restorable``) and its ``history``. The masks live on the model:
+        :func:`prunus.pruning_state` (for a training checkpoint) and :func:`prunus.save_pruned` (a file) save
+        them with their restore data, and this dict in their manifest when given the pruner.
         """
-        masks: dict[str, Tensor] = {}
-        values: dict[str, Tensor] = {}
-        for t in self._targets:
-            mask = t.mask
-            if mask is None:
-                continue
-            masks[t.name] = mask.detach().cpu().clone()
-            kept = t.module._buffers.get(masking.VALUES_PREFIX + t.param_name)
-            if kept is not None:
-                values[t.name] = kept.detach().cpu().clone()
         return {
             "format": STATE_FORMAT,
             **self._built_with(),
-            "history": [h.model_dump() for h in self.history],
-            "masks": masks,
-            "pruned_values": values,
+            "history": [step.model_dump() for step in self.history],
         }
 
     def _built_with(self) -> dict[str, Any]:
-        """What this pruner was built with: a saved state must match it to be loaded."""
+        """What this pruner was built with: a saved state must say the same to be loaded."""
         return {
             "strategy": self.strategy,
-            "strategy_options": dict(self.strategy_options),
-            "schedule": {"name": self.schedule.name, "options": dict(self.schedule.config)},
+            "strategy_options": jsonable(self.strategy_options),
+            "schedule": {"name": self.schedule.name, "options": jsonable(self.schedule.options)},
             "targets": self.targets,
+            "restorable": self.restorable,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume from :meth:`state_dict`: put the saved masks (and pruned values) back, and the history.
+        """Take back the :attr:`history` of :meth:`state_dict`, after checking the state is this pruner's.
 
-        Build the pruner with the arguments the saved one had and load the model's weights first; afterwards
-        every :meth:`step` prunes exactly what the uninterrupted run would have. Masks on the targeted
-        parameters are replaced by the saved ones.
+        Build the pruner with the arguments the saved one had; :func:`prunus.load_pruning_state` (or
+        :func:`prunus.load_pruned`) calls this and puts the masks back on the model.
 
         Raises:
-            ConfigError: ``state`` is not a pruner state, or is of a pruner with another strategy, schedule or
-                targets, or its masks do not fit the parameters (each problem named); nothing was changed.
+            ConfigError: ``state`` is not a pruner state (each problem named), or is of a pruner with another
+                strategy, options, schedule, targets or ``restorable``; the pruner is left as it was.
         """
         parsed = _State.parse(state)
         for field, mine in self._built_with().items():
             saved = getattr(parsed, field)
             if _plain(saved) != _plain(mine):
                 raise ConfigError(
-                    f"the state is of a pruner with {field} {brief(saved, 200)}, this one has "
-                    f"{brief(mine, 200)}; build the pruner as the saved one was"
+                    f"the saved pruner's {field} is {brief(saved, 200)}, this pruner's is "
+                    f"{brief(mine, 200)}; build the pruner exactly as the one that was saved"
                 )
-        plan: list[tuple[_Tracked, Tensor, Tensor | None]] = []
-        for t in self._targets:
-            mask = parsed.masks.get(t.name)
-            if mask is None:
-                if t.mask is not None:
-                    raise ConfigError(
-                        f"the state has no mask for {t.name!r}, which is pruned now; load it into a model "
-                        "that was not pruned since the state was saved"
-                    )
-                continue
-            param = t.module._parameters[t.param_name]
-            assert param is not None
-            values = parsed.pruned_values.get(t.name)
-            plan.append((t, *_fitted(t.name, param, mask, values, self.restorable)))
-        unknown = sorted(set(parsed.masks) - self._names)
-        if unknown:
-            raise ConfigError(
-                f"the state has masks for parameters this pruner does not prune: {unknown}"
-            )
-        with transaction() as tx:
-            for t, mask, values in plan:
-                tx.record(masking.load_mask(t.module, t.param_name, mask, values))
         self.history = list(parsed.history)
 
     def __repr__(self) -> str:
@@ -391,24 +352,24 @@ class GradualPruner:
 
 
 class _State(BaseModel):
-    """A :meth:`GradualPruner.state_dict`, checked."""
+    """A :meth:`GradualPruner.state_dict`, checked (a checkpoint is input too)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal["prunus.gradual/1"]
+    format: Literal["prunus.gradual/1"] = "prunus.gradual/1"
     strategy: str
     strategy_options: dict[str, Any]
     schedule: dict[str, Any]
     targets: list[str]
+    restorable: bool
     history: list[ScheduleStep]
-    masks: dict[str, Tensor]
-    pruned_values: dict[str, Tensor]
 
     @classmethod
     def parse(cls, state: object) -> _State:
         if not isinstance(state, Mapping):
             raise ConfigTypeError(
-                f"a GradualPruner state must be the dict state_dict() returned, not {type(state).__name__}"
+                f"a GradualPruner state must be the dict state_dict() returned, not {type(state).__name__} "
+                f"({brief(state)})"
             )
         try:
             return cls.model_validate(dict(state))
@@ -417,28 +378,8 @@ class _State(BaseModel):
 
 
 def _plain(value: Any) -> Any:
-    """``value`` as JSON would give it back (tuples as lists), to compare what was saved with what is built."""
+    """``value`` as JSON gives it back (tuples as lists), to compare what was saved with what is built."""
     return json.loads(json.dumps(value, default=repr))
-
-
-def _fitted(
-    name: str, param: Tensor, mask: Tensor, values: Tensor | None, restorable: bool
-) -> tuple[Tensor, Tensor | None]:
-    """The saved mask and values of ``name``, checked against the parameter and moved to its device."""
-    if mask.dtype != torch.bool or mask.shape != param.shape:
-        raise ConfigError(
-            f"the saved mask of {name!r} is {mask.dtype} {tuple(mask.shape)}; the parameter needs a "
-            f"torch.bool mask of shape {tuple(param.shape)}"
-        )
-    pruned = mask.numel() - int(torch.count_nonzero(mask))
-    if values is not None:
-        if values.dim() != 1 or values.numel() != pruned or values.dtype != param.dtype:
-            raise ConfigError(
-                f"the saved pruned values of {name!r} are {values.dtype} {tuple(values.shape)}; the mask "
-                f"prunes {pruned} entries of a {param.dtype} parameter"
-            )
-        values = values.to(param.device) if restorable else None
-    return mask.to(param.device), values
 
 
 class FineTuneResult(BaseModel):
