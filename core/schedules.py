@@ -54,8 +54,12 @@ class SteppedPoints(Sequence[SchedulePoint]):
     A gradual schedule over ``10**8`` steps has ``10**8`` points; this sequence holds four numbers and a function
     instead of them, so building one is instant and a lookup (a binary search over it) reads ~27 points.
 
+    The steps are ``[*range(start, end, every), end]``.
+
     Args:
-        start, end, every: the steps, as ``[*range(start, end, every), end]``.
+        start: the first step.
+        end: the last step.
+        every: steps between two points.
         value: the sparsity at a progress in ``[0, 1]`` (``(step - start) / (end - start)``; 1 when
             ``end == start``). It must not decrease.
     """
