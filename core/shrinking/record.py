@@ -19,11 +19,17 @@ from ..arguments import check_model
 from ..errors import ShrinkError, brief
 from ..targets import listing
 from ..transaction import ModuleSnapshot, transaction
+from .mha import HeadPrunedMultiheadAttention
 
 __all__ = ["SHRINK_RECORD_FORMAT", "load_shrunk", "shrink_state"]
 
 SHRINK_RECORD_FORMAT = "prunus.shrink/1"
 """The ``format`` field of a shrink record."""
+
+# Classes shrink may switch a module to (a subclass of its own class), by the name the record gives.
+_SWITCHES: dict[str, type[nn.Module]] = {
+    HeadPrunedMultiheadAttention.__name__: HeadPrunedMultiheadAttention
+}
 
 _Json = Any
 Plain = bool | int | float | str | None
@@ -46,6 +52,20 @@ def _plain(value: Any) -> bool:
     if isinstance(value, (tuple, list)):
         return all(isinstance(v, (bool, int, float, str, type(None))) for v in value)
     return False
+
+
+def _with_tied(model: nn.Module, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``state_dict`` with every tied parameter's other names filled in (safetensors keeps one name of each)."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    out = dict(state_dict)
+    for aliases in names.values():
+        given = next((out[n] for n in aliases if n in out), None)
+        if given is not None:
+            for n in aliases:
+                out.setdefault(n, given)
+    return out
 
 
 def shrink_state(model: nn.Module) -> dict[str, Any]:
@@ -133,7 +153,8 @@ def load_shrunk(
 
     Args:
         model: a freshly built instance of the class that was shrunk (changed in place).
-        state_dict: the shrunken model's ``state_dict()``.
+        state_dict: the shrunken model's ``state_dict()`` (tied parameters may appear under one of their names,
+            as safetensors saves them).
         record: what :func:`shrink_state` returned (after a JSON round trip or not).
 
     Returns:
@@ -160,11 +181,13 @@ def load_shrunk(
             tx.record(ModuleSnapshot(model))
             for name, entry in parsed.modules.items():
                 _rebuild(modules.get(name), name, entry)
-            _check_state(model, state_dict)
+            # Tied parameters may be saved under one of their names (safetensors keeps one of each).
+            state = _with_tied(model, state_dict)
+            _check_state(model, state)
             # load_state_dict copies into the tensors kept from the fresh model: keep their values to undo it.
-            kept = [(t, t.detach().clone()) for t in _kept_tensors(model, state_dict)]
+            kept = [(t, t.detach().clone()) for t in _kept_tensors(model, state)]
             tx.record(functools.partial(_put_back, kept))
-            model.load_state_dict(state_dict)
+            model.load_state_dict(state)
     except ShrinkError:
         raise
     except Exception as error:
@@ -176,7 +199,11 @@ def load_shrunk(
 
 
 def _rebuild(module: nn.Module | None, name: str, entry: _ModuleRecord) -> None:
-    """Give ``module`` the recorded attributes and shapes (new, uninitialised tensors where a shape changed)."""
+    """Give ``module`` the recorded class switch, attributes and shapes (new, uninitialised tensors where a
+    shape changed)."""
+    switch = _SWITCHES.get(entry.type)
+    if module is not None and switch is not None and isinstance(module, switch.__mro__[1]):
+        module.__class__ = switch  # the class shrink switched it to (the snapshot undoes it)
     if module is None or type(module).__name__ != entry.type:
         found = "nothing" if module is None else type(module).__name__
         raise ShrinkError(
