@@ -20,7 +20,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from .errors import FileError, FileFormatError, PrunusError
 
@@ -112,14 +112,19 @@ def _write_temporary(target: Path, write: Writer) -> Path:
             # Replacing a file keeps its permissions.
             os.chmod(temporary, stat.S_IMODE(os.stat(target).st_mode))
     except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        if isinstance(error, PrunusError) or not isinstance(error, Exception):
-            raise
-        raise FileError(
-            f"cannot write {target}: {_reason(error)}; the previous file, if any, is unchanged"
-        ) from error
+        _discard(temporary, target, error)
     return temporary
+
+
+def _discard(temporary: Path, target: Path, error: BaseException) -> NoReturn:
+    """Remove the temporary file of a write that failed with ``error`` and raise what says so."""
+    with contextlib.suppress(OSError):
+        os.unlink(temporary)
+    if isinstance(error, PrunusError) or not isinstance(error, Exception):
+        raise error
+    raise FileError(
+        f"cannot write {target}: {_reason(error)}; the previous file, if any, is unchanged"
+    ) from error
 
 
 def _replace(temporary: Path, target: Path) -> None:
@@ -179,13 +184,7 @@ def write_atomic_path(path: str | os.PathLike[str], write: Callable[[Path], Any]
             os.chmod(temporary, stat.S_IMODE(os.stat(target).st_mode))
         size = temporary.stat().st_size
     except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        if isinstance(error, PrunusError) or not isinstance(error, Exception):
-            raise
-        raise FileError(
-            f"cannot write {target}: {_reason(error)}; the previous file, if any, is unchanged"
-        ) from error
+        _discard(temporary, target, error)
     _replace(temporary, target)
     return size
 

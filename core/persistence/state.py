@@ -21,10 +21,11 @@ with a :class:`~prunus.StateError` and the model is left as it was. :func:`pruni
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -387,7 +388,8 @@ def load_pruned(
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as error:
         raise FileFormatError(f"{path} is damaged: {error}") from None
-    _checked_apply(model, manifest, tensors, pruner, check_versions, registry, str(path))
+    with _damage_reported(str(path)):
+        _apply(model, manifest, tensors, pruner, check_versions, registry, str(path))
     return manifest
 
 
@@ -406,26 +408,18 @@ def load_pruning_state(
     if not isinstance(tensors, Mapping) or not all(isinstance(v, Tensor) for v in tensors.values()):
         raise StateError("the pruning state's 'tensors' must map names to tensors")
     manifest = _parse_manifest(state["manifest"], "pruning state")
-    _checked_apply(model, manifest, tensors, pruner, check_versions, registry, "pruning state")
+    with _damage_reported("pruning state"):
+        _apply(model, manifest, tensors, pruner, check_versions, registry, "pruning state")
     return manifest
 
 
-def _checked_apply(
-    model: nn.Module,
-    manifest: Manifest,
-    tensors: Mapping[str, Tensor],
-    pruner: Resumable | None,
-    check_versions: bool,
-    where_registry: Registry,
-    where: str,
-) -> None:
-    """:func:`_apply`, with anything a damaged state makes fail reported as a :class:`FileFormatError`.
-
-    ``_apply`` checks what it reads; this catches what no check foresaw (a mask that unpacks to the wrong
-    shape, say) so it is still a typed error that names the file. The model was left as it was (a transaction).
-    """
+@contextlib.contextmanager
+def _damage_reported(where: str) -> Iterator[None]:
+    """Anything a damaged state makes fail, that no check foresaw (a mask that unpacks to the wrong shape, say),
+    raised as a :class:`FileFormatError` naming the file; prunus errors pass as they are. The model was left
+    as it was by then (:func:`_apply` works in a transaction)."""
     try:
-        _apply(model, manifest, tensors, pruner, check_versions, where_registry, where)
+        yield
     except PrunusError:
         raise
     except Exception as error:
