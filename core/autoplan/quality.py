@@ -120,7 +120,9 @@ class Reference:
             batches = self.batches[: self.error_batches]
             return math.log(self._perplexity(model, batches) / self._dense_error_perplexity)
         num = den = 0.0
-        for batch, dense in islice(zip(self.batches, self.outputs, strict=True), self.error_batches):
+        for batch, dense in islice(
+            zip(self.batches, self.outputs, strict=True), self.error_batches
+        ):
             out = self._run(model, batch)
             if out.shape != dense.shape:
                 return math.inf

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from .. import masking
+from ..arguments import check_bool, check_int, check_model
 from ..errors import (
     ConfigError,
     MissingDependencyError,
@@ -47,7 +48,7 @@ from ..errors import (
     PrunusError,
     TargetError,
 )
-from ..forward import call_model, evaluation_mode, output_tensors
+from ..forward import call_model, evaluation_mode, output_tensors, run_model
 from ..hardware_profile import HardwareProfile
 from ..report import kib
 from ..shrinking.channels import shrink
@@ -846,6 +847,9 @@ def analyze(
         ConfigError: ``measure=True`` without ``example_inputs``.
         TargetError: the model has no Linear or Conv layer.
     """
+    check_model(model)
+    check_bool("measure", measure)
+    check_int("repeats", repeats, minimum=1)
     if measure and example_inputs is None:
         raise ConfigError("analyze(measure=True) needs example_inputs: one batch the model takes")
     if isinstance(zeros_threshold, bool) or not (
@@ -858,6 +862,41 @@ def analyze(
     profile = resolve_hardware(hardware)
     device = _dense_weight(layers[0][1]).device
 
+    # One measurement: every forward below runs in eval mode, and the model keeps its training flags, its
+    # buffers (BatchNorm statistics) and torch's random stream.
+    with evaluation_mode(model):
+        rows, model_latency = _analyse(
+            model, layers, example_inputs, measure, profile, device, repeats, zeros_threshold
+        )
+        prediction = _Prediction()
+        if example_inputs is not None:
+            prediction = _predict(model, example_inputs, rows, measure, repeats, device)
+    return AnalysisReport(
+        device=str(device),
+        hardware=profile,
+        measured=measure,
+        macs_per="forward" if example_inputs is not None else "position",
+        layers=rows,
+        model_latency_s=model_latency,
+        threads=torch.get_num_threads(),
+        predicted_speedup=prediction.speedup,
+        predicted_spread=prediction.spread,
+        predicted_from=prediction.source,
+        reachable=prediction.notes,
+    )
+
+
+def _analyse(
+    model: nn.Module,
+    layers: list[tuple[str, nn.Module]],
+    example_inputs: Any,
+    measure: bool,
+    profile: HardwareProfile,
+    device: torch.device,
+    repeats: int,
+    zeros_threshold: float,
+) -> tuple[list[LayerAnalysis], float | None]:
+    """Each layer's row and the model's latency (when measuring): the body of :func:`analyze`."""
     macs: dict[str, int] = {}
     seen_inputs: dict[str, Tensor] = {}
     if example_inputs is not None:
@@ -872,7 +911,7 @@ def analyze(
             handles.append(module.register_forward_hook(hook))
         try:
             with torch.inference_mode():
-                call_model(model, example_inputs)
+                run_model(model, example_inputs)
         finally:
             for handle in handles:
                 handle.remove()
@@ -931,21 +970,6 @@ def analyze(
     model_latency = None
     if measure:
         model_latency = time_interleaved(
-            [partial(call_model, model, example_inputs)], repeats=repeats, device=device
+            [partial(run_model, model, example_inputs)], repeats=repeats, device=device
         )[0]
-    prediction = _Prediction()
-    if example_inputs is not None:
-        prediction = _predict(model, example_inputs, rows, measure, repeats, device)
-    return AnalysisReport(
-        device=str(device),
-        hardware=profile,
-        measured=measure,
-        macs_per="forward" if example_inputs is not None else "position",
-        layers=rows,
-        model_latency_s=model_latency,
-        threads=torch.get_num_threads(),
-        predicted_speedup=prediction.speedup,
-        predicted_spread=prediction.spread,
-        predicted_from=prediction.source,
-        reachable=prediction.notes,
-    )
+    return rows, model_latency

@@ -58,25 +58,28 @@ def recalibrate_batchnorm(
     if not norms:
         return 0
     momenta = [m.momentum for m in norms]
+    flags = [(m, m.training) for m in model.modules()]
     device = _device(model)
-    with evaluation_mode(model):
+    model.eval()  # Dropout off; only the BatchNorms gather statistics (and keep them: no measurement here)
+    try:
         for norm in norms:
             norm.reset_running_stats()
             norm.momentum = None
             norm.train()
-        try:
-            with torch.no_grad():
-                seen = 0
-                for batch in input_batches(data, batch_size):
-                    call_model(model, to_device(batch, device))
-                    seen += 1
-                    if max_batches is not None and seen >= max_batches:
-                        break
-            if seen == 0:
-                raise ConfigError("data is empty: no batch to recalibrate BatchNorm statistics on")
-        finally:
-            for norm, momentum in zip(norms, momenta, strict=True):
-                norm.momentum = momentum
+        with torch.no_grad():
+            seen = 0
+            for batch in input_batches(data, batch_size):
+                call_model(model, to_device(batch, device))
+                seen += 1
+                if max_batches is not None and seen >= max_batches:
+                    break
+        if seen == 0:
+            raise ConfigError("data is empty: no batch to recalibrate BatchNorm statistics on")
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        for module, training in flags:
+            module.training = training
     return len(norms)
 
 
