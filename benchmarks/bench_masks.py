@@ -90,28 +90,24 @@ def with_prunus(strategy: str, restorable: bool, model: nn.Module) -> None:
     prunus.prune(model, strategy, amount=AMOUNT, restorable=restorable)
 
 
-GLOBAL = {
-    "torch": ("torch `prune.global_unstructured` (L1)", torch_global),
-    "prunus": (
-        "prunus `global_unstructured`, restorable",
-        partial(with_prunus, "global_unstructured", True),
-    ),
-    "prunus_lean": (
-        "prunus `global_unstructured`, `restorable=False`",
-        partial(with_prunus, "global_unstructured", False),
-    ),
-}
-PER_LAYER = {
-    "torch": ("torch `prune.l1_unstructured`, layer by layer", torch_per_layer),
-    "prunus": (
-        "prunus `l1_unstructured`, restorable",
-        partial(with_prunus, "l1_unstructured", True),
-    ),
-    "prunus_lean": (
-        "prunus `l1_unstructured`, `restorable=False`",
-        partial(with_prunus, "l1_unstructured", False),
-    ),
-}
+def methods(
+    torch_label: str, torch_call: Callable[[nn.Module], None], strategy: str
+) -> dict[str, tuple[str, Callable[[nn.Module], None]]]:
+    """torch's call and prunus's ``strategy`` with and without restore data: ``{key: (label, call)}``."""
+    return {
+        "torch": (torch_label, torch_call),
+        "prunus": (f"prunus `{strategy}`, restorable", partial(with_prunus, strategy, True)),
+        "prunus_lean": (
+            f"prunus `{strategy}`, `restorable=False`",
+            partial(with_prunus, strategy, False),
+        ),
+    }
+
+
+GLOBAL = methods("torch `prune.global_unstructured` (L1)", torch_global, "global_unstructured")
+PER_LAYER = methods(
+    "torch `prune.l1_unstructured`, layer by layer", torch_per_layer, "l1_unstructured"
+)
 SCENARIOS = {"global": GLOBAL, "per_layer": PER_LAYER}
 
 

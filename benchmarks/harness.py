@@ -193,7 +193,13 @@ def sample(
     best: Samples | None = None
     for attempt in range(1, ATTEMPTS + 1):
         seconds = sample_interleaved(
-            fns, repeats=rounds, warmup=2, number=number, device=device, inference=inference
+            fns,
+            repeats=rounds,
+            warmup=2,
+            number=number,
+            device=device,
+            inference=inference,
+            rotate=True,
         )
         current = Samples(seconds, attempt)
         if best is None or current.worst_spread() < best.worst_spread():

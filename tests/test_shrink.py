@@ -10,6 +10,7 @@ import io
 import json
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 
 import prunus
 from prunus import PruneContext, Target
+from prunus.testing.zoo import MLP, ResNet
 
 Snapshot = Callable[[nn.Module], dict[str, Any]]
 
@@ -44,49 +46,6 @@ def randomize_norms(model: nn.Module) -> nn.Module:
                 m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
                 m.bias.copy_(torch.rand(m.num_features, generator=gen) * 2 - 1)
     return model.eval()
-
-
-class MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(12, 32)
-        self.fc2 = nn.Linear(32, 24)
-        self.out = nn.Linear(24, 5)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-
-class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class ResNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(8)
-        self.block1 = ResBlock(8, 8, 1)
-        self.block2 = ResBlock(8, 16, 2)
-        self.head = nn.Linear(16, 4)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.block2(self.block1(torch.relu(self.bn(self.stem(x)))))
-        return self.head(x.mean(dim=(2, 3)))
 
 
 class GroupedNet(nn.Module):
@@ -173,8 +132,8 @@ class Transformer(nn.Module):
 
 
 CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], dict[str, Any]]] = {
-    "mlp": (MLP, (4, 12), {}),
-    "resnet": (ResNet, (2, 3, 8, 8), {}),
+    "mlp": (partial(MLP, (12, 32, 24, 5)), (4, 12), {}),
+    "resnet": (partial(ResNet, (8, 16), depth=1, classes=4), (2, 3, 8, 8), {}),
     "grouped": (GroupedNet, (2, 3, 8, 8), {}),
     "concat": (ConcatNet, (2, 3, 8, 8), {}),
     "flatten": (FlattenNet, (2, 3, 6, 6), {}),

@@ -1,8 +1,9 @@
 """Timing for benchmarks and measurements: medians of interleaved runs, synchronising CUDA.
 
 Interleaving (a, b, a, b, ...) makes a machine whose load drifts affect every function alike, so the ratios of
-the medians hold even where the absolute times do not. The order rotates from round to round (a, b, c, then
-b, c, a, ...), so no function always runs right after the same neighbour (one that leaves the caches cold, say).
+the medians hold even where the absolute times do not. :func:`sample_interleaved` can also rotate the order from
+round to round (a, b, c, then b, c, a, ...), so no function always runs right after the same neighbour (one that
+leaves the caches cold, say), and keeps every sample so that the spread of a ratio can be read.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def sample_interleaved(
     number: int = 1,
     device: torch.device | str = "cpu",
     inference: bool = True,
+    rotate: bool = False,
 ) -> list[list[float]]:
     """Seconds per call of each function in every round, the functions taking turns within a round.
 
@@ -67,6 +69,8 @@ def sample_interleaved(
         device: synchronised after each sample when it is a CUDA device.
         inference: run under ``torch.inference_mode()``; ``False`` keeps the caller's autograd mode (to time
             training steps).
+        rotate: start each round one function later than the previous one (a, b, c; b, c, a; ...) instead of
+            always in the given order.
     """
     device = torch.device(device)
     number = max(number, 1)
@@ -78,7 +82,7 @@ def sample_interleaved(
                 fn()
         _sync(device)
         for round_ in range(max(repeats, 1)):
-            shift = round_ % len(order) if order else 0
+            shift = round_ % len(order) if rotate and order else 0
             for i in order[shift:] + order[:shift]:
                 fn = fns[i]
                 start = time.perf_counter()

@@ -1,0 +1,173 @@
+"""The rules of the architecture that import-linter cannot see, checked on the installed package.
+
+``make imports`` (import-linter) checks the import graph: the layers, "the core imports no tool subpackage", "the
+plugins import only the plugin API" between prunus's modules. These tests check the rest: no attribute hides a
+module of the same name, ``import prunus`` stays light, ``prunus.__all__`` holds, and the plugin modules'
+``import`` statements name ``prunus.plugin_api`` only (whatever they import it through).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import json
+import pkgutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from support import import_in_fresh_process
+
+import prunus
+
+TOOLS = ("prunus.hardware", "prunus.workflow", "prunus.shrinking", "prunus.cli", "prunus.testing")
+HEAVY = ("pytest", "hypothesis", "transformers", "matplotlib", "torch_pruning")
+PLUGIN_API = "prunus.plugin_api"
+
+
+def packages() -> list[str]:
+    """``prunus`` and every subpackage of it, found with pkgutil in the installed layout."""
+    found = ["prunus"]
+    found += [m.name for m in pkgutil.walk_packages(prunus.__path__, "prunus.") if m.ispkg]
+    return found
+
+
+# -- no attribute hides a module --------------------------------------------------------------------------------
+
+# In a fresh interpreter, every package is imported, then each of its submodules: before the submodule is
+# imported, the package's attribute of that name (a PEP 562 `__getattr__` included) must be absent or be that
+# module; after, it must be that module; and once everything is imported, still.
+HIDING_PROBE = textwrap.dedent(
+    """
+    import importlib, json, pkgutil, sys, types
+    import prunus
+
+    problems = []
+
+    def visit(package):
+        for info in pkgutil.iter_modules(package.__path__):
+            full = f"{package.__name__}.{info.name}"
+            before = getattr(package, info.name, None)
+            if before is not None and not isinstance(before, types.ModuleType):
+                problems.append(f"{full} is hidden by a {type(before).__name__} before it is imported")
+            module = importlib.import_module(full)
+            if before is not None and isinstance(before, types.ModuleType) and before is not module:
+                problems.append(f"{full}: the attribute is another module, {before.__name__}")
+            if getattr(package, info.name, None) is not module:
+                problems.append(f"{full} is hidden once imported")
+            if info.ispkg:
+                visit(module)
+
+    visit(prunus)
+    for name, module in sorted(sys.modules.items()):
+        parent, _, leaf = name.rpartition(".")
+        if name.startswith("prunus.") and getattr(sys.modules[parent], leaf, None) is not module:
+            problems.append(f"{name} is hidden once everything is imported")
+    print(json.dumps(problems))
+    """
+)
+
+
+def test_no_attribute_hides_a_submodule_of_the_same_name() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", HIDING_PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+# -- import prunus stays light ---------------------------------------------------------------------------------
+
+
+def within(module: str, *packages: str) -> bool:
+    """Whether ``module`` is one of ``packages`` or inside one."""
+    return any(module == p or module.startswith(f"{p}.") for p in packages)
+
+
+@pytest.fixture(scope="module")
+def fresh_import() -> dict[str, object]:
+    return import_in_fresh_process()
+
+
+def test_import_prunus_loads_no_tool_no_plugin_and_no_heavy_library(
+    fresh_import: dict[str, object],
+) -> None:
+    modules = fresh_import["modules"]
+    assert isinstance(modules, list)
+    assert [m for m in modules if within(m, *TOOLS, "prunus.plugins")] == []
+    assert [m for m in modules if m.split(".")[0] in HEAVY] == []
+    assert fresh_import["cuda_initialized"] is False
+
+
+# -- the public names ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", packages())
+def test_every_name_in_all_resolves(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = getattr(module, "__all__", [])
+    assert [n for n in exported if not hasattr(module, n)] == []
+
+
+# -- plugins import the plugin API only ---------------------------------------------------------------------
+
+
+def prunus_imports(source: str, package: str = "prunus.plugins") -> list[str]:
+    """The prunus modules (or names of the ``prunus`` package) that ``source``, a module of ``package``, imports."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            # `from prunus import x` and `from . import x` import what `x` names in that package.
+            if base in ("prunus", package):
+                found += [f"{base}.{alias.name}" for alias in node.names]
+            else:
+                found.append(base)
+    return [name for name in found if name == "prunus" or name.startswith("prunus.")]
+
+
+def plugin_files() -> list[Path]:
+    spec = importlib.util.find_spec("prunus.plugins")
+    assert spec is not None and spec.submodule_search_locations
+    return sorted(p for d in spec.submodule_search_locations for p in Path(d).glob("*.py"))
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("from prunus.plugin_api import Criterion", ["prunus.plugin_api"]),
+        ("from ..plugin_api import Criterion", ["prunus.plugin_api"]),
+        ("from prunus import plugin_api", ["prunus.plugin_api"]),
+        ("import torch\nfrom torch import nn", []),
+        ("from prunus import registry", ["prunus.registry"]),
+        ("import prunus.masking as m", ["prunus.masking"]),
+        ("from ..ranking import keep_mask", ["prunus.ranking"]),
+        ("from . import criteria", ["prunus.plugins.criteria"]),
+        ("from .criteria import L1", ["prunus.plugins.criteria"]),
+        ("if TYPE_CHECKING:\n    from prunus.engine import prune", ["prunus.engine"]),
+    ],
+)
+def test_the_import_reader_resolves_every_form(source: str, expected: list[str]) -> None:
+    assert prunus_imports(source) == expected
+
+
+def test_the_plugins_are_found() -> None:
+    builtin = importlib.import_module("prunus.plugins").BUILTIN_PLUGINS
+    assert set(builtin) <= {p.stem for p in plugin_files()}
+
+
+@pytest.mark.parametrize("path", plugin_files(), ids=lambda p: p.name)
+def test_a_plugin_module_imports_only_the_plugin_api_from_prunus(path: Path) -> None:
+    imported = prunus_imports(path.read_text(encoding="utf-8"))
+    assert [n for n in imported if n != PLUGIN_API and not n.startswith(f"{PLUGIN_API}.")] == []
