@@ -125,7 +125,8 @@ class LeNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
         x = torch.relu(self.conv2(x))
-        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+        out: Tensor = self.fc2(torch.relu(self.fc1(x.flatten(1))))
+        return out
 
 
 class ResidualBlock(nn.Module):
@@ -200,7 +201,8 @@ class ResNet(nn.Module):
         for module in self.children():
             if isinstance(module, ResidualBlock):
                 x = module(x)
-        return self.head(x.mean(dim=(2, 3)))
+        out: Tensor = self.head(x.mean(dim=(2, 3)))
+        return out
 
 
 def resnet18(width: int = 64, classes: int = 10) -> ResNet:
