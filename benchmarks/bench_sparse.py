@@ -112,7 +112,12 @@ def speedups(config: dict[str, Any], device: str) -> list[dict[str, Any]]:
             x = torch.randn(batch, widths[0], generator=torch.Generator().manual_seed(1)).to(device)
             reference, x = (dense.half(), x.half()) if half else (dense, x)
             samples = harness.sample(
-                [partial(reference, x), partial(model, x)], rounds=config["rounds"], device=device
+                [partial(reference, x), partial(model, x)],
+                rounds=config["rounds"],
+                number=5
+                if batch == 1
+                else 1,  # a batch-1 forward is short: average a few per sample
+                device=device,
             )
             ratio = samples.ratios(speedup=True)[1]
             dense_s, variant_s = samples.medians()
@@ -212,7 +217,7 @@ def measure(quick: bool, device: str = "cpu") -> dict[str, str]:
             "CSR per point; the crossover is interpolated where the speed-up crosses 1."
         ),
         "sparse-speedup": f"MLP {shape}, whole forward, against the dense MLP ({config['rounds']} interleaved "
-        "rounds per comparison)\n\n"
+        "rounds per comparison, of 5 forwards each at batch 1)\n\n"
         + speedup_table(rows, config["batches"])
         + "\n\n"
         + caption(spread=harness.ratio_note(attempts)),
