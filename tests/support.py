@@ -85,10 +85,12 @@ def write_probe(crossover: float | None, semi: float | None = None) -> None:
 IMPORT_PROBE = textwrap.dedent(
     """
     import json, sys
+    import click, pluggy, pydantic, torch
+    before = set(sys.modules)
     import prunus
-    import torch
     print(json.dumps({
         "modules": sorted(sys.modules),
+        "new_modules": sorted(set(sys.modules) - before),
         "pytest": "pytest" in sys.modules,
         "hypothesis": "hypothesis" in sys.modules,
         "plugins": sorted(m for m in sys.modules if m.startswith("prunus.plugins.")),
@@ -101,8 +103,8 @@ IMPORT_PROBE = textwrap.dedent(
 
 
 def import_in_fresh_process(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """``import prunus`` (and torch) in a new interpreter: the modules it loaded, whether CUDA started, the
-    registry's state."""
+    """``import prunus`` in a new interpreter (after torch, pydantic, pluggy and click): the modules then loaded
+    (``new_modules``: those ``import prunus`` added), whether CUDA started, the registry's state."""
     result = subprocess.run(
         [sys.executable, "-c", IMPORT_PROBE],
         env=None if env is None else dict(env),
