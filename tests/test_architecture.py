@@ -1,18 +1,22 @@
-"""The rules of the architecture that import-linter cannot see, checked on the installed package.
+"""The rules of the architecture that import-linter cannot see, checked on the installed layout.
 
 ``make imports`` (import-linter) checks the import graph: the layers, "the core imports no tool subpackage", "the
 plugins import only the plugin API" between prunus's modules. These tests check the rest: no attribute hides a
-module of the same name, ``import prunus`` stays light, ``prunus.__all__`` holds, and the plugin modules'
-``import`` statements name ``prunus.plugin_api`` only (whatever they import it through).
+module of the same name, ``import prunus`` stays light, every package's ``__all__`` holds, and the plugin
+modules' ``import`` statements name ``prunus.plugin_api`` only (whatever they import it through).
+
+They read the layout a wheel installs (``prunus/`` from core/, ``prunus/plugins/`` from plugins/), as a tree of
+links built by tools/layout_tree.py: the editable install's import hook hides ``prunus.plugins`` from pkgutil.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
-import importlib.util
 import json
+import os
 import pkgutil
+import runpy
 import subprocess
 import sys
 import textwrap
@@ -22,10 +26,7 @@ from typing import Any
 import pytest
 from support import import_in_fresh_process
 
-import prunus
-
-# The subpackages of prunus: the tools (hardware, workflow, shrinking, cli, testing...) and the plugins.
-SUBPACKAGES = tuple(f"prunus.{m.name}" for m in pkgutil.iter_modules(prunus.__path__) if m.ispkg)
+ROOT = Path(__file__).resolve().parent.parent
 # What tests, extras and tools need, never `import prunus`.
 HEAVY = (
     "pytest",
@@ -43,10 +44,33 @@ HEAVY = (
 PLUGIN_API = "prunus.plugin_api"
 
 
-def packages() -> list[str]:
-    """``prunus`` and every subpackage of it, found with pkgutil in the installed layout."""
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The installed layout of prunus, as links to the sources (``sys.path`` entry holding ``prunus/``)."""
+    tree = tmp_path_factory.mktemp("layout")
+    runpy.run_path(str(ROOT / "tools" / "layout_tree.py"))["main"](str(tree))
+    return tree
+
+
+def env_with(tree: Path) -> dict[str, str]:
+    """This environment, importing prunus from ``tree``."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
+def packages(tree: Path) -> list[str]:
+    """``prunus`` and every subpackage of it in the layout, found with pkgutil (nothing is imported)."""
     found = ["prunus"]
-    found += [m.name for m in pkgutil.walk_packages(prunus.__path__, "prunus.") if m.ispkg]
+
+    def visit(path: Path, prefix: str) -> None:
+        for info in pkgutil.iter_modules([str(path)]):
+            if info.ispkg:
+                found.append(f"{prefix}{info.name}")
+                visit(path / info.name, f"{prefix}{info.name}.")
+
+    visit(tree / "prunus", "prunus.")
     return found
 
 
@@ -106,15 +130,17 @@ def within(module: str, *packages: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def fresh_import() -> dict[str, Any]:
-    return import_in_fresh_process()
+def fresh_import(layout: Path) -> dict[str, Any]:
+    return import_in_fresh_process(env_with(layout))
 
 
 def test_import_prunus_loads_no_subpackage_and_leaves_cuda_alone(
-    fresh_import: dict[str, Any],
+    fresh_import: dict[str, Any], layout: Path
 ) -> None:
-    assert {"prunus.cli", "prunus.hardware", "prunus.plugins", "prunus.testing"} <= set(SUBPACKAGES)
-    assert [m for m in fresh_import["modules"] if within(m, *SUBPACKAGES)] == []
+    # The tools (hardware, workflow, shrinking, cli, testing...) and the plugins.
+    subpackages = [name for name in packages(layout) if name.count(".") == 1]
+    assert {"prunus.cli", "prunus.hardware", "prunus.plugins", "prunus.testing"} <= set(subpackages)
+    assert [m for m in fresh_import["modules"] if within(m, *subpackages)] == []
     assert fresh_import["cuda_initialized"] is False
 
 
@@ -125,11 +151,14 @@ def test_import_prunus_imports_no_optional_dependency(fresh_import: dict[str, An
 # -- the public names ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", packages())
-def test_every_name_in_all_resolves(name: str) -> None:
-    module = importlib.import_module(name)
-    exported = getattr(module, "__all__", [])
-    assert [n for n in exported if not hasattr(module, n)] == []
+def test_every_name_in_all_resolves(layout: Path) -> None:
+    missing = {}
+    for name in packages(layout):
+        module = importlib.import_module(name)
+        absent = [n for n in getattr(module, "__all__", []) if not hasattr(module, n)]
+        if absent:
+            missing[name] = absent
+    assert missing == {}
 
 
 # -- plugins import the plugin API only ---------------------------------------------------------------------
@@ -154,12 +183,6 @@ def prunus_imports(source: str, package: str = "prunus.plugins") -> list[str]:
     return [name for name in found if name == "prunus" or name.startswith("prunus.")]
 
 
-def plugin_files() -> list[Path]:
-    spec = importlib.util.find_spec("prunus.plugins")
-    assert spec is not None and spec.submodule_search_locations
-    return sorted(p for d in spec.submodule_search_locations for p in Path(d).glob("*.py"))
-
-
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
@@ -179,12 +202,14 @@ def test_the_import_reader_resolves_every_form(source: str, expected: list[str])
     assert prunus_imports(source) == expected
 
 
-def test_the_plugins_are_found() -> None:
+def test_a_plugin_module_imports_only_the_plugin_api_from_prunus(layout: Path) -> None:
+    files = sorted((layout / "prunus" / "plugins").glob("*.py"))
     builtin = importlib.import_module("prunus.plugins").BUILTIN_PLUGINS
-    assert set(builtin) <= {p.stem for p in plugin_files()}
-
-
-@pytest.mark.parametrize("path", plugin_files(), ids=lambda p: p.name)
-def test_a_plugin_module_imports_only_the_plugin_api_from_prunus(path: Path) -> None:
-    imported = prunus_imports(path.read_text(encoding="utf-8"))
-    assert [n for n in imported if n != PLUGIN_API and not n.startswith(f"{PLUGIN_API}.")] == []
+    assert set(builtin) <= {p.stem for p in files}
+    wrong = {}
+    for path in files:
+        imported = prunus_imports(path.read_text(encoding="utf-8"))
+        beyond = [n for n in imported if n != PLUGIN_API and not n.startswith(f"{PLUGIN_API}.")]
+        if beyond:
+            wrong[path.name] = beyond
+    assert wrong == {}
