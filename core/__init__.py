@@ -66,8 +66,9 @@ if TYPE_CHECKING:
         read_manifest,
         save_pruned,
     )
-    from .shrinking.channels import ChannelGroupReport, ShrinkReport, prune_channels, shrink
+    from .shrinking.channels import prune_channels, shrink
     from .shrinking.record import load_shrunk, shrink_state
+    from .shrinking.report import ChannelGroupReport, ShrinkReport
     from .workflow import plots
     from .workflow.config import PruneConfig, SensitivityConfig, load_config
     from .workflow.evaluation import (
@@ -113,8 +114,8 @@ _TOOLS: dict[str, str] = {
     "pruning_state": "persistence.state",
     "read_manifest": "persistence.state",
     "save_pruned": "persistence.state",
-    "ChannelGroupReport": "shrinking.channels",
-    "ShrinkReport": "shrinking.channels",
+    "ChannelGroupReport": "shrinking.report",
+    "ShrinkReport": "shrinking.report",
     "prune_channels": "shrinking.channels",
     "shrink": "shrinking.channels",
     "load_shrunk": "shrinking.record",

@@ -11,6 +11,9 @@ own tests, prunus's test suite and its benchmarks prune the same architectures:
 * :class:`ResidualBlock` and :class:`ResNet`: ResNet basic blocks (Conv-BN-ReLU-Conv-BN plus a shortcut, a
   1x1 projection when the shape changes) and a ResNet for 32x32 inputs built from them; :func:`resnet18` is the
   CIFAR ResNet-18 (3x3 stem, no max-pool);
+* :class:`GroupedNet`, :class:`ConcatNet`, :class:`FlattenNet` and, with an MLP and a small ResNet, the table
+  :data:`CHANNEL_NETS`: the ways channels are coupled that channel removal must follow; :func:`randomize_norms`
+  gives BatchNorm layers statistics that matter to the outputs;
 * :class:`AttentionBlock`: ``nn.MultiheadAttention`` with a residual connection, a LayerNorm and an MLP.
 
 Constructors take sizes and draw weights from torch's default initialisation; seed torch first (or pass
@@ -25,7 +28,8 @@ Constructors take sizes and draw weights from torch's default initialisation; se
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -33,13 +37,18 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 
 __all__ = [
+    "CHANNEL_NETS",
     "MLP",
     "AttentionBlock",
+    "ConcatNet",
+    "FlattenNet",
+    "GroupedNet",
     "LeNet",
     "ResNet",
     "ResidualBlock",
     "linear_stack",
     "mlp",
+    "randomize_norms",
     "resnet18",
 ]
 
@@ -208,6 +217,83 @@ class ResNet(nn.Module):
 def resnet18(width: int = 64, classes: int = 10) -> ResNet:
     """ResNet-18 for 32x32 inputs (CIFAR): stages of ``width`` to ``8 * width`` channels, two blocks each."""
     return ResNet((width, 2 * width, 4 * width, 8 * width), depth=2, classes=classes)
+
+
+class GroupedNet(nn.Module):
+    """A grouped convolution, a depthwise one, then a pointwise one (input ``(batch, 3, 8, 8)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.bn = nn.BatchNorm2d(8)
+        self.pointwise = nn.Conv2d(8, 12, 1)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.grouped(torch.relu(self.conv(x))))
+        x = torch.relu(self.bn(self.depthwise(x)))
+        out: Tensor = self.head(self.pointwise(x).mean(dim=(2, 3)))
+        return out
+
+
+class ConcatNet(nn.Module):
+    """Two convolution branches concatenated along channels (input ``(batch, 3, 8, 8)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left = nn.Conv2d(3, 6, 3, padding=1)
+        self.right = nn.Conv2d(3, 10, 1)
+        self.mix = nn.Conv2d(16, 8, 3, padding=1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.cat([torch.relu(self.left(x)), torch.relu(self.right(x))], dim=1)
+        out: Tensor = self.head(torch.relu(self.mix(x)).mean(dim=(2, 3)))
+        return out
+
+
+class FlattenNet(nn.Module):
+    """Conv features flattened into a Linear: each channel owns several of its input columns (input
+    ``(batch, 3, 6, 6)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3)
+        self.fc = nn.Linear(6 * 4 * 4, 10)
+        self.head = nn.Linear(10, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.head(torch.relu(self.fc(torch.relu(self.conv(x)).flatten(1))))
+        return out
+
+
+CHANNEL_NETS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "mlp": (partial(MLP, (12, 32, 24, 5)), (4, 12)),
+    "resnet": (partial(ResNet, (8, 16), depth=1, classes=4), (2, 3, 8, 8)),
+    "grouped": (GroupedNet, (2, 3, 8, 8)),
+    "concat": (ConcatNet, (2, 3, 8, 8)),
+    "flatten": (FlattenNet, (2, 3, 6, 6)),
+}
+"""Small nets whose channels are coupled in every way channel removal must follow, by name: ``(constructor,
+input shape)``. An MLP, residual additions with BatchNorm (a projection shortcut included), grouped and depthwise
+convolutions, a concatenation, and a flatten into a Linear."""
+
+
+def randomize_norms(model: nn.Module, seed: int = 7) -> nn.Module:
+    """Give every BatchNorm of ``model`` statistics and affine terms far from the identity (so that they matter to
+    the outputs), from a generator seeded with ``seed``; returns the model in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                assert m.running_mean is not None and m.running_var is not None
+                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) * 2 - 1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=gen) * 2 - 1)
+    return model.eval()
 
 
 class AttentionBlock(nn.Module):
