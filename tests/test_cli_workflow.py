@@ -486,7 +486,7 @@ def test_console_script_gives_no_traceback(workdir: Path) -> None:
             "--strategy",
             "l1_unstructured",
             "--amount",
-            "2",
+            "2.5",
             "-o",
             "x.pt",
         ],

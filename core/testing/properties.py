@@ -330,7 +330,8 @@ def criterion_scores(
     criterion = _criterion_of(subject, example)
     with torch.no_grad():
         scores = {
-            t.name: subject.registry.hooks.score(criterion, t, context) for t in context.targets
+            t.name: subject.registry.hooks.score_unchecked(criterion, t, context)
+            for t in context.targets
         }
     return context, criterion, scores
 
@@ -997,11 +998,47 @@ def exact_count_global(subject: Subject, example: Example) -> None:
     "criterion_respected", granularity="global", requires=[needs_amount, needs_criterion]
 )
 def criterion_global(subject: Subject, example: Example) -> None:
-    """Across all parameters, every entry pruned now scores no higher than every entry kept."""
+    """Across all parameters, every entry pruned now scores no higher than every entry kept.
+
+    With a ``min_keep`` option (a floor of entries each parameter keeps while the amount leaves room), every
+    parameter keeps at least that many, its best ones; the entries a parameter holds at its floor are left out
+    of the comparison across parameters (the floor keeps them, not their scores).
+    """
+    assert example.amount is not None
     context, _, scores = criterion_scores(subject, example)
     _, masks = subject.compute(example)
     full = full_masks(context, masks)
+    floors = _floors(context.targets, example)
+    held: set[str] = set()
+    for target in context.targets:
+        could = eligible(target)
+        kept = full[target.name]
+        count = int(kept.sum())
+        if count < floors[target.name]:
+            fail(
+                f"{target.name!r} keeps {count} entries, below min_keep={example.options['min_keep']} "
+                f"(it had {int(could.sum())} still kept)"
+            )
+        if floors[target.name] and count <= floors[target.name]:
+            held.add(target.name)
+        check_order(repr(target.name), scores[target.name], could & ~kept, kept)
     flat = torch.cat([scores[t.name].double().reshape(-1) for t in context.targets])
     could = torch.cat([eligible(t).reshape(-1) for t in context.targets])
     kept = torch.cat([full[t.name].reshape(-1) for t in context.targets])
-    check_order("across all targets", flat, could & ~kept, kept)
+    free = torch.cat(
+        [torch.full_like(eligible(t).reshape(-1), t.name not in held) for t in context.targets]
+    )
+    check_order("across all targets", flat, could & ~kept, kept & free)
+
+
+def _floors(targets: Sequence[Target], example: Example) -> dict[str, int]:
+    """Each target's ``min_keep`` floor where the amount leaves room for all of them, else 0."""
+    assert example.amount is not None
+    floor = example.options.get("min_keep", 0)
+    sizes = {t.name: int(eligible(t).sum()) for t in targets}
+    floors = {name: min(int(floor), size) for name, size in sizes.items()}
+    total = sum(sizes.values())
+    k = expected_count(example.amount, total)
+    if not floor or k == total or k > total - sum(floors.values()):
+        return dict.fromkeys(sizes, 0)
+    return floors
