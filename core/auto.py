@@ -91,7 +91,7 @@ def select(
     if registry is None:
         registry = default_registry
     profile = registry.hooks.resolve_hardware(hardware)
-    selection = registry.hooks.select(model, profile, objective_name, fraction, data)
+    selection = registry.hooks.select(model, profile, objective_name, fraction, data, registry)
     if selection is None:
         raise PluginError(
             "no plugin selected a strategy; is the built-in plugin 'prunus.hardware_policy' disabled "

@@ -188,6 +188,7 @@ class Hooks:
         objective: str,
         sparsity: float,
         data: Any = None,
+        registry: Any = None,
     ) -> Selection | None:
         """The first plugin's strategy selection for a hardware target, or ``None``."""
         result, plugin = self._first(
@@ -197,6 +198,7 @@ class Hooks:
             objective=objective,
             sparsity=sparsity,
             data=data,
+            registry=registry,
         )
         if result is None:
             return None

@@ -155,7 +155,7 @@ def prunus_resolve_hardware(hardware: object) -> HardwareProfile | None:
 
 @hookspec(firstresult=True)
 def prunus_select_strategy(
-    model: nn.Module, hardware: Any, objective: str, sparsity: float, data: Any
+    model: nn.Module, hardware: Any, objective: str, sparsity: float, data: Any, registry: Registry
 ) -> Selection | None:
     """Choose a plan for ``model`` on a hardware target: a strategy and the steps that make it pay there.
 
@@ -168,6 +168,9 @@ def prunus_select_strategy(
         sparsity: the fraction of weights the user wants removed.
         data: the calibration data the user gave (``None`` when none): a plan may then rank with data-aware
             criteria and allocate amounts by sensitivity. An implementation may leave this argument out.
+        registry: where the plan's strategies will be looked up: a plan names only strategies registered
+            there (``name in registry``), such as data-aware ones installed by another plugin. An
+            implementation may leave this argument out too.
 
     Returns:
         A :class:`~prunus.selection.Selection` naming a registered strategy, its options and the reason, and, for
