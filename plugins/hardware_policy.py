@@ -22,10 +22,13 @@ what it costs in quality. The rules, first match wins:
 
 Quality is part of the choice (:func:`model_kind` says what the model is):
 
-* a language model is never given structural removal above :data:`LM_STRUCTURED_LIMIT` (SmolLM2-135M lost all
-  use at 25 % of its FFN neurons and key/value groups: perplexity 30.7 to two million); the plan is *refused*
-  with the data-aware one-shot strategies to use instead. Without data, unstructured magnitude pruning of a
-  language model above :data:`LM_MAGNITUDE_LIMIT` is refused too (SmolLM2-135M at 50 %: perplexity 427).
+* a language model with calibration data is pruned by a data-aware one-shot strategy when a plugin registers one
+  (:data:`DATA_AWARE_STRATEGIES`: ``sparsegpt_nm`` where 2:4 pays on the GPU, else the first unstructured one
+  registered); prunus itself ships none, so the plan never depends on them;
+* otherwise a language model is never given structural removal (rows of its weight matrices chosen by magnitude)
+  above :data:`LM_STRUCTURED_LIMIT`, nor unstructured magnitude pruning above :data:`LM_MAGNITUDE_LIMIT`: the
+  plan is *refused* (``prune`` raises :class:`~prunus.errors.QualityError`, the model unchanged), naming the
+  data-aware strategies to use instead and whether any is registered; below those limits it warns.
 * without data a structural plan warns that nothing recalibrates or recovers the model; above
   :data:`HEAVY_STRUCTURED` it warns that much of the accuracy goes.
 
@@ -34,6 +37,7 @@ A third-party plugin that implements the hook and returns a selection wins over 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -41,6 +45,7 @@ from torch import Tensor, nn
 from prunus.plugin_api import (
     HardwareProfile,
     PlanStep,
+    Registry,
     Selection,
     hookimpl,
     model_kind,
@@ -64,14 +69,37 @@ HEAVY_STRUCTURED = 0.7
 RECOVERY_EPOCHS = 1
 """Epochs of distillation toward the dense model in the built-in recovery (``recover={"epochs": n}``)."""
 
-DATA_AWARE = (
-    "the data-aware one-shot strategies keep it working: prune(model, 'wanda_row', amount=..., data=batches) "
-    "or prune(model, 'sparsegpt_unstructured', amount=..., data=batches, allocation='owl') (SmolLM2-135M at "
-    "50 %: perplexity 30.7 -> 67.8 with Wanda, 427 with magnitude alone), smaller once saved compressed "
-    "(prunus.save_compressed); on a GPU with 2:4 kernels 'sparsegpt_nm' or 'wanda_nm' (n_keep=2, m_group=4) "
-    "then prunus.to_sparse(model) is also faster. prune(model, 'auto', objective='accuracy', data=batches) "
-    "plans that"
+DATA_AWARE_STRATEGIES: tuple[str, ...] = (
+    "sparsegpt_unstructured",
+    "wanda_unstructured",
+    "wanda_row",
+    "sparsegpt_nm",
 )
+"""Data-aware one-shot strategies for language models, supplied by plugins, the unstructured ones in order of
+preference. A plan names one only when it is registered and data is given."""
+
+
+def data_aware_advice(available: Sequence[str], data: Any) -> str:
+    """What to do instead of pruning a language model by magnitude, naming what is registered here."""
+    if available:
+        first = next((n for n in available if n != "sparsegpt_nm"), available[0])
+        registered = ", ".join(repr(n) for n in available)
+        then = (
+            f"pass calibration data (data=batches) and prune(model, 'auto', ...) plans {first!r}"
+            if data is None
+            else f"prune(model, {first!r}, amount=..., data=batches) prunes with it directly"
+        )
+        return (
+            f"a data-aware one-shot strategy keeps a language model working, and {registered} "
+            f"{'is' if len(available) == 1 else 'are'} registered here: {then}"
+        )
+    names = ", ".join(repr(n) for n in DATA_AWARE_STRATEGIES)
+    return (
+        f"data-aware one-shot strategies ({names}) rank weights by the activations of calibration data and "
+        "keep a language model working, but none is registered here: install a plugin that provides one, then "
+        "prune(model, 'auto', sparsity=..., data=batches) plans it; or prune less: "
+        f"prune(model, 'auto', objective='accuracy', sparsity={LM_MAGNITUDE_LIMIT}) proceeds with a warning"
+    )
 
 
 def large_linear_weights(model: nn.Module) -> list[str]:
@@ -129,17 +157,6 @@ def _structural(
     note = f"; {output} (the output layer) is left whole" if output else ""
     if kind in ("language_model", "encoder"):
         note += "; the hidden size is kept (its LayerNorm / RMSNorm statistics would change)"
-    if kind == "language_model" and sparsity > LM_STRUCTURED_LIMIT:
-        return Selection(
-            strategy=strategy,
-            options=options,
-            reason=f"{why}: structural removal is the only way to make a language model faster here",
-            refusal=(
-                f"removing {sparsity:.0%} of a language model's attention heads and FFN neurons without "
-                "retraining ruins it (SmolLM2-135M at 25 %: perplexity 30.7 -> 2,081,372; structural removal "
-                f"above {LM_STRUCTURED_LIMIT:.0%} is not planned for language models); {DATA_AWARE}"
-            ),
-        )
     warnings = []
     if data is None:
         warnings.append(
@@ -193,21 +210,6 @@ def _unstructured(
     include: list[str] | None = None,
 ) -> Selection:
     """Unstructured masks (optionally converted to a sparse format), then recovery."""
-    if kind == "language_model" and data is None and sparsity > LM_MAGNITUDE_LIMIT:
-        return Selection(
-            strategy="l1_unstructured",
-            options={"amount": sparsity},
-            reason=reason,
-            refusal=(
-                f"pruning {sparsity:.0%} of a language model's weights by magnitude alone, without calibration "
-                f"data, ruins it (SmolLM2-135M at 50 %: perplexity 30.7 -> 427); {DATA_AWARE}"
-            ),
-        )
-    warnings = []
-    if kind == "language_model":
-        warnings.append(
-            f"magnitude pruning of a language model loses much of its quality ({DATA_AWARE})"
-        )
     options: dict[str, Any] = {"amount": sparsity}
     steps = [
         PlanStep(
@@ -230,13 +232,11 @@ def _unstructured(
         include=include,
         reason=reason,
         steps=steps,
-        warnings=warnings,
     )
 
 
-def _gpu(
-    model: nn.Module, profile: HardwareProfile, sparsity: float, kind: str, data: Any
-) -> Selection:
+def nm_obstacles(model: nn.Module, profile: HardwareProfile, sparsity: float) -> list[str]:
+    """Why 2:4 semi-structured sparsity would not pay for ``model`` on ``profile`` (empty when it would)."""
     large = large_linear_weights(model)
     obstacles = []
     if not profile.supports_semi_structured:
@@ -256,6 +256,25 @@ def _gpu(
         )
     if abs(sparsity - 0.5) > NM_TOLERANCE:
         obstacles.append(f"2:4 removes exactly 50 %, not the {sparsity:.0%} asked")
+    return obstacles
+
+
+def _gpu(
+    model: nn.Module,
+    profile: HardwareProfile,
+    sparsity: float,
+    kind: str,
+    data: Any,
+    strategy: str = "l1_nm",
+) -> Selection:
+    """2:4 on the large Linear layers where the GPU runs it, else structural removal.
+
+    ``strategy`` is the N:M strategy: ``l1_nm`` (magnitude, then recovery), or a data-aware one registered by a
+    plugin (``sparsegpt_nm``: it reconstructs the weights it keeps, so no recovery follows).
+    """
+    large = large_linear_weights(model)
+    measured = profile.semi_structured_speedup
+    obstacles = nm_obstacles(model, profile, sparsity)
     if obstacles:
         return _structural(
             model,
@@ -270,16 +289,23 @@ def _gpu(
         if measured is not None
         else "not measured here: prunus.probe('cuda') on the GPU measures it"
     )
-    warnings = []
-    if kind == "language_model":
-        warnings.append(
-            "2:4 by magnitude costs a small language model much of its quality (SmolLM2-135M: perplexity 30.7 -> "
-            "1,799; 222 with Wanda): use prune(model, 'sparsegpt_nm', n_keep=2, m_group=4, data=batches) then "
-            "prunus.to_sparse(model) for the same speed"
-        )
     modules = [name.rsplit(".", 1)[0] if "." in name else "" for name in large]
+    prune_step = PlanStep(
+        kind="prune",
+        strategy=strategy,
+        options={"n_keep": 2, "m_group": 4},
+        include=large,
+        reason="keep the 2 largest of every 4 consecutive input weights"
+        if strategy == "l1_nm"
+        else f"keep 2 of every 4 consecutive input weights, chosen by {strategy} on the data",
+    )
+    recovery = (
+        [_recovery(data, "the model is tuned around its 2:4 zeros (masks stay enforced)")]
+        if strategy == "l1_nm"
+        else []
+    )
     return Selection(
-        strategy="l1_nm",
+        strategy=strategy,
         options={"n_keep": 2, "m_group": 4},
         include=large,
         reason=(
@@ -289,14 +315,8 @@ def _gpu(
         ),
         predicted_speedup=measured if measured is not None and measured > 1.0 else None,
         steps=[
-            PlanStep(
-                kind="prune",
-                strategy="l1_nm",
-                options={"n_keep": 2, "m_group": 4},
-                include=large,
-                reason="keep the 2 largest of every 4 consecutive input weights",
-            ),
-            _recovery(data, "the model is tuned around its 2:4 zeros (masks stay enforced)"),
+            prune_step,
+            *recovery,
             PlanStep(
                 kind="to_sparse",
                 include=modules,
@@ -304,7 +324,6 @@ def _gpu(
                 reason="2:4 semi-structured storage, executed by the sparse tensor cores (float16 / bfloat16)",
             ),
         ],
-        warnings=warnings,
     )
 
 
@@ -423,13 +442,118 @@ def _cpu(
     )
 
 
+def _data_aware(
+    model: nn.Module,
+    profile: HardwareProfile,
+    objective: str,
+    sparsity: float,
+    data: Any,
+    available: Sequence[str],
+) -> Selection | None:
+    """A language model's plan through a registered data-aware strategy, or ``None`` when none fits."""
+    if (
+        "sparsegpt_nm" in available
+        and objective == "latency"
+        and profile.kind == "gpu"
+        and not nm_obstacles(model, profile, sparsity)
+    ):
+        return _gpu(model, profile, sparsity, "language_model", data, strategy="sparsegpt_nm")
+    name = next((n for n in available if n != "sparsegpt_nm"), None)
+    if name is None:
+        return None
+    options: dict[str, Any] = {"amount": sparsity}
+    faster = (
+        ""
+        if objective != "latency"
+        else "; unstructured zeros make it smaller once saved compressed (prunus.save_compressed), not faster "
+        "on dense kernels"
+    )
+    return Selection(
+        strategy=name,
+        options=options,
+        reason=(
+            f"a language model with calibration data: {name!r} ranks weights by the activations the data "
+            f"produces and keeps the model working where magnitude alone would not{faster}"
+        ),
+        steps=[
+            PlanStep(
+                kind="prune",
+                strategy=name,
+                options=options,
+                reason=f"zero {sparsity:.0%} of the weights, chosen by {name} on the data",
+            )
+        ],
+    )
+
+
+def _guard_language_model(
+    selection: Selection, sparsity: float, data: Any, available: Sequence[str]
+) -> Selection:
+    """Refuse or warn about a magnitude plan for a language model (see the module's documentation)."""
+    if selection.refusal is not None:
+        return selection
+    advice = data_aware_advice(available, data)
+    kinds = {step.kind for step in selection.plan()}
+    if "shrink" in kinds:
+        what = (
+            f"removing {sparsity:.0%} of a language model's attention heads and FFN neurons (rows of its weight "
+            "matrices chosen by magnitude)"
+        )
+        if sparsity > LM_STRUCTURED_LIMIT:
+            refusal = (
+                f"{what} without retraining ruins it (structural removal above {LM_STRUCTURED_LIMIT:.0%} is not "
+                f"planned for language models); {advice}"
+            )
+            return selection.model_copy(update={"refusal": refusal, "steps": []})
+        warning = (
+            f"{what} costs quality even at this amount; measure perplexity afterwards. {advice}"
+        )
+    elif selection.strategy == "l1_nm":
+        warning = f"2:4 by magnitude costs a language model much of its quality; {advice}"
+    else:
+        if sparsity > LM_MAGNITUDE_LIMIT:
+            without = ", without calibration data," if data is None else ""
+            refusal = (
+                f"pruning {sparsity:.0%} of a language model's weights by magnitude alone{without} ruins it "
+                f"(magnitude pruning above {LM_MAGNITUDE_LIMIT:.0%} is not planned for language models); "
+                f"{advice}"
+            )
+            return selection.model_copy(update={"refusal": refusal, "steps": []})
+        warning = f"magnitude pruning of a language model loses much of its quality; {advice}"
+    return selection.model_copy(update={"warnings": [*selection.warnings, warning]})
+
+
 @hookimpl(trylast=True)
 def prunus_select_strategy(
-    model: nn.Module, hardware: HardwareProfile, objective: str, sparsity: float, data: Any
+    model: nn.Module,
+    hardware: HardwareProfile,
+    objective: str,
+    sparsity: float,
+    data: Any,
+    registry: Registry | None,
 ) -> Selection:
     """The built-in policy (see the module's documentation)."""
-    profile = hardware
     kind = model_kind(model)
+    if kind != "language_model":
+        return _policy(model, hardware, objective, sparsity, kind, data)
+    available = [n for n in DATA_AWARE_STRATEGIES if registry is not None and n in registry]
+    if data is not None and available:
+        planned = _data_aware(model, hardware, objective, sparsity, data, available)
+        if planned is not None:
+            return planned
+    selection = _policy(model, hardware, objective, sparsity, kind, data)
+    return _guard_language_model(selection, sparsity, data, available)
+
+
+def _policy(
+    model: nn.Module,
+    profile: HardwareProfile,
+    objective: str,
+    sparsity: float,
+    kind: str,
+    data: Any,
+) -> Selection:
+    """The hardware rules, 1 to 5 of the module's documentation."""
     if objective == "accuracy":
         return _unstructured(
             model,

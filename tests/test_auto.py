@@ -330,9 +330,70 @@ def test_a_language_model_by_magnitude_without_data():
     assert mild.refusal is None and any("loses much of its quality" in w for w in mild.warnings)
 
 
-def test_small_structural_removal_of_a_language_model_is_planned():
-    selection = prunus.select(TinyLM(), "cpu", sparsity=0.1)
+def test_small_structural_removal_of_a_language_model_is_planned_with_a_warning():
+    selection = prunus.select(TinyLM(), "cpu", sparsity=0.1, data=torch.randint(0, 1024, (2, 5)))
     assert selection.refusal is None and selection.steps[0].kind == "shrink"
+    assert any("chosen by magnitude" in w and "none is registered" in w for w in selection.warnings)
+
+
+def test_a_language_model_by_magnitude_is_refused_even_with_data_when_nothing_data_aware_is_registered():
+    ids = torch.randint(0, 1024, (4, 5))
+    selection = prunus.select(TinyLM(), "cpu", objective="accuracy", sparsity=0.5, data=ids)
+    assert selection.refusal is not None and "by magnitude alone ruins it" in selection.refusal
+    assert "none is registered here" in selection.refusal
+
+
+class Wanda(prunus.Criterion):
+    """|w| times the L2 norm of its input feature over the calibration data (Sun et al., 2023)."""
+
+    name = "wanda"
+    summary = "|w| x input-feature norm over the data"
+
+    def score(self, target, context):
+        if "norms" not in context.extras:
+            squares = {}
+
+            def record(module, args):
+                x = args[0].reshape(-1, args[0].shape[-1])
+                squares[module] = squares.get(module, 0) + x.pow(2).sum(0)
+
+            handles = [t.module.register_forward_pre_hook(record) for t in context.targets]
+            try:
+                with torch.no_grad():
+                    context.model(context.data)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            context.extras["norms"] = {m: v.sqrt() for m, v in squares.items()}
+        return target.tensor.abs() * context.extras["norms"][target.module]
+
+
+class WandaPlugin:
+    @prunus.hookimpl
+    def prunus_register_criteria(self, register):
+        register(Wanda)
+
+
+def test_a_registered_data_aware_strategy_is_planned_for_a_language_model_with_data():
+    registry = prunus.Registry()
+    registry.register_plugin(WandaPlugin(), name="wanda")
+    model, ids = TinyLM(), torch.randint(0, 1024, (4, 5))
+    direct = copy.deepcopy(model)
+    selection = prunus.select(model, "cpu", sparsity=0.5, data=ids, registry=registry)
+    assert selection.refusal is None and selection.strategy == "wanda_unstructured"
+    without_data = prunus.select(model, "cpu", sparsity=0.5, registry=registry)
+    assert without_data.refusal is not None
+    assert "'wanda_unstructured' is registered here" in without_data.refusal
+    report = prunus.prune(
+        model, "auto", sparsity=0.5, data=ids, example_inputs=ids, measure=False, registry=registry
+    )
+    assert report.strategy == "wanda_unstructured"
+    prunus.prune(direct, "wanda_unstructured", amount=0.5, data=ids, registry=registry)
+    masks, expected = prunus.masks(model), prunus.masks(direct)
+    assert masks.keys() == expected.keys() and all(
+        torch.equal(masks[k], expected[k]) for k in masks
+    )
+    assert (model.mlp[0].weight == 0).float().mean().item() == pytest.approx(0.5)
 
 
 # -- recovery ----------------------------------------------------------------------------------------------
