@@ -82,9 +82,14 @@ class QualityFigure(BaseModel):
     held_out: bool = False
 
     def __str__(self) -> str:
-        middle = f" -> {self.pruned:.4g} pruned" if self.pruned is not None else ""
+        show = self._show
+        middle = f" -> {show(self.pruned)} pruned" if self.pruned is not None else ""
         where = " (held out)" if self.held_out else ""
-        return f"{self.metric}{where}: dense {self.dense:.4g}{middle} -> {self.final:.4g}"
+        return f"{self.metric}{where}: dense {show(self.dense)}{middle} -> {show(self.final)}"
+
+    def _show(self, value: float) -> str:
+        """Fractions of samples (accuracy, agreement) as percentages, the rest to four significant digits."""
+        return f"{value:.1%}" if self.metric in ("accuracy", "agreement") else f"{value:.4g}"
 
 
 class AutoOutcome(BaseModel):

@@ -136,7 +136,7 @@ class Selection(BaseModel):
     sparsity: float | None = None
 
     def plan(self) -> list[PlanStep]:
-        """The steps to carry out: :attr:`steps`, or for a selection without steps one ``prune`` step."""
+        """The steps to carry out: ``steps``, or for a selection without steps one ``prune`` step."""
         if self.steps:
             return list(self.steps)
         return [

@@ -407,10 +407,11 @@ def carry_out(
 ) -> PruneReport:
     """Carry out ``selection``'s plan on ``model`` in place (see the module docstring).
 
+    Any error a step raises propagates, the model left as it was.
+
     Raises:
         ConfigError: a step needs example inputs and neither ``example_inputs`` nor ``data`` was given, or the
             recovery settings are wrong.
-        Any error a step raises (the model is then left as it was).
     """
     for text in selection.warnings:
         warnings.warn(text, QualityWarning, stacklevel=5)

