@@ -14,12 +14,12 @@ The engine reaches all of this through the registry's hooks: nothing here import
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .anatomy import model_kind
-from .errors import ConfigError, PluginError, PrunusError, QualityError
+from .arguments import check_bool, check_number
+from .errors import ConfigError, ConfigTypeError, PluginError, PrunusError, QualityError
 from .hardware_profile import HardwareProfile
 from .registration import Registry
 from .registration import registry as default_registry
@@ -47,14 +47,7 @@ AUTO_OPTIONS: tuple[str, ...] = (
 def _check_request(objective: object, sparsity: object) -> tuple[str, float]:
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective={objective!r} is not one of {', '.join(OBJECTIVES)}")
-    if (
-        isinstance(sparsity, bool)
-        or not isinstance(sparsity, int | float)
-        or math.isnan(sparsity)
-        or not 0.0 <= sparsity <= 1.0
-    ):
-        raise ConfigError(f"sparsity={sparsity!r} is not a fraction in [0, 1]")
-    return str(objective), float(sparsity)
+    return str(objective), check_number("sparsity", sparsity, minimum=0.0, maximum=1.0)
 
 
 def select(
@@ -168,12 +161,10 @@ def run_auto(
         )
     recover = options.get("recover", True)
     if not isinstance(recover, bool | Mapping):
-        raise ConfigError(
+        raise ConfigTypeError(
             f"recover={recover!r} must be True, False or a dict of recovery settings, e.g. {{'epochs': 3}}"
         )
-    measure = options.get("measure", True)
-    if not isinstance(measure, bool):
-        raise ConfigError(f"measure={measure!r} must be True or False")
+    measure = check_bool("measure", options.get("measure", True))
     selection = select(
         model,
         hardware=options.get("hardware", "auto"),

@@ -226,6 +226,41 @@ def test_bad_auto_options(options, message):
         prunus.prune(resnet(), "auto", **options)
 
 
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"sparsity": "half"}, TypeError, r"sparsity='half' is a str"),
+        ({"sparsity": 1.5}, ValueError, r"sparsity=1.5 must be a finite number >= 0.0 and <= 1.0"),
+        ({"sparsity": 0.5, "hardware": "tpu"}, ValueError, "hardware='tpu' is not a known target"),
+        ({"sparsity": 0.5, "objective": "speed"}, ValueError, "objective='speed' is not one of"),
+        (
+            {"sparsity": 0.5, "recover": "yes"},
+            TypeError,
+            "recover='yes' must be True, False or a dict",
+        ),
+        (
+            {"sparsity": 0.5, "measure": "no"},
+            TypeError,
+            "measure='no' is a str; give True or False",
+        ),
+        (
+            {"sparsity": 0.5, "example_inputs": torch.randn(2, 1, 8, 8)},
+            TargetError,
+            r"example_inputs could not run ResNet: RuntimeError",
+        ),
+    ],
+)
+def test_bad_input_is_a_typed_error_naming_the_value_and_the_model_is_unchanged(
+    options, error, message
+):
+    model = resnet()
+    before = state(model)
+    with pytest.raises(error, match=message) as raised:
+        prunus.prune(model, "auto", data=(X, Y), **options)
+    assert isinstance(raised.value, prunus.PrunusError)
+    assert same_state(model, before) and not prunus.is_pruned(model)
+
+
 # -- the built-in plan on a CNN, with data ---------------------------------------------------------------------
 
 

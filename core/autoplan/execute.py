@@ -40,7 +40,7 @@ from ..registration import Registry
 from ..report import AutoOutcome, ParameterReport, PruneReport, QualityFigure, StepReport
 from ..selection import AutoRequest, PlanStep, Selection
 from ..shrinking.channels import shrink
-from ..shrinking.tracing import MacCounter
+from ..shrinking.tracing import count_macs
 from ..targets import DEFAULT_LAYERS, select_targets
 from ..transaction import ModuleSnapshot, transaction
 from ..workflow.evaluation import input_batches
@@ -91,15 +91,7 @@ def _example_inputs(request: AutoRequest) -> Any:
 
 
 def _macs(model: nn.Module, example: Any) -> int | None:
-    if example is None:
-        return None
-    counter = MacCounter(model)
-    try:
-        with torch.no_grad(), evaluation_mode(model):
-            call_model(model, example)
-    finally:
-        macs = counter.close()
-    return macs
+    return None if example is None else count_macs(model, example)
 
 
 def _user_targets(run: _Run) -> list[tuple[str, nn.Module, str]] | None:
@@ -137,26 +129,16 @@ def _prune_step(run: _Run, step: PlanStep) -> StepReport:
         options.pop("amount")
         if not amounts:
             return StepReport(kind="prune", summary="sensitivity left every layer whole")
-        report = prune(
-            run.model,
-            step.strategy,
-            include=include,
-            amounts=amounts,
-            data=run.request.data,
-            restorable=run.request.restorable,
-            registry=run.registry,
-            **options,
-        )
-    else:
-        report = prune(
-            run.model,
-            step.strategy,
-            include=include,
-            data=run.request.data,
-            restorable=run.request.restorable,
-            registry=run.registry,
-            **options,
-        )
+        options["amounts"] = amounts
+    report = prune(
+        run.model,
+        step.strategy,
+        include=include,
+        data=run.request.data,
+        restorable=run.request.restorable,
+        registry=run.registry,
+        **options,
+    )
     for parameter in report.parameters:
         run.parameters[parameter.name] = parameter
     how = " (amounts by sensitivity)" if allocation is not None else ""
@@ -219,26 +201,16 @@ def _shrink_step(run: _Run, step: PlanStep) -> StepReport:
     before = _weights(run.model)
     if allocation is not None:
         options["amount"] = 0
-        report = shrink(
-            run.model,
-            run.example,
-            step.strategy,
-            amounts=allocation.amounts,
-            data=run.request.data,
-            registry=run.registry,
-            **options,
-            **settings,
-        )
-    else:
-        report = shrink(
-            run.model,
-            run.example,
-            step.strategy,
-            data=run.request.data,
-            registry=run.registry,
-            **options,
-            **settings,
-        )
+        settings["amounts"] = allocation.amounts
+    report = shrink(
+        run.model,
+        run.example,
+        step.strategy,
+        data=run.request.data,
+        registry=run.registry,
+        **options,
+        **settings,
+    )
     after = _weights(run.model)
     for name, shape in before.items():
         numel = math.prod(shape)

@@ -52,7 +52,7 @@ from ..forward import call_model, evaluation_mode, output_tensors, run_model
 from ..hardware_profile import HardwareProfile
 from ..report import kib
 from ..shrinking.channels import shrink
-from ..shrinking.tracing import MacCounter
+from ..shrinking.tracing import count_macs
 from .detection import resolve_hardware
 from .sparse import (
     SparseLinear,
@@ -697,16 +697,6 @@ def _faster_sparse(rows: list[LayerAnalysis]) -> list[str]:
     return out
 
 
-def _macs_of(model: nn.Module, example_inputs: Any) -> int:
-    counter = MacCounter(model)
-    try:
-        with torch.inference_mode(), evaluation_mode(model):
-            call_model(model, example_inputs)
-    finally:
-        macs = counter.close()
-    return macs
-
-
 def _shrunk_twin(model: nn.Module, example_inputs: Any, notes: list[str]) -> nn.Module:
     """A copy with every channel removed that can be without changing what the model computes."""
     twin = copy.deepcopy(model)
@@ -784,7 +774,7 @@ def _predict(
     except Exception as error:  # a model that cannot be copied or traced: say so, predict nothing
         return _Prediction(notes=[f"no prediction: {type(error).__name__}: {error}"])
     if not measure:
-        before, after = _macs_of(model, example_inputs), _macs_of(twin, example_inputs)
+        before, after = count_macs(model, example_inputs), count_macs(twin, example_inputs)
         return _Prediction(
             speedup=before / after if after else None,
             source="MACs of that model (measure=True times it)",

@@ -29,9 +29,18 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MissingDependencyError, ShrinkError, TargetError
-from ..forward import call_model, output_tensors
+from ..forward import call_model, evaluation_mode, output_tensors, run_model
 
-__all__ = ["EXTRA", "MacCounter", "Traced", "conv1d_size", "is_conv1d", "torch_pruning", "trace"]
+__all__ = [
+    "EXTRA",
+    "MacCounter",
+    "Traced",
+    "conv1d_size",
+    "count_macs",
+    "is_conv1d",
+    "torch_pruning",
+    "trace",
+]
 
 EXTRA = "shrink"
 
@@ -64,6 +73,23 @@ def is_conv1d(module: nn.Module) -> bool:
         and isinstance(weight, Tensor)
         and tuple(weight.shape) == (vars(module)["nx"], vars(module)["nf"])
     )
+
+
+def count_macs(model: nn.Module, example_inputs: Any) -> int:
+    """Multiply-accumulates of ``model``'s Linear and Conv layers in one forward of ``example_inputs``.
+
+    The forward runs in eval mode, without autograd, and leaves the model as it was.
+
+    Raises:
+        TargetError: the model could not run on the inputs.
+    """
+    counter = MacCounter(model)
+    try:
+        with torch.inference_mode(), evaluation_mode(model):
+            run_model(model, example_inputs)
+    finally:
+        macs = counter.close()
+    return macs
 
 
 class MacCounter:
