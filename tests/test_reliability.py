@@ -42,6 +42,7 @@ from prunus import (
     PluginError,
     PrunusError,
     PrunusWarning,
+    QualityWarning,
     Registry,
     RollbackError,
     ShrinkError,
@@ -341,8 +342,11 @@ def test_a_non_utf8_probe_cache_warns_instead_of_crashing(cache: Path) -> None:
         assert prunus.detect_hardware(cuda=False).sparse_crossover is None
     with pytest.warns(PrunusWarning, match="probe cache"):
         prunus.select(model, sparsity=0.5)
-    with pytest.warns(PrunusWarning, match="probe cache"):
-        prunus.prune(model, "auto", sparsity=0.5)
+    with (
+        pytest.warns(PrunusWarning, match="probe cache"),
+        pytest.warns(QualityWarning, match="no data"),  # the plan's own warning: no data to recover
+    ):
+        prunus.prune(model, "auto", sparsity=0.5, example_inputs=torch.randn(2, 16))
 
 
 @pytest.mark.parametrize("forged", [-5, 7.5, math.nan, math.inf, "half", None])
