@@ -491,7 +491,9 @@ class Registry:
             granularity = gcls(
                 validate_config(gcls.Config, name, {k: values[k] for k in gcls.Config.model_fields})
             )
-            return ComposedStrategy(cfg, criterion, granularity, self.hooks.score, name)
+            return ComposedStrategy(
+                cfg, criterion, granularity, self.hooks.score, name, self.hooks.scores_directly
+            )
 
         return StrategyInfo(
             name=name,

@@ -38,6 +38,7 @@ __all__ = [
     "Granularity",
     "NoOptions",
     "PruneContext",
+    "Scorer",
     "Strategy",
     "Target",
     "checked_scores",
@@ -113,10 +114,17 @@ class Criterion(Component):
 
     Subclasses set ``name``, ``summary`` and, if they take options, ``Config``, and implement :meth:`score`.
     Set ``deterministic = False`` for a criterion whose scores depend on a random seed.
+
+    A criterion whose score of an entry depends on that entry's value alone (magnitude, say) sets
+    ``elementwise = True`` and implements :meth:`score_values`; rankings may then score a parameter chunk by
+    chunk into a reused buffer instead of materializing every score (the global ranking does: no score tensor
+    is ever allocated), and a streamed checkpoint is scored straight from the file.
     """
 
     kind: ClassVar[Kind] = "criterion"
     deterministic: ClassVar[bool] = True
+    elementwise: ClassVar[bool] = False
+    """Whether the score of an entry is a function of its value alone (see :meth:`score_values`)."""
 
     @abstractmethod
     def score(self, target: Target, context: PruneContext) -> Tensor:
@@ -125,6 +133,20 @@ class Criterion(Component):
         Scores must not be NaN; ``+inf`` means "never prune", ``-inf`` "prune first". The input tensor must not be
         modified.
         """
+
+    def score_values(self, values: Tensor, out: Tensor | None = None) -> Tensor:
+        """The scores of raw parameter values, for an ``elementwise`` criterion: ``values``' shape, floating.
+
+        Args:
+            values: any part of a parameter's values (a flat chunk, say); do not modify it.
+            out: where to write the scores, when given (a buffer of ``values``' shape and the scores' dtype).
+
+        ``score(target, context)`` must equal ``score_values(target.tensor)``: the two are used
+        interchangeably.
+        """
+        raise NotImplementedError(
+            f"criterion {self.name!r} is not elementwise; it scores whole parameters through score()"
+        )
 
     def reduce(self, scores: Tensor, dims: tuple[int, ...]) -> Tensor:
         """Combine entry scores into one score per group (e.g. per channel) by summing over ``dims``.
@@ -157,6 +179,54 @@ class Granularity(Component):
             score: returns the validated scores of a target (through the ``prunus_score`` hook).
             context: the call being served.
         """
+
+
+class Scorer:
+    """The validated scores of a criterion: what a granularity receives as its ``score`` argument.
+
+    Calling it with a target returns that target's scores, computed through the ``prunus_score`` hook (so a
+    plugin may take over) and checked (:func:`checked_scores`). When the criterion is ``elementwise`` and no
+    plugin has taken the scoring hook over, :attr:`elementwise` is true and :meth:`values` scores any chunk of
+    raw values directly, the way a ranking that never materializes whole score tensors needs.
+
+    Args:
+        criterion: the configured criterion.
+        context: the call being served.
+        hook: the scoring hook (``(criterion, target, context) -> scores``).
+        owner: the strategy's name, for error messages.
+        direct: whether the criterion's own scores are what the hook returns (no plugin takes it over).
+    """
+
+    def __init__(
+        self,
+        criterion: Criterion,
+        context: PruneContext,
+        hook: Callable[[Criterion, Target, PruneContext], Tensor],
+        owner: str,
+        direct: bool = False,
+    ) -> None:
+        self.criterion = criterion
+        self.context = context
+        self.hook = hook
+        self.owner = owner
+        self.elementwise = direct and criterion.elementwise
+
+    def __call__(self, target: Target) -> Tensor:
+        return checked_scores(self.hook(self.criterion, target, self.context), target, self.owner)
+
+    def values(self, target: Target, values: Tensor, out: Tensor | None = None) -> Tensor:
+        """The scores of ``values`` (part of ``target``'s values) for an elementwise criterion, checked."""
+        scores = self.criterion.score_values(values, out)
+        if not scores.is_floating_point() or scores.shape != values.shape:
+            raise PluginError(
+                f"{self.owner}: score_values of criterion {self.criterion.name!r} returned "
+                f"{scores.dtype} scores of shape {tuple(scores.shape)} for values of shape "
+                f"{tuple(values.shape)}; it must return floating scores of the values' shape"
+            )
+        if scores.numel() and bool(torch.isnan(scores.max())):
+            self(target)  # the whole parameter's check names the count
+            raise PluginError(f"{self.owner}: scores for {target.name!r} are NaN")
+        return scores
 
 
 class Strategy(Component):
@@ -201,20 +271,21 @@ class ComposedStrategy(Strategy):
         granularity: Granularity,
         scorer: Callable[[Criterion, Target, PruneContext], Tensor],
         name: str,
+        direct: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__(config)
         self.criterion = criterion
         self.granularity_component = granularity
         self._scorer = scorer
+        self._direct = direct
         self.name = name
         self.summary = f"{criterion.summary}; {granularity.summary}"
         self.granularity = granularity.name
         self.deterministic = criterion.deterministic
 
     def compute_masks(self, context: PruneContext) -> dict[str, Tensor]:
-        def score(target: Target) -> Tensor:
-            return checked_scores(self._scorer(self.criterion, target, context), target, self.name)
-
+        direct = self._direct is not None and self._direct()
+        score = Scorer(self.criterion, context, self._scorer, self.name, direct)
         return self.granularity_component.masks(self.criterion, score, context)
 
 

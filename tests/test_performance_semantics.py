@@ -14,7 +14,7 @@ import torch.nn.utils.prune as torch_prune
 from torch import Tensor, nn
 
 import prunus
-from prunus import Target, masking
+from prunus import Target, chunked_ranking, masking
 from prunus import global_ranking as lean
 
 
@@ -35,11 +35,14 @@ def reference(targets: list[Target], amount: float | int) -> dict[str, Tensor]:
     return lean.classic_keep_masks(targets, raw_scores, amount)
 
 
-@pytest.fixture
-def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chunks of 64 entries and candidate bins of at most 8: every path runs on tiny tensors."""
-    monkeypatch.setattr(lean, "_CHUNK", 64)
-    monkeypatch.setattr(lean, "CANDIDATE_LIMIT", 8)
+@pytest.fixture(params=[6.0, 0.0])
+def small_chunks(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Chunks of 64 entries, candidate ranges of at most 8 and samples of 16 keys: every path runs on tiny
+    tensors. With a window of zero deviations the sample often misses and histograms take over."""
+    monkeypatch.setattr(chunked_ranking, "CHUNK", 64)
+    monkeypatch.setattr(chunked_ranking, "CANDIDATE_LIMIT", 8)
+    monkeypatch.setattr(chunked_ranking, "MIN_SAMPLE", 16)
+    monkeypatch.setattr(chunked_ranking, "SAFETY", request.param)
 
 
 def random_case(rng: random.Random, gen: torch.Generator) -> tuple[list[Tensor], float | int]:
@@ -332,8 +335,7 @@ def test_the_device_paths_give_the_same_masks(
     gen = torch.Generator().manual_seed(9)
     targets = targets_of([torch.randn(30, 40, generator=gen), torch.randn(25, 7, generator=gen)])
     want = reference(targets, 0.45)
-    monkeypatch.setattr(lean, "PACK_ON_CPU", False)
-    monkeypatch.setattr(lean, "_nonzero", lambda flat: flat.nonzero().squeeze(1))
+    monkeypatch.setattr(chunked_ranking, "NUMPY_ON_CPU", False)
     got = lean.global_keep_masks(targets, raw_scores, 0.45)
     assert all(torch.equal(got[t.name], want[t.name]) for t in targets)
 
