@@ -64,6 +64,7 @@ __all__ = [
     "RankingStats",
     "Source",
     "chunks_of",
+    "empty_mask",
     "keep_lowest",
     "key_bits",
     "rank",
@@ -167,8 +168,13 @@ class _Keys:
         self.other = torch.empty(CHUNK, dtype=torch.bool, device=device)
         self.cpu = device.type == "cpu" and NUMPY_ON_CPU
 
-    def __call__(self, scores: Tensor) -> Tensor:
-        """The keys of a flat chunk of at most :data:`CHUNK` float scores (valid until the next call)."""
+    def __call__(self, scores: Tensor, ordered: bool = True) -> Tensor:
+        """The keys of a flat chunk of at most :data:`CHUNK` float scores (valid until the next call).
+
+        With ``ordered=False`` negative scores keep their raw bits: every one of them is then a negative integer,
+        below every key of a non-negative score but not in order among themselves. A pass whose range starts
+        above zero needs no more (they all fall below it), and skips a reduction per chunk.
+        """
         n = scores.numel()
         if scores.dtype == torch.float64 and self.bits == 32:
             raise Inconsistent  # the dtypes were agreed on before the ranking: the scores changed
@@ -176,7 +182,7 @@ class _Keys:
             # Exact: half precision widens to float32, and float32 to float64 as torch.cat promotes it.
             scores = self.widened[:n].copy_(scores)
         raw = scores.view(self.dtype)
-        if n == 0 or not _any_negative(raw):
+        if not ordered or n == 0 or not _any_negative(raw):
             return raw
         # A negative float (sign bit set) orders by decreasing magnitude: its key is minus its magnitude, so
         # -0.0 and +0.0 share the key 0. Branch-free: sign = raw >> (bits - 1) is -1 or 0, and
@@ -280,7 +286,8 @@ class ChunkedRanking:
         k: how many eligible entries to prune, ``0 < k < size``.
         size: eligible entries over all sources (and all ranks).
         sample: this rank's eligible scores at every :func:`sample_stride`-th position of each source it owns
-            (any float dtype, any order), or ``None`` to start from histograms (as a decisive ranking does).
+            (tensors of any float dtype, in any order), or ``None`` to start from histograms (as a decisive
+            ranking does).
         bits: 32, or 64 when any score (on any rank) is float64.
         collectives: the ranks sharing the ranking (:data:`prunus.distributed.LOCAL`: one process).
         decisive: every mask final when written (a streamed checkpoint): no candidates to resolve later.
@@ -291,7 +298,7 @@ class ChunkedRanking:
         self,
         k: int,
         size: int,
-        sample: Tensor | None = None,
+        sample: Sequence[Tensor] | None = None,
         *,
         bits: int = 32,
         collectives: Collectives = LOCAL,
@@ -323,15 +330,18 @@ class ChunkedRanking:
             kind = self._window_from(sample)
         self._begin(kind)
 
-    def _window_from(self, sample: Tensor) -> PassKind:
+    def _window_from(self, sample: Sequence[Tensor]) -> PassKind:
         """Guess the range from the sample: the k-th lowest key's rank in it, six deviations either side."""
         self.stats.passes.append("sample")
         local = self.keys(torch.device("cpu"))
-        flat = sample.reshape(-1).to("cpu", local.float)
-        keys = torch.cat(
-            [local(flat[i : i + CHUNK]).to(torch.int64) for i in range(0, flat.numel(), CHUNK)]
-            or [torch.empty(0, dtype=torch.int64)]
-        )
+        pieces = [piece.reshape(-1) for piece in sample]
+        keys = torch.empty(sum(piece.numel() for piece in pieces), dtype=torch.int64)
+        filled = 0
+        for piece in pieces:
+            for start in range(0, piece.numel(), CHUNK):
+                part = piece[start : start + CHUNK].to("cpu")
+                keys[filled : filled + part.numel()] = local(part)
+                filled += part.numel()
         keys = self.collectives.gather_cat(keys)
         self.stats.sampled = n = keys.numel()
         if n == 0:
@@ -340,7 +350,11 @@ class ChunkedRanking:
         margin = SAFETY * math.sqrt(n * fraction * (1 - fraction)) + 2
         low, high = math.floor(fraction * n - margin), math.ceil(fraction * n + margin)
         ranks = [r - 1 for r in (low, high) if 1 <= r <= n]
-        chosen = np.partition(keys.numpy(), ranks)[ranks].tolist() if ranks else []
+        chosen = []
+        if ranks:
+            array = keys.numpy()
+            array.partition(ranks)  # in place: the keys are this method's own
+            chosen = array[ranks].tolist()
         self.lo = chosen.pop(0) if low >= 1 else self.key_min
         self.hi = chosen.pop(0) if high <= n else self.key_max
         self.counted, self.inside = False, max(high - low, 1) * self.size // n
@@ -364,7 +378,7 @@ class ChunkedRanking:
         """Start a pass of ``kind``: clear its accumulators."""
         self.pass_kind = kind
         self._below = self._inside = 0
-        self._hist = torch.zeros(_BINS, dtype=torch.int64)
+        self._hist = torch.zeros(_BINS if kind == "histogram" else 0, dtype=torch.int64)
         self._candidates: list[_Candidates] = []
         self._collected = 0
         self._aborted = False
@@ -417,7 +431,10 @@ class ChunkedRanking:
             )
         owner = shard is None or shard.owner
         for start, scores, eligible in chunks:
-            keys = self.keys(scores.device)(scores.reshape(-1))
+            # A range above zero (and not the full one) leaves every negative score below it: their keys need
+            # not be ordered. Its upper end, at most the largest key, lies below every raw negative read
+            # unsigned, so the wrap-around test of _inside_mask stays exact too.
+            keys = self.keys(scores.device)(scores.reshape(-1), ordered=self.lo <= 0)
             flat_eligible = None if eligible is None else eligible.reshape(-1)
             if kind == "histogram":
                 if owner:
@@ -642,7 +659,7 @@ class ChunkedRanking:
         candidates, self._result = self._result, []
         if self.stats.passes[-1] != "window":
             return  # a decide pass leaves every mask final
-        keys = _cat([c[3] for c in candidates])
+        keys = _cat([c[3] for c in candidates], self.keys(torch.device("cpu")).dtype)
         if self.collectives.world == 1:
             keep = keep_lowest(keys, self.k - self.below)
         else:
@@ -657,9 +674,12 @@ class ChunkedRanking:
             keep = decided[torch.searchsorted(every_ident[order], ident)]
         offset = 0
         for index, local, _, found, _ in candidates:
-            chosen = keep[offset : offset + found.numel()]
-            outs[index][local[chosen].to(outs[index].device)] = True
+            chosen = local[keep[offset : offset + found.numel()]]
             offset += found.numel()
+            if _numpy(outs[index]):
+                outs[index].numpy()[chosen.numpy()] = True
+            else:
+                outs[index][chosen.to(outs[index].device)] = True
 
 
 class Source(Protocol):
@@ -725,15 +745,14 @@ def rank(
     bits = 64 if wide_anywhere else 32
     sampled = None
     if sample:
-        owned = [
-            sample.reshape(-1).to("cpu", torch.float64)
-            for source, sample in zip(sources, samples, strict=True)
+        sampled = [
+            piece
+            for source, piece in zip(sources, samples, strict=True)
             if source.shard is None or source.shard.owner
         ]
-        sampled = _cat(owned, torch.float64)
     del samples
     ranking = ChunkedRanking(k, size, sampled, bits=bits, collectives=collectives)
-    outs = [torch.empty(source.numel, dtype=torch.bool, device=source.device) for source in sources]
+    outs = [empty_mask(source.numel, source.device) for source in sources]
     while ranking.pass_kind != "done":
         for index, source in enumerate(sources):
             ranking.feed(index, source.chunks(), outs[index], source.shard)
@@ -745,6 +764,18 @@ def rank(
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
+
+
+def empty_mask(numel: int, device: torch.device) -> Tensor:
+    """An uninitialized flat bool tensor for a mask.
+
+    On CPU through numpy, which asks the kernel for transparent huge pages for large blocks: first touching a
+    mask then costs one page fault per 2 MiB instead of one per 4 KiB (and on a virtual machine each fault is
+    expensive).
+    """
+    if device.type == "cpu":
+        return torch.from_numpy(np.empty(numel, dtype=np.bool_))
+    return torch.empty(numel, dtype=torch.bool, device=device)
 
 
 def chunks_of(flat: Tensor, eligible: Tensor | None) -> Chunks:

@@ -20,6 +20,7 @@ prunus`` and single-process pruning never pay for it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,7 +94,7 @@ class Shard:
     offset: tuple[int, ...]
     owner: bool = True
 
-    @property
+    @functools.cached_property
     def start(self) -> int:
         """The flat position, in the whole tensor, of the part's first entry."""
         position = 0
@@ -101,7 +102,7 @@ class Shard:
             position = position * size + index
         return position
 
-    @property
+    @functools.cached_property
     def contiguous(self) -> bool:
         """Whether the part's entries are consecutive in the whole tensor's flat order (a block of rows)."""
         if 0 in self.local_shape:

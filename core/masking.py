@@ -132,13 +132,13 @@ def _enrol(module: nn.Module) -> None:
 class _StepPlan:
     """What the step hook zeroes for one optimizer, and what that list was built from.
 
-    Parameters are multiplied by their bool masks through integer views of their bits (``torch._foreach_mul_``
-    on the views: faster than multiplying the floats by a bool on one CPU thread, and pruned entries read
-    exactly +0.0 even where a value became inf or NaN). Sharded parameters are zeroed on their local shards.
-    The views are built once and checked cheaply at each step.
+    CPU parameters are zeroed through numpy views of their bits (``np.multiply`` by the bool mask: several
+    times faster than torch's float-by-bool multiply on one thread, no temporary, and pruned entries read
+    exactly +0.0 even where a value became inf or NaN); the others through :func:`zero_pruned`. Sharded
+    parameters are zeroed on their local shards. The views are built once and checked cheaply at each step.
     """
 
-    __slots__ = ("entries", "fingerprint", "generation", "masks", "others", "pointers", "views")
+    __slots__ = ("arrays", "entries", "fingerprint", "generation", "others", "pointers")
 
     def __init__(
         self,
@@ -153,16 +153,12 @@ class _StepPlan:
         self.pointers = [
             (local(param).data_ptr(), local(mask).data_ptr()) for _, _, param, mask in entries
         ]
-        self.views: list[Tensor] = []
-        self.masks: list[Tensor] = []
-        self.others: list[
-            tuple[Tensor, Tensor]
-        ] = []  # no integer view (complex, ...): zeroed one by one
+        self.arrays: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
+        self.others: list[tuple[Tensor, Tensor]] = []
         for _, _, param, mask in entries:
-            view, keep = _int_view(param), local(mask)
-            if view is not None and view.shape == keep.shape:
-                self.views.append(view)
-                self.masks.append(keep)
+            bits, keep = _bits(param), _bits(mask)
+            if bits is not None and keep is not None and bits.size == keep.size:
+                self.arrays.append((bits, keep))
             else:
                 self.others.append((param, mask))
 
@@ -186,8 +182,12 @@ class _StepPlan:
 
     def run(self) -> None:
         with torch.no_grad():
-            if self.views:
-                torch._foreach_mul_(self.views, self.masks)
+            for bits, keep in self.arrays:
+                np.multiply(bits, keep, out=bits)
+            if self.arrays:
+                torch.autograd.graph.increment_version(
+                    [local(param) for _, _, param, _ in self.entries]
+                )  # as an in-place torch op would
             for param, mask in self.others:
                 zero_pruned(param, mask)
 
@@ -342,13 +342,14 @@ def pruned_values(data: Tensor, keep: Tensor) -> Tensor:
 
 def zero_pruned(data: Tensor, keep: Tensor) -> None:
     """Set the entries of ``data`` where the bool ``keep`` is ``False`` to zero, in place (locally, if sharded)."""
-    view = _int_view(data)
+    bits, keep_bits = _bits(data), _bits(keep)
     with torch.no_grad():
-        if view is None:
+        if bits is None or keep_bits is None:
             local(data).masked_fill_(~local(keep), 0)
             return
-        # Integer multiply by the mask: exact +0.0 even over inf or NaN, and faster than masked_fill_.
-        view.mul_(local(keep))
+        # An integer multiply by the mask, in place: exact +0.0 even over inf or NaN, no temporary.
+        np.multiply(bits, keep_bits, out=bits)
+        torch.autograd.graph.increment_version(local(data))  # as an in-place torch op would
 
 
 class _Zeroing:
