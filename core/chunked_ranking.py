@@ -55,6 +55,7 @@ import torch
 from torch import Tensor
 
 from .distributed import LOCAL, Collectives, Shard
+from .errors import PluginError
 
 __all__ = [
     "CANDIDATE_LIMIT",
@@ -705,6 +706,14 @@ class Source(Protocol):
     def scored(self) -> int:
         """Entries scored so far."""
 
+    @property
+    def problem(self) -> str | None:
+        """What was wrong with its scores in the last pass (a NaN, say), or ``None``.
+
+        A source records a problem rather than raising it, so that every rank raises together (:func:`rank`
+        agrees on problems after every pass; one rank raising alone would leave the others waiting).
+        """
+
     def sample(self, stride: int) -> Tensor:
         """Its eligible scores at the multiples of ``stride`` (flat positions of this rank's part), in the
         dtype of all its scores."""
@@ -742,6 +751,7 @@ def rank(
     samples = [source.sample(sample_stride(size)) for source in sources]
     wide = any(sample.dtype == torch.float64 for sample in samples)
     (wide_anywhere,) = collectives.sum(torch.tensor([int(wide)])).tolist()
+    _agree(sources, collectives)
     bits = 64 if wide_anywhere else 32
     sampled = None
     if sample:
@@ -756,11 +766,20 @@ def rank(
     while ranking.pass_kind != "done":
         for index, source in enumerate(sources):
             ranking.feed(index, source.chunks(), outs[index], source.shard)
+        _agree(sources, collectives)
         ranking.settle()
     ranking.resolve(outs)
     ranking.stats.scorings = sum(source.scorings for source in sources)
     ranking.stats.scored_entries = sum(source.scored for source in sources)
     return outs
+
+
+def _agree(sources: Sequence[Source], collectives: Collectives) -> None:
+    """Raise on every rank if any source of any rank recorded a problem."""
+    mine = next((source.problem for source in sources if source.problem), None)
+    (anywhere,) = collectives.sum(torch.tensor([int(mine is not None)])).tolist()
+    if anywhere:
+        raise PluginError(mine or "the scores of another rank's shard are invalid (see its error)")
 
 
 # -- helpers --------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,11 +34,15 @@ __all__ = [
     "LOCAL",
     "Collectives",
     "Shard",
+    "any_anywhere",
+    "box_of",
     "collectives_of",
     "count_true",
     "is_sharded",
     "like",
     "local",
+    "local_along",
+    "replicated_if_partial",
     "shard_of",
 ]
 
@@ -216,7 +220,13 @@ def collectives_of(tensors: Sequence[Tensor]) -> Collectives:
     Raises:
         ValueError: sharded tensors on different device meshes (one ranking needs one group of ranks).
     """
-    meshes = {id(t.device_mesh): t.device_mesh for t in tensors if is_sharded(t)}  # type: ignore[attr-defined]
+    meshes: list[Any] = []
+    for tensor in tensors:
+        if is_sharded(tensor):
+            mesh = tensor.device_mesh  # type: ignore[attr-defined]
+            # fully_shard builds a mesh per call: equal meshes (same ranks, same device) are one group.
+            if not any(mesh == seen for seen in meshes):
+                meshes.append(mesh)
     if not meshes:
         return LOCAL
     if len(meshes) > 1:
@@ -224,7 +234,7 @@ def collectives_of(tensors: Sequence[Tensor]) -> Collectives:
             "the parameters ranked together are sharded over different device meshes; rank each mesh's "
             "parameters in its own prune call"
         )
-    (mesh,) = meshes.values()
+    (mesh,) = meshes
     if mesh.ndim == 1:
         group = mesh.get_group()
     else:
@@ -237,6 +247,69 @@ def collectives_of(tensors: Sequence[Tensor]) -> Collectives:
                 f"{dist.get_world_size()} ranks) is not supported for a ranking across its shards"
             )
     return _ProcessGroup(group, torch.device(mesh.device_type))
+
+
+def local_along(
+    dim: int, fn: Callable[..., Tensor], tensor: Tensor, *others: Tensor | None
+) -> Tensor:
+    """``fn(tensor, *others)``, for an ``fn`` whose result along each line of ``dim`` depends on that line alone.
+
+    A sharded ``tensor`` (and ``others``, sharded alike or ``None``) is computed on this rank's shard when no
+    shard splits ``dim``: FSDP shards rows, so the lines along the input dim of a Linear weight stay whole.
+    Otherwise the whole tensors are gathered, computed on, and the result cut back to this rank's shard.
+    """
+    if not is_sharded(tensor):
+        return fn(tensor, *others)
+    from torch.distributed.tensor import Shard as ShardPlacement
+
+    ndim = tensor.dim()
+    placements = tensor.placements  # type: ignore[attr-defined]
+    if all(
+        (isinstance(p, ShardPlacement) and p.dim % ndim != dim % ndim) or p.is_replicate()
+        for p in placements
+    ):
+        parts = [None if other is None else local(other) for other in others]
+        return like(fn(local(tensor), *parts), tensor)
+    wholes = [None if other is None else _whole(other) for other in others]
+    result = fn(_whole(tensor), *wholes)
+    return like(result[box_of(tensor)].contiguous(), tensor)
+
+
+def _whole(tensor: Tensor) -> Tensor:
+    return tensor.full_tensor() if is_sharded(tensor) else tensor  # type: ignore[attr-defined]
+
+
+def box_of(tensor: Tensor) -> tuple[slice, ...]:
+    """The index of this rank's part of ``tensor`` in the whole tensor (every entry when not sharded)."""
+    shard = shard_of(tensor)
+    return tuple(
+        slice(offset, offset + size)
+        for offset, size in zip(shard.offset, shard.local_shape, strict=True)
+    )
+
+
+def replicated_if_partial(tensor: Tensor) -> Tensor:
+    """``tensor`` with pending reductions done (a sum over a sharded dim leaves partial sums on each rank)."""
+    if not is_sharded(tensor):
+        return tensor
+    from torch.distributed.tensor import Replicate
+
+    placements = tensor.placements  # type: ignore[attr-defined]
+    if not any(p.is_partial() for p in placements):
+        return tensor
+    fixed = [Replicate() if p.is_partial() else p for p in placements]
+    return tensor.redistribute(placements=fixed)  # type: ignore[attr-defined, no-any-return]
+
+
+def any_anywhere(flag: bool, tensor: Tensor) -> bool:
+    """Whether ``flag`` holds on any rank holding ``tensor`` (``flag`` itself when it is not sharded).
+
+    A check that raises must raise on every rank, or the others wait forever in their next collective.
+    """
+    if not is_sharded(tensor):
+        return flag
+    total = collectives_of([tensor]).sum(torch.tensor([int(flag)], dtype=torch.int64))
+    return bool(total[0])
 
 
 def count_true(mask: Tensor) -> int:

@@ -54,7 +54,7 @@ from .config import Amount, count_to_prune
 from .distributed import Shard, collectives_of, count_true, is_sharded, like, local, shard_of
 from .errors import PluginError
 from .ranking import keep_mask, rankable
-from .strategy import Scorer, Target
+from .strategy import Scorer, Target, has_nan
 
 __all__ = ["RankingStats", "classic_keep_masks", "global_keep_masks", "recording"]
 
@@ -118,6 +118,8 @@ class _TargetSource:
         prior = target.prior
         self.eligible = None if prior is None else local(prior).reshape(-1)
 
+    problem: str | None = None
+    """What was wrong with its scores (raised on every rank by the ranking)."""
     scorings = 0
     """Calls of the criterion on the whole target."""
     scored = 0
@@ -137,7 +139,7 @@ class _ValueSource(_TargetSource):
         self.buffer: Tensor | None = None
 
     def sample(self, stride: int) -> Tensor:
-        sampled = self.scorer.values(self.target, sample_of(self.values, stride, self.eligible))
+        sampled = self._scored(sample_of(self.values, stride, self.eligible))
         size = min(chunked_ranking.CHUNK, self.numel)
         self.buffer = torch.empty(size, dtype=sampled.dtype, device=self.device)
         return sampled
@@ -145,9 +147,15 @@ class _ValueSource(_TargetSource):
     def chunks(self) -> Chunks:
         assert self.buffer is not None, "sample() first: it sizes the score buffer"
         for start, values, eligible in chunks_of(self.values, self.eligible):
-            scores = self.scorer.values(self.target, values, self.buffer[: values.numel()])
+            scores = self._scored(values, self.buffer[: values.numel()])
             self.scored += values.numel()
             yield start, scores, eligible
+
+    def _scored(self, values: Tensor, out: Tensor | None = None) -> Tensor:
+        scores = self.scorer.values(self.target, values, out, check_nan=False)
+        if self.problem is None and has_nan(scores):  # raised by rank() on every rank together
+            self.problem = self.scorer.nan_message(self.target)
+        return scores
 
 
 class _ScoreSource(_TargetSource):

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .distributed import is_sharded, like, local, shard_of
+from .distributed import box_of, is_sharded, like, local
 from .errors import NotPrunedError
 
 __all__ = [
@@ -229,17 +229,8 @@ def _masks_of(module: nn.Module) -> Iterator[tuple[str, Tensor]]:
 
 def _split(mask: Tensor, param: Tensor) -> Tensor:
     """A whole-parameter ``mask`` of a sharded ``param``, as a DTensor laid out like it (this rank's part)."""
-    part = mask[_box(param)].contiguous().to(local(param).device)
+    part = mask[box_of(param)].contiguous().to(local(param).device)
     return like(part, param)
-
-
-def _box(param: Tensor) -> tuple[slice, ...]:
-    """The index of this rank's shard of ``param`` in the whole parameter."""
-    shard = shard_of(param)
-    return tuple(
-        slice(offset, offset + size)
-        for offset, size in zip(shard.offset, shard.local_shape, strict=True)
-    )
 
 
 @_locked
@@ -254,7 +245,7 @@ def follow_sharding(module: nn.Module, name: str) -> Tensor | None:
     param = module._parameters.get(name)
     if mask is None or param is None or not is_sharded(param) or is_sharded(mask):
         return mask
-    box = _box(param)
+    box = box_of(param)
     values = module._buffers.get(VALUES_PREFIX + name)
     if values is not None:
         whole = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)

@@ -19,6 +19,10 @@ built-in does is out of a third party's reach. What is here:
   ranking across many parameters in a few percent of the memory of concatenating them;
 * **targets**: :func:`select_targets` (what ``prune`` would target by default), :data:`DEFAULT_LAYERS`,
   :func:`input_dim`;
+* **sharded parameters** (DTensors, e.g. under FSDP2): :func:`count_true` (a count of the whole tensor, where
+  ``int(mask.sum())`` gives this rank's), :func:`local_along` (compute on the local shard when the lines a
+  granularity works along stay whole); :func:`keep_mask` and :func:`global_keep_masks` rank sharded scores
+  across ranks by themselves;
 * **mask storage**: :func:`attach_mask`, what a ``prunus_apply_mask`` implementation calls to keep a mask the
   way prunus does (zeros in place, a bool mask and the pruned values beside the parameter);
 * **hardware selection**: :class:`Selection`, :class:`HardwareProfile` (with :class:`CpuInfo`,
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 from .component import Component, Kind
 from .config import Amount, NoOptions, StrategyConfig, count_to_prune
+from .distributed import count_true, local_along
 from .errors import AmountError, ConfigError, MaskError, PluginError, TargetError
 from .global_ranking import global_keep_masks
 from .hardware_profile import CpuInfo, GpuInfo, HardwareProfile
@@ -71,12 +76,14 @@ __all__ = [
     "TargetError",
     "attach_mask",
     "count_to_prune",
+    "count_true",
     "eligible_slices",
     "global_keep_masks",
     "hookimpl",
     "input_dim",
     "keep_mask",
     "keep_slices",
+    "local_along",
     "rankable",
     "select_targets",
 ]

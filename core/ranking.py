@@ -17,7 +17,16 @@ import torch
 from torch import Tensor
 
 from .chunked_ranking import Chunks, chunks_of, keep_lowest, rank, sample_of
-from .distributed import Shard, collectives_of, count_true, is_sharded, like, local, shard_of
+from .distributed import (
+    Shard,
+    collectives_of,
+    count_true,
+    is_sharded,
+    like,
+    local,
+    replicated_if_partial,
+    shard_of,
+)
 
 __all__ = ["TensorSource", "eligible_slices", "keep_mask", "keep_slices", "rankable"]
 
@@ -65,6 +74,7 @@ class TensorSource:
     """
 
     scorings = scored = 0
+    problem = None
 
     def __init__(self, scores: Tensor, eligible: Tensor | None = None, shard: Shard | None = None):
         self.flat = scores.reshape(-1)
@@ -84,6 +94,8 @@ def _sharded_keep_mask(scores: Tensor, k: int, eligible: Tensor | None) -> Tenso
     """:func:`keep_mask` of a DTensor: this rank ranks its shard, the ranks agree through collectives."""
     if eligible is not None and not is_sharded(eligible):
         raise ValueError("the eligible mask of sharded scores must be sharded alike (a DTensor)")
+    scores = replicated_if_partial(scores)
+    eligible = None if eligible is None else replicated_if_partial(eligible)
     size = scores.numel() if eligible is None else count_true(eligible)
     if not 0 <= k <= size:
         raise ValueError(f"cannot prune k={k} of {size} entries")

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .component import Component, Kind
 from .config import NoOptions, StrategyConfig
+from .distributed import any_anywhere, count_true, local
 from .errors import PluginError
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ __all__ = [
     "Strategy",
     "Target",
     "checked_scores",
+    "has_nan",
 ]
 
 
@@ -215,8 +217,14 @@ class Scorer:
     def __call__(self, target: Target) -> Tensor:
         return checked_scores(self.hook(self.criterion, target, self.context), target, self.owner)
 
-    def values(self, target: Target, values: Tensor, out: Tensor | None = None) -> Tensor:
-        """The scores of ``values`` (part of ``target``'s values) for an elementwise criterion, checked."""
+    def values(
+        self, target: Target, values: Tensor, out: Tensor | None = None, check_nan: bool = True
+    ) -> Tensor:
+        """The scores of ``values`` (part of ``target``'s values, on this rank) for an elementwise criterion.
+
+        Checked for dtype and shape, and for NaN unless ``check_nan`` is false (a caller that checks the chunks
+        itself, as the chunked global ranking does to raise on every rank together).
+        """
         scores = self.criterion.score_values(values, out)
         if not scores.is_floating_point() or scores.shape != values.shape:
             raise PluginError(
@@ -224,10 +232,16 @@ class Scorer:
                 f"{scores.dtype} scores of shape {tuple(scores.shape)} for values of shape "
                 f"{tuple(values.shape)}; it must return floating scores of the values' shape"
             )
-        if _has_nan(scores):
-            self(target)  # the whole parameter's check names the count
-            raise PluginError(f"{self.owner}: scores for {target.name!r} are NaN")
+        if check_nan and has_nan(scores):
+            raise PluginError(self.nan_message(target))
         return scores
+
+    def nan_message(self, target: Target) -> str:
+        """The error of NaN scores of ``target``."""
+        return (
+            f"{self.owner}: scores for {target.name!r} are NaN; a criterion must return numbers (use -inf "
+            "for 'prune first', +inf for 'never prune')"
+        )
 
 
 class Strategy(Component):
@@ -290,13 +304,19 @@ class ComposedStrategy(Strategy):
         return self.granularity_component.masks(self.criterion, score, context)
 
 
-def _has_nan(scores: Tensor) -> bool:
-    """Whether any score is NaN: one reduction (max propagates NaN), numpy's on CPU (faster on one thread)."""
-    if not scores.numel():
-        return False
-    if scores.device.type == "cpu" and scores.is_contiguous() and scores.dtype in _NUMPY_FLOATS:
-        return bool(np.isnan(scores.numpy().max()))
-    return bool(torch.isnan(scores.max()))
+def has_nan(scores: Tensor) -> bool:
+    """Whether any score is NaN (on any rank, for sharded scores: every rank gets the same answer).
+
+    One reduction (max propagates NaN), numpy's on CPU (faster on one thread).
+    """
+    part = local(scores)
+    if not part.numel():
+        found = False
+    elif part.device.type == "cpu" and part.is_contiguous() and part.dtype in _NUMPY_FLOATS:
+        found = bool(np.isnan(part.numpy().max()))
+    else:
+        found = bool(torch.isnan(part.max()))
+    return any_anywhere(found, scores)
 
 
 _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
@@ -320,8 +340,8 @@ def checked_scores(scores: object, target: Target, owner: str) -> Tensor:
             f"{owner}: scores for {target.name!r} have dtype {scores.dtype}; they must be floating point"
         )
     # max() propagates NaN: one pass with no temporary (isnan(...).any() allocates a bool tensor first).
-    if _has_nan(scores):
-        count = int(torch.isnan(scores).sum())
+    if has_nan(scores):
+        count = count_true(torch.isnan(scores))
         raise PluginError(
             f"{owner}: {count} scores for {target.name!r} are NaN; a criterion must return numbers "
             "(use -inf for 'prune first', +inf for 'never prune')"

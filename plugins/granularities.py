@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from pydantic import Field, StrictInt
 from torch import Tensor
 
@@ -30,6 +29,7 @@ from prunus.plugin_api import (
     StrategyConfig,
     Target,
     count_to_prune,
+    count_true,
     eligible_slices,
     global_keep_masks,
     hookimpl,
@@ -73,7 +73,7 @@ class Unstructured(Granularity):
         out = {}
         for target in context.targets:
             eligible = target.prior
-            size = target.tensor.numel() if eligible is None else int(eligible.sum())
+            size = target.tensor.numel() if eligible is None else count_true(eligible)
             k = count_to_prune(
                 self.config.amount, size, what=f"entries of {target.name!r} still kept"
             )
@@ -105,7 +105,7 @@ class Structured(Granularity):
             others = tuple(d for d in range(len(shape)) if d != dim)
             # A slice can still be pruned if any of its entries is still kept.
             eligible = eligible_slices(target.prior, dim)
-            size = shape[dim] if eligible is None else int(eligible.sum())
+            size = shape[dim] if eligible is None else count_true(eligible)
             k = self.slices_to_prune(
                 count_to_prune(
                     self.config.amount, size, what=f"slices of {target.name!r} along dim {dim}"
@@ -156,9 +156,7 @@ def _restore_bytes(targets: list[Target], amount: int | float, context: PruneCon
     """
     if not context.restorable:
         return 0
-    sizes = [
-        t.tensor.numel() if t.prior is None else int(torch.count_nonzero(t.prior)) for t in targets
-    ]
+    sizes = [t.tensor.numel() if t.prior is None else count_true(t.prior) for t in targets]
     try:
         k = count_to_prune(amount, sum(sizes))
     except ConfigError:

@@ -40,9 +40,11 @@ from prunus.plugin_api import (
     StrategyConfig,
     Target,
     count_to_prune,
+    count_true,
     hookimpl,
     input_dim,
     keep_mask,
+    local_along,
     rankable,
 )
 
@@ -120,7 +122,12 @@ def nm_keep_mask(scores: Tensor, n: int, m: int, dim: int, prior: Tensor | None)
 
     Within a group, entries are pruned lowest score first, ties broken by position (the lower index is pruned
     first), as :func:`prunus.keep_mask` does. Entries ``prior`` pruned stay pruned and count as pruned.
+    Sharded scores are handled shard by shard (groups run along ``dim``, which FSDP does not split).
     """
+    return local_along(dim, lambda s, p: _nm_keep_mask(s, n, m, dim, p), scores, prior)
+
+
+def _nm_keep_mask(scores: Tensor, n: int, m: int, dim: int, prior: Tensor | None) -> Tensor:
     moved = rankable(scores).movedim(dim, -1)
     size = moved.shape[-1]
     if size == 0:
@@ -242,7 +249,7 @@ class Block(Granularity):
                 prior = _view2d(target.prior)
                 # A block can still be pruned if any of its entries is still kept.
                 eligible = _any_per_block(prior, rows, cols)
-            size = grid.numel() if eligible is None else int(eligible.sum())
+            size = grid.numel() if eligible is None else count_true(eligible)
             k = count_to_prune(
                 self.config.amount, size, what=f"{rows}x{cols} blocks of {target.name!r} still kept"
             )
