@@ -67,13 +67,25 @@ def global_keep_masks(
 ) -> dict[str, Tensor]:
     """Keep-masks of one ranking across ``targets``, equal to ``keep_mask`` on their concatenated scores.
 
+    Exact count, ties pruned first by position in concatenation order, entries an earlier prune removed
+    (``target.prior``) kept pruned and not counted, in a few percent of the memory of concatenating the scores
+    (see the module's documentation). A criterion that is not elementwise is called once or twice per target,
+    which is exact for deterministic and seeded criteria; if its scores change between calls so that the
+    counts stop adding up, the ranking falls back to concatenating them.
+
     Args:
         targets: the parameters ranked together (plain or sharded alike).
-        score: the scores of a target; a :class:`~prunus.strategy.Scorer` of an elementwise criterion is
-            scored chunk by chunk instead.
-        amount: a fraction of the eligible entries of all targets, or a count.
+        score: a target's scores (a granularity passes on the ``score`` it was given); a
+            :class:`~prunus.strategy.Scorer` of an elementwise criterion is scored chunk by chunk instead.
+        amount: a fraction of the entries still kept across all targets, or an int count of them.
         keep_bytes: how much memory of scores the ranking may hold between its passes to avoid scoring those
             targets again (0: hold one target's scores at a time). Unused for an elementwise criterion.
+
+    Returns:
+        The bool keep-mask of each target, by target name (a DTensor laid out like a sharded parameter).
+
+    Raises:
+        AmountError: an int ``amount`` larger than the entries still kept.
     """
     collectives = collectives_of([t.tensor for t in targets])
     sources = [_source(t, score) for t in targets]

@@ -84,7 +84,9 @@ class GradualPruner:
         schedule: a registered schedule name (``cubic``, ``linear``, ``iterative``, ``one_shot``; see
             ``prunus.registry.schedules()``) configured by ``schedule_options``, or a built
             :class:`~prunus.schedules.Schedule`.
-        include, exclude, filter_fn: which parameters to prune, as in :func:`prunus.prune` (chosen once, here).
+        include: glob patterns of the parameters to prune, as in :func:`prunus.prune` (chosen once, here).
+        exclude: glob patterns of parameters to leave alone, as in :func:`prunus.prune`.
+        filter_fn: ``filter_fn(module, name) -> bool``, as in :func:`prunus.prune`.
         strategy_options: the strategy's options other than ``amount`` (``{"seed": 1}``, ``{"dim": 0}``...).
         data: passed to every ``prune`` call, for data-aware criteria.
         restorable: as in :func:`prunus.prune`.
