@@ -326,6 +326,7 @@ class ChunkedRanking:
         self._ties_before: dict[int, int] = {}
         self._result: list[_Candidates] = []
         self.pass_kind: PassKind = "done"
+        """The pass to feed next: ``window``, ``histogram``, ``ties``, ``decide``, or ``done``."""
         kind = self._next()
         if sample is not None and not decisive and size > self.limit:
             kind = self._window_from(sample)

@@ -213,6 +213,7 @@ class Scorer:
         self.hook = hook
         self.owner = owner
         self.elementwise = direct and criterion.elementwise
+        """Whether :meth:`values` may score raw values directly (an elementwise criterion, no plugin hook)."""
 
     def __call__(self, target: Target) -> Tensor:
         return checked_scores(self.hook(self.criterion, target, self.context), target, self.owner)
