@@ -6,7 +6,7 @@
 
 The root of the package holds the contracts (strategies, configs, hooks, the registry) and the engine
 (``prune``, ``remove``, ``restore``); the tools live in subpackages (:mod:`prunus.hardware`,
-:mod:`prunus.workflow`, :mod:`prunus.shrinking`, :mod:`prunus.cli`, :mod:`prunus.testing`) and load on first use
+:mod:`prunus.workflow`, :mod:`prunus.shrinking`, :mod:`prunus.streaming`, :mod:`prunus.cli`, :mod:`prunus.testing`) and load on first use
 of one of their names here (PEP 562), so ``import prunus`` stays light. Plugins load on the first use of
 :data:`registry`. A plugin imports from :mod:`prunus.plugin_api` only.
 """
@@ -22,9 +22,12 @@ from .config import Amount, NoOptions, StrategyConfig
 from .engine import is_pruned, masks, prune, remove, restore
 from .errors import (
     AmountError,
+    CheckpointError,
     ConfigError,
+    CorruptShardError,
     MaskError,
     MissingDependencyError,
+    MissingShardError,
     NotPrunedError,
     PluginError,
     PluginLoadWarning,
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
     from .hardware.sparse import SparseLinear, to_dense, to_sparse
     from .shrinking.channels import ChannelGroupReport, ShrinkReport, prune_channels, shrink
     from .shrinking.record import load_shrunk, shrink_state
+    from .streaming.pruning import prune_checkpoint
     from .workflow import plots
     from .workflow.config import PruneConfig, SensitivityConfig, load_config
     from .workflow.evaluation import (
@@ -96,6 +100,7 @@ _TOOLS: dict[str, str] = {
     "shrink": "shrinking.channels",
     "load_shrunk": "shrinking.record",
     "shrink_state": "shrinking.record",
+    "prune_checkpoint": "streaming.pruning",
     "PruneConfig": "workflow.config",
     "SensitivityConfig": "workflow.config",
     "load_config": "workflow.config",
@@ -149,10 +154,12 @@ __all__ = [
     "AmountError",
     "AnalysisReport",
     "ChannelGroupReport",
+    "CheckpointError",
     "Comparison",
     "Component",
     "ComposedStrategy",
     "ConfigError",
+    "CorruptShardError",
     "CpuInfo",
     "Criterion",
     "Evaluation",
@@ -164,6 +171,7 @@ __all__ = [
     "LayerAnalysis",
     "MaskError",
     "MissingDependencyError",
+    "MissingShardError",
     "ModelSize",
     "NoOptions",
     "NotPrunedError",
@@ -221,6 +229,7 @@ __all__ = [
     "probe",
     "prune",
     "prune_channels",
+    "prune_checkpoint",
     "quantize",
     "quantized_weights",
     "registry",

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 __all__ = [
     "AmountError",
+    "CheckpointError",
     "ConfigError",
+    "CorruptShardError",
     "MaskError",
     "MissingDependencyError",
+    "MissingShardError",
     "NotPrunedError",
     "PluginError",
     "PluginLoadWarning",
@@ -78,6 +81,20 @@ class NotPrunedError(PrunusError, ValueError):
 
 class ShrinkError(PrunusError, RuntimeError):
     """Channels could not be removed (or the result would not compute what the masked model computed)."""
+
+
+class CheckpointError(PrunusError):
+    """A checkpoint on disk cannot be pruned as it is, or its destination cannot be written; the message names
+    the file. A destination is written in full or not at all."""
+
+
+class MissingShardError(CheckpointError, FileNotFoundError):
+    """A shard that a checkpoint's index lists (or its only file) is not there."""
+
+
+class CorruptShardError(CheckpointError, ValueError):
+    """A shard of a checkpoint is not a readable safetensors file: truncated, a bad header, a tensor that does
+    not fit, or tensors that contradict the index."""
 
 
 class MissingDependencyError(PrunusError, ImportError):
