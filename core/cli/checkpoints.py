@@ -14,7 +14,7 @@ import click
 
 from ..streaming.pruning import prune_checkpoint
 from .context import UserError, registry_of, user_errors
-from .workflow import _import_object, _parse_pairs
+from .workflow import PROGRESS, STRATEGY_OPTION, _import_object, _parse_pairs
 
 __all__ = ["prune_checkpoint_command"]
 
@@ -30,13 +30,7 @@ __all__ = ["prune_checkpoint_command"]
 @click.option(
     "--amount", type=float, help="Fraction of the entries to prune (strategies with an amount)."
 )
-@click.option(
-    "--option",
-    "options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A strategy option other than the amount, e.g. --option n_keep=2 (repeatable).",
-)
+@STRATEGY_OPTION
 @click.option(
     "--factory",
     metavar="MODULE:FUNCTION",
@@ -49,9 +43,7 @@ __all__ = ["prune_checkpoint_command"]
 )
 @click.option("--overwrite", is_flag=True, help="Replace DESTINATION if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the prune report as JSON.")
-@click.option(
-    "--progress/--no-progress", default=True, help="Show progress bars on stderr (default: on)."
-)
+@PROGRESS
 @click.pass_context
 @user_errors
 def prune_checkpoint_command(

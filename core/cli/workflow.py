@@ -274,7 +274,14 @@ _THREADS = click.option(
     type=click.IntRange(min=1),
     help="Run torch on this many CPU threads (torch.set_num_threads), for steadier latencies.",
 )
-_PROGRESS = click.option(
+STRATEGY_OPTION = click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A strategy option other than the amount, e.g. --option dim=0 (repeatable).",
+)
+PROGRESS = click.option(
     "--progress/--no-progress", default=True, help="Show progress bars on stderr (default: on)."
 )
 
@@ -302,13 +309,7 @@ _PROGRESS = click.option(
 @click.option(
     "--amount", type=float, help="Fraction of the entries to prune in every targeted layer."
 )
-@click.option(
-    "--option",
-    "options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A strategy option other than the amount, e.g. --option dim=0 (repeatable).",
-)
+@STRATEGY_OPTION
 @click.option(
     "--layer-amount",
     "layer_amounts",
@@ -372,7 +373,7 @@ _PROGRESS = click.option(
 @_INPUT_SHAPE
 @_THREADS
 @_TRUST
-@_PROGRESS
+@PROGRESS
 @click.pass_context
 @user_errors
 def prune_command(
@@ -733,7 +734,7 @@ def report_command(
     help="Write the sensitivity curves as a PNG there; needs prunus[plots].",
 )
 @_TRUST
-@_PROGRESS
+@PROGRESS
 @click.pass_context
 @user_errors
 def sensitivity_command(

@@ -22,7 +22,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,49 +156,28 @@ class Checkpoint:
         return listed, files
 
     def _header(self, file: Path) -> list[TensorInfo]:
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                out = []
-                for name in handle.keys():  # noqa: SIM118 - a safe_open handle is not a mapping
-                    piece = handle.get_slice(name)
-                    out.append(
-                        TensorInfo(
-                            name, file, _DTYPES.get(piece.get_dtype()), tuple(piece.get_shape())
-                        )
-                    )
-                return out
-        except FileNotFoundError:
-            raise MissingShardError(f"shard {file.name} is missing ({file})") from None
-        except Exception as error:
-            raise CorruptShardError(
-                f"shard {file.name} is not a readable safetensors file ({file}): {error}"
-            ) from None
+        with _opened(file) as handle:
+            out = []
+            for name in handle.keys():  # noqa: SIM118 - a safe_open handle is not a mapping
+                piece = handle.get_slice(name)
+                dtype = _DTYPES.get(piece.get_dtype())
+                out.append(TensorInfo(name, file, dtype, tuple(piece.get_shape())))
+            return out
 
     def load(self, names: Iterable[str]) -> dict[str, Tensor]:
         """The tensors ``names``, read from their shards (each shard opened once, and closed after).
 
         Raises:
-            CorruptShardError: a shard cannot be read any more (changed on disk since it was opened).
+            MissingShardError, CorruptShardError: a shard cannot be read any more (changed since it was opened).
         """
-        from safetensors import safe_open
-
         by_file: dict[Path, list[str]] = {}
         for name in names:
             by_file.setdefault(self.tensors[name].file, []).append(name)
         out: dict[str, Tensor] = {}
         for file, wanted in by_file.items():
-            try:
-                with safe_open(str(file), framework="pt") as handle:
-                    for name in wanted:
-                        out[name] = handle.get_tensor(name)
-            except FileNotFoundError:
-                raise MissingShardError(f"shard {file.name} is missing ({file})") from None
-            except Exception as error:
-                raise CorruptShardError(
-                    f"cannot read shard {file.name} ({file}): {error}"
-                ) from None
+            with _opened(file) as handle:
+                for name in wanted:
+                    out[name] = handle.get_tensor(name)
         return out
 
     def other_files(self) -> list[Path]:
@@ -211,6 +190,22 @@ class Checkpoint:
             for p in self.path.iterdir()
             if p.is_file() and p not in weights and p.suffix != ".safetensors"
         )
+
+
+@contextlib.contextmanager
+def _opened(file: Path) -> Iterator[Any]:
+    """``safe_open(file)``, its failures as typed errors naming the shard (its memory map closed after)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            yield handle
+    except FileNotFoundError:
+        raise MissingShardError(f"shard {file.name} is missing ({file})") from None
+    except Exception as error:
+        raise CorruptShardError(
+            f"shard {file.name} is not a readable safetensors file ({file}): {error}"
+        ) from None
 
 
 _STAGING = ".partial-"
