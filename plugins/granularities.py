@@ -20,12 +20,14 @@ from pydantic import Field, StrictInt
 from torch import Tensor
 
 from prunus.plugin_api import (
+    CHUNKED_FROM,
     Amount,
     ConfigError,
     Criterion,
     Granularity,
     PruneContext,
     Registrar,
+    Scorer,
     StrategyConfig,
     Target,
     count_to_prune,
@@ -77,7 +79,17 @@ class Unstructured(Granularity):
             k = count_to_prune(
                 self.config.amount, size, what=f"entries of {target.name!r} still kept"
             )
-            out[target.name] = keep_mask(score(target), k, eligible)
+            if (
+                isinstance(score, Scorer)
+                and score.elementwise
+                and size >= CHUNKED_FROM
+                and target.tensor.device.type == "cpu"
+            ):
+                # One target ranked alone is a global ranking of one: scored chunk by chunk from the weights,
+                # no score tensor allocated (the same mask).
+                out[target.name] = global_keep_masks([target], score, k)[target.name]
+            else:
+                out[target.name] = keep_mask(score(target), k, eligible)
         return out
 
 

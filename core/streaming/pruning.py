@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -170,14 +171,47 @@ def _shard(position: int, count: int) -> str:
     return f"model-{position + 1:05d}-of-{count:05d}.safetensors"
 
 
+class _Arena:
+    """One block of memory that holds a group's parameters, group after group.
+
+    The tensors a shard is read into are views of the file's memory map; pruning them in place would copy each
+    page on its first write (a page fault per 4 KiB). Copied into memory reused for every group instead, they
+    fault only for the first group.
+    """
+
+    _ALIGN = 64
+
+    def __init__(self) -> None:
+        self.buffer = torch.empty(0, dtype=torch.uint8)
+
+    def hold(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        """Copies of ``tensors`` in the arena (valid until the next call)."""
+        sizes = [-(-t.numel() * t.element_size() // self._ALIGN) * self._ALIGN for t in tensors]
+        if sum(sizes) > self.buffer.numel():
+            self.buffer = torch.from_numpy(np.empty(sum(sizes), dtype=np.uint8))
+        out, offset = [], 0
+        for tensor, size in zip(tensors, sizes, strict=True):
+            nbytes = tensor.numel() * tensor.element_size()
+            view = self.buffer[offset : offset + nbytes].view(tensor.dtype).view(tensor.shape)
+            out.append(view.copy_(tensor))
+            offset += size
+        return out
+
+
 @contextmanager
-def _loaded(group: Group, tensors: dict[str, Tensor]) -> Iterator[None]:
-    """The group's parameters put into the model (as plain tensors), and back on the meta device after."""
+def _loaded(group: Group, tensors: dict[str, Tensor], arena: _Arena | None) -> Iterator[None]:
+    """The group's parameters put into the model, and back on the meta device after.
+
+    Copied into ``arena`` when they are to be pruned in place; read where they are (``None``) otherwise.
+    """
     saved: list[tuple[nn.Module, str, Any]] = []
-    real: dict[str, nn.Parameter] = {}
+    keys = list(dict.fromkeys(member.key for member in group.members))
+    held = [tensors[k] for k in keys] if arena is None else arena.hold([tensors[k] for k in keys])
+    real = {
+        key: nn.Parameter(tensor, requires_grad=False)
+        for key, tensor in zip(keys, held, strict=True)
+    }
     for member in group.members:
-        if member.key not in real:
-            real[member.key] = nn.Parameter(tensors[member.key], requires_grad=False)
         saved.append(
             (member.module, member.param_name, member.module._parameters[member.param_name])
         )
@@ -212,11 +246,12 @@ def _separable(
 ) -> list[ParameterReport]:
     """One pass: each group loaded, pruned by ``prune`` (its own parameters only), written, freed."""
     reports: list[ParameterReport] = []
+    arena = _Arena()
     for position, group in enumerate(
         progress(groups, enabled=show_progress, total=len(groups), desc="prune")
     ):
         tensors = source.load(group.keys)
-        with _loaded(group, tensors):
+        with _loaded(group, tensors, arena):
             if group.members:
                 # The calibration pass of a data-aware criterion would run this block here first.
                 report = prune(
@@ -267,6 +302,7 @@ def _ranked(
     dtypes = [_score_dtype(scorer, source.tensors[m.key].dtype) for m in members]
     bits = 64 if None in dtypes else max((key_bits(d) for d in dtypes if d is not None), default=32)
     ranking = None
+    arena = _Arena()
     if 0 < k < size:
         zero_bits = 0 if None in dtypes else min(zero_low_bits(d, bits) for d in dtypes if d)
         ranking = ChunkedRanking(k, size, None, bits=bits, decisive=True, zero_bits=zero_bits)
@@ -274,7 +310,7 @@ def _ranked(
             for member in progress(members, enabled=show_progress, total=len(members), desc="rank"):
                 group = Group([member.key], [member])
                 tensors = source.load([member.key])
-                with _loaded(group, tensors):
+                with _loaded(group, tensors, None):
                     ranking.feed(member.index, _scores(scorer, member))
                 del tensors
             _settle(ranking)
@@ -284,7 +320,7 @@ def _ranked(
     ):
         group = groups[index]
         tensors = source.load(group.keys)
-        with _loaded(group, tensors):
+        with _loaded(group, tensors, arena):
             for member in group.members:
                 param = member.module._parameters[member.param_name]
                 assert param is not None

@@ -1,0 +1,203 @@
+"""FSDP2 and DDP: masks across ranks equal to one process, zeros kept by training, the cost of masks per step.
+
+Table ``scale-distributed`` (docs/scale.md). Two processes (``torch.multiprocessing``), gloo on 127.0.0.1, CPU, one
+torch thread each, on an MLP of 8 x Linear(1024, 1024):
+
+* for ``l1_unstructured`` 50 %, ``l1_global`` 50 % and ``l1_nm`` (2:4), under FSDP2 (``fully_shard`` on every
+  layer and the root) and under DDP: the masks, gathered, against those of the same model pruned in one
+  process without any collective; the pruned entries after 20 AdamW steps;
+* the training step (forward, backward, AdamW) of the FSDP2 model pruned 50 % (masks enforced by prunus's step
+  hook on the local shards) against the same FSDP2 model unpruned, interleaved step by step, synchronized by a
+  barrier, on rank 0's clock: the ratio per pair of steps, median and quartiles.
+
+Run alone: ``python benchmarks/bench_distributed.py [--quick]`` (prints the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+STRATEGIES: list[tuple[str, dict[str, Any], str]] = [
+    ("l1_unstructured", {"amount": 0.5}, "`l1_unstructured` 50 %"),
+    ("l1_global", {"amount": 0.5}, "`l1_global` 50 %"),
+    ("l1_nm", {}, "`l1_nm` 2:4"),
+]
+OVERHEAD_LIMIT = 1.10
+
+
+def sizes(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {"layers": 4, "width": 256, "batch": 32, "steps": 10}
+    return {"layers": 8, "width": 1024, "batch": 64, "steps": 40}
+
+
+def mlp(layers: int, width: int) -> nn.Sequential:
+    torch.manual_seed(0)
+    modules: list[nn.Module] = []
+    for _ in range(layers):
+        modules += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*modules[:-1])
+
+
+def shard(model: nn.Module) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    model(x).square().mean().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def worker(rank: int, world: int, port: int, quick: bool, out: str) -> None:
+    import prunus
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    s = sizes(quick)
+    found: dict[str, Any] = {"masks": {}, "zeros": {}}
+    x = torch.randn(s["batch"], s["width"], generator=torch.Generator().manual_seed(rank))
+    for strategy, options, _ in STRATEGIES:
+        reference = mlp(s["layers"], s["width"])
+        prunus.prune(reference, strategy, **options)
+        want = prunus.masks(reference)
+        for wrapper in ("fsdp2", "ddp"):
+            if wrapper == "fsdp2":
+                model = shard(mlp(s["layers"], s["width"]))
+            else:
+                from torch.nn.parallel import DistributedDataParallel
+
+                model = DistributedDataParallel(mlp(s["layers"], s["width"]))
+            prunus.prune(model, strategy, **options)
+            got = {k.removeprefix("module."): whole(v) for k, v in prunus.masks(model).items()}
+            found["masks"][f"{wrapper} {strategy}"] = got.keys() == want.keys() and all(
+                torch.equal(got[k], want[k]) for k in want
+            )
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            for _ in range(20):
+                step(model, optimizer, x)
+            inner = model.module if hasattr(model, "module") else model
+            found["zeros"][f"{wrapper} {strategy}"] = all(
+                bool((whole(layer.weight.detach())[~want[f"{i}.weight"]] == 0).all())
+                for i, layer in enumerate(inner)
+                if isinstance(layer, nn.Linear)
+            )
+    # The cost of masks per training step: pruned FSDP2 against unpruned FSDP2, step by step.
+    dense, pruned = shard(mlp(s["layers"], s["width"])), shard(mlp(s["layers"], s["width"]))
+    prunus.prune(pruned, "l1_unstructured", amount=0.5)
+    optimizers = {
+        "dense": torch.optim.AdamW(dense.parameters(), lr=1e-3),
+        "pruned": torch.optim.AdamW(pruned.parameters(), lr=1e-3),
+    }
+    models = {"dense": dense, "pruned": pruned}
+    times: dict[str, list[float]] = {"dense": [], "pruned": []}
+    for i in range(s["steps"] + 3):
+        order = ("dense", "pruned") if i % 2 else ("pruned", "dense")
+        for name in order:
+            dist.barrier()
+            start = time.perf_counter()
+            step(models[name], optimizers[name], x)
+            dist.barrier()
+            if i >= 3:  # warm-up steps are not counted
+                times[name].append(time.perf_counter() - start)
+    found["times"] = times
+    dist.destroy_process_group()
+    if rank == 0:
+        Path(out).write_text(json.dumps(found))
+
+
+def measure(quick: bool) -> dict[str, Any]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "rank0.json")
+        mp.spawn(worker, args=(2, port, quick, out), nprocs=2, join=True)
+        result: dict[str, Any] = json.loads(Path(out).read_text())
+    return result
+
+
+def tables(found: dict[str, Any], quick: bool) -> dict[str, str]:
+    s = sizes(quick)
+    header = [
+        "strategy",
+        "FSDP2: masks equal to one process",
+        "DDP: masks equal",
+        "zeros after 20 AdamW steps",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for strategy, _, label in STRATEGIES:
+        zeros = found["zeros"][f"fsdp2 {strategy}"] and found["zeros"][f"ddp {strategy}"]
+        lines.append(
+            f"| {label} | {_yes(found['masks'][f'fsdp2 {strategy}'])} | "
+            f"{_yes(found['masks'][f'ddp {strategy}'])} | {_yes(zeros)} (FSDP2 and DDP) |"
+        )
+    ratios = [p / d for p, d in zip(found["times"]["pruned"], found["times"]["dense"], strict=True)]
+    low, mid, high = statistics.quantiles(ratios, n=4, method="inclusive")
+    dense = statistics.median(found["times"]["dense"]) * 1e3
+    pruned = statistics.median(found["times"]["pruned"]) * 1e3
+    lines += [
+        "",
+        "| training step under FSDP2 | median | x unpruned |",
+        "|---|---|---|",
+        f"| unpruned | {dense:.1f} ms | 1.00x |",
+        f"| pruned 50 %, masks enforced | {pruned:.1f} ms | {mid:.3f}x [{low:.3f}-{high:.3f}] |",
+    ]
+    load = os.getloadavg()[0]
+    caption = (
+        f"{'**Quick run: a smoke test, not reference figures.** ' if quick else ''}"
+        f"*2 processes, gloo on 127.0.0.1, {s['layers']} x Linear({s['width']}, {s['width']}), batch "
+        f"{s['batch']}, AdamW. `python benchmarks/bench_distributed.py{' --quick' if quick else ''}` on "
+        f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs shared with other work, "
+        f"load average {load:.1f} at the end), torch {torch.__version__}, 1 thread per process. The step "
+        f"ratio is taken pair by pair over {len(ratios)} interleaved pairs of steps (median [quartiles]); "
+        f"target {OVERHEAD_LIMIT:.2f}x.*"
+    )
+    return {"scale-distributed": "\n".join(lines) + "\n\n" + caption}
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "**no**"
+
+
+def run(quick: bool) -> dict[str, str]:
+    """The ``scale-distributed`` table."""
+    return tables(measure(quick), quick)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    for table_id, markdown in run(args.quick).items():
+        print(f"<!-- bench:{table_id} -->\n{markdown}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
