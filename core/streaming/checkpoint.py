@@ -78,6 +78,8 @@ class TensorInfo:
     file: Path
     dtype: torch.dtype | None
     shape: tuple[int, ...]
+    span: tuple[int, int] = (0, 0)
+    """Where its bytes are in the file: ``(start, stop)`` offsets from the file's beginning."""
 
     @property
     def numel(self) -> int:
@@ -157,12 +159,30 @@ class Checkpoint:
 
     def _header(self, file: Path) -> list[TensorInfo]:
         with _opened(file) as handle:
+            spans = _spans(file)
             out = []
             for name in handle.keys():  # noqa: SIM118 - a safe_open handle is not a mapping
                 piece = handle.get_slice(name)
                 dtype = _DTYPES.get(piece.get_dtype())
-                out.append(TensorInfo(name, file, dtype, tuple(piece.get_shape())))
+                out.append(TensorInfo(name, file, dtype, tuple(piece.get_shape()), spans[name]))
             return out
+
+    def prefetch(self, names: Iterable[str]) -> None:
+        """Ask the system to start reading ``names`` from disk now, so that loading them later waits less."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        by_file: dict[Path, list[tuple[int, int]]] = {}
+        for name in names:
+            info = self.tensors[name]
+            by_file.setdefault(info.file, []).append(info.span)
+        for file, spans in by_file.items():
+            with contextlib.suppress(OSError):
+                fd = os.open(file, os.O_RDONLY)
+                try:
+                    for start, stop in spans:
+                        os.posix_fadvise(fd, start, stop - start, os.POSIX_FADV_WILLNEED)
+                finally:
+                    os.close(fd)
 
     def load(self, names: Iterable[str]) -> dict[str, Tensor]:
         """The tensors ``names``, read from their shards (each shard opened once, and closed after).
@@ -190,6 +210,19 @@ class Checkpoint:
             for p in self.path.iterdir()
             if p.is_file() and p not in weights and p.suffix != ".safetensors"
         )
+
+
+def _spans(file: Path) -> dict[str, tuple[int, int]]:
+    """Each tensor's byte range in a safetensors file, from its header (read after safetensors validated it)."""
+    with open(file, "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+    base = 8 + size
+    return {
+        name: (base + entry["data_offsets"][0], base + entry["data_offsets"][1])
+        for name, entry in header.items()
+        if name != "__metadata__"
+    }
 
 
 @contextlib.contextmanager
@@ -260,12 +293,21 @@ class Destination:
         """Write one shard of ``tensors`` (contiguous CPU tensors) as ``file`` and record it in the index."""
         from safetensors.torch import save_file
 
+        path = self.staging / file
         try:
-            save_file(tensors, str(self.staging / file), metadata={"format": "pt"})
+            save_file(tensors, str(path), metadata={"format": "pt"})
         except OSError as error:
             raise CheckpointError(
                 f"cannot write shard {file} of {self.path}: {error.strerror or error}"
             ) from None
+        if hasattr(os, "posix_fadvise"):
+            # Start writing the shard back to disk now (without waiting), while the next group is pruned.
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
         for name, tensor in tensors.items():
             self.weight_map[name] = file
             self.total += tensor.numel() * tensor.element_size()

@@ -17,7 +17,7 @@ Strategies come in two kinds:
   result is bit for bit what ``prune`` gives on the whole model in memory.
 
 Calibrated (data-aware) pruning streams the same way once a block's inputs are computed from the blocks before
-it: the per-group loop of :func:`_separable` is where a calibration pass runs each loaded block on the
+it: the per-group loop of the separable pass is where a calibration pass runs each loaded block on the
 activations of the one before. Until that pass exists, ``data=`` is refused with a clear error.
 """
 
@@ -87,8 +87,10 @@ def prune_checkpoint(
         model: how to build the model without its weights: an ``nn.Module`` class or a factory (called under
             ``torch.device("meta")``), or a module already on the meta device. Default: the Hugging Face model
             ``src/config.json`` describes (needs the ``transformers`` extra).
-        include, exclude, filter_fn: which parameters to prune, as in :func:`prunus.prune` (default: the
-            weight of every Linear and Conv layer).
+        include: glob patterns of the parameters to prune, as in :func:`prunus.prune` (default: the weight
+            of every Linear and Conv layer).
+        exclude: glob patterns of parameters to leave alone.
+        filter_fn: ``filter_fn(module, name) -> bool``, to choose parameters by any rule.
         overwrite: replace an existing ``dst`` (it stays as it was until the new one is complete).
         show_progress: a progress bar per pass.
         registry: where to look ``strategy`` up.
@@ -250,6 +252,8 @@ def _separable(
     for position, group in enumerate(
         progress(groups, enabled=show_progress, total=len(groups), desc="prune")
     ):
+        if position + 1 < len(groups):
+            source.prefetch(groups[position + 1].keys)  # read from disk while this group is pruned
         tensors = source.load(group.keys)
         with _loaded(group, tensors, arena):
             if group.members:
@@ -307,7 +311,11 @@ def _ranked(
         zero_bits = 0 if None in dtypes else min(zero_low_bits(d, bits) for d in dtypes if d)
         ranking = ChunkedRanking(k, size, None, bits=bits, decisive=True, zero_bits=zero_bits)
         while ranking.pass_kind == "histogram":
-            for member in progress(members, enabled=show_progress, total=len(members), desc="rank"):
+            for at, member in enumerate(
+                progress(members, enabled=show_progress, total=len(members), desc="rank")
+            ):
+                if at + 1 < len(members):
+                    source.prefetch([members[at + 1].key])
                 group = Group([member.key], [member])
                 tensors = source.load([member.key])
                 with _loaded(group, tensors, None):
@@ -318,6 +326,8 @@ def _ranked(
     for position, index in enumerate(
         progress(order, enabled=show_progress, total=len(order), desc="write")
     ):
+        if position + 1 < len(order):
+            source.prefetch(groups[order[position + 1]].keys)
         group = groups[index]
         tensors = source.load(group.keys)
         with _loaded(group, tensors, arena):
