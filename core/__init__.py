@@ -6,7 +6,8 @@
 
 The root of the package holds the contracts (strategies, configs, hooks, the registry) and the engine
 (``prune``, ``remove``, ``restore``); the tools live in subpackages (:mod:`prunus.hardware`,
-:mod:`prunus.workflow`, :mod:`prunus.shrinking`, :mod:`prunus.streaming`, :mod:`prunus.cli`, :mod:`prunus.testing`) and load on first use
+:mod:`prunus.workflow`, :mod:`prunus.shrinking`, :mod:`prunus.streaming`, :mod:`prunus.persistence`,
+:mod:`prunus.cli`, :mod:`prunus.testing`) and load on first use
 of one of their names here (PEP 562), so ``import prunus`` stays light. Plugins load on the first use of
 :data:`registry`. A plugin imports from :mod:`prunus.plugin_api` only.
 """
@@ -25,6 +26,7 @@ from .errors import (
     CheckpointError,
     ConfigError,
     CorruptShardError,
+    ExportError,
     MaskError,
     MissingDependencyError,
     MissingShardError,
@@ -36,6 +38,7 @@ from .errors import (
     RegistrationError,
     RollbackError,
     ShrinkError,
+    StateError,
     TargetError,
     UnknownCriterionError,
     UnknownScheduleError,
@@ -56,8 +59,20 @@ if TYPE_CHECKING:
     from .hardware.detection import detect_hardware
     from .hardware.probing import ProbePoint, ProbeResult, load_probe, probe
     from .hardware.sparse import SparseLinear, to_dense, to_sparse
-    from .shrinking.channels import ChannelGroupReport, ShrinkReport, prune_channels, shrink
+    from .persistence.compressed import load_compressed, save_compressed
+    from .persistence.export import export_onnx, export_program
+    from .persistence.huggingface import load_pretrained, save_pretrained
+    from .persistence.state import (
+        Manifest,
+        load_pruned,
+        load_pruning_state,
+        pruning_state,
+        read_manifest,
+        save_pruned,
+    )
+    from .shrinking.channels import prune_channels, shrink
     from .shrinking.record import load_shrunk, shrink_state
+    from .shrinking.report import ChannelGroupReport, ShrinkReport
     from .streaming.pruning import prune_checkpoint
     from .workflow import plots
     from .workflow.config import PruneConfig, SensitivityConfig, load_config
@@ -70,9 +85,7 @@ if TYPE_CHECKING:
         count_parameters,
         evaluate,
         latency_ms,
-        load_compressed,
         model_size,
-        save_compressed,
         summary,
     )
     from .workflow.gradual import FineTuneResult, GradualPruner, ScheduleStep, fine_tune
@@ -94,8 +107,20 @@ _TOOLS: dict[str, str] = {
     "SparseLinear": "hardware.sparse",
     "to_dense": "hardware.sparse",
     "to_sparse": "hardware.sparse",
-    "ChannelGroupReport": "shrinking.channels",
-    "ShrinkReport": "shrinking.channels",
+    "load_compressed": "persistence.compressed",
+    "save_compressed": "persistence.compressed",
+    "export_onnx": "persistence.export",
+    "export_program": "persistence.export",
+    "load_pretrained": "persistence.huggingface",
+    "save_pretrained": "persistence.huggingface",
+    "Manifest": "persistence.state",
+    "load_pruned": "persistence.state",
+    "load_pruning_state": "persistence.state",
+    "pruning_state": "persistence.state",
+    "read_manifest": "persistence.state",
+    "save_pruned": "persistence.state",
+    "ChannelGroupReport": "shrinking.report",
+    "ShrinkReport": "shrinking.report",
     "prune_channels": "shrinking.channels",
     "shrink": "shrinking.channels",
     "load_shrunk": "shrinking.record",
@@ -112,9 +137,7 @@ _TOOLS: dict[str, str] = {
     "count_parameters": "workflow.evaluation",
     "evaluate": "workflow.evaluation",
     "latency_ms": "workflow.evaluation",
-    "load_compressed": "workflow.evaluation",
     "model_size": "workflow.evaluation",
-    "save_compressed": "workflow.evaluation",
     "summary": "workflow.evaluation",
     "FineTuneResult": "workflow.gradual",
     "GradualPruner": "workflow.gradual",
@@ -163,12 +186,14 @@ __all__ = [
     "CpuInfo",
     "Criterion",
     "Evaluation",
+    "ExportError",
     "FineTuneResult",
     "GpuInfo",
     "GradualPruner",
     "Granularity",
     "HardwareProfile",
     "LayerAnalysis",
+    "Manifest",
     "MaskError",
     "MissingDependencyError",
     "MissingShardError",
@@ -198,6 +223,7 @@ __all__ = [
     "ShrinkError",
     "ShrinkReport",
     "SparseLinear",
+    "StateError",
     "Strategy",
     "StrategyConfig",
     "StrategyInfo",
@@ -213,6 +239,8 @@ __all__ = [
     "count_parameters",
     "detect_hardware",
     "evaluate",
+    "export_onnx",
+    "export_program",
     "fine_tune",
     "hookimpl",
     "hookspec",
@@ -221,7 +249,10 @@ __all__ = [
     "latency_ms",
     "load_compressed",
     "load_config",
+    "load_pretrained",
     "load_probe",
+    "load_pruned",
+    "load_pruning_state",
     "load_shrunk",
     "masks",
     "model_size",
@@ -230,12 +261,16 @@ __all__ = [
     "prune",
     "prune_channels",
     "prune_checkpoint",
+    "pruning_state",
     "quantize",
     "quantized_weights",
+    "read_manifest",
     "registry",
     "remove",
     "restore",
     "save_compressed",
+    "save_pretrained",
+    "save_pruned",
     "select",
     "select_targets",
     "sensitivity",

@@ -13,6 +13,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "CorruptShardError",
+    "ExportError",
     "MaskError",
     "MissingDependencyError",
     "MissingShardError",
@@ -24,6 +25,7 @@ __all__ = [
     "RegistrationError",
     "RollbackError",
     "ShrinkError",
+    "StateError",
     "TargetError",
     "UnknownCriterionError",
     "UnknownScheduleError",
@@ -95,6 +97,15 @@ class MissingShardError(CheckpointError, FileNotFoundError):
 class CorruptShardError(CheckpointError, ValueError):
     """A shard of a checkpoint is not a readable safetensors file: truncated, a bad header, a tensor that does
     not fit, or tensors that contradict the index."""
+
+
+class StateError(PrunusError, ValueError):
+    """A saved pruning state or compressed file does not fit: not a prunus file, an unknown format version, or
+    names, shapes or dtypes that differ from the model it is loaded into."""
+
+
+class ExportError(PrunusError, RuntimeError):
+    """A model cannot be exported (ONNX, ``torch.export``) as it is; the message says what to do instead."""
 
 
 class MissingDependencyError(PrunusError, ImportError):

@@ -32,6 +32,7 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
+from ..ranking import rankable
 from ..registration import Registry
 from ..registration import registry as global_registry
 from ..strategy import Criterion, PruneContext, Target
@@ -70,12 +71,18 @@ def aligned_keep(size: int, pruned: int, round_to: int) -> int:
 
 def block_scores(criterion: Criterion, scores: Tensor, rows: int, cols: int) -> Tensor:
     """One score per ``(rows, cols)`` block of the 2-D ``scores``: ``criterion.reduce`` over its entries,
-    block by block (edge blocks hold what is left)."""
-    height, width = scores.shape
-    grid = torch.empty(-(-height // rows), -(-width // cols), dtype=torch.float64)
+    block by block (edge blocks hold what is left).
+
+    Reduced in the dtype the granularity ranks in (:func:`prunus.ranking.rankable`), so where the criterion's
+    own reduction overflows there (an Ln norm of huge weights is inf), the oracle's does too: that is the
+    criterion's arithmetic, not the granularity's ranking.
+    """
+    values = rankable(scores)
+    height, width = values.shape
+    grid = torch.empty(-(-height // rows), -(-width // cols), dtype=values.dtype)
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
-            block = scores[i * rows : (i + 1) * rows, j * cols : (j + 1) * cols].double()
+            block = values[i * rows : (i + 1) * rows, j * cols : (j + 1) * cols]
             grid[i, j] = criterion.reduce(block, (0, 1))
     return grid
 
@@ -320,8 +327,8 @@ def block_criterion_respected(subject: Subject, example: Example) -> None:
         grid = block_scores(criterion, _view(scores[target.name]), rows, cols)
         could, _ = _per_block(prior, rows, cols)
         kept, _ = _per_block(mask, rows, cols)
-        # The oracle sums in float64, the granularity in float32: orders within float32's rounding of a
-        # sum of rows * cols terms are not a bug.
+        # The oracle reduces each block on its own, the granularity all blocks at once: orders within the
+        # rounding of a reduction of rows * cols terms are not a bug.
         rtol = rows * cols * torch.finfo(torch.float32).eps
         _order(f"{target.name!r} blocks of {rows}x{cols}", grid, could & ~kept, kept, rtol)
 
