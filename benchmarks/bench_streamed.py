@@ -294,7 +294,7 @@ def measure(quick: bool) -> dict[str, Any]:
                 "prune", src=str(source), dst=str(destination), strategy=strategy, options=options
             )
             available = _available_memory()
-            if available is not None and available > 2.5 * total:
+            if available is not None and available > 1.5 * total:
                 result["reload"] = in_child("reload", dst=str(destination), pruned=result["pruned"])
             rows["prune"][strategy] = result
             shutil.rmtree(destination)
