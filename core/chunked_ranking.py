@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from .distributed import LOCAL, Collectives, Shard
-from .errors import PluginError
+from .errors import AmountError, PluginError
 
 __all__ = [
     "CANDIDATE_LIMIT",
@@ -110,7 +110,7 @@ def keep_lowest(flat: Tensor, k: int) -> Tensor:
     """
     size = flat.numel()
     if not 0 <= k <= size:
-        raise ValueError(f"cannot prune k={k} of {size} entries")
+        raise AmountError(f"cannot prune k={k} of {size} eligible entries; give 0 <= k <= {size}")
     if k == 0:
         return torch.ones(size, dtype=torch.bool, device=flat.device)
     if k == size:

@@ -30,11 +30,12 @@ own shards, and the ranks agree on the window, the counts and the candidates thr
 masks are bit for bit the single-process ones.
 
 :func:`prunus.chunked_ranking.recording` collects what each ranking did (passes, scorings, candidates): the
-benchmark in ``benchmarks/bench_scale.py`` reports it.
+benchmark in ``benchmarks/bench_global.py`` reports it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
@@ -64,6 +65,7 @@ def global_keep_masks(
     score: Callable[[Target], Tensor],
     amount: Amount,
     keep_bytes: int = 0,
+    min_keep: int = 0,
 ) -> dict[str, Tensor]:
     """Keep-masks of one ranking across ``targets``, equal to ``keep_mask`` on their concatenated scores.
 
@@ -80,6 +82,11 @@ def global_keep_masks(
         amount: a fraction of the entries still kept across all targets, or an int count of them.
         keep_bytes: how much memory of scores the ranking may hold between its passes to avoid scoring those
             targets again (0: hold one target's scores at a time). Unused for an elementwise criterion.
+        min_keep: a floor per target: each keeps at least ``min_keep`` of its entries still kept (all of them if
+            it has fewer), its highest-scored ones, while the ranking still prunes exactly the count asked,
+            from the other targets. The floor holds whenever the amount leaves room for it; an amount that asks
+            for more (everything, say) is followed as the plain ranking follows it. With the floor binding, the
+            ranking is global among the entries the floor does not hold.
 
     Returns:
         The bool keep-mask of each target, by target name (a DTensor laid out like a sharded parameter).
@@ -87,6 +94,14 @@ def global_keep_masks(
     Raises:
         AmountError: an int ``amount`` larger than the entries still kept.
     """
+    masks = _ranked(targets, score, amount, keep_bytes)
+    return _floored(targets, score, amount, keep_bytes, min_keep, masks) if min_keep > 0 else masks
+
+
+def _ranked(
+    targets: Sequence[Target], score: Callable[[Target], Tensor], amount: Amount, keep_bytes: int
+) -> dict[str, Tensor]:
+    """The plain ranking (no floor): the chunked ranking's passes, or the classic one if the scores moved."""
     collectives = collectives_of([t.tensor for t in targets])
     sources = [_source(t, score) for t in targets]
     owned = [s.eligible_count() if s.shard.owner else 0 for s in sources]
@@ -108,6 +123,51 @@ def global_keep_masks(
         t.name: like(flat.reshape(s.part.shape), t.tensor)
         for t, s, flat in zip(targets, sources, flats, strict=True)
     }
+
+
+def _floored(
+    targets: Sequence[Target],
+    score: Callable[[Target], Tensor],
+    amount: Amount,
+    keep_bytes: int,
+    min_keep: int,
+    masks: dict[str, Tensor],
+) -> dict[str, Tensor]:
+    """``masks`` with every target keeping its ``min_keep`` best entries: the targets that fell short keep them,
+    and the ranking runs again on the rest for the same count, until no target falls short.
+
+    Every count is of the whole parameter (summed over the ranks for a sharded one), so all ranks take the same
+    branches and run the same collectives.
+    """
+    eligible = {
+        t.name: t.tensor.numel() if t.prior is None else count_true(t.prior) for t in targets
+    }
+    size = sum(eligible.values())
+    k = count_to_prune(amount, size, what="entries still kept across all targets")
+    floors = {name: min(min_keep, count) for name, count in eligible.items()}
+    if k == size or k > size - sum(floors.values()):
+        return masks  # the amount asks for more than the floor leaves: follow it
+    held: dict[str, Tensor] = {}
+    while True:
+        short = [
+            t for t in targets if t.name not in held and count_true(masks[t.name]) < floors[t.name]
+        ]
+        if not short:
+            return masks
+        for t in short:
+            held[t.name] = keep_mask(score(t), eligible[t.name] - floors[t.name], t.prior)
+        ranked = [
+            dataclasses.replace(t, prior=_still_kept(t) & ~held[t.name]) if t.name in held else t
+            for t in targets
+        ]
+        masks = _ranked(ranked, score, k, keep_bytes)
+        masks = {name: mask | held[name] if name in held else mask for name, mask in masks.items()}
+
+
+def _still_kept(target: Target) -> Tensor:
+    if target.prior is not None:
+        return target.prior
+    return torch.ones_like(target.tensor, dtype=torch.bool)
 
 
 def _trivial(target: Target, keep: bool) -> Tensor:

@@ -416,9 +416,11 @@ def attach_mask(
     """
     param = module._parameters[name]
     assert param is not None
-    prior = follow_sharding(module, name)
-    prior_values = module._buffers.get(VALUES_PREFIX + name)
-    had_tracker = _TRACKER in module.__dict__
+    follow_sharding(
+        module, name
+    )  # a mask attached before fully_shard is cut to this rank's shard first
+    held = _Held(module, name)
+    prior, prior_values = held.mask, held.values
     if is_sharded(param) and not is_sharded(mask):
         mask = _split(mask, param)
     # A sharded parameter is pruned on this rank's shard: every tensor below is local.
@@ -462,7 +464,7 @@ def attach_mask(
         module.register_buffer(VALUES_PREFIX + name, values, persistent=False)
     elif prior_values is not None or not restorable:
         _pop_buffer(module, VALUES_PREFIX + name)
-    if not had_tracker:
+    if not held.tracked:
         module.__dict__[_TRACKER] = _Tracker(module)
     _changed()
 
@@ -479,16 +481,33 @@ def attach_mask(
                 )
             with torch.no_grad():
                 data.masked_scatter_(~keep if before is None else before & ~keep, back)
-        _drop(module, name)
-        if prior is not None:
-            module.register_buffer(MASK_PREFIX + name, prior, persistent=False)
-        if prior_values is not None:
-            module.register_buffer(VALUES_PREFIX + name, prior_values, persistent=False)
-        if not had_tracker:
-            _untrack(module)
-        _changed()
+        held.put_back()
 
     return undo
+
+
+class _Held:
+    """What a module holds for one parameter before a mask change (its mask, its pruned values, whether it is
+    tracked), and how to put exactly that back: the end of every undo."""
+
+    __slots__ = ("mask", "module", "name", "tracked", "values")
+
+    def __init__(self, module: nn.Module, name: str) -> None:
+        self.module, self.name = module, name
+        self.mask = get_mask(module, name)
+        self.values = module._buffers.get(VALUES_PREFIX + name)
+        self.tracked = _TRACKER in module.__dict__
+
+    def put_back(self) -> None:
+        module, name = self.module, self.name
+        _drop(module, name)
+        if self.mask is not None:
+            module.register_buffer(MASK_PREFIX + name, self.mask, persistent=False)
+        if self.values is not None:
+            module.register_buffer(VALUES_PREFIX + name, self.values, persistent=False)
+        if not self.tracked:
+            _untrack(module)
+        _changed()
 
 
 def _pop_buffer(module: nn.Module, key: str) -> None:

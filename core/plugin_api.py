@@ -14,7 +14,8 @@ built-in does is out of a third party's reach. What is here:
   :class:`Scorer` a granularity is handed its scores by, and
   the :class:`Registry` a strategy's ``create`` may look things up in;
 * **config building blocks**: :class:`StrategyConfig`, :class:`NoOptions`, the :data:`Amount` and
-  :data:`Fraction` field types, :data:`SchedulePoint`;
+  :data:`Fraction` field types, :data:`SchedulePoint` and :class:`SteppedPoints` (many schedule points,
+  computed when read);
 * **ranking primitives**: :func:`count_to_prune` (torch's rounding of an amount), :func:`keep_mask`,
   :func:`keep_slices`, :func:`eligible_slices`, :func:`rankable`, and :func:`global_keep_masks`, the one
   ranking across many parameters in a few percent of the memory of concatenating them (:data:`CHUNKED_FROM`:
@@ -45,7 +46,7 @@ from .hookspecs import hookimpl
 from .masking import attach_mask
 from .ranking import CHUNKED_FROM, eligible_slices, keep_mask, keep_slices, rankable
 from .registration import Registrar, Registry
-from .schedules import Fraction, Schedule, SchedulePoint
+from .schedules import Fraction, Schedule, SchedulePoint, SteppedPoints
 from .selection import Selection
 from .strategy import Criterion, Granularity, PruneContext, Scorer, Strategy, Target
 from .targets import DEFAULT_LAYERS, input_dim, select_targets
@@ -74,6 +75,7 @@ __all__ = [
     "SchedulePoint",
     "Scorer",
     "Selection",
+    "SteppedPoints",
     "Strategy",
     "StrategyConfig",
     "Target",

@@ -27,6 +27,7 @@ from .distributed import (
     replicated_if_partial,
     shard_of,
 )
+from .errors import AmountError, ConfigTypeError, MaskError, brief
 
 __all__ = [
     "CHUNKED_FROM",
@@ -50,14 +51,38 @@ def keep_mask(scores: Tensor, k: int, eligible: Tensor | None = None) -> Tensor:
     """A bool keep-mask of ``scores``'s shape that prunes the ``k`` lowest-scored eligible entries.
 
     Args:
-        scores: floating scores, any shape, no NaN.
+        scores: real scores (floating, or integers), any shape, no NaN (``prune`` checks a criterion's scores
+            before they get here).
         k: how many eligible entries to prune, ``0 <= k <= number eligible``.
         eligible: bool mask of the entries that may be pruned (others are kept as they are); ``None`` for all.
 
     Returns:
         ``True`` where an entry is kept. Entries outside ``eligible`` are returned as ``False`` (they were
         pruned before), so the result is a full mask that never revives anything.
+
+    Raises:
+        ConfigTypeError: ``scores`` is not a real-valued tensor, or ``k`` not an int.
+        MaskError: ``eligible`` is not a bool tensor of ``scores``'s shape.
+        AmountError: ``k`` is negative or more than the eligible entries.
     """
+    if (
+        not isinstance(scores, Tensor)
+        or scores.dtype == torch.bool
+        or scores.is_complex()
+        or scores.is_quantized
+    ):
+        raise ConfigTypeError(f"scores must be a real-valued tensor, not {_what(scores)}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ConfigTypeError(f"k={brief(k)} is a {type(k).__name__}; give an int count")
+    if eligible is not None and (
+        not isinstance(eligible, Tensor)
+        or eligible.dtype != torch.bool
+        or eligible.shape != scores.shape
+    ):
+        raise MaskError(
+            f"eligible must be a torch.bool tensor of the scores' shape {tuple(scores.shape)}, not "
+            f"{_what(eligible)}"
+        )
     if is_sharded(scores):
         return _sharded_keep_mask(scores, k, eligible)
     if scores.device.type == "cpu" and scores.numel() >= CHUNKED_FROM:
@@ -120,12 +145,14 @@ def _chunked_keep_mask(scores: Tensor, k: int, eligible: Tensor | None) -> Tenso
 def _sharded_keep_mask(scores: Tensor, k: int, eligible: Tensor | None) -> Tensor:
     """:func:`keep_mask` of a DTensor: this rank ranks its shard, the ranks agree through collectives."""
     if eligible is not None and not is_sharded(eligible):
-        raise ValueError("the eligible mask of sharded scores must be sharded alike (a DTensor)")
+        raise MaskError(
+            f"the eligible mask of sharded scores must be sharded alike (a DTensor), not {_what(eligible)}"
+        )
     scores = replicated_if_partial(scores)
     eligible = None if eligible is None else replicated_if_partial(eligible)
     size = scores.numel() if eligible is None else count_true(eligible)
     if not 0 <= k <= size:
-        raise ValueError(f"cannot prune k={k} of {size} entries")
+        raise AmountError(f"cannot prune k={k} of {size} eligible entries; give 0 <= k <= {size}")
     part = local(scores)
     part_eligible = None if eligible is None else local(eligible)
     if k in (0, size):
@@ -172,3 +199,9 @@ def keep_slices(
     view[dim] = shape[dim]
     mask = keep.reshape(view).expand(shape).clone()
     return mask if prior is None else mask & prior
+
+
+def _what(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"{type(value).__name__} ({brief(value)})"

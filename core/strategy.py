@@ -16,20 +16,21 @@ Masks are bool tensors with the parameter's shape: ``True`` keeps an entry, ``Fa
 
 from __future__ import annotations
 
+import copy
+import math
 import zlib
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .component import Component, Kind
 from .config import NoOptions, StrategyConfig
 from .distributed import any_anywhere, count_true, local
-from .errors import PluginError
+from .errors import PluginError, WeightError
 
 if TYPE_CHECKING:
     from .registration import Registry
@@ -216,7 +217,12 @@ class Scorer:
         """Whether :meth:`values` may score raw values directly (an elementwise criterion, no plugin hook)."""
 
     def __call__(self, target: Target) -> Tensor:
-        return checked_scores(self.hook(self.criterion, target, self.context), target, self.owner)
+        scores = self.hook(self.criterion, target, self.context)
+        if getattr(self.hook, "validates_scores", False):
+            return (
+                scores  # the registry's hook caller checked them, naming the plugin that gave them
+            )
+        return checked_scores(scores, target, self.owner)
 
     def values(
         self, target: Target, values: Tensor, out: Tensor | None = None, check_nan: bool = True
@@ -278,6 +284,9 @@ class ComposedStrategy(Strategy):
         criterion: the configured :class:`Criterion` that scores.
         granularity_component: the configured :class:`Granularity` that turns scores into masks
             (``granularity``, as on every strategy, is its name).
+
+    ``rebuild(name, options)`` is how a pickled copy comes back (the registry passes its own lookup); a
+    ``copy.deepcopy`` shares the scorer and copies the rest.
     """
 
     def __init__(
@@ -288,8 +297,11 @@ class ComposedStrategy(Strategy):
         scorer: Callable[[Criterion, Target, PruneContext], Tensor],
         name: str,
         direct: Callable[[], bool] | None = None,
+        *,
+        rebuild: Callable[[str, dict[str, Any]], Strategy] | None = None,
     ) -> None:
         super().__init__(config)
+        self._rebuild = rebuild
         self.criterion = criterion
         self.granularity_component = granularity
         self._scorer = scorer
@@ -304,27 +316,57 @@ class ComposedStrategy(Strategy):
         score = Scorer(self.criterion, context, self._scorer, self.name, direct)
         return self.granularity_component.masks(self.criterion, score, context)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickled as its name and options and rebuilt by the registry: the scorer is the registry's hook caller
+        # and the merged config class is made by the registry, neither of which pickle can find by name.
+        if self._rebuild is None:
+            raise PluginError(
+                f"strategy {self.name!r} was composed outside the registry (no rebuild function), so it "
+                "cannot be pickled; build it with prunus.registry.get"
+            )
+        return (self._rebuild, (self.name, dict(self.config)))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ComposedStrategy:
+        return ComposedStrategy(
+            copy.deepcopy(self.config, memo),
+            copy.deepcopy(self.criterion, memo),
+            copy.deepcopy(self.granularity_component, memo),
+            self._scorer,
+            self.name,
+            self._direct,
+            rebuild=self._rebuild,
+        )
+
 
 def has_nan(scores: Tensor) -> bool:
     """Whether any score is NaN (on any rank, for sharded scores: every rank gets the same answer).
 
     One reduction (max propagates NaN), numpy's on CPU (faster on one thread).
     """
+    top = _local_top(scores)
+    return any_anywhere(top is not None and math.isnan(top), scores)
+
+
+def _local_top(scores: Tensor) -> float | None:
+    """The largest of this rank's scores (NaN if any is NaN), or None when it holds none."""
     part = local(scores)
     if not part.numel():
-        found = False
-    elif part.device.type == "cpu" and part.is_contiguous() and part.dtype in _NUMPY_FLOATS:
-        found = bool(np.isnan(part.numpy().max()))
-    else:
-        found = bool(torch.isnan(part.max()))
-    return any_anywhere(found, scores)
+        return None
+    if part.device.type == "cpu" and part.is_contiguous() and part.dtype in _NUMPY_FLOATS:
+        return float(part.numpy().max())
+    return float(part.max())
 
 
 _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 
 
 def checked_scores(scores: object, target: Target, owner: str) -> Tensor:
-    """Validate what a criterion returned: a floating tensor of the target's shape, with no NaN."""
+    """Validate what a criterion returned: a floating tensor of the target's shape, with no NaN.
+
+    Scores that are not finite are traced to their cause: weights that hold NaN or infinities raise
+    :class:`~prunus.errors.WeightError` (the model is broken, not the criterion); NaN scores of finite weights
+    raise :class:`~prunus.errors.PluginError` naming ``owner``. The common case costs one pass (``max``).
+    """
     if not isinstance(scores, Tensor):
         raise PluginError(
             f"{owner}: the criterion returned {type(scores).__name__} for {target.name!r}; "
@@ -341,10 +383,29 @@ def checked_scores(scores: object, target: Target, owner: str) -> Tensor:
             f"{owner}: scores for {target.name!r} have dtype {scores.dtype}; they must be floating point"
         )
     # max() propagates NaN: one pass with no temporary (isnan(...).any() allocates a bool tensor first).
-    if has_nan(scores):
+    top = _local_top(scores)
+    if any_anywhere(top is not None and not math.isfinite(top), scores):
+        _check_weights(target)
+    if any_anywhere(top is not None and math.isnan(top), scores):
         count = count_true(torch.isnan(scores))
         raise PluginError(
             f"{owner}: {count} scores for {target.name!r} are NaN; a criterion must return numbers "
             "(use -inf for 'prune first', +inf for 'never prune')"
         )
     return scores
+
+
+def _check_weights(target: Target) -> None:
+    """Raise :class:`WeightError` if ``target``'s own values hold NaN or infinities (on any rank)."""
+    tensor = target.tensor
+    part = local(tensor)
+    broken = part.is_floating_point() and not bool(torch.isfinite(part).all())
+    if not any_anywhere(broken, tensor):
+        return
+    nan = count_true(torch.isnan(tensor))
+    inf = count_true(torch.isinf(tensor))
+    raise WeightError(
+        f"parameter {target.name!r} holds {nan} NaN and {inf} infinite values, so its entries cannot be "
+        "ranked: the model's weights are broken (a diverged training run, a bad checkpoint), not the "
+        "criterion; fix or reload them. The model was not changed"
+    )
