@@ -10,23 +10,21 @@ torch thread each, on an MLP of 8 x Linear(1024, 1024):
   hook on the local shards) against the same FSDP2 model unpruned, interleaved step by step, synchronized by a
   barrier, on rank 0's clock: the ratio per pair of steps, median and quartiles.
 
-Run alone: ``python benchmarks/bench_distributed.py [--quick]`` (prints the table).
+Run alone with ``python benchmarks/bench_distributed.py [--quick]`` (prints the table).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -160,39 +158,53 @@ def tables(found: dict[str, Any], quick: bool) -> dict[str, str]:
         "DDP: masks equal",
         "zeros after 20 AdamW steps",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for strategy, _, label in STRATEGIES:
         zeros = found["zeros"][f"fsdp2 {strategy}"] and found["zeros"][f"ddp {strategy}"]
-        lines.append(
-            f"| {label} | {_yes(found['masks'][f'fsdp2 {strategy}'])} | "
-            f"{_yes(found['masks'][f'ddp {strategy}'])} | {_yes(zeros)} (FSDP2 and DDP) |"
+        rows.append(
+            [
+                label,
+                _yes(found["masks"][f"fsdp2 {strategy}"]),
+                _yes(found["masks"][f"ddp {strategy}"]),
+                f"{_yes(zeros)} (FSDP2 and DDP)",
+            ]
         )
     ratios = [p / d for p, d in zip(found["times"]["pruned"], found["times"]["dense"], strict=True)]
-    low, mid, high = statistics.quantiles(ratios, n=4, method="inclusive")
+    low, mid, high = harness.quartiles(ratios)
     dense = statistics.median(found["times"]["dense"]) * 1e3
     pruned = statistics.median(found["times"]["pruned"]) * 1e3
     hook = statistics.median(found["hook"]) * 1e3
-    lines += [
-        "",
-        "| training step under FSDP2 | median | x unpruned |",
-        "|---|---|---|",
-        f"| unpruned | {dense:.1f} ms | 1.00x |",
-        f"| pruned 50 %, masks enforced (interleaved steps) | {pruned:.1f} ms | {mid:.3f}x [{low:.3f}-{high:.3f}] |",
-        f"| the enforcement alone (prunus's step hook on the local shards) | {hook:.2f} ms | "
-        f"{(dense + hook) / dense:.3f}x |",
-    ]
-    load = os.getloadavg()[0]
-    caption = (
-        f"{'**Quick run: a smoke test, not reference figures.** ' if quick else ''}"
-        f"*2 processes, gloo on 127.0.0.1, {s['layers']} x Linear({s['width']}, {s['width']}), batch "
-        f"{s['batch']}, AdamW. `python benchmarks/bench_distributed.py{' --quick' if quick else ''}` on "
-        f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs shared with other work, "
-        f"load average {load:.1f} at the end), torch {torch.__version__}, 1 thread per process. The step "
-        f"ratio is taken pair by pair over {len(ratios)} interleaved pairs of steps (median [quartiles]), on "
-        f"a machine whose load moves it by tens of percent; the last row times the only work masks add to a "
-        f"step, on its own, as a fraction of the unpruned step. Target {OVERHEAD_LIMIT:.2f}x.*"
+    steps = harness.table(
+        ["training step under FSDP2", "median", "x unpruned"],
+        [
+            ["unpruned", f"{dense:.1f} ms", "1.00x"],
+            [
+                "pruned 50 %, masks enforced (interleaved steps)",
+                f"{pruned:.1f} ms",
+                f"{mid:.3f}x [{low:.3f}-{high:.3f}]",
+            ],
+            [
+                "the enforcement alone (prunus's step hook on the local shards)",
+                f"{hook:.2f} ms",
+                f"{(dense + hook) / dense:.3f}x",
+            ],
+        ],
     )
-    return {"scale-distributed": "\n".join(lines) + "\n\n" + caption}
+    note = (
+        f"2 processes, gloo on 127.0.0.1, {s['layers']} x Linear({s['width']}, {s['width']}), batch "
+        f"{s['batch']}, AdamW, one thread per process. The step ratio is taken pair by pair over "
+        f"{len(ratios)} interleaved pairs of steps (median [quartiles]), on a machine whose load moves it by "
+        f"tens of percent; the last row times the only work masks add to a step, on its own, as a fraction of "
+        f"the unpruned step. Target {OVERHEAD_LIMIT:.2f}x."
+    )
+    markdown = (
+        harness.table(header, rows)
+        + "\n\n"
+        + steps
+        + "\n\n"
+        + harness.caption(threads=1, spread=note, quick=quick)
+    )
+    return {"scale-distributed": markdown}
 
 
 def _yes(value: bool) -> str:
@@ -201,16 +213,10 @@ def _yes(value: bool) -> str:
 
 def run(quick: bool) -> dict[str, str]:
     """The ``scale-distributed`` table."""
-    return tables(measure(quick), quick)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    for table_id, markdown in run(args.quick).items():
-        print(f"<!-- bench:{table_id} -->\n{markdown}\n")
+    found = measure(quick)
+    harness.write_results("distributed", found, quick=quick)
+    return tables(found, quick)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    harness.main(run)

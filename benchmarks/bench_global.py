@@ -10,31 +10,30 @@ Table ``scale-global`` (docs/scale.md). Every run is a fresh child process with 
   values): memory no pruning can avoid allocating;
 * what the ranking itself did (:func:`prunus.chunked_ranking.recording`): its passes over the weights.
 
-Run alone: ``python benchmarks/bench_global.py [--quick]`` (prints the table).
+Run alone with ``python benchmarks/bench_global.py [--quick]`` (prints the table).
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
-import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
 import prunus
 from prunus.chunked_ranking import recording
+from prunus.testing import zoo
 
 AMOUNT = 0.5
+SCRIPT = Path(__file__)
 MASKS: dict[str, torch.Tensor] = {}
 METHODS = ("ranking", "prunus", "prunus_lean", "torch")
 LABELS = {
@@ -57,11 +56,6 @@ def sizes(quick: bool) -> dict[str, Any]:
         "width": 2048,
         "runs": {"torch": 3, "ranking": 7, "prunus": 7, "prunus_lean": 7},
     }
-
-
-def stack(layers: int, width: int) -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(*[nn.Linear(width, width, bias=False) for _ in range(layers)])
 
 
 def prune(method: str, model: nn.Module) -> None:
@@ -104,10 +98,10 @@ def child(method: str, layers: int, width: int) -> dict[str, Any]:
     """One measurement, in this (fresh) process."""
     torch.set_num_threads(1)
     prunus.registry.names()  # plugins loaded before the baseline
-    warm = stack(2, 256)
+    warm = zoo.linear_stack(2, 256, seed=1)
     prune(method, warm)  # code paths warmed up on a small model
     del warm
-    model = stack(layers, width)
+    model = zoo.linear_stack(layers, width, seed=0)
     weights = [m.weight.detach() for m in model]
     total = sum(w.numel() for w in weights)
     pruned_bytes = round(AMOUNT * total) * 4 if method == "prunus" else 0  # "ranking": masks only
@@ -139,7 +133,7 @@ def child(method: str, layers: int, width: int) -> dict[str, Any]:
     del model
     MASKS.clear()
     gc.collect()
-    again = stack(layers, width)
+    again = zoo.linear_stack(layers, width, seed=0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     prune(method, again)
@@ -169,30 +163,8 @@ def child(method: str, layers: int, width: int) -> dict[str, Any]:
     }
 
 
-def in_child(**kwargs: Any) -> dict[str, Any]:
-    payload = json.dumps(kwargs)
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", payload],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        check=False,
-    )
-    if done.returncode:
-        raise RuntimeError(f"child {payload} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    low, mid, high = statistics.quantiles(values, n=4, method="inclusive")
-    return low, mid, high
-
-
 def spread(values: list[float], digits: int = 2, unit: str = "") -> str:
-    low, mid, high = quartiles(values)
+    low, mid, high = harness.quartiles(values)
     return f"{mid:.{digits}f}{unit} [{low:.{digits}f}-{high:.{digits}f}]"
 
 
@@ -204,7 +176,11 @@ def measure(quick: bool) -> dict[str, list[dict[str, Any]]]:
             method
         ) in METHODS:  # interleaved, so a busy spell of the machine spreads over every method
             if i < s["runs"][method]:
-                runs[method].append(in_child(method=method, layers=s["layers"], width=s["width"]))
+                runs[method].append(
+                    harness.in_child(
+                        SCRIPT, "prune", method=method, layers=s["layers"], width=s["width"]
+                    )
+                )
                 print(
                     f"  {method} run {i + 1}: {runs[method][-1]['seconds']:.3f} s", file=sys.stderr
                 )
@@ -253,42 +229,32 @@ def tables(runs: dict[str, list[dict[str, Any]]], quick: bool) -> dict[str, str]
         "ranking passes",
         "runs",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    load = os.getloadavg()[0]
-    caption = (
-        f"{'**Quick run: a smoke test, not reference figures.** ' if quick else ''}"
-        f"*{AMOUNT:.0%} of {s['layers']} x Linear({s['width']}, {s['width']}) ({weight_mb:.0f} MiB of float32 "
-        f"weights). `python benchmarks/bench_global.py{' --quick' if quick else ''}` on "
-        f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs shared with other work, "
-        f"load average {load:.1f} at the end), torch {torch.__version__}, 1 thread. A pass (one read and "
-        f"write of every weight) took {pass_ms:.1f} ms, measured in each run's process. *Passes, memory "
-        f"reused*: the same call again in that process on a second copy of the model, the first freed, so that "
-        f"the allocator hands back memory already touched: the call's work without first touching fresh "
-        f"pages, which on this virtual machine costs several microseconds a page (a bulk write measured "
-        f"{fault_us:.1f} us). The pages the results fill are the bool masks and, when restorable, the pruned "
-        f"values (fewer faults when the kernel backs them with huge pages). Each run is a fresh process; "
-        f"quartiles over the runs.*"
+    spread_note = (
+        f"{AMOUNT:.0%} of {s['layers']} x Linear({s['width']}, {s['width']}) ({weight_mb:.0f} MiB of float32 "
+        f"weights). A pass (one read and write of every weight) took {pass_ms:.1f} ms, measured in each run's "
+        f"process. *Passes, memory reused*: the same call again in that process on a second copy of the model, "
+        f"the first freed, so that the allocator hands back memory already touched: the call's work without "
+        f"first touching fresh pages, which on this virtual machine costs several microseconds a page (a bulk "
+        f"write measured {fault_us:.1f} us). The pages the results fill are the bool masks and, when "
+        f"restorable, the pruned values (fewer faults when the kernel backs them with huge pages). Each run is "
+        f"a fresh process; quartiles over the runs."
     )
-    return {"scale-global": "\n".join(lines) + "\n\n" + caption}
+    markdown = (
+        harness.table(header, rows)
+        + "\n\n"
+        + harness.caption(threads=1, spread=spread_note, quick=quick)
+    )
+    return {"scale-global": markdown}
 
 
 def run(quick: bool) -> dict[str, str]:
     """The ``scale-global`` table."""
-    return tables(measure(quick), quick)
+    runs = measure(quick)
+    harness.write_results("global", runs, quick=quick)
+    return tables(runs, quick)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(**json.loads(args.child))))
-        return
-    for table_id, markdown in run(args.quick).items():
-        print(f"<!-- bench:{table_id} -->\n{markdown}\n")
+TASKS = {"prune": child}
 
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__" and not harness.serve_child(TASKS):
+    harness.main(run)

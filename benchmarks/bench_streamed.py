@@ -17,27 +17,25 @@ Then, each in a fresh child process with one torch thread:
 * a small model of the same shape pruned both ways (streamed, and in memory with ``prunus.prune``): the
   weights must be equal bit for bit, for each strategy.
 
-Run alone: ``python benchmarks/bench_streamed.py [--quick]`` (prints the table).
+Run alone with ``python benchmarks/bench_streamed.py [--quick]`` (prints the table). Needs the ``streaming`` and
+``transformers`` extras.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRATCH = ROOT / "benchmarks" / ".scratch"
+SCRIPT = Path(__file__)
+SCRATCH = harness.ROOT / "benchmarks" / ".scratch"
 STRATEGIES: list[tuple[str, dict[str, Any], str]] = [
     ("l1_unstructured", {"amount": 0.5}, "`l1_unstructured` 50 %"),
     ("l1_nm", {}, "`l1_nm` 2:4"),
@@ -219,13 +217,13 @@ def child_write(path: str, s: dict[str, Any]) -> dict[str, Any]:
 
 
 def _maxrss() -> int:
-    """The child's peak resident memory: ``ru_maxrss``, checked against the kernel's high-water mark.
+    """The child's peak resident memory (``ru_maxrss``).
 
     A process started by ``subprocess`` may inherit its parent's peak in ``ru_maxrss`` (the kernel keeps the
     larger of the two across ``exec``); the runner stays small (the checkpoint is written by a child of its
     own), and ``VmHWM`` (this process's own memory map only) is reported beside it.
     """
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return harness.peak_rss_bytes()
 
 
 def _hwm() -> int | None:
@@ -248,18 +246,7 @@ CHILDREN = {
 
 
 def in_child(kind: str, **kwargs: Any) -> dict[str, Any]:
-    payload = json.dumps({"kind": kind, **kwargs})
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", payload],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        check=False,
-    )
-    if done.returncode:
-        raise RuntimeError(f"child {payload} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return harness.in_child(SCRIPT, kind, **kwargs)
 
 
 # -- the benchmark ----------------------------------------------------------------------------------------------
@@ -329,56 +316,48 @@ def tables(rows: dict[str, Any], quick: bool) -> dict[str, str]:
         "reloads with from_pretrained",
         "equal to pruning in memory (small model)",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines.append(f"| copying the shards | {copy:.1f} s | 1.0x | | | | |")
+    rows_md = [["copying the shards", f"{copy:.1f} s", "1.0x", "", "", "", ""]]
     for strategy, _, label in STRATEGIES:
         r = rows["prune"][strategy]
         reload = r.get("reload")
-        lines.append(
-            f"| {label} | {r['seconds']:.1f} s | {r['seconds'] / copy:.2f}x | {r['maxrss'] / 1e9:.2f} GB | "
-            f"{r['pruned'] / r['targeted']:.1%} | "
-            + (
+        rows_md.append(
+            [
+                label,
+                f"{r['seconds']:.1f} s",
+                f"{r['seconds'] / copy:.2f}x",
+                f"{r['maxrss'] / 1e9:.2f} GB",
+                f"{r['pruned'] / r['targeted']:.1%}",
                 "not checked (memory)"
                 if reload is None
                 else "yes"
                 if reload["loaded"] and reload["zeros_match"]
-                else "**no**"
-            )
-            + f" | {'yes' if rows['equal'][strategy] else '**no**'} |"
+                else "**no**",
+                "yes" if rows["equal"][strategy] else "**no**",
+            ]
         )
     s = rows["shape"]
-    load = os.getloadavg()[0]
-    caption = (
-        f"{'**Quick run: a smoke test, not reference figures.** ' if quick else ''}"
-        f"*A Llama-shaped checkpoint of random bfloat16 weights: {s['layers']} layers, width {s['hidden']}, MLP "
-        f"{s['intermediate']}, vocabulary {s['vocab']}: {rows['bytes'] / 1e9:.2f} GB of safetensors. "
-        f"`python benchmarks/bench_streamed.py{' --quick' if quick else ''}` on "
-        f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs shared with other work, "
-        f"load average {load:.1f} at the end), torch {torch.__version__}, 1 thread; the checkpoint's page cache "
-        f"dropped before every run; copying is the faster of two runs; the time of a pruning run starts once "
-        f"its process has imported torch, transformers and prunus. Targets: {MEMORY_LIMIT / 1e9:.1f} GB of "
-        f"peak memory, {TIME_LIMIT:.0f}x the copy for the separable strategies.*"
+    note = (
+        f"A Llama-shaped checkpoint of random bfloat16 weights: {s['layers']} layers, width {s['hidden']}, MLP "
+        f"{s['intermediate']}, vocabulary {s['vocab']}: {rows['bytes'] / 1e9:.2f} GB of safetensors. The "
+        f"checkpoint's page cache dropped before every run; copying is the faster of two runs; the time of a "
+        f"pruning run starts once its process has imported torch, transformers and prunus; the reload is checked "
+        f"when the machine has 1.5x the checkpoint's size available. Targets: {MEMORY_LIMIT / 1e9:.1f} GB of "
+        f"peak memory, {TIME_LIMIT:.0f}x the copy for the separable strategies."
     )
-    return {"scale-streamed": "\n".join(lines) + "\n\n" + caption}
+    markdown = (
+        harness.table(header, rows_md)
+        + "\n\n"
+        + harness.caption(threads=1, spread=note, quick=quick)
+    )
+    return {"scale-streamed": markdown}
 
 
 def run(quick: bool) -> dict[str, str]:
     """The ``scale-streamed`` table."""
-    return tables(measure(quick), quick)
+    rows = measure(quick)
+    harness.write_results("streamed", rows, quick=quick)
+    return tables(rows, quick)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        payload = json.loads(args.child)
-        print(json.dumps(CHILDREN[payload.pop("kind")](**payload)))
-        return
-    for table_id, markdown in run(args.quick).items():
-        print(f"<!-- bench:{table_id} -->\n{markdown}\n")
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__" and not harness.serve_child(CHILDREN):
+    harness.main(run)

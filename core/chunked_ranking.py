@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from .distributed import LOCAL, Collectives, Shard
-from .errors import AmountError, PluginError
+from .errors import AmountError, PluginError, PrunusError, WeightError
 
 __all__ = [
     "CANDIDATE_LIMIT",
@@ -708,8 +708,9 @@ class Source(Protocol):
         """Entries scored so far."""
 
     @property
-    def problem(self) -> str | None:
-        """What was wrong with its scores in the last pass (a NaN, say), or ``None``.
+    def problem(self) -> PrunusError | None:
+        """What was wrong with its scores in the last pass (a NaN score, NaN weights), as the error to raise,
+        or ``None``.
 
         A source records a problem rather than raising it, so that every rank raises together (:func:`rank`
         agrees on problems after every pass; one rank raising alone would leave the others waiting).
@@ -778,9 +779,17 @@ def rank(
 def _agree(sources: Sequence[Source], collectives: Collectives) -> None:
     """Raise on every rank if any source of any rank recorded a problem."""
     mine = next((source.problem for source in sources if source.problem), None)
-    (anywhere,) = collectives.sum(torch.tensor([int(mine is not None)])).tolist()
+    flags = [int(mine is not None), int(isinstance(mine, WeightError))]
+    anywhere, weights = collectives.sum(torch.tensor(flags)).tolist()
+    if mine is not None:
+        raise mine
+    if weights:
+        raise WeightError(
+            "the weights of another rank's shard hold NaN or infinite values (see its error); the model "
+            "was not changed"
+        )
     if anywhere:
-        raise PluginError(mine or "the scores of another rank's shard are invalid (see its error)")
+        raise PluginError("the scores of another rank's shard are invalid (see its error)")
 
 
 # -- helpers --------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ benchmark in ``benchmarks/bench_global.py`` reports it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -53,9 +54,9 @@ from .chunked_ranking import (
 )
 from .config import Amount, count_to_prune
 from .distributed import Shard, collectives_of, count_true, is_sharded, like, local, shard_of
-from .errors import PluginError
+from .errors import PluginError, PrunusError, WeightError
 from .ranking import keep_mask, rankable
-from .strategy import Scorer, Target, has_nan
+from .strategy import Scorer, Target, broken_weights, local_top
 
 __all__ = ["RankingStats", "classic_keep_masks", "global_keep_masks", "recording"]
 
@@ -190,7 +191,7 @@ class _TargetSource:
         prior = target.prior
         self.eligible = None if prior is None else local(prior).reshape(-1)
 
-    problem: str | None = None
+    problem: PrunusError | None = None
     """What was wrong with its scores (raised on every rank by the ranking)."""
     scorings = 0
     """Calls of the criterion on the whole target."""
@@ -225,9 +226,19 @@ class _ValueSource(_TargetSource):
 
     def _scored(self, values: Tensor, out: Tensor | None = None) -> Tensor:
         scores = self.scorer.values(self.target, values, out, check_nan=False)
-        if self.problem is None and has_nan(scores):  # raised by rank() on every rank together
-            self.problem = self.scorer.nan_message(self.target)
+        if self.problem is None:  # recorded, and raised by rank() on every rank together
+            top = local_top(scores)
+            if top is not None and not math.isfinite(top):
+                self.problem = self._problem(math.isnan(top))
         return scores
+
+    def _problem(self, nan: bool) -> PrunusError | None:
+        """Why a chunk's scores are not finite: the weights themselves (this rank's part), or the criterion."""
+        values = self.values
+        if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+            nans, infs = int(torch.isnan(values).sum()), int(torch.isinf(values).sum())
+            return WeightError(broken_weights(self.target.name, nans, infs))
+        return PluginError(self.scorer.nan_message(self.target)) if nan else None
 
 
 class _ScoreSource(_TargetSource):

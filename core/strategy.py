@@ -44,8 +44,10 @@ __all__ = [
     "Scorer",
     "Strategy",
     "Target",
+    "broken_weights",
     "checked_scores",
     "has_nan",
+    "local_top",
 ]
 
 
@@ -343,11 +345,11 @@ def has_nan(scores: Tensor) -> bool:
 
     One reduction (max propagates NaN), numpy's on CPU (faster on one thread).
     """
-    top = _local_top(scores)
+    top = local_top(scores)
     return any_anywhere(top is not None and math.isnan(top), scores)
 
 
-def _local_top(scores: Tensor) -> float | None:
+def local_top(scores: Tensor) -> float | None:
     """The largest of this rank's scores (NaN if any is NaN), or None when it holds none."""
     part = local(scores)
     if not part.numel():
@@ -383,7 +385,7 @@ def checked_scores(scores: object, target: Target, owner: str) -> Tensor:
             f"{owner}: scores for {target.name!r} have dtype {scores.dtype}; they must be floating point"
         )
     # max() propagates NaN: one pass with no temporary (isnan(...).any() allocates a bool tensor first).
-    top = _local_top(scores)
+    top = local_top(scores)
     if any_anywhere(top is not None and not math.isfinite(top), scores):
         _check_weights(target)
     if any_anywhere(top is not None and math.isnan(top), scores):
@@ -404,8 +406,14 @@ def _check_weights(target: Target) -> None:
         return
     nan = count_true(torch.isnan(tensor))
     inf = count_true(torch.isinf(tensor))
-    raise WeightError(
-        f"parameter {target.name!r} holds {nan} NaN and {inf} infinite values, so its entries cannot be "
+    raise WeightError(broken_weights(target.name, nan, inf))
+
+
+def broken_weights(name: str, nan: int, inf: int) -> str:
+    """The message of a :class:`~prunus.errors.WeightError`: parameter ``name`` holds ``nan`` NaN and ``inf``
+    infinite values."""
+    return (
+        f"parameter {name!r} holds {nan} NaN and {inf} infinite values, so its entries cannot be "
         "ranked: the model's weights are broken (a diverged training run, a bad checkpoint), not the "
         "criterion; fix or reload them. The model was not changed"
     )

@@ -35,6 +35,7 @@ STRATEGIES: list[tuple[str, dict[str, Any]]] = [
     ("l1_global", {"amount": 0.6}),
     ("l1_nm", {}),
 ]
+NAN_CASES = ("l1_global", "l1_unstructured")
 
 
 # -- what every rank runs ---------------------------------------------------------------------------------------
@@ -183,17 +184,35 @@ def fsdp_cases(tmp: str) -> dict[str, Any]:
     dcp.load(state, checkpoint_id=tmp)
     fresh.load_state_dict(state)
     found["checkpoint: zeros"] = zeros_kept(fresh, masks)
-    # A NaN on one rank only: every rank raises (none is left waiting in a collective).
-    model = shard(net())
-    if dist.get_rank() == 1:
+    # A NaN weight on one rank only: every rank raises a WeightError (none is left waiting in a collective).
+    for strategy in NAN_CASES:
+        model = shard(net())
+        if dist.get_rank() == 1:
+            with torch.no_grad():
+                model[2].weight.to_local()[0, 0] = float("nan")
+        try:
+            prunus.prune(model, strategy, amount=0.5)
+            found[f"nan {strategy}: raised"] = False
+        except prunus.WeightError as error:
+            # The rank holding the NaN names it; the other says another rank's weights are broken.
+            found[f"nan {strategy}: raised"] = "'2.weight' holds 1 NaN" in str(
+                error
+            ) or "another rank" in str(error)
+        found[f"nan {strategy}: not pruned"] = not prunus.is_pruned(model)
+
+    # A floor that binds (min_keep, default 1): the layer of tiny weights keeps one entry, as in one process.
+    def tiny() -> nn.Sequential:
+        model = net()
         with torch.no_grad():
-            model[2].weight.to_local()[0, 0] = float("nan")
-    try:
-        prunus.prune(model, "l1_global", amount=0.5)
-        found["nan: raised"] = False
-    except prunus.PluginError as error:
-        # The rank holding the NaN names it; the other says its own scores were fine but another rank's not.
-        found["nan: raised"] = "NaN" in str(error) or "another rank" in str(error)
+            model[4].weight.mul_(1e-6)
+        return model
+
+    alone = tiny()
+    prunus.prune(alone, "l1_global", amount=0.5)
+    model = shard(tiny())
+    prunus.prune(model, "l1_global", amount=0.5)
+    found["floor: masks equal"] = same(masks_of(model), prunus.masks(alone))
+    found["floor: held"] = int(prunus.masks(alone)["4.weight"].sum()) == 1
     return found
 
 
@@ -304,7 +323,8 @@ def test_fsdp2_restore_remove_and_errors_per_shard(fsdp: list[dict[str, Any]]) -
         assert found["restore: every weight back bit for bit"]
         assert found["remove"] and found["two prunes stack as in one process"]
         assert found["prune then shard: masks"] and found["prune then shard: zeros after training"]
-        assert found["nan: raised"]
+        assert all(found[f"nan {s}: raised"] and found[f"nan {s}: not pruned"] for s in NAN_CASES)
+        assert found["floor: masks equal"] and found["floor: held"]
 
 
 def test_ddp_masks_equal_one_process_and_hold_through_training() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,6 +147,50 @@ def test_any_safetensors_file_with_its_model_class(tmp_path: Path) -> None:
     assert report.parameters == want_report.parameters
     # One shard per block of the stack, the head in a shard of its own.
     assert len(list((tmp_path / "out").glob("*.safetensors"))) == 4
+
+
+def test_a_global_floor_is_held_or_refused_before_anything_is_written(tmp_path: Path) -> None:
+    # The first block's weights are so small that a plain 50 % global ranking prunes all of them.
+    torch.manual_seed(2)
+    net = Net()
+    with torch.no_grad():
+        net.blocks[0][0].weight.mul_(1e-6)
+    safetensors_torch.save_file(net.state_dict(), tmp_path / "net.safetensors")
+    src = tmp_path / "net.safetensors"
+    # The floor (min_keep=1 by default) binds: in memory it is held; streamed, it is refused, nothing written.
+    held = Net()
+    held.load_state_dict(net.state_dict())
+    prunus.prune(held, "l1_global", amount=0.5)
+    assert int(torch.count_nonzero(held.blocks[0][0].weight)) == 1
+    with pytest.raises(prunus.ConfigError, match=r"'blocks\.0\.0\.weight'.*min_keep=1"):
+        prunus.prune_checkpoint(src, tmp_path / "out", "l1_global", amount=0.5, model=Net)
+    assert [p.name for p in tmp_path.iterdir()] == ["net.safetensors"]
+    # The plain ranking streams, equal to the plain ranking in memory.
+    prunus.prune_checkpoint(src, tmp_path / "out", "l1_global", amount=0.5, min_keep=0, model=Net)
+    state = {}
+    for shard in sorted((tmp_path / "out").glob("*.safetensors")):
+        state.update(safetensors_torch.load_file(shard))
+    want, _ = pruned_in_memory(net, "l1_global", {"amount": 0.5, "min_keep": 0})
+    assert int(torch.count_nonzero(state["blocks.0.0.weight"])) == 0
+    assert state.keys() == want.keys() and all(torch.equal(state[k], want[k]) for k in want)
+
+
+def test_arguments_of_the_wrong_type_are_refused_by_name(source: Path, tmp_path: Path) -> None:
+    cases = [
+        ({"overwrite": "yes"}, "overwrite='yes'"),
+        ({"show_progress": 1}, "show_progress=1"),
+        ({"filter_fn": 3}, "filter_fn must be callable"),
+        ({"registry": {}}, "registry must be a prunus.Registry"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(prunus.ConfigError, match=re.escape(message)) as caught:
+            prunus.prune_checkpoint(source, tmp_path / "out", "l1_nm", **kwargs)
+        assert isinstance(caught.value, TypeError)
+    with pytest.raises(TypeError, match="src must be a path"):
+        prunus.prune_checkpoint(3, tmp_path / "out", "l1_nm")
+    with pytest.raises(TypeError, match="strategy must be a registered name"):
+        prunus.prune_checkpoint(source, tmp_path / "out", 7)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failure_half_way_leaves_no_destination(

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import masking
+from ..arguments import check_bool, check_callable, check_path
 from ..chunked_ranking import (
     ChunkedRanking,
     Inconsistent,
@@ -45,7 +46,7 @@ from ..chunked_ranking import (
 )
 from ..config import count_to_prune, jsonable
 from ..engine import prune
-from ..errors import CheckpointError, ConfigError, PluginError
+from ..errors import CheckpointError, ConfigError, ConfigTypeError, PluginError, brief
 from ..progress import progress
 from ..registration import Registry, registry
 from ..report import ParameterReport, PruneReport
@@ -105,6 +106,14 @@ def prune_checkpoint(
         CheckpointError: ``dst`` exists (without ``overwrite``) or is ``src``, or cannot be written.
         ConfigError, TargetError, PluginError: as :func:`prunus.prune` raises them.
     """
+    check_path("src", src)
+    check_path("dst", dst)
+    check_bool("overwrite", overwrite)
+    check_bool("show_progress", show_progress)
+    if filter_fn is not None:
+        check_callable("filter_fn", filter_fn)
+    if not isinstance(registry, Registry):
+        raise ConfigTypeError(f"registry must be a prunus.Registry, not {type(registry).__name__}")
     source = Checkpoint(src)
     destination_path = Path(dst)
     if destination_path.resolve() in (source.path.resolve(), source.directory.resolve()):
@@ -126,8 +135,9 @@ def prune_checkpoint(
             )
         configured = strategy
     else:
-        raise ConfigError(
-            f"strategy must be a registered name or a Strategy, not {type(strategy).__name__}"
+        raise ConfigTypeError(
+            f"strategy must be a registered name (see prunus.registry.names()) or a Strategy from "
+            f"prunus.registry.get(), not {type(strategy).__name__} ({brief(strategy)})"
         )
     skeleton = build(model, source)
     chosen = select_targets(skeleton, include=include, exclude=exclude, filter_fn=filter_fn)
@@ -301,6 +311,10 @@ def _ranked(
     amount = composed.granularity_component.options["amount"]
     size = sum(source.tensors[m.key].numel for m in members)
     k = count_to_prune(amount, size, what="entries across all targets")
+    min_keep = composed.granularity_component.options.get("min_keep", 0)
+    floors = {m.index: min(min_keep, source.tensors[m.key].numel) for m in members}
+    if k == size or k > size - sum(floors.values()):
+        floors = {}  # the amount asks for more than the floor leaves: followed, as in memory
     # Score dtypes are known up front for an elementwise criterion; another one may return float64 scores,
     # so its keys are 64-bit (exact for every float dtype).
     dtypes = [_score_dtype(scorer, source.tensors[m.key].dtype) for m in members]
@@ -339,8 +353,16 @@ def _ranked(
                 else:
                     keep = empty_mask(param.numel(), param.device)
                     ranking.feed(member.index, _scores(scorer, member), keep)
-                masking.zero_pruned(param.detach(), keep.reshape(param.shape))
                 pruned = param.numel() - int(torch.count_nonzero(keep))
+                if param.numel() - pruned < floors.get(member.index, 0):
+                    raise ConfigError(
+                        f"{composed.name}: the ranking keeps {param.numel() - pruned} entries of "
+                        f"{member.name!r}, fewer than min_keep={min_keep}; a streamed ranking cannot hold "
+                        "that floor (it would rank the checkpoint again without those entries). Give "
+                        "min_keep=0 for the plain ranking, or prune the model in memory with prunus.prune. "
+                        "Nothing was written"
+                    )
+                masking.zero_pruned(param.detach(), keep.reshape(param.shape))
                 reports.append(
                     ParameterReport(
                         name=member.name,
