@@ -106,14 +106,8 @@ def child(method: str, layers: int, width: int) -> dict[str, Any]:
     total = sum(w.numel() for w in weights)
     pruned_bytes = round(AMOUNT * total) * 4 if method == "prunus" else 0  # "ranking": masks only
     result_bytes = total + pruned_bytes  # bool masks, and the pruned float32 values when restorable
-    buffer = torch.empty_like(weights[0])
-    passes = []
-    for _ in range(5):
-        begin = time.perf_counter()
-        for w in weights:
-            torch.abs(w, out=buffer)
-        passes.append(time.perf_counter() - begin)
-    del buffer, weights
+    unit = harness.pass_seconds(weights, repeats=5)
+    del weights
     gc.collect()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     with recording() as stats:
@@ -148,7 +142,7 @@ def child(method: str, layers: int, width: int) -> dict[str, Any]:
         "faults": after.ru_minflt - usage.ru_minflt,
         "result_pages": result_bytes // 4096,
         "exact": zeros == round(AMOUNT * total),
-        "pass_seconds": min(passes),
+        "pass_seconds": unit,
         "fault_seconds": per_fault,
         "ranking": None
         if ranking is None
@@ -232,7 +226,7 @@ def tables(runs: dict[str, list[dict[str, Any]]], quick: bool) -> dict[str, str]
     spread_note = (
         f"{AMOUNT:.0%} of {s['layers']} x Linear({s['width']}, {s['width']}) ({weight_mb:.0f} MiB of float32 "
         f"weights). A pass (one read and write of every weight) took {pass_ms:.1f} ms, measured in each run's "
-        f"process. *Passes, memory reused*: the same call again in that process on a second copy of the model, "
+        f"process. 'passes, memory reused': the same call again in that process on a second copy of the model, "
         f"the first freed, so that the allocator hands back memory already touched: the call's work without "
         f"first touching fresh pages, which on this virtual machine costs several microseconds a page (a bulk "
         f"write measured {fault_us:.1f} us). The pages the results fill are the bool masks and, when "

@@ -227,9 +227,14 @@ def _maxrss() -> int:
 
 
 def _hwm() -> int | None:
+    return _proc_bytes("/proc/self/status", "VmHWM:")
+
+
+def _proc_bytes(path: str, field: str) -> int | None:
+    """A figure in kB of a /proc file, in bytes (``None`` where there is no /proc)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
@@ -296,13 +301,7 @@ def measure(quick: bool) -> dict[str, Any]:
 
 
 def _available_memory() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return _proc_bytes("/proc/meminfo", "MemAvailable:")
 
 
 def tables(rows: dict[str, Any], quick: bool) -> dict[str, str]:

@@ -155,11 +155,13 @@ class Global(Granularity):
     ``torch.nn.utils.prune.global_unstructured``; an amount that asks for more than the floor leaves is followed,
     and the report flags the emptied parameters.
 
-    The ranking never concatenates the scores: it scores one parameter at a time, finds the threshold's bin
-    with a histogram of the scores' bits and ranks only the few entries in that bin (see
-    :func:`prunus.plugin_api.global_keep_masks`). The mask equals ``keep_mask`` on the concatenated scores, ties and
-    earlier masks included, at a few percent of its memory. The criterion is called two or three times per
-    parameter, which is exact for deterministic and seeded criteria.
+    The ranking never concatenates the scores: a sample of them gives a narrow window around the threshold, one
+    sweep over each parameter keeps what is above it, prunes what is below and ranks only the few entries inside
+    (see :func:`prunus.plugin_api.global_keep_masks`). The mask equals ``keep_mask`` on the concatenated scores,
+    ties and earlier masks included, at a few percent of its memory. An elementwise criterion (magnitude) is
+    scored chunk by chunk from the weights; another is called once or twice per parameter, which is exact for
+    deterministic and seeded criteria. Sharded parameters (FSDP2) are ranked where they are, the ranks agreeing
+    through collectives.
     """
 
     name = "global"
