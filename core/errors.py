@@ -119,9 +119,9 @@ class ShrinkError(PrunusError, RuntimeError):
     """Channels could not be removed (or the result would not compute what the masked model computed)."""
 
 
-class CheckpointError(PrunusError):
-    """A checkpoint on disk cannot be pruned as it is, or its destination cannot be written; the message names
-    the file. A destination is written in full or not at all."""
+class CheckpointError(PrunusError, OSError):
+    """A checkpoint on disk cannot be pruned as it is, or its destination cannot be written (an ``OSError``); the
+    message names the file. A destination is written in full or not at all."""
 
 
 class MissingShardError(CheckpointError, FileNotFoundError):

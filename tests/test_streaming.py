@@ -269,11 +269,12 @@ def test_a_missing_or_corrupt_shard_is_named_before_anything_is_written(
 
 def test_bad_calls_are_refused_with_typed_errors(source: Path, tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
-    with pytest.raises(prunus.CheckpointError, match="already exists"):
+    with pytest.raises(prunus.CheckpointError, match="already exists") as caught:
         prunus.prune_checkpoint(source, tmp_path / "out", "l1_unstructured", amount=0.5)
+    assert isinstance(caught.value, OSError)
     prunus.prune_checkpoint(source, tmp_path / "out", "l1_unstructured", amount=0.5, overwrite=True)
     assert (tmp_path / "out" / "model.safetensors.index.json").exists()
-    with pytest.raises(prunus.CheckpointError, match="checkpoint itself"):
+    with pytest.raises(prunus.ConfigError, match="checkpoint itself"):
         prunus.prune_checkpoint(source, source, "l1_unstructured", amount=0.5)
     with pytest.raises(prunus.ConfigError, match="calibration"):
         prunus.prune_checkpoint(source, tmp_path / "x", "l1_unstructured", amount=0.5, data=[1])

@@ -103,8 +103,11 @@ def prune_checkpoint(
     Raises:
         MissingShardError, CorruptShardError: a shard of ``src`` is missing or unreadable (before anything is
             written).
-        CheckpointError: ``dst`` exists (without ``overwrite``) or is ``src``, or cannot be written.
-        ConfigError, TargetError, PluginError: as :func:`prunus.prune` raises them.
+        CheckpointError: ``dst`` exists (without ``overwrite``) or cannot be written (also an ``OSError``).
+        ConfigTypeError: an argument of the wrong type (also a ``TypeError``), named in the message.
+        ConfigError: ``dst`` is ``src``; ``data`` given; a global ``min_keep`` floor that binds (nothing is
+            written).
+        ConfigError, TargetError, PluginError, WeightError: as :func:`prunus.prune` raises them.
     """
     check_path("src", src)
     check_path("dst", dst)
@@ -117,7 +120,7 @@ def prune_checkpoint(
     source = Checkpoint(src)
     destination_path = Path(dst)
     if destination_path.resolve() in (source.path.resolve(), source.directory.resolve()):
-        raise CheckpointError(
+        raise ConfigError(
             f"the destination {dst} is the checkpoint itself; write to another directory"
         )
     if data is not None:
