@@ -102,21 +102,32 @@ def zeros_kept(model: nn.Module, masks: dict[str, Tensor]) -> bool:
     )
 
 
-def fsdp_cases(tmp: str) -> dict[str, Any]:
-    from torch.distributed.tensor import DTensor
-
+def pruned_and_trained(
+    wrap: Callable[[nn.Module], nn.Module], checks: dict[str, Callable[[nn.Module], bool]]
+) -> dict[str, Any]:
+    """Each strategy on a wrapped model: masks equal to one process's, zeros kept through 20 AdamW steps."""
     found: dict[str, Any] = {}
     for strategy, options in STRATEGIES:
         want = reference(strategy, options)
-        model = shard(net())
+        model = wrap(net())
         prunus.prune(model, strategy, **options)
-        mask = prunus.masks(model)["0.weight"]
         found[f"{strategy}: masks equal"] = same(masks_of(model), want)
-        found[f"{strategy}: mask is a shard"] = isinstance(mask, DTensor) and tuple(
-            mask.to_local().shape
-        ) == tuple(model[0].weight.to_local().shape)
+        found.update({f"{strategy}: {name}": check(model) for name, check in checks.items()})
         train(model, 20)
         found[f"{strategy}: zeros after 20 AdamW steps"] = zeros_kept(model, want)
+    return found
+
+
+def fsdp_cases(tmp: str) -> dict[str, Any]:
+    from torch.distributed.tensor import DTensor
+
+    def local_shard(model: nn.Module) -> bool:
+        mask = prunus.masks(model)["0.weight"]
+        return isinstance(mask, DTensor) and tuple(mask.to_local().shape) == tuple(
+            model[0].weight.to_local().shape
+        )
+
+    found = pruned_and_trained(shard, {"mask is a shard": local_shard})
     # Ties decided across ranks: tiny candidate limits force the histogram, ties and decide passes.
     chunked_ranking.CANDIDATE_LIMIT, chunked_ranking.MIN_SAMPLE = 8, 16
     for safety in (6.0, 0.0):
@@ -219,15 +230,7 @@ def fsdp_cases(tmp: str) -> dict[str, Any]:
 def ddp_cases(tmp: str) -> dict[str, Any]:
     from torch.nn.parallel import DistributedDataParallel
 
-    found: dict[str, Any] = {}
-    for strategy, options in STRATEGIES:
-        want = reference(strategy, options)
-        model = DistributedDataParallel(net())
-        prunus.prune(model, strategy, **options)
-        found[f"{strategy}: masks equal"] = same(masks_of(model), want)
-        train(model, 20)
-        found[f"{strategy}: zeros after 20 AdamW steps"] = zeros_kept(model, want)
-    return found
+    return pruned_and_trained(DistributedDataParallel, {})
 
 
 def mesh_2d_cases(tmp: str) -> dict[str, Any]:
