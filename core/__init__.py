@@ -6,7 +6,8 @@
 
 The root of the package holds the contracts (strategies, configs, hooks, the registry) and the engine
 (``prune``, ``remove``, ``restore``); the tools live in subpackages (:mod:`prunus.hardware`,
-:mod:`prunus.workflow`, :mod:`prunus.shrinking`, :mod:`prunus.persistence`, :mod:`prunus.cli`, :mod:`prunus.testing`) and load on first use
+:mod:`prunus.workflow`, :mod:`prunus.shrinking`, :mod:`prunus.streaming`, :mod:`prunus.persistence`,
+:mod:`prunus.cli`, :mod:`prunus.testing`) and load on first use
 of one of their names here (PEP 562), so ``import prunus`` stays light. Plugins load on the first use of
 :data:`registry`. A plugin imports from :mod:`prunus.plugin_api` only.
 """
@@ -23,13 +24,16 @@ from .config import Amount, NoOptions, StrategyConfig
 from .engine import is_pruned, masks, prune, remove, restore
 from .errors import (
     AmountError,
+    CheckpointError,
     ConfigError,
     ConfigTypeError,
+    CorruptShardError,
     ExportError,
     FileError,
     FileFormatError,
     MaskError,
     MissingDependencyError,
+    MissingShardError,
     NotPrunedError,
     PluginError,
     PluginLoadWarning,
@@ -78,6 +82,7 @@ if TYPE_CHECKING:
     from .shrinking.record import load_shrunk, shrink_state
     from .shrinking.report import ChannelGroupReport, ShrinkReport
     from .shrinking.sensitivity import GroupSensitivity, channel_sensitivity
+    from .streaming.pruning import prune_checkpoint
     from .workflow import plots
     from .workflow.config import PruneConfig, SensitivityConfig, load_config
     from .workflow.evaluation import (
@@ -132,6 +137,7 @@ _TOOLS: dict[str, str] = {
     "shrink_state": "shrinking.record",
     "GroupSensitivity": "shrinking.sensitivity",
     "channel_sensitivity": "shrinking.sensitivity",
+    "prune_checkpoint": "streaming.pruning",
     "PruneConfig": "workflow.config",
     "SensitivityConfig": "workflow.config",
     "load_config": "workflow.config",
@@ -186,11 +192,13 @@ __all__ = [
     "AnalysisReport",
     "AutoOutcome",
     "ChannelGroupReport",
+    "CheckpointError",
     "Comparison",
     "Component",
     "ComposedStrategy",
     "ConfigError",
     "ConfigTypeError",
+    "CorruptShardError",
     "CpuInfo",
     "Criterion",
     "Evaluation",
@@ -207,6 +215,7 @@ __all__ = [
     "Manifest",
     "MaskError",
     "MissingDependencyError",
+    "MissingShardError",
     "ModelSize",
     "NoOptions",
     "NotPrunedError",
@@ -280,6 +289,7 @@ __all__ = [
     "probe",
     "prune",
     "prune_channels",
+    "prune_checkpoint",
     "pruning_state",
     "quantize",
     "quantized_weights",
