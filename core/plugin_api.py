@@ -10,8 +10,9 @@ built-in does is out of a third party's reach. What is here:
 * **hooks**: :data:`hookimpl` and the :class:`Registrar` the registration hooks receive (the hooks themselves
   are documented in :mod:`prunus.hookspecs`);
 * **contracts**: the four registrable kinds (:class:`Criterion`, :class:`Granularity`, :class:`Strategy`,
-  :class:`Schedule`, all :class:`Component`), what a strategy sees (:class:`Target`, :class:`PruneContext`), and
-  the :class:`Registry` a strategy's ``create`` may look things up in;
+  :class:`Schedule`, all :class:`Component`), what a strategy sees (:class:`Target`, :class:`PruneContext`),
+  the :class:`Partition` a granularity declares (its units and groups, what the test kit checks its masks
+  against), and the :class:`Registry` a strategy's ``create`` may look things up in;
 * **config building blocks**: :class:`StrategyConfig`, :class:`NoOptions`, the :data:`Amount` and
   :data:`Fraction` field types, :data:`SchedulePoint`;
 * **ranking primitives**: :func:`count_to_prune` (torch's rounding of an amount), :func:`keep_mask`,
@@ -40,7 +41,7 @@ from .ranking import eligible_slices, keep_mask, keep_slices, rankable
 from .registration import Registrar, Registry
 from .schedules import Fraction, Schedule, SchedulePoint
 from .selection import Selection
-from .strategy import Criterion, Granularity, PruneContext, Strategy, Target
+from .strategy import Criterion, Granularity, Partition, PruneContext, Strategy, Target
 from .targets import DEFAULT_LAYERS, input_dim, select_targets
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "Kind",
     "MaskError",
     "NoOptions",
+    "Partition",
     "PluginError",
     "PruneContext",
     "Registrar",

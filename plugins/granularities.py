@@ -25,6 +25,7 @@ from prunus.plugin_api import (
     ConfigError,
     Criterion,
     Granularity,
+    Partition,
     PruneContext,
     Registrar,
     StrategyConfig,
@@ -35,6 +36,7 @@ from prunus.plugin_api import (
     hookimpl,
     keep_mask,
     keep_slices,
+    rankable,
 )
 
 
@@ -80,6 +82,10 @@ class Unstructured(Granularity):
             out[target.name] = keep_mask(score(target), k, eligible)
         return out
 
+    def partition(self, target: Target) -> Partition:
+        """Every entry is a unit; the entries of a parameter compete with each other."""
+        return Partition.entries(target.tensor.shape)
+
 
 class Structured(Granularity):
     """Prune whole slices along ``dim``: each slice's entry scores are combined by the criterion's reduce."""
@@ -95,13 +101,7 @@ class Structured(Granularity):
         out = {}
         for target in context.targets:
             shape = target.tensor.shape
-            dim = self.config.dim
-            if not -len(shape) <= dim < len(shape):
-                raise ConfigError(
-                    f"dim={dim} is out of range for {target.name!r} of shape {tuple(shape)}; "
-                    f"valid dims are {-len(shape)} to {len(shape) - 1}"
-                )
-            dim %= len(shape)
+            dim = self._dim(target)
             others = tuple(d for d in range(len(shape)) if d != dim)
             # A slice can still be pruned if any of its entries is still kept.
             eligible = eligible_slices(target.prior, dim)
@@ -112,9 +112,34 @@ class Structured(Granularity):
                 ),
                 size,
             )
-            groups = criterion.reduce(score(target), others)
+            # Reduced in at least float32: a half-precision sum overflows to inf and ties what it should rank.
+            groups = criterion.reduce(rankable(score(target)), others)
             out[target.name] = keep_slices(groups, k, shape, dim, target.prior)
         return out
+
+    def partition(self, target: Target) -> Partition:
+        """The slices along ``dim`` are the units; the slices of a parameter compete with each other."""
+        return Partition.slices(target.tensor.shape, self._dim(target))
+
+    def prune_counts(self, eligible: Tensor) -> Tensor:
+        """``amount``'s count of the slices still kept, as :meth:`slices_to_prune` rounds it."""
+        assert isinstance(self.config, StructuredConfig)
+        counts = [
+            self.slices_to_prune(count_to_prune(self.config.amount, n, what="slices still kept"), n)
+            for n in eligible.tolist()
+        ]
+        return torch.tensor(counts, dtype=torch.int64)
+
+    def _dim(self, target: Target) -> int:
+        """``dim`` checked against ``target`` and made non-negative."""
+        assert isinstance(self.config, StructuredConfig)
+        ndim, dim = target.tensor.dim(), self.config.dim
+        if not -ndim <= dim < ndim:
+            raise ConfigError(
+                f"dim={dim} is out of range for {target.name!r} of shape {tuple(target.tensor.shape)}; "
+                f"valid dims are {-ndim} to {ndim - 1}"
+            )
+        return dim % ndim
 
     def slices_to_prune(self, asked: int, size: int) -> int:
         """How many of the ``size`` eligible slices to prune when ``amount`` asks for ``asked``.
@@ -146,6 +171,10 @@ class Global(Granularity):
         return global_keep_masks(
             targets, score, self.config.amount, _restore_bytes(targets, self.config.amount, context)
         )
+
+    def partition(self, target: Target) -> Partition:
+        """Every entry is a unit, and the entries of every target compete in one group."""
+        return Partition.entries(target.tensor.shape, shared=True)
 
 
 def _restore_bytes(targets: list[Target], amount: int | float, context: PruneContext) -> int:
@@ -196,6 +225,30 @@ class Aligned(Structured):
     name = "aligned"
     summary = "prunes whole slices along dim, keeping a multiple of round_to (8) of them"
     Config = AlignedConfig
+
+    def partition(self, target: Target) -> Partition:
+        """The slices along ``dim`` are the units; the slices of a parameter compete with each other."""
+        return Partition.slices(target.tensor.shape, self._dim(target))
+
+    def prune_counts(self, eligible: Tensor) -> Tensor:
+        """``amount``'s count of the slices still kept, as :meth:`slices_to_prune` rounds it."""
+        assert isinstance(self.config, StructuredConfig)
+        counts = [
+            self.slices_to_prune(count_to_prune(self.config.amount, n, what="slices still kept"), n)
+            for n in eligible.tolist()
+        ]
+        return torch.tensor(counts, dtype=torch.int64)
+
+    def _dim(self, target: Target) -> int:
+        """``dim`` checked against ``target`` and made non-negative."""
+        assert isinstance(self.config, StructuredConfig)
+        ndim, dim = target.tensor.dim(), self.config.dim
+        if not -ndim <= dim < ndim:
+            raise ConfigError(
+                f"dim={dim} is out of range for {target.name!r} of shape {tuple(target.tensor.shape)}; "
+                f"valid dims are {-ndim} to {ndim - 1}"
+            )
+        return dim % ndim
 
     def slices_to_prune(self, asked: int, size: int) -> int:
         assert isinstance(self.config, AlignedConfig)

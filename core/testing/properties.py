@@ -5,8 +5,9 @@ what is wrong, plus the Hypothesis strategy of examples it runs on (by default
 :meth:`Subject.examples <prunus.testing.subject.Subject.examples>`). Properties are looked up by name and by
 the strategy's granularity (``registry.info(name).granularity``): a property registered for a granularity
 replaces the generic property of the same name for strategies at that granularity, and a granularity may add
-properties of its own. A plugin that adds a granularity (N:M, blocks...) registers its group properties with
-:func:`register_property` and the count of its units with :func:`~prunus.testing.subject.register_units`.
+properties of its own. A granularity needs none: the group properties check every granularity against what it
+declares (its :class:`~prunus.plugin_api.Partition` and counts); a plugin registers a property of its own for
+a rule the declaration cannot state.
 
 Generic properties (every strategy; ``requires`` narrows some):
 
@@ -17,7 +18,9 @@ Generic properties (every strategy; ``requires`` narrows some):
 ``input_unchanged``          the parameters, earlier masks, gradients and data are not modified
 ``dtype_and_device_preserved``  parameters keep their dtype, device and identity; masks and scores their device
 ``global_rng_untouched``     the global torch random generator is not used (seeded strategies draw locally)
-``same_seed_same_mask``      the same options (the same seed) give the same masks
+``same_seed_same_mask``      the same options (the same seed) give the same masks, whatever the global RNG state
+``declared_deterministic``   a strategy declared deterministic does not depend on a seed or its parameters' names
+``repeated_calls``           one configured strategy called again gives what a fresh one gives
 ``seed_changes_mask``        a seeded random strategy gives different masks for different seeds
 ``amount_zero_keeps_all``    ``amount=0`` and ``amount=0.0`` prune nothing
 ``monotonic_in_amount``      for a deterministic strategy, a larger amount prunes a superset
@@ -26,14 +29,21 @@ Generic properties (every strategy; ``requires`` narrows some):
 ``prunes_real_modules``      on real layers and models: ``prune``, forward, zeros, report, ``remove``, ``restore``
 ===========================  ===============================================================================
 
-Group properties (by granularity: ``unstructured``, ``structured``, ``global``):
+Group properties, for every strategy at a registered granularity, checked against the granularity's
+declaration (its :class:`~prunus.plugin_api.Partition` of each parameter and its
+:meth:`~prunus.plugin_api.Granularity.prune_counts`; see :mod:`prunus.testing.partitions`):
 
 ===========================  ===============================================================================
-``exact_count``              the number pruned is what ``amount`` asks, rounded as torch rounds
+``granularity_declared``     the granularity declares its units, groups and counts, consistently
+``exact_count``              every group prunes exactly its count (``amount`` rounded as torch rounds, by default)
 ``amount_one_prunes_all``    ``amount=1.0`` prunes every prunable unit
-``criterion_respected``      every pruned unit scores no higher than every kept unit of its group
-``whole_slices``             (structured) pruning removes whole slices along ``dim``
+``whole_units``              every unit (an entry, a slice, a block...) is kept as it was or pruned whole
+``criterion_respected``      in every group, every pruned unit scores no higher than every kept unit
+``signed_scores_ranked``     the same three with scores the kit draws: signed, tied, infinite
 ===========================  ===============================================================================
+
+The built-in granularities also have ``declared_as_documented`` (:mod:`prunus.testing.builtin_rules`): their
+declarations equal the rules their documentation states, computed independently.
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ import importlib
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, NoReturn
 
 import torch
@@ -54,14 +64,23 @@ from pydantic.errors import PydanticUserError
 from torch import Tensor, nn
 
 from .. import masking
+from ..config import NoOptions
 from ..engine import masks as model_masks
 from ..engine import prune, remove, restore
 from ..errors import ConfigError, TargetError
 from ..report import PruneReport
-from ..strategy import Criterion, PruneContext, Target
+from ..strategy import ComposedStrategy, Criterion, PruneContext, Target
 from ..targets import select_targets
 from . import generators as pst
-from .subject import Example, Param, Subject, eligible, slices
+from .partitions import (
+    Layout,
+    check_counts,
+    check_ranking,
+    check_whole_units,
+    expected_counts,
+    read_layout,
+)
+from .subject import Example, Param, Subject, eligible, note_options
 
 __all__ = [
     "Property",
@@ -87,8 +106,11 @@ class Property:
         granularity: the granularity it is for, or ``None`` for every granularity.
         requires: requirements, each ``None`` when met or the reason the property does not apply.
         examples: the Hypothesis strategy of examples for a subject (default: ``subject.examples()``).
-        max_examples: the examples it needs at the kit's default (for properties with little to vary); a run
-            asking for more examples than the default raises it in proportion.
+        max_examples: the examples it runs at the kit's default (fewer for properties with little to vary,
+            more for those that cover much); a run asking for more or fewer examples scales it in proportion.
+        scope: ``"strategy"``, or ``"granularity"`` for a property of the granularity alone (checked with the
+            kit's own criterion or on the declaration): it runs once per granularity in a process, from a
+            seed of the granularity's name, however many criteria are composed with it.
     """
 
     name: str
@@ -98,6 +120,7 @@ class Property:
     requires: tuple[Requirement, ...] = ()
     examples: Callable[[Subject], st.SearchStrategy[Any]] | None = None
     max_examples: int | None = None
+    scope: str = "strategy"
 
     @property
     def summary(self) -> str:
@@ -127,6 +150,7 @@ def register_property(
     requires: Sequence[Requirement] = (),
     examples: Callable[[Subject], st.SearchStrategy[Any]] | None = None,
     max_examples: int | None = None,
+    scope: str = "strategy",
 ) -> Callable[[Check], Check]:
     """Register ``check(subject, example)`` as a property (decorator); its docstring documents it.
 
@@ -136,8 +160,11 @@ def register_property(
             generic one of the same name at that granularity.
         requires: requirements on the subject (see :data:`Requirement`), e.g. :func:`needs_amount`.
         examples: the Hypothesis strategy of examples for a subject (default: ``subject.examples()``).
-        max_examples: the examples it needs at the kit's default (raised in proportion by longer runs).
+        max_examples: the examples it runs at the kit's default (scaled in proportion by other runs).
+        scope: ``"granularity"`` for a property of the granularity alone (see :class:`Property`).
     """
+    if scope not in ("strategy", "granularity"):
+        raise ValueError(f"scope={scope!r} must be 'strategy' or 'granularity'")
 
     def decorate(check: Check) -> Check:
         key = (name or check.__name__, granularity)
@@ -149,6 +176,7 @@ def register_property(
             requires=tuple(requires),
             examples=examples,
             max_examples=max_examples,
+            scope=scope,
         )
         return check
 
@@ -161,7 +189,7 @@ def property_names() -> list[str]:
     return list(dict.fromkeys(name for name, _ in _REGISTRY))
 
 
-_BUILTIN_EXTENSIONS = ("semistructured",)
+_BUILTIN_EXTENSIONS = ("builtin_rules",)
 """Modules of this package that register the group properties of prunus's other built-in granularities."""
 
 
@@ -225,6 +253,16 @@ def needs_seed(subject: Subject) -> str | None:
     return None
 
 
+def needs_granularity(subject: Subject) -> str | None:
+    """Applies to strategies at a registered granularity (whose declaration the group properties check)."""
+    return subject.without_granularity()
+
+
+def needs_composition(subject: Subject) -> str | None:
+    """Applies to strategies composed of a criterion and a registered granularity."""
+    return needs_criterion(subject) or needs_granularity(subject)
+
+
 def needs_json_config(subject: Subject) -> str | None:
     """Applies to strategies whose config can be written as JSON (not one holding tensors)."""
     try:
@@ -270,18 +308,6 @@ def full_masks(context: PruneContext, masks: Mapping[str, Any]) -> dict[str, Ten
         if mask.device != tensor.device:
             fail(f"the mask for {name!r} is on {mask.device}, the parameter on {tensor.device}")
     return {t.name: masks[t.name] if t.name in masks else eligible(t) for t in context.targets}
-
-
-def expected_count(amount: int | float, size: int) -> int:
-    """The units ``amount`` asks to prune out of ``size`` (an int is a count; a fraction rounds half to even)."""
-    return amount if isinstance(amount, int) else round(amount * size)
-
-
-def amount_text(amount: int | float, size: int, unit: str) -> str:
-    want = expected_count(amount, size)
-    if isinstance(amount, int):
-        return f"amount={amount!r} (an int, so a count) asks for {want} of the {size} {unit}"
-    return f"amount={amount!r} (a fraction) asks for round({amount!r} * {size}) = {want} of the {size} {unit}"
 
 
 def _indices(mask: Tensor, limit: int = 8) -> list[list[int]] | list[int]:
@@ -332,13 +358,6 @@ def _scores(
             t.name: subject.registry.hooks.score(criterion, t, context) for t in context.targets
         }
     return context, criterion, scores
-
-
-def _order_text(pruned: float, kept: float) -> str:
-    return (
-        f"pruned a unit scored {pruned!r} but kept one scored {kept!r}; the lowest-scored units must be "
-        "pruned first (is the ranking reversed?)"
-    )
 
 
 # -- generic properties ------------------------------------------------------------------------------------
@@ -478,29 +497,150 @@ def global_rng_untouched(subject: Subject, example: Example) -> None:
         )
 
 
+def _differ(
+    first: Mapping[str, Any], again: Mapping[str, Any], names: Mapping[str, str]
+) -> str | None:
+    """How two results of ``compute`` differ (``names`` maps the first's target names to the second's)."""
+    if {names.get(n, n) for n in first} != set(again):
+        return f"masked different targets: {sorted(first)} and {sorted(again)}"
+    for name, mask in first.items():
+        other = again[names.get(name, name)]
+        if isinstance(mask, Tensor) and isinstance(other, Tensor) and not torch.equal(mask, other):
+            count = int((mask != other).sum()) if mask.shape == other.shape else "all"
+            return f"gave different masks for {name!r} ({count} entries differ)"
+    return None
+
+
 @register_property(max_examples=15)
 def same_seed_same_mask(subject: Subject, example: Example) -> None:
-    """The same options (for a random strategy: the same seed) give the same masks, every time."""
+    """The same options (for a random strategy: the same seed) give the same masks, whatever the global RNG state.
+
+    A random strategy draws from ``target.generator(seed)``: its masks follow from the options, not from
+    torch's global random state, which the program around it may have set to anything.
+    """
     _, first = subject.compute(example)
-    for attempt in range(2):
-        _, again = subject.compute(example)
-        if set(again) != set(first):
+    _, again = subject.compute(example)
+    differ = _differ(first, again, {})
+    if differ is not None:
+        cause = (
+            "the seed option must decide the mask"
+            if "seed" in subject.info.config.model_fields
+            else "the masks must follow from the parameters and the options alone (is something kept "
+            "from one call to the next, or drawn at random?)"
+        )
+        fail(f"computing twice with the same options {example.all_options()!r} {differ}; {cause}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2**31 - 1)
+        _, reseeded = subject.compute(example)
+    differ = _differ(first, reseeded, {})
+    if differ is not None:
+        fail(
+            f"after torch.manual_seed(2**31 - 1) the same options {differ}: the masks depend on torch's global "
+            "random state; a random strategy draws from a local generator, target.generator(seed)"
+        )
+
+
+@register_property(requires=[needs_determinism], max_examples=10)
+def declared_deterministic(subject: Subject, example: Example) -> None:
+    """A strategy declared deterministic gives masks that depend on the parameters and the options alone.
+
+    The flag is checked, not trusted: renaming the parameters (``p0.weight`` to ``q0.weight``), or changing an
+    option named ``seed``, must not change the masks. A criterion seeded by a parameter's name or by a seed
+    (``target.generator(...)``) is random: it sets ``deterministic = False``, and the kit checks its seed.
+    """
+    options = example.all_options()
+    if not subject.build(**options).deterministic:
+        return  # this configuration declares itself random (global_unstructured with a random criterion)
+    context, first = subject.compute(example)
+    renamed_context = example.context(prefix="q")
+    names = {a.name: b.name for a, b in zip(context.targets, renamed_context.targets, strict=True)}
+    # Options that name the targets (custom_mask's masks) do not survive a renaming.
+    differ = None
+    if not any(name in repr(options) for name in names):
+        _, renamed = subject.compute(example, renamed_context)
+        differ = _differ(first, renamed, names)
+    if differ is not None:
+        fail(
+            f"renaming the parameters (p0 to q0, ...) {differ}: the masks depend on the parameters' names, so "
+            "the strategy draws at random (target.generator seeds from the name); set deterministic = False "
+            "on the criterion (or strategy)"
+        )
+    if "seed" not in subject.info.config.model_fields:
+        return
+    seed = options.get("seed", subject.info.config.model_fields["seed"].default)
+    for other in (seed + 1, seed - 1) if isinstance(seed, int) else ():
+        try:
+            _, reseeded = subject.compute(example, seed=other)
+        except ConfigError:
+            continue
+        differ = _differ(first, reseeded, {})
+        if differ is not None:
             fail(
-                f"two computations with the same options masked different targets: {sorted(first)} and {sorted(again)}"
+                f"seed={other} instead of seed={seed} {differ}, but the strategy is declared deterministic; "
+                "set deterministic = False on the criterion (or strategy) that reads the seed"
             )
-        for name, mask in first.items():
-            other = again[name]
-            if (
-                isinstance(mask, Tensor)
-                and isinstance(other, Tensor)
-                and not torch.equal(mask, other)
-            ):
-                differ = int((mask != other).sum()) if mask.shape == other.shape else "all"
-                fail(
-                    f"computing twice with the same options {example.all_options()!r} gave different masks "
-                    f"for {name!r} ({differ} entries differ, on attempt {attempt + 2}); "
-                    "a seed option must decide the mask"
-                )
+        return
+
+
+@dataclass(frozen=True, eq=False)
+class RepeatedExample:
+    """Two calls of one configured strategy: on ``example``, then on its parameters with other values."""
+
+    example: Example
+    continues: bool
+
+    def describe(self, options: Mapping[str, Any] | None = None) -> str:
+        second = (
+            "the same parameters again, values reversed, keeping the first call's masks"
+            if self.continues
+            else "the same parameters again, values reversed, nothing pruned"
+        )
+        return (
+            f"{self.example.describe(options)}\nsecond call of the same strategy object: {second}"
+        )
+
+
+def _repeated_examples(subject: Subject) -> st.SearchStrategy[RepeatedExample]:
+    return st.builds(RepeatedExample, subject.examples(), st.booleans())
+
+
+def _second_call(example: Example, full: Mapping[str, Tensor], continues: bool) -> Example:
+    """``example``'s parameters with their values reversed, after the first call's masks or afresh."""
+    params = []
+    for param in example.params:
+        dims = tuple(range(param.values.dim()))
+        values = param.values.flip(dims)
+        grad = None if param.grad is None else param.grad.flip(dims)
+        prior = full[param.name] if continues else None
+        if prior is not None:
+            values = values.masked_fill(~prior, 0)
+        params.append(replace(param, values=values, prior=prior, grad=grad))
+    return replace(example, params=tuple(params))
+
+
+@register_property(examples=_repeated_examples, max_examples=15)
+def repeated_calls(subject: Subject, drawn: RepeatedExample) -> None:
+    """One configured strategy, called again, gives what a fresh one gives: nothing carries over between calls.
+
+    ``prune(model, strategy)`` takes a configured strategy and may be called with it many times (on other
+    models, or again on the same one): scores or counts memoised on the strategy, its criterion or its
+    granularity must not leak from one call into the next.
+    """
+    example = drawn.example
+    strategy = subject.build(**example.all_options())
+    context, masks = subject.compute(example, strategy=strategy)
+    # An int amount may count more than a first call leaves: only a fraction continues from its masks.
+    continues = drawn.continues and not isinstance(example.amount, int)
+    second = _second_call(example, full_masks(context, masks), continues)
+    _, reused = subject.compute(second, strategy=strategy)
+    _, fresh = subject.compute(second)
+    differ = _differ(fresh, reused, {})
+    if differ is not None:
+        fail(
+            f"called a second time, on other values, the same configured strategy {differ} from a fresh one: "
+            "something of the first call was kept (scores or counts memoised on the strategy, its criterion "
+            "or its granularity?); compute everything from the context of each call"
+        )
 
 
 def _seed_examples(subject: Subject) -> st.SearchStrategy[Example]:
@@ -563,6 +703,8 @@ def monotonic_in_amount(subject: Subject, drawn: tuple[Example, int | float]) ->
     """A deterministic strategy prunes a superset when asked for more: masks shrink as ``amount`` grows."""
     example, other = drawn
     assert example.amount is not None
+    if not subject.build(**example.all_options()).deterministic:
+        return  # this configuration declares itself random (global_unstructured with a random criterion)
     low, high = sorted([example.amount, other])
     context, masks_low = subject.compute(example, amount=low)
     low_full = full_masks(context, masks_low)
@@ -676,7 +818,7 @@ class RealExample:
     data: Any
     text: str
 
-    def describe(self) -> str:
+    def describe(self, options: Mapping[str, Any] | None = None) -> str:
         return self.text
 
     def __repr__(self) -> str:
@@ -835,26 +977,51 @@ def prunes_real_modules(subject: Subject, example: RealExample) -> None:
             )
 
 
-# -- group properties: unstructured ------------------------------------------------------------------------
+# -- group properties: checked against the granularity's declaration -----------------------------------------
 
 
-@register_property("exact_count", granularity="unstructured", requires=[needs_amount])
-def exact_count_unstructured(subject: Subject, example: Example) -> None:
-    """Each parameter loses exactly the entries ``amount`` asks, counted among the entries still kept.
+@register_property(requires=[needs_granularity], max_examples=10, scope="granularity")
+def granularity_declared(subject: Subject, example: Example) -> None:
+    """The granularity declares its units, groups and counts: a ``Partition`` of each parameter, ``prune_counts``.
 
-    An int is a count, a float a fraction rounded with Python's ``round`` (half to even), as torch rounds.
+    Every mask is checked against them (``exact_count``, ``whole_units``, ``criterion_respected``): a
+    granularity that declares nothing, or something inconsistent (a unit across groups, a count out of range),
+    fails here with what to declare.
     """
-    assert example.amount is not None
+    expected_counts(subject.layout(example))
+
+
+@register_property(requires=[needs_granularity])
+def exact_count(subject: Subject, example: Example) -> None:
+    """Every group prunes exactly the units its count asks, among its units still kept.
+
+    By default a group prunes ``amount``'s count of its units still kept: an int is a count, a float a fraction
+    rounded with Python's ``round`` (half to even), as torch rounds. A granularity with another rule (N:M keeps
+    ``n_keep`` of each group, ``aligned`` rounds to a multiple) declares it in ``prune_counts``.
+    """
     context, masks = subject.compute(example)
-    full = full_masks(context, masks)
-    for target in context.targets:
-        keep = eligible(target)
-        size = int(keep.sum())
-        pruned = int((keep & ~full[target.name]).sum())
-        if pruned != expected_count(example.amount, size):
-            fail(
-                f"{target.name!r}: pruned {pruned}, but {amount_text(example.amount, size, 'entries still kept')}"
-            )
+    layout = subject.layout(example, context)
+    check_counts(layout, full_masks(context, masks))
+    if example.amount is None:
+        return
+    for amount in _probe_amounts(layout.eligible(), example.units):
+        context, masks = subject.compute(example, amount=amount)
+        check_counts(
+            subject.layout(replace(example, amount=amount), context), full_masks(context, masks)
+        )
+
+
+def _probe_amounts(eligible: Tensor, units: int | None) -> list[int | float]:
+    """Amounts where miscounting shows, for groups of ``eligible`` units: fractions landing on a half (even
+    below, where half-to-even rounds down), on a quarter above and below, and the count 1."""
+    largest = int(eligible.max()) if eligible.numel() else 0
+    probes: list[int | float] = []
+    if largest:
+        below = largest // 2 - (largest // 2) % 2
+        probes += [(below + part) / largest for part in (0.5, 0.75, 0.25)]
+    if units is not None and units >= 2:
+        probes.append(1)
+    return probes
 
 
 @register_property("amount_one_prunes_all", requires=[needs_amount], max_examples=10)
@@ -870,134 +1037,112 @@ def amount_one_prunes_all(subject: Subject, example: Example) -> None:
             )
 
 
-def _check_order(where: str, scores: Tensor, pruned: Tensor, kept: Tensor) -> None:
-    if not (bool(pruned.any()) and bool(kept.any())):
-        return
-    values = scores.double()
-    highest_pruned = float(values[pruned].max())
-    lowest_kept = float(values[kept].min())
-    if highest_pruned > lowest_kept:
-        fail(f"{where}: {_order_text(highest_pruned, lowest_kept)}")
-
-
-@register_property(
-    "criterion_respected", granularity="unstructured", requires=[needs_amount, needs_criterion]
-)
-def criterion_unstructured(subject: Subject, example: Example) -> None:
-    """In each parameter, every entry pruned now scores no higher than every entry kept."""
-    context, _, scores = _scores(subject, example)
-    _, masks = subject.compute(example)
+@register_property(requires=[needs_granularity])
+def whole_units(subject: Subject, example: Example) -> None:
+    """Every unit the granularity declares (an entry, a slice, a block...) is kept as it was or pruned whole."""
+    context, masks = subject.compute(example)
     full = full_masks(context, masks)
-    for target in context.targets:
-        mask = full[target.name]
-        _check_order(repr(target.name), scores[target.name], eligible(target) & ~mask, mask)
+    check_whole_units(subject.layout(example, context), full)
 
 
-# -- group properties: structured --------------------------------------------------------------------------
+@register_property(requires=[needs_composition])
+def criterion_respected(subject: Subject, example: Example) -> None:
+    """In every group, every unit pruned now scores no higher than every unit kept.
 
-
-def _dim(example: Example) -> int:
-    return int(example.options.get("dim", 0))
-
-
-def _slice_masks(target: Target, mask: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """Per slice along ``dim``: whether it could be pruned (any entry still kept), whether it is kept now."""
-    _, others = slices(target, dim)
-    keep = eligible(target)
-    if not others:
-        return keep, mask
-    return keep.any(dim=others), mask.any(dim=others)
-
-
-@register_property("exact_count", granularity="structured", requires=[needs_amount])
-def exact_count_structured(subject: Subject, example: Example) -> None:
-    """Each parameter loses exactly the slices along ``dim`` that ``amount`` asks, among the slices still kept.
-
-    A slice is still kept while any of its entries is; an int is a count, a float a fraction rounded as torch
-    rounds.
+    A unit's score is the criterion's ``reduce`` over its entries (a unit of one entry scores that entry).
     """
-    assert example.amount is not None
-    context, masks = subject.compute(example)
-    full = full_masks(context, masks)
-    for target in context.targets:
-        dim, _ = slices(target, _dim(example))
-        could, kept = _slice_masks(target, full[target.name], dim)
-        size = int(could.sum())
-        pruned = int((could & ~kept).sum())
-        if pruned != expected_count(example.amount, size):
-            unit = f"slices along dim={dim} still kept"
-            fail(
-                f"{target.name!r}: pruned {pruned} slices, but {amount_text(example.amount, size, unit)}"
-            )
-
-
-@register_property("whole_slices", granularity="structured")
-def whole_slices(subject: Subject, example: Example) -> None:
-    """Structured pruning removes whole slices along ``dim``: each slice is either kept as it was or all pruned."""
-    context, masks = subject.compute(example)
-    full = full_masks(context, masks)
-    for target in context.targets:
-        dim, _ = slices(target, _dim(example))
-        mask = full[target.name].movedim(dim, 0).reshape(target.tensor.shape[dim], -1)
-        prior = eligible(target).movedim(dim, 0).reshape(target.tensor.shape[dim], -1)
-        partial = ~((mask == prior).all(dim=1) | (~mask).all(dim=1))
-        if bool(partial.any()):
-            index = int(partial.nonzero()[0, 0])
-            fail(
-                f"{target.name!r} (shape {tuple(target.tensor.shape)}): slice {index} along dim={dim} is only "
-                f"partly pruned: keeps {mask[index].tolist()} of {prior[index].tolist()}; structured pruning "
-                f"removes whole slices along dim={dim}"
-            )
-
-
-@register_property(
-    "criterion_respected", granularity="structured", requires=[needs_amount, needs_criterion]
-)
-def criterion_structured(subject: Subject, example: Example) -> None:
-    """In each parameter, every slice pruned now has a group score (``criterion.reduce``) no higher than every kept one."""
     context, criterion, scores = _scores(subject, example)
     _, masks = subject.compute(example)
     full = full_masks(context, masks)
-    for target in context.targets:
-        dim, others = slices(target, _dim(example))
-        groups = criterion.reduce(scores[target.name], others)
-        if tuple(groups.shape) != (target.tensor.shape[dim],):
-            fail(
-                f"criterion.reduce over dims {others} of {target.name!r} gave shape {tuple(groups.shape)}, "
-                f"not one score per slice ({target.tensor.shape[dim]},)"
-            )
-        if bool(torch.isnan(groups).any()):
-            fail(f"criterion.reduce gave NaN slice scores for {target.name!r}: {groups.tolist()}")
-        could, kept = _slice_masks(target, full[target.name], dim)
-        _check_order(f"{target.name!r} along dim={dim}", groups, could & ~kept, kept)
+    check_ranking(subject.layout(example, context), full, scores, criterion.reduce)
 
 
-# -- group properties: global ------------------------------------------------------------------------------
+class KitScores(Criterion):
+    """The kit's own criterion: the scores it drew for each target (from ``context.extras``).
+
+    Its reduce is a unit's smallest score: it ranks units unlike a sum, a mean, a norm or a maximum, so a
+    granularity that combines scores its own way instead of calling ``criterion.reduce`` shows.
+    """
+
+    name = "prunus_testing_scores"
+    summary = "scores drawn by the prunus test kit"
+    KEY = "prunus.testing.scores"
+
+    def score(self, target: Target, context: PruneContext) -> Tensor:
+        drawn: Tensor = context.extras[self.KEY][target.name]
+        return drawn.clone()
+
+    def reduce(self, scores: Tensor, dims: tuple[int, ...]) -> Tensor:
+        if not dims:
+            return scores
+        return scores.amin(dim=dims)
 
 
-@register_property("exact_count", granularity="global", requires=[needs_amount])
-def exact_count_global(subject: Subject, example: Example) -> None:
-    """The masks meet the budget across parameters: together they lose exactly what ``amount`` asks of their total."""
-    assert example.amount is not None
-    context, masks = subject.compute(example)
-    full = full_masks(context, masks)
-    size = sum(int(eligible(t).sum()) for t in context.targets)
-    per = {t.name: int((eligible(t) & ~full[t.name]).sum()) for t in context.targets}
-    pruned = sum(per.values())
-    if pruned != expected_count(example.amount, size):
-        unit = "entries still kept across all targets"
-        fail(f"pruned {pruned} ({per}), but {amount_text(example.amount, size, unit)}")
+@dataclass(frozen=True, eq=False)
+class ScoredExample:
+    """An example and the scores the kit's criterion gives its parameters."""
+
+    example: Example
+    scores: tuple[Tensor, ...]
+
+    def describe(self, options: Mapping[str, Any] | None = None) -> str:
+        lines = [self.example.describe(options), "scores given by the kit's criterion:"]
+        lines += [
+            f"  {param.name}: {_format(score)}"
+            for param, score in zip(self.example.params, self.scores, strict=True)
+        ]
+        return "\n".join(lines)
+
+
+def _scored_examples(subject: Subject) -> st.SearchStrategy[ScoredExample]:
+    def with_scores(example: Example) -> st.SearchStrategy[ScoredExample]:
+        drawn = [pst.scores(shape=p.values.shape, dtype=p.values.dtype) for p in example.params]
+        return st.tuples(*drawn).map(lambda scores: ScoredExample(example, scores))
+
+    return subject.examples().flatmap(with_scores)
 
 
 @register_property(
-    "criterion_respected", granularity="global", requires=[needs_amount, needs_criterion]
+    requires=[needs_composition], examples=_scored_examples, max_examples=100, scope="granularity"
 )
-def criterion_global(subject: Subject, example: Example) -> None:
-    """Across all parameters, every entry pruned now scores no higher than every entry kept."""
-    context, _, scores = _scores(subject, example)
-    _, masks = subject.compute(example)
+def signed_scores_ranked(subject: Subject, drawn: ScoredExample) -> None:
+    """The granularity ranks any scores right: signed, tied, zero, ``-0.0`` and infinite ones.
+
+    The kit puts its own criterion in front of the granularity, with the scores it draws, and checks exact
+    counts, whole units and the ranking in every group. A granularity that ranks ``|score|``, or that only
+    works for the non-negative scores of magnitude criteria, fails here.
+    """
+    example = drawn.example
+    scores = {p.name: s for p, s in zip(example.params, drawn.scores, strict=True)}
+    layout = _with_kit_scores(subject, example, example.all_options(), scores)
+    if example.amount is not None:
+        for amount in _probe_amounts(layout.eligible(), example.units):
+            _with_kit_scores(subject, example, example.all_options(amount=amount), scores)
+
+
+def _with_kit_scores(
+    subject: Subject, example: Example, options: dict[str, Any], scores: dict[str, Tensor]
+) -> Layout:
+    """Check the masks the subject's granularity gives with the kit's scores and ``options``."""
+    note_options(options)
+    granularity = subject.granularity_of(options)
+    assert granularity is not None
+    context = example.context()
+    context.extras[KitScores.KEY] = scores
+    criterion = KitScores(NoOptions())
+    strategy = ComposedStrategy(
+        granularity.config,
+        criterion,
+        granularity,
+        lambda c, t, ctx: c.score(t, ctx),
+        f"{criterion.name}_{granularity.name}",
+    )
+    with torch.no_grad():
+        masks = strategy.compute_masks(context)
     full = full_masks(context, masks)
-    flat = torch.cat([scores[t.name].double().reshape(-1) for t in context.targets])
-    could = torch.cat([eligible(t).reshape(-1) for t in context.targets])
-    kept = torch.cat([full[t.name].reshape(-1) for t in context.targets])
-    _check_order("across all targets", flat, could & ~kept, kept)
+    layout = read_layout(granularity, context.targets)
+    prefix = "with the kit's scores, "
+    check_whole_units(layout, full, prefix)
+    check_counts(layout, full, prefix)
+    check_ranking(layout, full, scores, criterion.reduce, prefix)
+    return layout
