@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 import prunus
-from prunus.probe import CACHE_ENV, time_interleaved
+from prunus.hardware.probing import CACHE_ENV
+from prunus.hardware.timing import time_interleaved
 
 
 def mlp(sizes: list[int], device: str) -> nn.Sequential:
@@ -54,28 +55,15 @@ def mlp(sizes: list[int], device: str) -> nn.Sequential:
 
 
 def shrink(model: nn.Sequential) -> nn.Sequential:
-    """The smaller dense MLP left when every all-zero output neuron (and the next layer's input) is removed.
+    """The smaller dense MLP ``prunus.shrink`` leaves when every all-zero output neuron is removed.
 
-    The removed neurons' outputs are relu(bias), a constant folded into the next layer's bias, so the outputs
-    are equal.
+    The removed neurons' outputs are relu(bias), constants ``shrink(exact=False)`` folds into the next layer's
+    bias, so the outputs are equal (checked here).
     """
     original, model = model, copy.deepcopy(model)
-    if prunus.is_pruned(model):
-        prunus.remove(model)
     linears = [m for m in model if isinstance(m, nn.Linear)]
-    with torch.no_grad():
-        for layer, following in itertools.pairwise(linears):
-            keep = layer.weight.ne(0).any(dim=1)
-            dropped = (~keep).nonzero().squeeze(1)
-            if following.bias is not None and dropped.numel():
-                constant = torch.relu(layer.bias[dropped])
-                following.bias += following.weight[:, dropped] @ constant
-            layer.weight = nn.Parameter(layer.weight[keep].clone())
-            layer.bias = nn.Parameter(layer.bias[keep].clone())
-            layer.out_features = int(keep.sum())
-            following.weight = nn.Parameter(following.weight[:, keep].clone())
-            following.in_features = int(keep.sum())
     x = torch.randn(4, linears[0].in_features, device=linears[0].weight.device)
+    prunus.shrink(model, x, exact=False)
     torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-4)  # the same function
     return model
 

@@ -51,6 +51,7 @@ __all__ = [
     "pruned_values",
     "remove_parameter",
     "restore_parameter",
+    "saved_values",
     "zero_pruned",
 ]
 
@@ -227,6 +228,15 @@ def is_restorable(module: nn.Module, name: str) -> bool:
     return module._buffers.get(VALUES_PREFIX + name) is not None
 
 
+def saved_values(module: nn.Module, name: str) -> Tensor | None:
+    """The original values of ``module.<name>``'s pruned entries, kept for ``restore`` (flat row-major order of
+    the pruned entries), or ``None`` when it is not pruned or was pruned with ``restorable=False``.
+
+    The tensor itself: do not modify it. A saved pruning state holds it; :func:`attach_mask` takes it back.
+    """
+    return module._buffers.get(VALUES_PREFIX + name)
+
+
 def masked_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
     """``(qualified name, module, parameter name)`` for every masked parameter in ``model``."""
     for prefix, module in model.named_modules():
@@ -332,13 +342,22 @@ def deferred_zeroing() -> Iterator[Callable[[], None]]:
 
 @_locked
 def attach_mask(
-    module: nn.Module, name: str, mask: Tensor, *, restorable: bool = True
+    module: nn.Module,
+    name: str,
+    mask: Tensor,
+    *,
+    restorable: bool = True,
+    values: Tensor | None = None,
 ) -> Callable[[], None]:
     """Put ``mask`` on ``module.<name>``: zero the pruned entries and remember what ``restore`` needs.
 
     ``mask`` is the full keep-mask (already combined with any earlier one). Returns a function that undoes this
     call exactly, used to leave the model as it was when a later step of the same ``prune`` fails. Inside
     :func:`deferred_zeroing` the zeroing waits for the commit.
+
+    ``values``: the original values of the pruned entries when they are known from elsewhere (a saved pruning
+    state being loaded, see :func:`saved_values`): kept for ``restore`` as they are instead of being gathered
+    from the parameter, whose pruned entries may already be zero. Only for a parameter without a mask yet.
 
     Memory: the mask itself, the pruned values when ``restorable`` (one entry per pruned entry), and one
     transient inverted mask. Outside :func:`deferred_zeroing` the undo also keeps the values this call zeroes
@@ -351,8 +370,16 @@ def attach_mask(
     had_tracker = _TRACKER in module.__dict__
     data = param.detach()
 
-    values: Tensor | None = None
-    if restorable and (prior is None or prior_values is not None):
+    supplied = values is not None
+    if values is not None:
+        if prior is not None:
+            raise ValueError(f"values= is for a parameter without a mask; {name!r} already has one")
+        pruned_count = mask.numel() - int(torch.count_nonzero(mask))
+        if values.numel() != pruned_count:
+            raise ValueError(
+                f"values= holds {values.numel()} entries but the mask of {name!r} prunes {pruned_count}"
+            )
+    elif restorable and (prior is None or prior_values is not None):
         if prior is None:
             values = pruned_values(data, mask)
         else:
@@ -368,7 +395,7 @@ def attach_mask(
     # What undo() writes back if the zeroing happened and `values` is not it.
     newly: Tensor | None = None
     if pending is None:
-        if values is None or prior is not None:
+        if values is None or prior is not None or supplied:
             newly = pruned_values(data, mask) if prior is None else data[prior & ~mask]
         zero_pruned(data, mask)
     else:
@@ -388,7 +415,9 @@ def attach_mask(
         if job is not None and not job.done:
             job.cancelled = True  # the weights were never touched
         else:
-            back = newly if newly is not None else values if prior is None else None
+            back = (
+                newly if newly is not None else values if prior is None and not supplied else None
+            )
             if back is None:
                 raise RuntimeError(
                     "cannot undo a deferred mask attachment after its commit: its values were not kept"

@@ -147,6 +147,8 @@ PACKAGES = [
     "prunus.hardware",
     "prunus.workflow",
     "prunus.shrinking",
+    "prunus.persistence",
+    "prunus.callbacks",
     "prunus.cli",
     "prunus.testing",
     "prunus.plugins",

@@ -15,10 +15,16 @@ from torch import nn
 
 from ..errors import ShrinkError, TargetError
 from ..transaction import ModuleSnapshot, transaction
+from .mha import HeadPrunedMultiheadAttention
 
 __all__ = ["SHRINK_RECORD_FORMAT", "load_shrunk", "shrink_state"]
 
 SHRINK_RECORD_FORMAT = "prunus.shrink/1"
+
+# Classes shrink may switch a module to (a subclass of its own class), by the name the record gives.
+_SWITCHES: dict[str, type[nn.Module]] = {
+    HeadPrunedMultiheadAttention.__name__: HeadPrunedMultiheadAttention
+}
 """The ``format`` field of a shrink record."""
 
 _Json = Any
@@ -40,6 +46,20 @@ def _plain(value: Any) -> bool:
     if isinstance(value, (tuple, list)):
         return all(isinstance(v, (bool, int, float, str, type(None))) for v in value)
     return False
+
+
+def _with_tied(model: nn.Module, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``state_dict`` with every tied parameter's other names filled in (safetensors keeps one name of each)."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    out = dict(state_dict)
+    for aliases in names.values():
+        given = next((out[n] for n in aliases if n in out), None)
+        if given is not None:
+            for n in aliases:
+                out.setdefault(n, given)
+    return out
 
 
 def shrink_state(model: nn.Module) -> dict[str, Any]:
@@ -71,7 +91,8 @@ def load_shrunk(
 
     Args:
         model: a freshly built instance of the class that was shrunk (changed in place).
-        state_dict: the shrunken model's ``state_dict()``.
+        state_dict: the shrunken model's ``state_dict()`` (tied parameters may appear under one of their names,
+            as safetensors saves them).
         record: what :func:`shrink_state` returned (after a JSON round trip or not).
 
     Returns:
@@ -91,6 +112,15 @@ def load_shrunk(
             tx.record(ModuleSnapshot(model))
             for name, entry in record["modules"].items():
                 module = modules.get(name)
+                switch = _SWITCHES.get(entry["type"])
+                if (
+                    module is not None
+                    and switch is not None
+                    and isinstance(module, switch.__mro__[1])
+                ):
+                    module.__class__ = (
+                        switch  # the class shrink switched it to (the snapshot undoes it)
+                    )
                 if module is None or type(module).__name__ != entry["type"]:
                     found = "nothing" if module is None else type(module).__name__
                     raise ShrinkError(
@@ -114,7 +144,7 @@ def load_shrunk(
                         module._buffers[key] = torch.empty(
                             shape, dtype=old_buffer.dtype, device=old_buffer.device
                         )
-            model.load_state_dict(state_dict)
+            model.load_state_dict(_with_tied(model, state_dict))
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         if isinstance(error, ShrinkError):
             raise
