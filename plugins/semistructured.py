@@ -15,8 +15,9 @@ Like every granularity they compose with every criterion, built-in or third-part
 
 ``block`` (options ``amount``, ``block=(1, 4)``)
     Prunes ``(rows, cols)`` blocks of the weight's 2-D view ``weight.reshape(shape[0], -1)`` (a convolution's
-    ``(out, in * kh * kw)``, the GEMM a BSR kernel reads) as units, ``amount`` counting the blocks an earlier
-    prune left with a kept entry. A block's score is the criterion's ``reduce`` over its entries (the L1 norm
+    ``(out, in * kh * kw)``, the GEMM a BSR kernel reads; a 1-D parameter is one row ``(1, n)``, a scalar one
+    entry) as units, ``amount`` counting the blocks an earlier prune left with a kept entry. A block larger than
+    the view covers all of it along that side. A block's score is the criterion's ``reduce`` over its entries (the L1 norm
     for ``l1``). Edge blocks of a dim that ``rows`` or ``cols`` does not divide are smaller and are scored over
     the entries they have.
 """

@@ -154,8 +154,8 @@ RULES: dict[str, tuple[Callable[[Target, Mapping[str, Any]], Rule], Count]] = {
 
 def _same_partition(a: Tensor, b: Tensor) -> bool:
     """Whether two labellings of the same entries split them alike (labels aside)."""
-    pairs = torch.stack([a.reshape(-1), b.reshape(-1)], dim=1).unique(dim=0)
-    return pairs.shape[0] == a.unique().numel() == b.unique().numel()
+    pairs = torch.unique(torch.stack([a.reshape(-1), b.reshape(-1)], dim=1), dim=0)
+    return bool(pairs.shape[0] == torch.unique(a).numel() == torch.unique(b).numel())
 
 
 def _declared_as_documented(subject: Subject, example: Example) -> None:

@@ -131,7 +131,7 @@ class Layout:
         units = (self.group_of == group).nonzero().squeeze(1)
         index = int(self.target_of[units[0]])
         target = self.targets[index]
-        if not self.shared and int((self.group_of[self.target_of == index]).unique().numel()) == 1:
+        if not self.shared and torch.unique(self.group_of[self.target_of == index]).numel() == 1:
             return repr(target.name)
         entries = torch.isin(self.unit_of[index], units)
         scope = "shared group" if self.shared else "group"
