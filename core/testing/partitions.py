@@ -30,6 +30,7 @@ __all__ = [
     "check_counts",
     "check_ranking",
     "check_whole_units",
+    "closest_call",
     "expected_count",
     "expected_counts",
     "read_layout",
@@ -427,6 +428,34 @@ def check_ranking(
         f"{float(low[worst])!r} but kept {layout.describe_unit(best)} scored {float(high[best])!r}; "
         f"{_hint(low[pruned & inside], high[kept & inside])}"
     )
+
+
+def closest_call(layout: Layout, scores: Mapping[str, Tensor], reduce: Reduce) -> float | None:
+    """A fraction that puts a group's cut between its two closest distinct unit scores, or ``None``.
+
+    Where two units score a hair apart, a granularity that ranks in a narrower dtype, or sums in another order,
+    is most likely to keep the wrong one: the fraction of the largest group's units still kept below that gap
+    makes the cut fall right there.
+    """
+    low, _, _ = unit_scores(layout, scores, reduce)
+    eligible = layout.eligible()
+    if not eligible.numel():
+        return None
+    group = int(eligible.argmax())
+    values = torch.sort(low[layout.could & (layout.group_of == group)]).values
+    finite = values[torch.isfinite(values)]
+    if finite.numel() < 2:
+        return None
+    gaps = (finite[1:] - finite[:-1]) / torch.maximum(finite[1:].abs(), finite[:-1].abs()).clamp(
+        min=1e-300
+    )
+    gaps = gaps.where(gaps > 0, torch.tensor(math.inf, dtype=gaps.dtype))
+    if not bool(torch.isfinite(gaps).any()):
+        return None
+    below = (
+        int((values < finite[int(gaps.argmin())]).sum()) + 1
+    )  # units at or below the lower score
+    return below / int(eligible[group])
 
 
 def _hint(pruned: Tensor, kept: Tensor) -> str:

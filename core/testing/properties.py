@@ -77,6 +77,7 @@ from .partitions import (
     check_counts,
     check_ranking,
     check_whole_units,
+    closest_call,
     expected_counts,
     read_layout,
 )
@@ -1053,8 +1054,14 @@ def criterion_respected(subject: Subject, example: Example) -> None:
     """
     context, criterion, scores = _scores(subject, example)
     _, masks = subject.compute(example)
-    full = full_masks(context, masks)
-    check_ranking(subject.layout(example, context), full, scores, criterion.reduce)
+    layout = subject.layout(example, context)
+    check_ranking(layout, full_masks(context, masks), scores, criterion.reduce)
+    # Again with the cut between the two closest scores, where a ranking in a narrower dtype goes wrong.
+    amount = closest_call(layout, scores, criterion.reduce) if example.amount is not None else None
+    if amount is not None:
+        context, masks = subject.compute(example, amount=amount)
+        layout = subject.layout(replace(example, amount=amount), context)
+        check_ranking(layout, full_masks(context, masks), scores, criterion.reduce)
 
 
 class KitScores(Criterion):
@@ -1096,7 +1103,14 @@ class ScoredExample:
 
 def _scored_examples(subject: Subject) -> st.SearchStrategy[ScoredExample]:
     def with_scores(example: Example) -> st.SearchStrategy[ScoredExample]:
-        drawn = [pst.scores(shape=p.values.shape, dtype=p.values.dtype) for p in example.params]
+        # Scores in the parameter's dtype or another (a criterion may score in float32, or in half precision):
+        # a granularity that ranks all scores in one target's dtype shows when they differ.
+        drawn = [
+            st.sampled_from([p.values.dtype, *pst.DTYPES]).flatmap(
+                lambda dtype, shape=p.values.shape: pst.scores(shape=shape, dtype=dtype)
+            )
+            for p in example.params
+        ]
         return st.tuples(*drawn).map(lambda scores: ScoredExample(example, scores))
 
     return subject.examples().flatmap(with_scores)
@@ -1116,7 +1130,9 @@ def signed_scores_ranked(subject: Subject, drawn: ScoredExample) -> None:
     scores = {p.name: s for p, s in zip(example.params, drawn.scores, strict=True)}
     layout = _with_kit_scores(subject, example, example.all_options(), scores)
     if example.amount is not None:
-        for amount in _probe_amounts(layout.eligible(), example.units):
+        closest = closest_call(layout, scores, KitScores(NoOptions()).reduce)
+        probes = _probe_amounts(layout.eligible(), example.units)
+        for amount in [*probes, *([] if closest is None else [closest])]:
             _with_kit_scores(subject, example, example.all_options(amount=amount), scores)
 
 
