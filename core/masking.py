@@ -365,9 +365,8 @@ def attach_mask(
     """
     param = module._parameters[name]
     assert param is not None
-    prior = get_mask(module, name)
-    prior_values = module._buffers.get(VALUES_PREFIX + name)
-    had_tracker = _TRACKER in module.__dict__
+    before = _Held(module, name)
+    prior, prior_values = before.mask, before.values
     data = param.detach()
 
     supplied = values is not None
@@ -407,7 +406,7 @@ def attach_mask(
         module.register_buffer(VALUES_PREFIX + name, values, persistent=False)
     elif prior_values is not None or not restorable:
         _pop_buffer(module, VALUES_PREFIX + name)
-    if not had_tracker:
+    if not before.tracked:
         module.__dict__[_TRACKER] = _Tracker(module)
     _changed()
 
@@ -424,16 +423,33 @@ def attach_mask(
                 )
             with torch.no_grad():
                 param.masked_scatter_(~mask if prior is None else prior & ~mask, back)
-        _drop(module, name)
-        if prior is not None:
-            module.register_buffer(MASK_PREFIX + name, prior, persistent=False)
-        if prior_values is not None:
-            module.register_buffer(VALUES_PREFIX + name, prior_values, persistent=False)
-        if not had_tracker:
-            _untrack(module)
-        _changed()
+        before.put_back()
 
     return undo
+
+
+class _Held:
+    """What a module holds for one parameter before a mask change (its mask, its pruned values, whether it is
+    tracked), and how to put exactly that back: the end of every undo."""
+
+    __slots__ = ("mask", "module", "name", "tracked", "values")
+
+    def __init__(self, module: nn.Module, name: str) -> None:
+        self.module, self.name = module, name
+        self.mask = get_mask(module, name)
+        self.values = module._buffers.get(VALUES_PREFIX + name)
+        self.tracked = _TRACKER in module.__dict__
+
+    def put_back(self) -> None:
+        module, name = self.module, self.name
+        _drop(module, name)
+        if self.mask is not None:
+            module.register_buffer(MASK_PREFIX + name, self.mask, persistent=False)
+        if self.values is not None:
+            module.register_buffer(VALUES_PREFIX + name, self.values, persistent=False)
+        if not self.tracked:
+            _untrack(module)
+        _changed()
 
 
 def _pop_buffer(module: nn.Module, key: str) -> None:

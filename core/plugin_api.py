@@ -14,7 +14,8 @@ built-in does is out of a third party's reach. What is here:
   the :class:`Partition` a granularity declares (its units and groups, what the test kit checks its masks
   against), and the :class:`Registry` a strategy's ``create`` may look things up in;
 * **config building blocks**: :class:`StrategyConfig`, :class:`NoOptions`, the :data:`Amount` and
-  :data:`Fraction` field types, :data:`SchedulePoint`;
+  :data:`Fraction` field types, :data:`SchedulePoint` and :class:`SteppedPoints` (many schedule points,
+  computed when read);
 * **ranking primitives**: :func:`count_to_prune` (torch's rounding of an amount), :func:`keep_mask`,
   :func:`keep_slices`, :func:`eligible_slices`, :func:`rankable`, and :func:`global_keep_masks`, the one
   ranking across many parameters in a few percent of the memory of concatenating them;
@@ -39,7 +40,7 @@ from .hookspecs import hookimpl
 from .masking import attach_mask
 from .ranking import eligible_slices, keep_mask, keep_slices, rankable
 from .registration import Registrar, Registry
-from .schedules import Fraction, Schedule, SchedulePoint
+from .schedules import Fraction, Schedule, SchedulePoint, SteppedPoints
 from .selection import Selection
 from .strategy import Criterion, Granularity, Partition, PruneContext, Strategy, Target
 from .targets import DEFAULT_LAYERS, input_dim, select_targets
@@ -67,6 +68,7 @@ __all__ = [
     "Schedule",
     "SchedulePoint",
     "Selection",
+    "SteppedPoints",
     "Strategy",
     "StrategyConfig",
     "Target",

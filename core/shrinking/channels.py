@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .. import masking
+from ..arguments import check_model
 from ..config import jsonable
 from ..errors import (
     ConfigError,
@@ -48,7 +49,7 @@ from ..errors import (
     ShrinkError,
     TargetError,
 )
-from ..forward import call_model, output_tensors
+from ..forward import call_model, evaluation_mode, output_tensors
 from ..registration import Registry, registry
 from ..strategy import PruneContext, Target
 from ..targets import glob_patterns
@@ -131,10 +132,7 @@ def _validate(
     max_layer_sparsity: float | None,
     tolerance: float,
 ) -> None:
-    if not isinstance(model, nn.Module):
-        raise TargetError(
-            f"model must be a torch.nn.Module, not {type(model).__name__} ({model!r:.80})"
-        )
+    check_model(model)
     if example_inputs is None:
         raise TargetError(
             "example_inputs is required: a batch the model accepts, used to trace its layers"
@@ -246,8 +244,8 @@ def prune_channels(
     Args and Raises: as :func:`shrink` (``restorable`` as in :func:`prunus.prune`).
     """
     _validate(model, example_inputs, min_keep, max_layer_sparsity, 0.0)
-    flags = _training_flags(model)
-    try:
+    # Tracing and scoring are a measurement: the model keeps its flags, its buffers and the random stream.
+    with evaluation_mode(model):
         planned = _prepare(
             model,
             example_inputs,
@@ -263,9 +261,6 @@ def prune_channels(
             registry=registry,
             need_masks=True,
         )
-    finally:
-        for module, training in flags:
-            module.training = training
     masks = group_masks(planned.groups, planned.removed)
     names = {id(m): n for n, m in model.named_modules()}
     context = PruneContext(model=model, targets=[], data=data, restorable=restorable)
@@ -280,6 +275,10 @@ def prune_channels(
                     masking.get_mask(module, pname),
                 )
                 tx.record(registry.hooks.apply_mask(target, keep, restorable, context))
+    except PluginError as error:
+        raise PluginError(
+            f"applying the channel masks failed: {error}; the model was left as it was"
+        ) from error
     except PrunusError:
         raise
     except Exception as error:

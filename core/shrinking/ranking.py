@@ -70,7 +70,8 @@ def ranking_of(strategy: str, options: dict[str, Any], registry: Registry) -> Ra
         )
     values = dict(configured.config)
     amount = values.pop("amount")
-    for key in ("dim", "round_to"):
+    # The granularity's own options (shrink has its own min_keep: channels of a group, not entries).
+    for key in ("dim", "round_to", "min_keep"):
         values.pop(key, None)
     criterion = registry.criterion(criterion_name, **values)
     return Ranking(

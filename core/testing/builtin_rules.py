@@ -13,7 +13,8 @@ dim, ``aligned`` rounding the other way) fails here even when its masks agree wi
 ``aligned``        as ``structured``, keeping the multiple of ``round_to`` nearest to what ``amount`` keeps (larger
                    on a tie, at least ``round_to`` unless all are pruned; not rounded at ``round_to`` slices or
                    fewer)
-``global``         every entry a unit, one group across every target, ``amount``'s count of their total
+``global``         every entry a unit, one group across every target, ``amount``'s count of their total, each
+                   target keeping ``min_keep`` (default 1) units while the count leaves room
 ``nm``             every entry a unit, a group per ``m_group`` consecutive entries along ``dim`` (default: 0 for a
                    transposed convolution and a 1-D parameter, else 1; the whole dim when it is shorter than
                    ``m_group``), each keeping at most ``n_keep``
@@ -44,8 +45,8 @@ from .subject import Example, OptionsFn, Subject, register_granularity_options
 
 __all__ = ["aligned_keep", "nm_options"]
 
-Rule = tuple[Tensor, Tensor, bool]
-"""A documented partition of one parameter: unit labels, group labels (both of its shape), shared."""
+Rule = tuple[Tensor, Tensor, bool, int]
+"""A documented partition of one parameter: unit labels, group labels (both of its shape), shared, floor."""
 
 
 def aligned_keep(size: int, pruned: int, round_to: int) -> int:
@@ -71,8 +72,8 @@ def _flat_index(shape: Sequence[int]) -> Tensor:
     return torch.arange(int(torch.Size(shape).numel())).reshape(tuple(shape))
 
 
-def _one_group(units: Tensor, shared: bool = False) -> Rule:
-    return units, torch.zeros_like(units), shared
+def _one_group(units: Tensor, shared: bool = False, floor: int = 0) -> Rule:
+    return units, torch.zeros_like(units), shared, floor
 
 
 def _entries(target: Target, options: Mapping[str, Any]) -> Rule:
@@ -80,7 +81,8 @@ def _entries(target: Target, options: Mapping[str, Any]) -> Rule:
 
 
 def _global(target: Target, options: Mapping[str, Any]) -> Rule:
-    return _one_group(_flat_index(target.tensor.shape), shared=True)
+    floor = int(options.get("min_keep", 1))
+    return _one_group(_flat_index(target.tensor.shape), shared=True, floor=floor)
 
 
 def _slices(target: Target, options: Mapping[str, Any]) -> Rule:
@@ -107,7 +109,7 @@ def _nm(target: Target, options: Mapping[str, Any]) -> Rule:
     label = window
     for index, coord in enumerate(others):
         label = label + coord * base ** (index + 1)
-    return _flat_index(shape), label, False
+    return _flat_index(shape), label, False, 0
 
 
 def _block(target: Target, options: Mapping[str, Any]) -> Rule:
@@ -175,7 +177,9 @@ def _declared_as_documented(subject: Subject, example: Example) -> None:
             f"{subject.granularity} declares {'shared' if layout.shared else 'per-parameter'} groups; "
             f"its documentation says {'one group across the targets' if rules[0][2] else 'per parameter'}"
         )
-    for index, (target, (units, groups, _)) in enumerate(zip(context.targets, rules, strict=True)):
+    for index, (target, (units, groups, _, _)) in enumerate(
+        zip(context.targets, rules, strict=True)
+    ):
         declared_units = layout.unit_of[index]
         if not _same_partition(declared_units, units):
             fail(
@@ -188,6 +192,12 @@ def _declared_as_documented(subject: Subject, example: Example) -> None:
                 f"{target.name!r} (shape {tuple(target.tensor.shape)}): the declared groups "
                 f"{declared_groups.tolist()} are not the documented ones {groups.tolist()}"
             )
+    floors = [rule[3] for rule in rules]
+    if layout.floor.tolist() != floors:
+        fail(
+            f"{subject.granularity} declares min_keep floors {layout.floor.tolist()}; its documentation says "
+            f"{floors} (options {options!r})"
+        )
     counts, _ = expected_counts(layout)
     eligible = layout.eligible()
     for group in range(layout.groups):

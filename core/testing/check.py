@@ -80,9 +80,7 @@ def _origin(error: BaseException) -> Origin:
     """
     while error.__cause__ is not None:
         error = error.__cause__
-    frames = [
-        f for f in traceback.extract_tb(error.__traceback__) if f.name not in ("fail", "_fail")
-    ]
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.name != "fail"]
     if not frames:
         return (type(error).__name__, "", 0)
     return (type(error).__name__, frames[-1].filename, frames[-1].lineno or 0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NoReturn
 
 import torch
@@ -33,6 +33,7 @@ __all__ = [
     "closest_call",
     "expected_count",
     "expected_counts",
+    "fail",
     "read_layout",
     "unit_scores",
 ]
@@ -47,7 +48,8 @@ DECLARE = (
 """What a granularity declares, for failure messages."""
 
 
-def _fail(message: str) -> NoReturn:
+def fail(message: str) -> NoReturn:
+    """Fail the check (a kit property, a declaration) with ``message``."""
     raise AssertionError(message)
 
 
@@ -87,6 +89,7 @@ class Layout:
         shared: whether the groups span the targets (a global ranking).
         budgets: the groups of each budget (the groups of one target, or every group when ``shared``), in label
             order: the slices :meth:`~prunus.plugin_api.Granularity.prune_counts` is called with.
+        floor: one entry per target: the ``min_keep`` units its partition declares it keeps (0: none).
     """
 
     granularity: Granularity
@@ -98,6 +101,7 @@ class Layout:
     size: Tensor
     shared: bool
     budgets: tuple[Tensor, ...]
+    floor: Tensor
 
     @property
     def groups(self) -> int:
@@ -155,9 +159,9 @@ def read_layout(granularity: Granularity, targets: Sequence[Target]) -> Layout:
     for target in targets:
         declared = granularity.partition(target)
         if declared is None:
-            _fail(f"{name} declares no partition: {DECLARE}")
+            fail(f"{name} declares no partition: {DECLARE}")
         if not isinstance(declared, Partition):
-            _fail(
+            fail(
                 f"{name}.partition returned {type(declared).__name__} for {target.name!r}, not a "
                 "prunus.plugin_api.Partition"
             )
@@ -169,19 +173,28 @@ def read_layout(granularity: Granularity, targets: Sequence[Target]) -> Layout:
                 or labels.dtype.is_floating_point
                 or labels.is_complex()
             ):
-                _fail(
+                fail(
                     f"{name}.partition({target.name!r}).{field} is {type(labels).__name__}"
                     f"{f' of dtype {labels.dtype}' if isinstance(labels, Tensor) else ''}; it must be an int "
                     "tensor of the parameter's shape (one label per entry)"
                 )
             if labels.dtype == torch.bool or tuple(labels.shape) != shape:
-                _fail(
+                fail(
                     f"{name}.partition({target.name!r}).{field} has shape {tuple(labels.shape)} and dtype "
                     f"{labels.dtype}; it must be an int tensor of the parameter's shape {shape}"
                 )
         partitions.append(declared)
+    for target, declared in zip(targets, partitions, strict=True):
+        floor = declared.min_keep
+        if isinstance(floor, bool) or not isinstance(floor, int) or floor < 0:
+            fail(f"{name}.partition({target.name!r}).min_keep is {floor!r}; it must be an int >= 0")
+        if floor and not declared.shared:
+            fail(
+                f"{name}.partition({target.name!r}) declares min_keep={floor} without shared groups; a floor "
+                "per target only means something when targets compete in one ranking (shared=True)"
+            )
     if len({p.shared for p in partitions}) > 1:
-        _fail(f"{name} declares shared groups for some targets and not for others")
+        fail(f"{name} declares shared groups for some targets and not for others")
     shared = bool(partitions and partitions[0].shared)
 
     unit_of: list[Tensor] = []
@@ -204,7 +217,7 @@ def read_layout(granularity: Granularity, targets: Sequence[Target]) -> Layout:
         if bool((low != high).any()):
             unit = int((low != high).nonzero()[0, 0])
             where = _where((local == unit).reshape(target.tensor.shape))
-            _fail(
+            fail(
                 f"{name}.partition({target.name!r}) puts the entries of one unit (at {where}) in different "
                 "groups; every entry of a unit must carry the same group label"
             )
@@ -252,6 +265,7 @@ def read_layout(granularity: Granularity, targets: Sequence[Target]) -> Layout:
         size=torch.cat(sizes) if sizes else empty,
         shared=shared,
         budgets=tuple(budgets),
+        floor=torch.tensor([p.min_keep for p in partitions], dtype=torch.int64),
     )
 
 
@@ -267,7 +281,7 @@ def expected_counts(layout: Layout) -> tuple[Tensor, list[str]]:
     if type(granularity).prune_counts is Granularity.prune_counts:
         amount = getattr(granularity.config, "amount", None)
         if not isinstance(amount, int | float):
-            _fail(
+            fail(
                 f"granularity {granularity.name!r} has no amount option and does not override prune_counts: "
                 "say how many units of each group it prunes (prune_counts(self, eligible))"
             )
@@ -286,15 +300,15 @@ def expected_counts(layout: Layout) -> tuple[Tensor, list[str]]:
             or answer.dtype.is_floating_point
             or answer.dtype == torch.bool
         ):
-            _fail(f"{owner}({asked.tolist()}) returned {answer!r}; it must return an int tensor")
+            fail(f"{owner}({asked.tolist()}) returned {answer!r}; it must return an int tensor")
         answer = answer.reshape(-1).cpu().to(torch.int64)
         if answer.numel() != asked.numel():
-            _fail(
+            fail(
                 f"{owner}({asked.tolist()}) returned {answer.tolist()}: one count per group "
                 f"({asked.numel()}) is needed"
             )
         if bool(((answer < 0) | (answer > asked)).any()):
-            _fail(
+            fail(
                 f"{owner}({asked.tolist()}) returned {answer.tolist()}: a group cannot prune fewer than 0 "
                 "or more units than it still keeps"
             )
@@ -314,7 +328,7 @@ def check_counts(layout: Layout, full: Mapping[str, Tensor], prefix: str = "") -
     wrong = (pruned != counts).nonzero().squeeze(1)
     if wrong.numel():
         group = int(wrong[0])
-        _fail(
+        fail(
             f"{prefix}{layout.describe_group(group)}: pruned {int(pruned[group])}, but {texts[group]}"
         )
 
@@ -336,7 +350,7 @@ def check_whole_units(layout: Layout, full: Mapping[str, Tensor], prefix: str = 
         if bool(partial.any()):
             unit = int(partial.nonzero()[0, 0])
             inside = flat == unit
-            _fail(
+            fail(
                 f"{prefix}{layout.describe_unit(unit)} is only partly pruned: it keeps "
                 f"{int((mask & inside).sum())} of its {int((prior & inside).sum())} entries still kept; a "
                 f"granularity prunes a unit whole or not at all (its Partition.units)"
@@ -397,6 +411,8 @@ def check_ranking(
     """
     kept = layout.kept(full)
     pruned = layout.could & ~kept
+    if bool(layout.floor.any()):
+        kept = kept & ~_held(layout, kept, full, scores, reduce, prefix)
     low, high, eps = unit_scores(layout, scores, reduce)
     groups, inf = layout.groups, math.inf
 
@@ -423,11 +439,48 @@ def check_ranking(
     inside = layout.group_of == group
     worst = int(torch.where(pruned & inside, low, torch.tensor(-inf).double()).argmax())
     best = int(torch.where(kept & inside, high, torch.tensor(inf).double()).argmin())
-    _fail(
+    fail(
         f"{prefix}{layout.describe_group(group)}: pruned {layout.describe_unit(worst)} scored "
         f"{float(low[worst])!r} but kept {layout.describe_unit(best)} scored {float(high[best])!r}; "
         f"{_hint(low[pruned & inside], high[kept & inside])}"
     )
+
+
+def _held(
+    layout: Layout,
+    kept: Tensor,
+    full: Mapping[str, Tensor],
+    scores: Mapping[str, Tensor],
+    reduce: Reduce,
+    prefix: str,
+) -> Tensor:
+    """The units kept by a target's ``min_keep`` floor rather than by their scores (a bool per unit).
+
+    Fails when a target keeps fewer units than its floor while the count leaves room for every floor, or when a
+    target's own ranking is wrong (a floor keeps a target's best units, never others).
+    """
+    per_target = torch.bincount(layout.target_of[layout.could], minlength=len(layout.targets))
+    floors = torch.minimum(layout.floor, per_target)
+    total = int(per_target.sum())
+    count = int(expected_counts(layout)[0].sum())
+    if count == total or count > total - int(floors.sum()):
+        # The amount asks for more than the floors leave: no floor holds.
+        return torch.zeros_like(kept)
+    keeps = torch.bincount(layout.target_of[kept & layout.could], minlength=len(layout.targets))
+    short = (keeps < floors).nonzero().squeeze(1)
+    if short.numel():
+        index = int(short[0])
+        fail(
+            f"{prefix}{layout.targets[index].name!r} keeps {int(keeps[index])} units, below its declared "
+            f"min_keep={int(layout.floor[index])} (it had {int(per_target[index])} still kept, and the count of "
+            f"{count} of {total} leaves room for every target's floor)"
+        )
+    own = replace(
+        layout, group_of=layout.target_of, shared=False, floor=torch.zeros_like(layout.floor)
+    )
+    check_ranking(own, full, scores, reduce, prefix)
+    held_targets = (floors > 0) & (keeps <= floors)
+    return held_targets[layout.target_of] & kept
 
 
 def closest_call(layout: Layout, scores: Mapping[str, Tensor], reduce: Reduce) -> float | None:

@@ -54,7 +54,7 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import torch
 from hypothesis import reject
@@ -79,6 +79,7 @@ from .partitions import (
     check_whole_units,
     closest_call,
     expected_counts,
+    fail,
     read_layout,
 )
 from .subject import Example, Param, Subject, eligible, note_options
@@ -86,6 +87,8 @@ from .subject import Example, Param, Subject, eligible, note_options
 __all__ = [
     "Property",
     "Requirement",
+    "fail",
+    "full_masks",
     "property_names",
     "register_property",
     "resolve_properties",
@@ -276,11 +279,6 @@ def needs_json_config(subject: Subject) -> str | None:
 # -- helpers -----------------------------------------------------------------------------------------------
 
 
-def fail(message: str) -> NoReturn:
-    """Fail the property with ``message``."""
-    raise AssertionError(message)
-
-
 def full_masks(context: PruneContext, masks: Mapping[str, Any]) -> dict[str, Tensor]:
     """Each target's full keep-mask after the call (a target left out keeps its earlier mask).
 
@@ -349,14 +347,16 @@ def _criterion_of(subject: Subject, example: Example) -> Criterion:
     return criterion
 
 
-def _scores(
+def criterion_scores(
     subject: Subject, example: Example
 ) -> tuple[PruneContext, Criterion, dict[str, Tensor]]:
+    """The example's context, the subject's criterion and its scores of every target (through the hooks)."""
     context = example.context()
     criterion = _criterion_of(subject, example)
     with torch.no_grad():
         scores = {
-            t.name: subject.registry.hooks.score(criterion, t, context) for t in context.targets
+            t.name: subject.registry.hooks.score_unchecked(criterion, t, context)
+            for t in context.targets
         }
     return context, criterion, scores
 
@@ -380,7 +380,7 @@ def scores_valid(subject: Subject, example: Example) -> None:
 
     ``+inf`` ("never prune") and ``-inf`` ("prune first") are allowed.
     """
-    context, _, scores = _scores(subject, example)
+    context, _, scores = criterion_scores(subject, example)
     for target in context.targets:
         score: Any = scores[target.name]
         if not isinstance(score, Tensor):
@@ -473,7 +473,7 @@ def dtype_and_device_preserved(subject: Subject, example: Example) -> None:
         if isinstance(mask, Tensor) and mask.device != device:
             fail(f"the mask for {target.name!r} is on {mask.device}, the parameter on {device}")
     if subject.composed:
-        context, _, scores = _scores(subject, example)
+        context, _, scores = criterion_scores(subject, example)
         for target in context.targets:
             score = scores[target.name]
             if isinstance(score, Tensor) and score.device != target.tensor.device:
@@ -1052,7 +1052,7 @@ def criterion_respected(subject: Subject, example: Example) -> None:
 
     A unit's score is the criterion's ``reduce`` over its entries (a unit of one entry scores that entry).
     """
-    context, criterion, scores = _scores(subject, example)
+    context, criterion, scores = criterion_scores(subject, example)
     _, masks = subject.compute(example)
     layout = subject.layout(example, context)
     check_ranking(layout, full_masks(context, masks), scores, criterion.reduce)
@@ -1105,12 +1105,12 @@ def _scored_examples(subject: Subject) -> st.SearchStrategy[ScoredExample]:
     def with_scores(example: Example) -> st.SearchStrategy[ScoredExample]:
         # Scores in the parameter's dtype or another (a criterion may score in float32, or in half precision):
         # a granularity that ranks all scores in one target's dtype shows when they differ.
-        drawn = [
-            st.sampled_from([p.values.dtype, *pst.DTYPES]).flatmap(
-                lambda dtype, shape=p.values.shape: pst.scores(shape=shape, dtype=dtype)
+        def in_any_dtype(shape: torch.Size, dtype: torch.dtype) -> st.SearchStrategy[Tensor]:
+            return st.sampled_from([dtype, *pst.DTYPES]).flatmap(
+                lambda chosen: pst.scores(shape=shape, dtype=chosen)
             )
-            for p in example.params
-        ]
+
+        drawn = [in_any_dtype(p.values.shape, p.values.dtype) for p in example.params]
         return st.tuples(*drawn).map(lambda scores: ScoredExample(example, scores))
 
     return subject.examples().flatmap(with_scores)

@@ -455,6 +455,16 @@ class Subject:
         options = example.all_options(**override)
         note_options(options)
         strategy = strategy if strategy is not None else self.build(**options)
+        if type(strategy) is ComposedStrategy:
+            # The plugin's own behaviour, not prunus's checks of it: the properties diagnose what it does.
+            # (The criterion and granularity objects are kept, so a call on a reused strategy stays one.)
+            strategy = ComposedStrategy(
+                strategy.config,
+                strategy.criterion,
+                strategy.granularity_component,
+                self.registry.hooks.score_unchecked,
+                strategy.name,
+            )
         try:
             with torch.no_grad():
                 masks = strategy.compute_masks(context)
@@ -637,12 +647,19 @@ def _global_unstructured_options(
         if registry.provider("criterion", name).distribution == "prunus"
     ] or ["l1"]
 
+    own = set(registry.info("global_unstructured").config.model_fields)
+
+    def split(name: str, options: dict[str, Any]) -> dict[str, Any]:
+        # Options of global_unstructured itself (min_keep) stay on top, the criterion's go below.
+        top = {k: v for k, v in options.items() if k in own}
+        rest = {k: v for k, v in options.items() if k not in own}
+        return {**top, "criterion": name, "criterion_options": rest}
+
     def with_options(name: str) -> st.SearchStrategy[dict[str, Any]]:
-        # global_unstructured builds `<criterion>_global`, whose options are amount and the criterion's.
+        # global_unstructured builds `<criterion>_global`, whose options are amount, min_keep and the
+        # criterion's.
         config = registry.info(f"{name}_global").config
-        return pst.config_options(config, targets=targets).map(
-            lambda options: {"criterion": name, "criterion_options": options}
-        )
+        return pst.config_options(config, targets=targets).map(lambda options: split(name, options))
 
     return st.sampled_from(builtin).flatmap(with_options)
 
