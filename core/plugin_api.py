@@ -21,6 +21,9 @@ built-in does is out of a third party's reach. What is here:
   ranking across many parameters in a few percent of the memory of concatenating them;
 * **targets**: :func:`select_targets` (what ``prune`` would target by default), :data:`DEFAULT_LAYERS`,
   :func:`input_dim`;
+* **running the model**: :func:`call_model` (a batch in prunus's one form: a tuple is positional arguments, a
+  mapping keyword arguments) and :func:`evaluation_mode` (a calibration forward that leaves the model's modes,
+  buffers and the global random state as they were), for criteria that read activations;
 * **mask storage**: :func:`attach_mask`, what a ``prunus_apply_mask`` implementation calls to keep a mask the
   way prunus does (zeros in place, a bool mask and the pruned values beside the parameter);
 * **hardware selection**: :class:`Selection`, :class:`HardwareProfile` (with :class:`CpuInfo`,
@@ -34,6 +37,7 @@ from __future__ import annotations
 from .component import Component, Kind
 from .config import Amount, NoOptions, StrategyConfig, count_to_prune
 from .errors import AmountError, ConfigError, MaskError, PluginError, TargetError
+from .forward import call_model, evaluation_mode
 from .global_ranking import global_keep_masks
 from .hardware_profile import CpuInfo, GpuInfo, HardwareProfile
 from .hookspecs import hookimpl
@@ -74,8 +78,10 @@ __all__ = [
     "Target",
     "TargetError",
     "attach_mask",
+    "call_model",
     "count_to_prune",
     "eligible_slices",
+    "evaluation_mode",
     "global_keep_masks",
     "hookimpl",
     "input_dim",

@@ -132,7 +132,7 @@ class Structured(Granularity):
         return Partition.slices(target.tensor.shape, self._dim(target))
 
     def prune_counts(self, eligible: Tensor) -> Tensor:
-        """``amount``'s count of the slices still kept, as :meth:`slices_to_prune` rounds it."""
+        """``amount``'s count of the slices still kept, as ``slices_to_prune`` rounds it."""
         assert isinstance(self.config, StructuredConfig)
         counts = [
             self.slices_to_prune(count_to_prune(self.config.amount, n, what="slices still kept"), n)
@@ -247,30 +247,6 @@ class Aligned(Structured):
     name = "aligned"
     summary = "prunes whole slices along dim, keeping a multiple of round_to (8) of them"
     Config = AlignedConfig
-
-    def partition(self, target: Target) -> Partition:
-        """The slices along ``dim`` are the units; the slices of a parameter compete with each other."""
-        return Partition.slices(target.tensor.shape, self._dim(target))
-
-    def prune_counts(self, eligible: Tensor) -> Tensor:
-        """``amount``'s count of the slices still kept, as :meth:`slices_to_prune` rounds it."""
-        assert isinstance(self.config, StructuredConfig)
-        counts = [
-            self.slices_to_prune(count_to_prune(self.config.amount, n, what="slices still kept"), n)
-            for n in eligible.tolist()
-        ]
-        return torch.tensor(counts, dtype=torch.int64)
-
-    def _dim(self, target: Target) -> int:
-        """``dim`` checked against ``target`` and made non-negative."""
-        assert isinstance(self.config, StructuredConfig)
-        ndim, dim = target.tensor.dim(), self.config.dim
-        if not -ndim <= dim < ndim:
-            raise ConfigError(
-                f"dim={dim} is out of range for {target.name!r} of shape {tuple(target.tensor.shape)}; "
-                f"valid dims are {-ndim} to {ndim - 1}"
-            )
-        return dim % ndim
 
     def slices_to_prune(self, asked: int, size: int) -> int:
         assert isinstance(self.config, AlignedConfig)

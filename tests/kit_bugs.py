@@ -33,8 +33,10 @@ from prunus.plugin_api import (
     Registrar,
     StrategyConfig,
     Target,
+    call_model,
     count_to_prune,
     eligible_slices,
+    evaluation_mode,
     global_keep_masks,
     hookimpl,
     input_dim,
@@ -44,6 +46,7 @@ from prunus.plugin_api import (
 )
 from prunus.plugins.granularities import aligned_keep
 from prunus.plugins.semistructured import Block, BlockConfig, NMConfig, nm_keep_mask
+from prunus.testing import StrategyCase
 
 ScoreFn = Callable[[Target], Tensor]
 
@@ -619,6 +622,97 @@ class MemoisedMagnitude(Criterion):
         return self.cache.setdefault(target.name, target.tensor.abs())
 
 
+# -- data-aware criteria: a forward pass over a calibration batch -------------------------------------------------
+
+
+class InputScale(Criterion):
+    """``|w|`` times the RMS of its layer's input over the calibration batch (``data``), a Wanda-like criterion.
+
+    The forward runs in ``evaluation_mode`` with hooks removed in a ``finally``: the model is left as it was. A
+    parameter whose layer the forward never calls (an attention block's projections read by ``F.linear``)
+    scores ``|w|``.
+    """
+
+    name = "input_scale"
+
+    def score(self, target: Target, context: PruneContext) -> Tensor:
+        if "input_scale" not in context.extras:
+            context.extras["input_scale"] = self.calibrate(context)
+        scale = context.extras["input_scale"].get(target.module, 1.0)
+        return target.tensor.abs().double() * scale
+
+    def calibrate(self, context: PruneContext) -> dict[torch.nn.Module, float]:
+        if context.data is None:
+            raise prunus.ConfigError(
+                "input_scale needs a calibration batch: prune(..., data=inputs)"
+            )
+        scales: dict[torch.nn.Module, float] = {}
+
+        def record(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            scales[module] = float(args[0].double().square().mean().sqrt())
+
+        handles = [t.module.register_forward_pre_hook(record) for t in context.targets]
+        try:
+            self.forward(context)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return scales
+
+    def forward(self, context: PruneContext) -> None:
+        with torch.no_grad(), evaluation_mode(context.model):
+            call_model(context.model, context.data)
+
+
+class TrainModeForward(InputScale):
+    """Runs the calibration batch in whatever mode the model is in: BatchNorm's statistics move in train mode."""
+
+    name = "train_mode_scale"
+
+    def forward(self, context: PruneContext) -> None:
+        with torch.no_grad():
+            call_model(context.model, context.data)
+
+
+class LeavesEvalMode(InputScale):
+    """Switches the model to eval mode for the forward and never switches it back."""
+
+    name = "eval_mode_scale"
+
+    def forward(self, context: PruneContext) -> None:
+        context.model.eval()
+        with torch.no_grad():
+            call_model(context.model, context.data)
+
+
+class LeavesHooks(InputScale):
+    """Registers its recording hooks and never removes them."""
+
+    name = "hooked_scale"
+
+    def calibrate(self, context: PruneContext) -> dict[torch.nn.Module, float]:
+        scales: dict[torch.nn.Module, float] = {}
+
+        def record(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            scales[module] = float(args[0].double().square().mean().sqrt())
+
+        for target in context.targets:
+            target.module.register_forward_pre_hook(record)
+        self.forward(context)
+        return scales
+
+
+class SubsamplesGlobally(InputScale):
+    """Calibrates on a random half of the batch, drawn from torch's global generator."""
+
+    name = "subsampled_scale"
+
+    def forward(self, context: PruneContext) -> None:
+        rows = torch.randperm(context.data.shape[0])[: max(1, context.data.shape[0] // 2)]
+        with torch.no_grad(), evaluation_mode(context.model):
+            call_model(context.model, context.data[rows])
+
+
 # -- the catalogue ------------------------------------------------------------------------------------------------
 
 
@@ -633,6 +727,7 @@ class Bug:
         message: a regular expression the failure's problem matches.
         criterion: the criterion a broken granularity is tested with.
         granularity: the built-in granularity a broken criterion is tested at.
+        inputs: the criterion runs the model on a calibration batch (``StrategyCase(inputs=True)``).
     """
 
     id: str
@@ -641,6 +736,11 @@ class Bug:
     message: str
     criterion: str = "l1"
     granularity: str = "unstructured"
+    inputs: bool = False
+
+    def case(self, name: str) -> StrategyCase:
+        """What ``check_strategy`` is given for the strategy ``name`` of this bug."""
+        return StrategyCase(name, inputs=self.inputs)
 
     @property
     def props(self) -> tuple[str, ...]:
@@ -804,6 +904,35 @@ BUGS: list[Bug] = [
     Bug("scores_flat", Flat, "scores_valid", "a criterion scores every entry"),
     Bug("nan_for_zero_rows", RelativeMagnitude, "scores_valid", r"are NaN"),
     Bug("memoised_criterion", MemoisedMagnitude, "repeated_calls", "memoised on the strategy"),
+    # -- data-aware criteria ---------------------------------------------------------------------------------------
+    Bug(
+        "calibrates_in_train_mode",
+        TrainModeForward,
+        "calibration_leaves_model_alone",
+        r"buffer .* was modified",
+        inputs=True,
+    ),
+    Bug(
+        "leaves_eval_mode",
+        LeavesEvalMode,
+        "calibration_leaves_model_alone",
+        "the training flag",
+        inputs=True,
+    ),
+    Bug(
+        "leaves_hooks",
+        LeavesHooks,
+        "calibration_leaves_model_alone",
+        "hooks were left registered",
+        inputs=True,
+    ),
+    Bug(
+        "subsamples_with_global_rng",
+        SubsamplesGlobally,
+        "calibration_leaves_model_alone",
+        "global random generator was advanced",
+        inputs=True,
+    ),
 ]
 """Every bug the kit must catch, each checked as a built-in and as a third-party component."""
 

@@ -34,7 +34,7 @@ def test_caught_at_default_settings(
     monkeypatch.delenv("PRUNUS_TESTING_MAX_EXAMPLES", raising=False)
     name, registry = bug.builtin() if variant == "built-in" else bug.third_party()
     with pytest.raises(KitFailure) as info:
-        check_strategy(name, registry=registry, properties=bug.props)
+        check_strategy(bug.case(name), registry=registry, properties=bug.props)
     failure = info.value
     found = [f for f in failure.failures if {f.name, *f.also} & set(bug.props)]
     assert found, str(failure)

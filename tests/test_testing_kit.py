@@ -27,10 +27,13 @@ from kit_bugs import (
     AcmeRows,
     AmountOnly,
     Entries,
+    InputScale,
     KeepsOneAtFull,
+    LeavesHooks,
     Magnitude,
     Reversed,
     ThroughNumpy,
+    TrainModeForward,
     _plugin,
 )
 from pydantic import Field
@@ -367,6 +370,55 @@ def test_a_case_gives_options_and_data() -> None:
         check_strategy(
             "data_aware_unstructured", registry=registry, properties=["exact_count"], max_examples=5
         )
+
+
+def test_a_criterion_that_runs_the_model_gets_a_calibration_batch_on_drawn_parameters_too() -> None:
+    """With inputs=True, the drawn parameters' layers run side by side on a batch each (prunus.call_model)."""
+    seen: list[tuple[int, ...]] = []
+
+    class Recording(InputScale):
+        name = "recording"
+
+        def forward(self, context: PruneContext) -> None:
+            if isinstance(
+                context.data, tuple
+            ):  # drawn parameters (a real model gets its own batch)
+                seen.extend(tuple(x.shape) for x in context.data if x is not None)
+            super().forward(context)
+
+    registry = registry_with(Recording)
+    case = StrategyCase("recording_unstructured", inputs=True)
+    report = check_strategy(
+        case,
+        registry=registry,
+        properties=["input_unchanged", "exact_count", "calibration_leaves_model_alone"],
+        max_examples=10,
+    )
+    assert set(report.passed) == {
+        "input_unchanged",
+        "exact_count",
+        "calibration_leaves_model_alone",
+    }
+    assert seen and all(shape[0] == 4 for shape in seen)
+    # Without inputs=True the property does not apply, and says how to make it apply.
+    with_reason = check_strategy(
+        "recording_unstructured", registry=registry, properties=["calibration_leaves_model_alone"]
+    )
+    assert "inputs=True" in with_reason.skipped["calibration_leaves_model_alone"]
+
+
+def test_the_side_effects_of_a_calibration_forward_are_named() -> None:
+    for broken, words in [
+        (TrainModeForward, "running statistics"),
+        (LeavesHooks, "hooks were left"),
+    ]:
+        registry = registry_with(broken)
+        with pytest.raises(KitFailure, match=words):
+            check_strategy(
+                StrategyCase(f"{broken.name}_unstructured", inputs=True),
+                registry=registry,
+                properties=["calibration_leaves_model_alone"],
+            )
 
 
 # -- the Hypothesis strategies -----------------------------------------------------------------------------

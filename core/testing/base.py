@@ -109,6 +109,7 @@ class StrategyTests:
     test_invalid_options_rejected = _property_test("invalid_options_rejected")
     test_config_json_roundtrip = _property_test("config_json_roundtrip")
     test_prunes_real_modules = _property_test("prunes_real_modules")
+    test_calibration_leaves_model_alone = _property_test("calibration_leaves_model_alone")
     test_granularity_declared = _property_test("granularity_declared")
     test_exact_count = _property_test("exact_count")
     test_amount_one_prunes_all = _property_test("amount_one_prunes_all")

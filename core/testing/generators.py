@@ -408,6 +408,7 @@ class Holder:
 
     @property
     def param_name(self) -> str:
+        """The name of the parameter it holds: ``bias`` for a Linear's bias, else ``weight``."""
         return "bias" if self.kind == "bias" else "weight"
 
     def build(self, values: Tensor) -> nn.Module:
@@ -460,7 +461,9 @@ def _template(holder: Holder, shape: tuple[int, ...], dtype: torch.dtype) -> nn.
         module.bias = nn.Parameter(torch.zeros(shape[0], dtype=dtype))
         for name, buffer in module.named_buffers():
             fill = 1 if name == "running_var" else 0
-            setattr(module, name, torch.full_like(buffer, fill, device="cpu"))
+            # Statistics in the parameter's dtype, as a model converted with .to(dtype) holds them.
+            kind = dtype if buffer.is_floating_point() else buffer.dtype
+            setattr(module, name, torch.full_like(buffer, fill, device="cpu", dtype=kind))
     else:
         conv = _CONVS[holder.kind == "conv_transpose"][len(shape) - 3]
         first, second = (

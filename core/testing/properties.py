@@ -27,6 +27,8 @@ Generic properties (every strategy; ``requires`` narrows some):
 ``config_json_roundtrip``    the config survives JSON (``model_dump_json`` / ``model_validate_json``)
 ``invalid_options_rejected`` unknown, missing, mistyped or out-of-range options raise ``prunus.ConfigError``
 ``prunes_real_modules``      on real layers and models: ``prune``, forward, zeros, report, ``remove``, ``restore``
+``calibration_leaves_model_alone``  a strategy that runs the model on a calibration batch (``inputs=True``)
+                             changes no parameter, buffer, mode, hook or RNG state, and repeats its masks
 ===========================  ===============================================================================
 
 Group properties, for every strategy at a registered granularity, checked against the granularity's
@@ -68,6 +70,7 @@ from ..config import NoOptions
 from ..engine import masks as model_masks
 from ..engine import prune, remove, restore
 from ..errors import ConfigError, TargetError
+from ..forward import evaluation_mode
 from ..report import PruneReport
 from ..strategy import ComposedStrategy, Criterion, PruneContext, Target
 from ..targets import select_targets
@@ -246,6 +249,15 @@ def needs_criterion(subject: Subject) -> str | None:
 def needs_determinism(subject: Subject) -> str | None:
     """Applies to strategies whose masks do not depend on a random seed."""
     return None if subject.deterministic else f"{subject.name} is random (deterministic=False)"
+
+
+def needs_inputs(subject: Subject) -> str | None:
+    """Applies to strategies that run the model on a calibration batch (``StrategyCase(inputs=True)``)."""
+    if subject.case.inputs:
+        return None
+    return (
+        f"{subject.name} reads no calibration batch (StrategyCase(name, inputs=True) says it does)"
+    )
 
 
 def needs_seed(subject: Subject) -> str | None:
@@ -649,10 +661,11 @@ def _seed_examples(subject: Subject) -> st.SearchStrategy[Example]:
     def draw(draw: st.DrawFn) -> Example:
         # Large enough that two seeds giving the same mask by chance is out of the question.
         values = torch.arange(1, 257, dtype=torch.float32).reshape(16, 16)
-        param = Param("p0.weight", values, None, values.flip(0) if subject.case.gradients else None)
+        grad = values.flip(0) if subject.case.gradients else None
+        param = Param("p0.weight", values, None, grad, pst.Holder("linear"))
         targets = Example((param,)).context().targets
         options, _, units = subject.draw_options(draw, targets)
-        data = draw(subject.case.data(targets)) if subject.case.data is not None else None
+        data = subject.draw_data(draw, (param,), targets)
         amount = 0.5 if subject.amount_based else None
         return Example((param,), options, amount, units, data)
 
@@ -830,10 +843,12 @@ def _every_parameter(module: nn.Module, name: str) -> bool:
     return True
 
 
-def _real_examples(subject: Subject) -> st.SearchStrategy[RealExample]:
+def _real_examples(
+    subject: Subject, kinds: Sequence[str] = pst.MODEL_KINDS
+) -> st.SearchStrategy[RealExample]:
     @st.composite
     def draw(draw: st.DrawFn) -> RealExample:
-        model, inputs = draw(pst.models(dtypes=pst.DTYPES))
+        model, inputs = draw(pst.models(kinds=kinds, dtypes=pst.DTYPES))
         every = draw(st.booleans())
         try:
             chosen = select_targets(model, filter_fn=_every_parameter if every else None)
@@ -850,9 +865,16 @@ def _real_examples(subject: Subject) -> st.SearchStrategy[RealExample]:
         if amount is not None:
             options["amount"] = amount
         data = draw(subject.case.data(targets)) if subject.case.data is not None else None
+        mode = ""
+        if subject.case.inputs:
+            # The calibration batch is the model's own (at least two rows: BatchNorm in train mode needs them);
+            # the model comes in either mode, as users leave it.
+            data = torch.cat([inputs, inputs * 0.5])
+            model.train(draw(st.booleans()))
+            mode = ", in train mode" if model.training else ", in eval mode"
         dtype = next(model.parameters()).dtype
         lines = [
-            f"model ({str(dtype).removeprefix('torch.')}): {model!r}",
+            f"model ({str(dtype).removeprefix('torch.')}{mode}): {model!r}",
             f"inputs: shape {tuple(inputs.shape)}",
             f"targets: {'every parameter' if every else 'the Linear and Conv weights'}",
             f"options: {options!r}",
@@ -882,8 +904,100 @@ def _prune_before(model: nn.Module, priors: dict[str, Tensor], subject: Subject)
 
 def _backward(model: nn.Module, inputs: Tensor) -> None:
     model.zero_grad()
-    with torch.enable_grad():
+    with torch.enable_grad(), evaluation_mode(model):
         model(inputs).float().square().mean().backward()
+
+
+def _model_state(model: nn.Module) -> dict[str, Any]:
+    """What a calibration forward must leave alone: values, buffers, modes, hooks and the global RNG."""
+    return {
+        "parameters": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "buffers": {n: b.detach().clone() for n, b in model.named_buffers()},
+        "training": {n: m.training for n, m in model.named_modules()},
+        "hooks": {
+            n: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            for n, m in model.named_modules()
+        },
+        "grad": torch.is_grad_enabled(),
+        "rng": torch.get_rng_state(),
+    }
+
+
+def _state_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    changes = []
+    for kind in ("parameters", "buffers"):
+        old, new = before[kind], after[kind]
+        if old.keys() != new.keys():
+            changes.append(f"the model's {kind} changed from {sorted(old)} to {sorted(new)}")
+            continue
+        changes += [
+            f"the {kind[:-1]} {name!r} was modified (a forward in train mode updates BatchNorm's running "
+            "statistics: run the calibration batch in prunus.plugin_api.evaluation_mode)"
+            if kind == "buffers"
+            else f"the parameter {name!r} was modified"
+            for name in old
+            if not _same_bits(old[name], new[name])
+        ]
+    flipped = [
+        n or "the model" for n, t in before["training"].items() if after["training"].get(n) != t
+    ]
+    if flipped:
+        changes.append(
+            f"the training flag of {flipped[:4]} changed (model.eval() without putting it back: use "
+            "prunus.plugin_api.evaluation_mode, which restores every module's own flag)"
+        )
+    hooked = [n or "the model" for n, h in before["hooks"].items() if after["hooks"].get(n) != h]
+    if hooked:
+        changes.append(
+            f"hooks were left registered on {hooked[:4]} (remove their handles in a finally)"
+        )
+    if before["grad"] != after["grad"]:
+        changes.append("autograd's grad mode was left changed")
+    if not torch.equal(before["rng"], after["rng"]):
+        changes.append(
+            "torch's global random generator was advanced (Dropout in train mode, or a random draw: run the "
+            "batch in evaluation_mode, draw from a torch.Generator of your own)"
+        )
+    return changes
+
+
+def _stateful_examples(subject: Subject) -> st.SearchStrategy[RealExample]:
+    # Models with running statistics (BatchNorm), whose forward in train mode shows, and a plain Linear.
+    return _real_examples(subject, kinds=("batchnorm", "sequential", "residual", "linear"))
+
+
+@register_property(requires=[needs_inputs], examples=_stateful_examples, max_examples=15)
+def calibration_leaves_model_alone(subject: Subject, example: RealExample) -> None:
+    """A strategy that runs the model on a calibration batch leaves the model as it was, and its masks too.
+
+    On real models with their input batch as ``data`` (with BatchNorm layers, or a Linear), left in train or eval
+    mode: computing masks changes no
+    parameter, buffer (BatchNorm's running statistics), module's training flag, registered hook, grad mode or
+    torch's global random state; and a second call on the unchanged model gives the same masks (scores that
+    depend on Dropout's draws or on statistics the first call moved do not).
+    """
+    model = example.model
+    chosen = select_targets(model, filter_fn=_every_parameter if example.every_parameter else None)
+    targets = [Target(n, m, p) for n, m, p in chosen]
+    options = {k: v for k, v in example.options.items()}
+
+    def call() -> dict[str, Tensor]:
+        context = PruneContext(model=model, targets=targets, data=example.data)
+        _, masks = subject.compute(Example((), options), context)
+        return {name: mask.detach().clone() for name, mask in masks.items()}
+
+    before = _model_state(model)
+    first = call()
+    changes = _state_changes(before, _model_state(model))
+    if changes:
+        fail("computing masks changed the model: " + "; ".join(changes))
+    second = call()
+    differ = [n for n in first if n not in second or not torch.equal(first[n], second[n])]
+    if differ:
+        fail(
+            f"a second call on the unchanged model gave other masks for {differ[:4]}: the scores depend on "
+            "something the forward draws or changes"
+        )
 
 
 @register_property(examples=_real_examples, max_examples=15)
@@ -900,7 +1014,8 @@ def prunes_real_modules(subject: Subject, example: RealExample) -> None:
     filter_fn = _every_parameter if example.every_parameter else None
     registry = subject.registry
     original = {name: p.detach().clone() for name, p in model.named_parameters()}
-    with torch.no_grad():
+    # The kit's own forwards leave the model as they found it (a model may come in train mode).
+    with torch.no_grad(), evaluation_mode(model):
         shape = model(inputs).shape
     if example.priors:
         _prune_before(model, example.priors, subject)
@@ -919,7 +1034,7 @@ def prunes_real_modules(subject: Subject, example: RealExample) -> None:
     )
 
     assert isinstance(report, PruneReport)
-    with torch.no_grad():
+    with torch.no_grad(), evaluation_mode(model):
         out = model(inputs)
     if out.shape != shape:
         fail(f"the output shape changed from {tuple(shape)} to {tuple(out.shape)}")
@@ -966,7 +1081,7 @@ def prunes_real_modules(subject: Subject, example: RealExample) -> None:
     for module in removed.modules():
         if any(key.startswith(masking.MASK_PREFIX) for key in module._buffers):
             fail(f"remove left a mask buffer on {type(module).__name__}")
-    with torch.no_grad():
+    with torch.no_grad(), evaluation_mode(removed):
         removed(inputs)
 
     restore(model)

@@ -39,11 +39,13 @@ from .partitions import Layout, read_layout
 __all__ = [
     "DataFn",
     "Example",
+    "Layers",
     "OptionsFn",
     "Param",
     "StrategyCase",
     "Subject",
     "UnitsFn",
+    "calibration_batch",
     "configs",
     "describe",
     "eligible",
@@ -74,12 +76,17 @@ class StrategyCase:
         data: draws what the strategy expects in ``prune(..., data=...)``; ``None`` passes no data.
         gradients: give every parameter a ``.grad`` before pruning (drawn values for drawn parameters, a real
             backward pass for real modules), for criteria that read gradients.
+        inputs: the strategy runs the model on ``data``, a calibration batch in
+            :func:`~prunus.plugin_api.call_model`'s form (an activation-aware criterion such as Wanda): on real
+            models (left in train or eval mode) the kit passes their input batch as ``data``, and checks that
+            computing masks leaves the model as it was (``calibration_leaves_model_alone``).
     """
 
     name: str
     options: OptionsFn | None = None
     data: DataFn | None = None
     gradients: bool = False
+    inputs: bool = False
 
 
 _OPTIONS: dict[str, OptionsFn] = {}
@@ -152,6 +159,53 @@ class _Holder(nn.Module):
     def __init__(self, weight: Tensor) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight)
+
+
+class Layers(nn.Module):
+    """The layers holding an example's parameters, side by side (children ``p0``, ``p1``...).
+
+    ``forward(*inputs)`` runs each layer on its own input (``None`` skips one), so a criterion that runs the
+    model on a calibration batch (``StrategyCase(inputs=True)``) can run it on drawn parameters too: the kit
+    passes :func:`calibration_batch` as ``data``, a tuple that :func:`~prunus.plugin_api.call_model` spreads.
+    """
+
+    def forward(self, *inputs: Tensor | None) -> list[Tensor | None]:
+        layers = list(self.children())
+        if len(inputs) != len(layers):
+            raise TypeError(
+                f"{len(layers)} layers side by side take {len(layers)} inputs, not {len(inputs)}"
+            )
+        return [None if x is None else layer(x) for layer, x in zip(layers, inputs, strict=True)]
+
+
+def calibration_batch(
+    params: Sequence[Param], seed: int, batch: int = 4
+) -> tuple[Tensor | None, ...]:
+    """A batch of inputs for each parameter's layer (``None`` for a layer the kit cannot feed).
+
+    Normal values from a generator seeded with ``seed`` (the global one is left alone), in the parameter's dtype:
+    ``(batch, in_features)`` for a Linear, ``(batch, C)`` for a norm, one output position's worth for a
+    convolution (``(batch, in_channels, *kernel)``) and one input position for a transposed one.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    inputs: list[Tensor | None] = []
+    for param in params:
+        holder, shape = param.holder, tuple(param.values.shape)
+        if holder is None:
+            inputs.append(None)
+            continue
+        if holder.kind == "linear":
+            size: tuple[int, ...] = (batch, shape[1])
+        elif holder.kind == "bias":
+            size = (batch, 1)
+        elif holder.kind in ("layernorm", "batchnorm"):
+            size = (batch, shape[0])
+        elif holder.kind == "conv":
+            size = (batch, shape[1] * holder.groups, *shape[2:])
+        else:  # a transposed convolution
+            size = (batch, shape[0], *([1] * (len(shape) - 2)))
+        inputs.append(torch.randn(size, generator=generator).to(param.values.dtype))
+    return tuple(inputs)
 
 
 def _format(tensor: Tensor) -> str:
@@ -232,7 +286,7 @@ class Example:
             prefix: the modules are named ``p0``, ``p1``... by default; another prefix renames them (the
                 parameters then have other names, and nothing else changes).
         """
-        model = nn.Module()
+        model = Layers()
         targets = []
         for param in self.params:
             module_name, _, param_name = param.name.rpartition(".")
@@ -497,6 +551,13 @@ class Subject:
         amount, units = self.draw_amount(draw, targets, options)
         return options, amount, units
 
+    def draw_data(self, draw: st.DrawFn, params: Sequence[Param], targets: Sequence[Target]) -> Any:
+        """Draw what the strategy gets as ``data`` for ``params`` (their ``targets``): the case's data, or a
+        :func:`calibration_batch` for a strategy that runs the model (``inputs=True``)."""
+        if self.case.inputs:
+            return calibration_batch(params, draw(st.integers(0, 2**16)))
+        return draw(self.case.data(targets)) if self.case.data is not None else None
+
     def draw_amount(
         self, draw: st.DrawFn, targets: Sequence[Target], options: Mapping[str, Any]
     ) -> tuple[int | float | None, int | None]:
@@ -601,7 +662,7 @@ def _examples(
         params.append(Param(f"p{index}.{holder.param_name}", values, None, grad, holder))
     targets = Example(tuple(params)).context().targets
     options = draw(subject.options(targets))
-    data = draw(subject.case.data(targets)) if subject.case.data is not None else None
+    data = subject.draw_data(draw, params, targets)
 
     kind = draw(_PRIOR_KINDS)
     priors: dict[str, Tensor | None] = {}
