@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 import prunus
 from prunus.plugin_api import AmountError, ConfigError, Granularity, Partition, PluginError, Target
+from prunus.testing.partitions import check_ranking, read_layout
 
 
 def _target(module: nn.Module, name: str = "weight", prior: Tensor | None = None) -> Target:
@@ -97,6 +98,40 @@ def test_aligned_counts_round_what_it_keeps_to_a_multiple() -> None:
 def test_global_declares_one_group_across_targets() -> None:
     partition = _granularity("global", amount=0.5).partition(_target(nn.Linear(2, 2)))
     assert partition is not None and partition.shared
+
+
+def test_global_declares_its_min_keep_floor() -> None:
+    assert _granularity("global", amount=0.5).partition(_target(nn.Linear(2, 2))).min_keep == 1
+    plain = _granularity("global", amount=0.5, min_keep=0).partition(_target(nn.Linear(2, 2)))
+    assert plain.min_keep == 0
+
+
+def test_the_ranking_across_targets_honours_the_floor() -> None:
+    """A global ranking keeps each target's best entry (min_keep=1): the floor is checked, not a ranking bug."""
+    small, large = nn.Linear(2, 1, bias=False), nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        small.weight.copy_(torch.tensor([[0.1, 0.2]]))
+        large.weight.copy_(torch.tensor([[5.0, 6.0]]))
+    targets = [Target("small.weight", small, "weight"), Target("large.weight", large, "weight")]
+    scores = {t.name: t.tensor.detach().abs() for t in targets}
+    floored = _granularity("global", amount=2)  # min_keep=1: small keeps 0.2, large loses 5.0
+    layout = read_layout(floored, targets)
+    right = {
+        "small.weight": torch.tensor([[False, True]]),
+        "large.weight": torch.tensor([[False, True]]),
+    }
+    check_ranking(layout, right, scores, torch.sum)
+    plain = {
+        "small.weight": torch.tensor([[False, False]]),
+        "large.weight": torch.tensor([[True, True]]),
+    }
+    with pytest.raises(AssertionError, match="below its declared min_keep=1"):
+        check_ranking(layout, plain, scores, torch.sum)
+    # Without the floor, the plain ranking is the right one and the floored masks are not.
+    layout = read_layout(_granularity("global", amount=2, min_keep=0), targets)
+    check_ranking(layout, plain, scores, torch.sum)
+    with pytest.raises(AssertionError, match="pruned the entry"):
+        check_ranking(layout, right, scores, torch.sum)
 
 
 def test_nm_groups_run_along_the_input_dim() -> None:
