@@ -25,6 +25,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,6 +228,19 @@ def ratio_note(attempts: Sequence[int]) -> str:
             else "."
         )
     )
+
+
+def pass_seconds(weights: Sequence[torch.Tensor], repeats: int = 3) -> float:
+    """The unit of a *pass*: the fastest of ``repeats`` sweeps that read and write every weight once
+    (``torch.abs(w, out=buffer)``, into one buffer reused for every weight)."""
+    buffer = torch.empty(max(w.numel() for w in weights), dtype=weights[0].dtype)
+    best = float("inf")
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        for w in weights:
+            torch.abs(w, out=buffer[: w.numel()].view(w.shape))
+        best = min(best, time.perf_counter() - begin)
+    return best
 
 
 # -- memory, in child processes -----------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 
 The root of the package holds the contracts (strategies, configs, hooks, the registry) and the engine
 (``prune``, ``remove``, ``restore``); the tools live in subpackages (:mod:`prunus.hardware`,
-:mod:`prunus.workflow`, :mod:`prunus.shrinking`, :mod:`prunus.persistence`, :mod:`prunus.cli`, :mod:`prunus.testing`) and load on first use
+:mod:`prunus.workflow`, :mod:`prunus.shrinking`, :mod:`prunus.streaming`, :mod:`prunus.persistence`,
+:mod:`prunus.cli`, :mod:`prunus.testing`) and load on first use
 of one of their names here (PEP 562), so ``import prunus`` stays light. Plugins load on the first use of
 :data:`registry`. A plugin imports from :mod:`prunus.plugin_api` only.
 """
@@ -22,13 +23,16 @@ from .config import Amount, NoOptions, StrategyConfig
 from .engine import is_pruned, masks, prune, remove, restore
 from .errors import (
     AmountError,
+    CheckpointError,
     ConfigError,
     ConfigTypeError,
+    CorruptShardError,
     ExportError,
     FileError,
     FileFormatError,
     MaskError,
     MissingDependencyError,
+    MissingShardError,
     NotPrunedError,
     PluginError,
     PluginLoadWarning,
@@ -74,6 +78,7 @@ if TYPE_CHECKING:
     from .shrinking.channels import prune_channels, shrink
     from .shrinking.record import load_shrunk, shrink_state
     from .shrinking.report import ChannelGroupReport, ShrinkReport
+    from .streaming.pruning import prune_checkpoint
     from .workflow import plots
     from .workflow.config import PruneConfig, SensitivityConfig, load_config
     from .workflow.evaluation import (
@@ -125,6 +130,7 @@ _TOOLS: dict[str, str] = {
     "shrink": "shrinking.channels",
     "load_shrunk": "shrinking.record",
     "shrink_state": "shrinking.record",
+    "prune_checkpoint": "streaming.pruning",
     "PruneConfig": "workflow.config",
     "SensitivityConfig": "workflow.config",
     "load_config": "workflow.config",
@@ -176,11 +182,13 @@ __all__ = [
     "AmountError",
     "AnalysisReport",
     "ChannelGroupReport",
+    "CheckpointError",
     "Comparison",
     "Component",
     "ComposedStrategy",
     "ConfigError",
     "ConfigTypeError",
+    "CorruptShardError",
     "CpuInfo",
     "Criterion",
     "Evaluation",
@@ -196,6 +204,7 @@ __all__ = [
     "Manifest",
     "MaskError",
     "MissingDependencyError",
+    "MissingShardError",
     "ModelSize",
     "NoOptions",
     "NotPrunedError",
@@ -261,6 +270,7 @@ __all__ = [
     "probe",
     "prune",
     "prune_channels",
+    "prune_checkpoint",
     "pruning_state",
     "quantize",
     "quantized_weights",

@@ -17,6 +17,7 @@ from . import masking
 from .arguments import check_bool, check_callable, check_model
 from .auto import resolve_auto
 from .config import jsonable
+from .distributed import count_true
 from .errors import (
     ConfigError,
     ConfigTypeError,
@@ -172,7 +173,7 @@ def _prune(
     else:
         chosen = [c for c in chosen if c[0] in per_layer]
     targets = [
-        Target(name, module, pname, masking.get_mask(module, pname))
+        Target(name, module, pname, masking.follow_sharding(module, pname))
         for name, module, pname in chosen
     ]
     context = PruneContext(model=model, targets=targets, data=data, restorable=restorable)
@@ -241,8 +242,8 @@ def _prune(
 
 
 def _count_pruned(mask: Tensor) -> int:
-    # count_nonzero is one fast pass; (~mask).sum() allocates and sums through int64, 10-30x slower.
-    return mask.numel() - int(torch.count_nonzero(mask))
+    # One counting pass (of the whole mask when it is sharded); (~mask).sum() allocates and sums through int64.
+    return mask.numel() - count_true(mask)
 
 
 def _per_layer(
@@ -345,7 +346,7 @@ def _check_mask(owner: str, target: Target, mask: object) -> None:
             f"{owner}: the mask for {target.name!r} is on {mask.device}, the parameter on {tensor.device}"
         )
     if target.prior is not None:
-        revived = int(torch.count_nonzero(mask & ~target.prior))
+        revived = count_true(mask & ~target.prior)
         if revived:
             raise PluginError(
                 f"{owner}: the mask for {target.name!r} revives {revived} entries an earlier prune removed; "

@@ -12,13 +12,16 @@ import reprlib
 
 __all__ = [
     "AmountError",
+    "CheckpointError",
     "ConfigError",
     "ConfigTypeError",
+    "CorruptShardError",
     "ExportError",
     "FileError",
     "FileFormatError",
     "MaskError",
     "MissingDependencyError",
+    "MissingShardError",
     "NotPrunedError",
     "PluginError",
     "PluginLoadWarning",
@@ -114,6 +117,20 @@ class NotPrunedError(PrunusError, ValueError):
 
 class ShrinkError(PrunusError, RuntimeError):
     """Channels could not be removed (or the result would not compute what the masked model computed)."""
+
+
+class CheckpointError(PrunusError, OSError):
+    """A checkpoint on disk cannot be pruned as it is, or its destination cannot be written (an ``OSError``); the
+    message names the file. A destination is written in full or not at all."""
+
+
+class MissingShardError(CheckpointError, FileNotFoundError):
+    """A shard that a checkpoint's index lists (or its only file) is not there."""
+
+
+class CorruptShardError(CheckpointError, ValueError):
+    """A shard of a checkpoint is not a readable safetensors file: truncated, a bad header, a tensor that does
+    not fit, or tensors that contradict the index."""
 
 
 class StateError(PrunusError, ValueError):

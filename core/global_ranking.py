@@ -4,213 +4,61 @@
 ranks across parameters.
 
 ``torch.nn.utils.prune.global_unstructured`` (and a naive ranking) concatenates every score into one tensor and
-sorts or selects on it: for 50 M weights that is 200 MB of scores, plus the sort's copies and index tensors. This
-module finds the same mask from per-parameter passes that keep almost nothing:
+sorts or selects on it: for 50 M weights that is 200 MB of scores, plus the sort's copies and index tensors.
+Here each parameter is a *source* of :mod:`prunus.chunked_ranking`, whose passes read the scores chunk by chunk
+and keep almost nothing:
 
-1. **Histogram pass.** Each target's scores are computed (one target at a time), mapped to integer keys whose
-   order is the order of the floats (``-0.0`` and ``+0.0`` share a key), and the top 16 bits of every eligible
-   key are counted into one global 65,536-bin histogram. The bin that holds the k-th lowest score follows, with
-   the number of scores below it.
-2. **Refinement passes** (only when that bin is crowded, e.g. many equal scores): the next 16 bits of the keys in
-   the bin are counted, narrowing it, until it is small or the keys in it are all equal (an exact tie).
-3. **Mask pass.** Each target's scores are computed again: entries in bins above are kept, below are pruned, and
-   the few entries in the bin (the *candidates*) are collected with their positions. On CPU each mask is packed
-   to 1 bit per entry until the end, so the peak holds one target's scores and ~1/8 of the masks, not all the
-   masks beside a score tensor. The candidates are ranked by :func:`prunus.ranking.keep_mask` in concatenation
-   order (or, for an exact tie, pruned first by position), which reproduces exactly the mask that ``keep_mask``
-   gives on the concatenation of all scores, ties and eligibility included.
+1. **Sample.** Every ``stride``-th score of each parameter (a few hundred thousand in all) gives a narrow
+   window of scores that holds the threshold.
+2. **One sweep.** Each parameter's scores are read once more: entries above the window are kept (written
+   straight into its mask), entries below pruned, and the few inside collected with their positions, then
+   ranked by :func:`prunus.chunked_ranking.keep_lowest` in concatenation order. The mask is exactly the one
+   :func:`prunus.ranking.keep_mask` gives on the concatenation of every score: exact count, ties pruned first
+   by position, earlier masks respected. (If the window missed, histograms of the scores' bits narrow the range
+   instead: see that module.)
 
-Scores are computed two or three times per target instead of once. That is cheap for magnitude criteria and
-exact for every deterministic or seeded criterion; if a criterion's second answer disagrees with the first
-enough to move the threshold's bin, the ranking falls back to concatenating the scores (the classic path).
+How the scores are read depends on the criterion. An ``elementwise`` criterion (magnitude: the built-in
+``l1`` and ``ln``) is scored chunk by chunk from the weights into a buffer that stays in cache: no score
+tensor is ever allocated, and the ranking costs a sample and one read of the weights. Any other criterion is
+called on the whole parameter, once for the sample and once for the sweep, except for the first parameters,
+whose scores are held in between when ``keep_bytes`` allows (``prune`` allows as much as the restore data is
+about to take anyway). Calling a criterion twice is exact for every deterministic or seeded criterion; if the
+counts show that its scores changed between calls, the ranking falls back to concatenating them once.
+
+Sharded parameters (DTensors, e.g. under FSDP2's ``fully_shard``) are ranked where they are: each rank reads its
+own shards, and the ranks agree on the window, the counts and the candidates through collectives, so the
+masks are bit for bit the single-process ones.
+
+:func:`prunus.chunked_ranking.recording` collects what each ranking did (passes, scorings, candidates): the
+benchmark in ``benchmarks/bench_global.py`` reports it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+import math
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from . import chunked_ranking
+from .chunked_ranking import (
+    Chunks,
+    Inconsistent,
+    RankingStats,
+    chunks_of,
+    rank,
+    recording,
+    sample_of,
+)
 from .config import Amount, count_to_prune
+from .distributed import Shard, collectives_of, count_true, is_sharded, like, local, shard_of
+from .errors import PluginError, PrunusError, WeightError
 from .ranking import keep_mask, rankable
-from .strategy import Target
+from .strategy import Scorer, Target, broken_weights, local_top
 
-__all__ = ["classic_keep_masks", "global_keep_masks"]
-
-_DIGIT = 16
-_BINS = 1 << _DIGIT
-_CHUNK = 1 << 18  # entries per step: the scratch buffers stay in cache and are allocated once
-
-PACK_ON_CPU = True
-"""Pack CPU masks to bits during the passes (other devices write bool masks directly)."""
-
-CANDIDATE_LIMIT = 1 << 16
-"""A bin with at most ``max(CANDIDATE_LIMIT, eligible // 256)`` entries is resolved by collecting them."""
-
-
-class _Inconsistent(Exception):
-    """The criterion's scores changed between passes: use the classic path."""
-
-
-class _Scratch:
-    """Chunk-sized buffers reused across targets and passes, so the passes allocate (almost) nothing."""
-
-    def __init__(self, bits: int, device: torch.device) -> None:
-        dtype = torch.int64 if bits == 64 else torch.int32
-        self.mapped = torch.empty(_CHUNK, dtype=dtype, device=device)
-        self.work = torch.empty(_CHUNK, dtype=dtype, device=device)
-        self.first = torch.empty(_CHUNK, dtype=torch.bool, device=device)
-        self.second = torch.empty(_CHUNK, dtype=torch.bool, device=device)
-
-
-class _Ranker:
-    """The passes of one global ranking (see the module docstring)."""
-
-    def __init__(
-        self, targets: Sequence[Target], score: Callable[[Target], Tensor], keep_bytes: int
-    ) -> None:
-        self.targets = targets
-        self.score = score
-        self.bits = 32
-        self._scratch: dict[tuple[int, torch.device], _Scratch] = {}
-        # Scores of the first targets kept from the histogram pass (up to `keep_bytes`), so the mask pass
-        # need not compute them again; each is dropped once its mask is written.
-        self.keep_bytes = keep_bytes
-        self.kept: dict[int, Tensor] = {}
-
-    def scores(self, index: int, final: bool = False) -> Tensor:
-        kept = self.kept.pop(index, None) if final else self.kept.get(index)
-        return kept if kept is not None else self.score(self.targets[index])
-
-    def scratch(self, device: torch.device) -> _Scratch:
-        key = (self.bits, device)
-        if key not in self._scratch:
-            self._scratch[key] = _Scratch(self.bits, device)
-        return self._scratch[key]
-
-    def chunks(
-        self, target: Target, scores: Tensor
-    ) -> Iterator[tuple[int, Tensor, Tensor | None, _Scratch]]:
-        """``(start, keys, eligible, scratch)`` per chunk of ``target``'s flat keys (valid until the next)."""
-        flat = rankable(scores).reshape(-1)
-        del scores
-        if self.bits == 64 and flat.dtype != torch.float64:
-            flat = flat.double()  # exact, as torch.cat promotes float32 next to float64
-        raw = flat.view(torch.int64 if self.bits == 64 else torch.int32)
-        eligible = None if target.prior is None else target.prior.reshape(-1)
-        scratch = self.scratch(raw.device)
-        magnitude_bits = (1 << (self.bits - 1)) - 1
-        for start in range(0, raw.numel(), _CHUNK):
-            keys = raw[start : start + _CHUNK]
-            n = keys.numel()
-            if int(keys.min()) < 0:  # per chunk, while it is in cache
-                # A negative float (sign bit set) orders by decreasing magnitude: its key is -magnitude, so
-                # -0.0 and +0.0 share the key 0 and compare equal, as the floats do.
-                mapped = scratch.mapped[:n]
-                torch.bitwise_and(keys, magnitude_bits, out=mapped)
-                mapped.neg_()
-                negative = torch.lt(keys, 0, out=scratch.first[:n])
-                keys = torch.where(negative, mapped, keys, out=mapped)
-            yield start, keys, None if eligible is None else eligible[start : start + n], scratch
-
-    def histogram(self, level: int, prefix: int) -> Tensor | None:
-        """Counts of the ``level``-th digit of the eligible keys whose top ``level`` digits are ``prefix``.
-
-        Returns ``None`` when a float64 score turns up while keys are 32-bit (the caller starts over in 64).
-        """
-        hist = torch.zeros(_BINS, dtype=torch.int64)
-        held = sum(t.numel() * t.element_size() for t in self.kept.values())
-        for index, target in enumerate(self.targets):
-            scores = self.scores(index)
-            if self.bits == 32 and scores.dtype == torch.float64:
-                self.bits = 64
-                self.kept.clear()
-                return None
-            size = scores.numel() * scores.element_size()
-            if level == 0 and held + size <= self.keep_bytes:
-                self.kept[index] = scores
-                held += size
-            keys = eligible = digit = where = None
-            for _, keys, eligible, scratch in self.chunks(target, scores):
-                n = keys.numel()
-                digit = scratch.work[:n]
-                if level == 0:
-                    torch.bitwise_right_shift(keys, self.bits - _DIGIT, out=digit)
-                    digit.add_(_BINS >> 1)  # arithmetic shift: the sign goes with the top digit
-                    where = eligible
-                else:
-                    torch.bitwise_right_shift(keys, self.bits - _DIGIT * level, out=digit)
-                    where = torch.eq(digit, prefix, out=scratch.second[:n])
-                    if eligible is not None:
-                        where &= eligible
-                    torch.bitwise_right_shift(keys, self.bits - _DIGIT * (level + 1), out=digit)
-                    digit.bitwise_and_(_BINS - 1)
-                if where is not None:
-                    # Entries outside `where` go to an extra bin, dropped below.
-                    digit.masked_fill_(torch.logical_not(where, out=scratch.second[:n]), _BINS)
-                hist += torch.bincount(digit, minlength=_BINS + 1)[:_BINS].cpu()
-            # The loop's last chunk views the scores: drop every reference before the next target's.
-            del scores, keys, eligible, digit, where
-        return hist
-
-
-def _choose(hist: Tensor, k: int, level: int, prefix: int) -> tuple[int, int, int, int]:
-    """The bin of the k-th lowest (1-based) key: ``(level + 1, its prefix, count below it, count in it)``."""
-    cumulative = hist.cumsum(0)
-    b = int(torch.searchsorted(cumulative, torch.tensor([k], dtype=cumulative.dtype))[0])
-    below = int(cumulative[b - 1]) if b > 0 else 0
-    new_prefix = b - (_BINS >> 1) if level == 0 else (prefix << _DIGIT) | b
-    return level + 1, new_prefix, below, int(hist[b])
-
-
-class _MaskSink:
-    """One target's keep-mask, written chunk by chunk: packed to 1 bit per entry on CPU until the end.
-
-    While the masks are packed, a pass holds one target's scores beside ~1/8 of the masks instead of all of
-    them; the bool masks are unpacked once every score is gone.
-    """
-
-    def __init__(self, target: Target) -> None:
-        self.shape = target.tensor.shape
-        self.numel = target.tensor.numel()
-        device = target.tensor.device
-        self.bits: np.ndarray[Any, Any] | None = None
-        self.full: Tensor | None = None
-        if device.type == "cpu" and PACK_ON_CPU:
-            self.bits = np.empty((self.numel + 7) // 8, dtype=np.uint8)
-        else:
-            self.full = torch.empty(self.numel, dtype=torch.bool, device=device)
-
-    def write(self, start: int, keep: Tensor) -> None:
-        if self.bits is not None:
-            # _CHUNK is a multiple of 8, so every chunk but the last fills whole bytes.
-            packed = np.packbits(keep.numpy())
-            self.bits[start // 8 : start // 8 + packed.size] = packed
-        else:
-            assert self.full is not None
-            self.full[start : start + keep.numel()] = keep
-
-    def finish(self, also_keep: Tensor | None) -> Tensor:
-        if self.bits is not None:
-            flat = torch.from_numpy(np.unpackbits(self.bits, count=self.numel).view(np.bool_))
-            self.bits = None
-        else:
-            assert self.full is not None
-            flat, self.full = self.full, None
-        if also_keep is not None and also_keep.numel():
-            flat[also_keep.to(flat.device)] = True
-        return flat.reshape(self.shape)
-
-
-def _nonzero(flat: Tensor) -> Tensor:
-    """Positions of the True entries of a flat bool tensor (numpy's is ~10x faster than torch's on CPU)."""
-    if flat.device.type == "cpu" and flat.is_contiguous():
-        return torch.from_numpy(np.flatnonzero(flat.numpy()))
-    return flat.nonzero().squeeze(1)
+__all__ = ["RankingStats", "classic_keep_masks", "global_keep_masks", "recording"]
 
 
 def global_keep_masks(
@@ -224,16 +72,17 @@ def global_keep_masks(
 
     Exact count, ties pruned first by position in concatenation order, entries an earlier prune removed
     (``target.prior``) kept pruned and not counted, in a few percent of the memory of concatenating the scores
-    (see the module's documentation). ``score`` is called two or three times per target, which is exact for
-    deterministic and seeded criteria; if the scores change between calls so that the counts stop adding up,
-    the ranking falls back to concatenating them.
+    (see the module's documentation). A criterion that is not elementwise is called once or twice per target,
+    which is exact for deterministic and seeded criteria; if its scores change between calls so that the
+    counts stop adding up, the ranking falls back to concatenating them.
 
     Args:
-        targets: the parameters ranked together.
-        score: a target's scores (a granularity passes on the ``score`` function it was given).
+        targets: the parameters ranked together (plain or sharded alike).
+        score: a target's scores (a granularity passes on the ``score`` it was given); a
+            :class:`~prunus.strategy.Scorer` of an elementwise criterion is scored chunk by chunk instead.
         amount: a fraction of the entries still kept across all targets, or an int count of them.
         keep_bytes: how much memory of scores the ranking may hold between its passes to avoid scoring those
-            targets again (0: score every target twice and hold one at a time).
+            targets again (0: hold one target's scores at a time). Unused for an elementwise criterion.
         min_keep: a floor per target: each keeps at least ``min_keep`` of its entries still kept (all of them if
             it has fewer), its highest-scored ones, while the ranking still prunes exactly the count asked,
             from the other targets. The floor holds whenever the amount leaves room for it; an amount that asks
@@ -241,7 +90,7 @@ def global_keep_masks(
             ranking is global among the entries the floor does not hold.
 
     Returns:
-        The bool keep-mask of each target, by target name.
+        The bool keep-mask of each target, by target name (a DTensor laid out like a sharded parameter).
 
     Raises:
         AmountError: an int ``amount`` larger than the entries still kept.
@@ -253,10 +102,28 @@ def global_keep_masks(
 def _ranked(
     targets: Sequence[Target], score: Callable[[Target], Tensor], amount: Amount, keep_bytes: int
 ) -> dict[str, Tensor]:
+    """The plain ranking (no floor): the chunked ranking's passes, or the classic one if the scores moved."""
+    collectives = collectives_of([t.tensor for t in targets])
+    sources = [_source(t, score) for t in targets]
+    owned = [s.eligible_count() if s.shard.owner else 0 for s in sources]
+    size = int(collectives.sum(torch.tensor([sum(owned)]))[0])
+    k = count_to_prune(amount, size, what="entries still kept across all targets")
+    if k in (0, size):
+        return {t.name: _trivial(t, k == 0) for t in targets}
+    _keep(sources, keep_bytes)
     try:
-        return _lean(targets, score, amount, keep_bytes)
-    except _Inconsistent:
+        flats = rank(sources, k, size, collectives=collectives)
+    except Inconsistent:
+        if collectives.world > 1:
+            raise PluginError(
+                "the criterion's scores changed between two calls on the same sharded parameters; a "
+                "global ranking across ranks needs a deterministic (or seeded) criterion"
+            ) from None
         return classic_keep_masks(targets, score, amount)
+    return {
+        t.name: like(flat.reshape(s.part.shape), t.tensor)
+        for t, s, flat in zip(targets, sources, flats, strict=True)
+    }
 
 
 def _floored(
@@ -268,10 +135,13 @@ def _floored(
     masks: dict[str, Tensor],
 ) -> dict[str, Tensor]:
     """``masks`` with every target keeping its ``min_keep`` best entries: the targets that fell short keep them,
-    and the ranking runs again on the rest for the same count, until no target falls short."""
+    and the ranking runs again on the rest for the same count, until no target falls short.
+
+    Every count is of the whole parameter (summed over the ranks for a sharded one), so all ranks take the same
+    branches and run the same collectives.
+    """
     eligible = {
-        t.name: t.tensor.numel() if t.prior is None else int(torch.count_nonzero(t.prior))
-        for t in targets
+        t.name: t.tensor.numel() if t.prior is None else count_true(t.prior) for t in targets
     }
     size = sum(eligible.values())
     k = count_to_prune(amount, size, what="entries still kept across all targets")
@@ -281,9 +151,7 @@ def _floored(
     held: dict[str, Tensor] = {}
     while True:
         short = [
-            t
-            for t in targets
-            if t.name not in held and int(torch.count_nonzero(masks[t.name])) < floors[t.name]
+            t for t in targets if t.name not in held and count_true(masks[t.name]) < floors[t.name]
         ]
         if not short:
             return masks
@@ -303,99 +171,131 @@ def _still_kept(target: Target) -> Tensor:
     return torch.ones_like(target.tensor, dtype=torch.bool)
 
 
-def _lean(
-    targets: Sequence[Target],
-    score: Callable[[Target], Tensor],
-    amount: Amount,
-    keep_bytes: int = 0,
-) -> dict[str, Tensor]:
-    size = sum(
-        t.tensor.numel() if t.prior is None else int(torch.count_nonzero(t.prior)) for t in targets
-    )
-    ranker = _Ranker(targets, score, keep_bytes)
-    # Pass 1: the top digit of every eligible key. Keys are 32-bit unless a score is float64 (64 for all).
-    hist = ranker.histogram(0, 0)
-    if hist is None:
-        hist = ranker.histogram(0, 0)
-    assert hist is not None
-    k = count_to_prune(amount, size, what="entries still kept across all targets")
-    if k in (0, size):
-        return {
-            t.name: (
-                torch.full_like(t.tensor, k == 0, dtype=torch.bool)
-                if t.prior is None
-                else t.prior.clone()
-                if k == 0
-                else torch.zeros_like(t.prior)
-            )
-            for t in targets
-        }
+def _trivial(target: Target, keep: bool) -> Tensor:
+    """The mask that prunes nothing more (``keep``) or every eligible entry."""
+    if target.prior is None:
+        return torch.full_like(target.tensor, keep, dtype=torch.bool)
+    return target.prior.clone() if keep else torch.zeros_like(target.prior)
 
-    # Narrow down to the bin holding the k-th lowest key: its top `level` digits are `prefix`.
-    limit = max(CANDIDATE_LIMIT, size >> 8)
-    level, prefix, below, in_bin = _choose(hist, k, 0, 0)
-    while in_bin > limit and level * _DIGIT < ranker.bits:
-        hist = ranker.histogram(level, prefix)
-        assert hist is not None
-        level, prefix, extra_below, in_bin = _choose(hist, k - below, level, prefix)
-        below += extra_below
-    # Past the limit every key left in the bin is equal (all bits fixed): prune the first ones by position.
-    exact_tie = in_bin > limit
 
-    # Mask pass: above the bin kept, below pruned; the bin's entries are collected (or, for an exact tie,
-    # pruned in order until the count is reached).
-    shift = ranker.bits - _DIGIT * level
-    sinks = [_MaskSink(t) for t in targets]
-    found: list[Tensor] = []  # per target: positions of its entries in the bin
-    found_keys = torch.empty(0 if exact_tie else in_bin, dtype=torch.int64)
-    seen_below = seen_in_bin = 0
-    tie_budget = k - below
-    for index, (target, sink) in enumerate(zip(targets, sinks, strict=True)):
-        positions: list[Tensor] = []
-        keys = eligible = top = keep = inside = None
-        for start, keys, eligible, scratch in ranker.chunks(
-            target, ranker.scores(index, final=True)
-        ):
-            n = keys.numel()
-            top = torch.bitwise_right_shift(keys, shift, out=scratch.work[:n])
-            keep = torch.gt(top, prefix, out=scratch.first[:n])
-            inside = torch.eq(top, prefix, out=scratch.second[:n])
-            if eligible is not None:
-                keep &= eligible
-                inside &= eligible
-            count = int(torch.count_nonzero(inside))
-            seen_below += (n if eligible is None else int(torch.count_nonzero(eligible))) - (
-                int(torch.count_nonzero(keep)) + count
-            )
-            if count and exact_tie:
-                if tie_budget < count:
-                    keep[_nonzero(inside)[max(tie_budget, 0) :]] = True
-                tie_budget -= count
-            elif count:
-                if seen_in_bin + count > in_bin:
-                    raise _Inconsistent
-                where = _nonzero(inside).to(keys.device)
-                found_keys[seen_in_bin : seen_in_bin + count] = keys[where].cpu()
-                positions.append(where + start)
-            seen_in_bin += count
-            sink.write(start, keep)
-            del keys, eligible, top, keep, inside
-        found.append(torch.cat(positions) if positions else torch.empty(0, dtype=torch.int64))
+class _TargetSource:
+    """One target as a source of the chunked ranking: its scores, this rank's part of them."""
 
-    if seen_below != below or seen_in_bin != in_bin:
-        raise _Inconsistent  # the scores moved between passes; the classic path scores once
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        tensor = target.tensor
+        self.shard: Shard = shard_of(tensor)
+        self.part = local(tensor)
+        self.numel = self.part.numel()
+        self.device = self.part.device
+        prior = target.prior
+        self.eligible = None if prior is None else local(prior).reshape(-1)
 
-    kept: list[Tensor | None] = [None] * len(targets)
-    if not exact_tie:
-        chosen = keep_mask(found_keys, k - below)
-        offset = 0
-        for i, where in enumerate(found):
-            kept[i] = where[chosen[offset : offset + where.numel()].to(where.device)]
-            offset += where.numel()
-    return {
-        target.name: sink.finish(kept[i])
-        for i, (target, sink) in enumerate(zip(targets, sinks, strict=True))
-    }
+    problem: PrunusError | None = None
+    """What was wrong with its scores (raised on every rank by the ranking)."""
+    scorings = 0
+    """Calls of the criterion on the whole target."""
+    scored = 0
+    """Entries scored, in all passes."""
+
+    def eligible_count(self) -> int:
+        return self.numel if self.eligible is None else int(torch.count_nonzero(self.eligible))
+
+
+class _ValueSource(_TargetSource):
+    """A target of an elementwise criterion: scored chunk by chunk from its values, into a reused buffer."""
+
+    def __init__(self, target: Target, scorer: Scorer) -> None:
+        super().__init__(target)
+        self.scorer = scorer
+        self.values = self.part.reshape(-1)
+        self.buffer: Tensor | None = None
+
+    def sample(self, stride: int) -> Tensor:
+        sampled = self._scored(sample_of(self.values, stride, self.eligible))
+        size = min(chunked_ranking.CHUNK, self.numel)
+        self.buffer = torch.empty(size, dtype=sampled.dtype, device=self.device)
+        return sampled
+
+    def chunks(self) -> Chunks:
+        assert self.buffer is not None, "sample() first: it sizes the score buffer"
+        for start, values, eligible in chunks_of(self.values, self.eligible):
+            scores = self._scored(values, self.buffer[: values.numel()])
+            self.scored += values.numel()
+            yield start, scores, eligible
+
+    def _scored(self, values: Tensor, out: Tensor | None = None) -> Tensor:
+        scores = self.scorer.values(self.target, values, out, check_nan=False)
+        if self.problem is None:  # recorded, and raised by rank() on every rank together
+            top = local_top(scores)
+            if top is not None and not math.isfinite(top):
+                self.problem = self._problem(math.isnan(top))
+        return scores
+
+    def _problem(self, nan: bool) -> PrunusError | None:
+        """Why a chunk's scores are not finite: the weights themselves (this rank's part), or the criterion."""
+        values = self.values
+        if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+            nans, infs = int(torch.isnan(values).sum()), int(torch.isinf(values).sum())
+            return WeightError(broken_weights(self.target.name, nans, infs))
+        return PluginError(self.scorer.nan_message(self.target)) if nan else None
+
+
+class _ScoreSource(_TargetSource):
+    """A target of any other criterion: scored whole, once per pass unless its scores are held."""
+
+    def __init__(self, target: Target, score: Callable[[Target], Tensor]) -> None:
+        super().__init__(target)
+        self.score = score
+        self.hold = False
+        self.held: Tensor | None = None
+
+    def scores(self) -> Tensor:
+        if self.held is not None:
+            return self.held
+        scores = _local_scores(self.score(self.target), self.target, self.shard)
+        self.scorings += 1
+        self.scored += scores.numel()
+        if self.hold:
+            self.held = scores
+        return scores
+
+    def sample(self, stride: int) -> Tensor:
+        return sample_of(self.scores(), stride, self.eligible)
+
+    def chunks(self) -> Chunks:
+        return chunks_of(self.scores(), self.eligible)
+
+
+def _local_scores(scores: Tensor, target: Target, shard: Shard) -> Tensor:
+    """This rank's part of a target's scores, flat (a criterion may score a sharded parameter whole)."""
+    if is_sharded(scores):
+        return local(scores).reshape(-1)
+    if is_sharded(target.tensor) and tuple(scores.shape) == shard.shape:
+        index = tuple(
+            slice(offset, offset + size)
+            for offset, size in zip(shard.offset, shard.local_shape, strict=True)
+        )
+        return scores[index].reshape(-1)
+    return scores.reshape(-1)
+
+
+def _source(target: Target, score: Callable[[Target], Tensor]) -> _ValueSource | _ScoreSource:
+    if isinstance(score, Scorer) and score.elementwise:
+        return _ValueSource(target, score)
+    return _ScoreSource(target, score)
+
+
+def _keep(sources: list[_ValueSource | _ScoreSource], keep_bytes: int) -> None:
+    """Hold the scores of the first whole-scored sources between passes, up to ``keep_bytes``."""
+    held = 0
+    for source in sources:
+        if isinstance(source, _ScoreSource):
+            size = source.numel * source.part.element_size()
+            if held + size > keep_bytes:
+                break
+            source.hold = True
+            held += size
 
 
 def classic_keep_masks(
@@ -414,7 +314,7 @@ def classic_keep_masks(
                 for t in targets
             ]
         )
-    size = flat.numel() if eligible is None else int(torch.count_nonzero(eligible))
+    size = flat.numel() if eligible is None else count_true(eligible)
     k = count_to_prune(amount, size, what="entries still kept across all targets")
     keep = keep_mask(flat, k, eligible)
     out = {}

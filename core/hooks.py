@@ -144,6 +144,14 @@ class Hooks:
     # Lets ComposedStrategy know these scores are checked already (one NaN pass, not two).
     score.validates_scores = True  # type: ignore[attr-defined]
 
+    def scores_directly(self) -> bool:
+        """Whether every score comes from the criterion itself: no plugin but the built-in default implements
+        ``prunus_score`` (a ranking may then call an elementwise criterion's ``score_values`` directly)."""
+        return all(
+            impl.plugin_name == "prunus.defaults"
+            for impl in self._pm.hook.prunus_score.get_hookimpls()
+        )
+
     def apply_mask(
         self, target: Target, mask: Tensor, restorable: bool, context: PruneContext
     ) -> Callable[[], None]:

@@ -10,20 +10,26 @@ built-in does is out of a third party's reach. What is here:
 * **hooks**: :data:`hookimpl` and the :class:`Registrar` the registration hooks receive (the hooks themselves
   are documented in :mod:`prunus.hookspecs`);
 * **contracts**: the four registrable kinds (:class:`Criterion`, :class:`Granularity`, :class:`Strategy`,
-  :class:`Schedule`, all :class:`Component`), what a strategy sees (:class:`Target`, :class:`PruneContext`),
-  the :class:`Partition` a granularity declares (its units and groups, what the test kit checks its masks
-  against), and the :class:`Registry` a strategy's ``create`` may look things up in;
+  :class:`Schedule`, all :class:`Component`), what a strategy sees (:class:`Target`, :class:`PruneContext`), the
+  :class:`Scorer` a granularity is handed its scores by, the :class:`Partition` a granularity declares (its
+  units and groups, what the test kit checks its masks against), and the :class:`Registry` a strategy's
+  ``create`` may look things up in;
 * **config building blocks**: :class:`StrategyConfig`, :class:`NoOptions`, the :data:`Amount` and
   :data:`Fraction` field types, :data:`SchedulePoint` and :class:`SteppedPoints` (many schedule points,
   computed when read);
 * **ranking primitives**: :func:`count_to_prune` (torch's rounding of an amount), :func:`keep_mask`,
   :func:`keep_slices`, :func:`eligible_slices`, :func:`rankable`, and :func:`global_keep_masks`, the one
-  ranking across many parameters in a few percent of the memory of concatenating them;
+  ranking across many parameters in a few percent of the memory of concatenating them (:data:`CHUNKED_FROM`:
+  the size from which a CPU ranking goes chunk by chunk);
 * **targets**: :func:`select_targets` (what ``prune`` would target by default), :data:`DEFAULT_LAYERS`,
   :func:`input_dim`;
 * **running the model**: :func:`call_model` (a batch in prunus's one form: a tuple is positional arguments, a
   mapping keyword arguments) and :func:`evaluation_mode` (a calibration forward that leaves the model's modes,
   buffers and the global random state as they were), for criteria that read activations;
+* **sharded parameters** (DTensors, e.g. under FSDP2): :func:`count_true` (a count of the whole tensor, where
+  ``int(mask.sum())`` gives this rank's), :func:`local_along` (compute on the local shard when the lines a
+  granularity works along stay whole); :func:`keep_mask` and :func:`global_keep_masks` rank sharded scores
+  across ranks by themselves;
 * **mask storage**: :func:`attach_mask`, what a ``prunus_apply_mask`` implementation calls to keep a mask the
   way prunus does (zeros in place, a bool mask and the pruned values beside the parameter);
 * **hardware selection**: :class:`Selection`, :class:`HardwareProfile` (with :class:`CpuInfo`,
@@ -36,20 +42,22 @@ from __future__ import annotations
 
 from .component import Component, Kind
 from .config import Amount, NoOptions, StrategyConfig, count_to_prune
+from .distributed import count_true, local_along
 from .errors import AmountError, ConfigError, MaskError, PluginError, TargetError
 from .forward import call_model, evaluation_mode
 from .global_ranking import global_keep_masks
 from .hardware_profile import CpuInfo, GpuInfo, HardwareProfile
 from .hookspecs import hookimpl
 from .masking import attach_mask
-from .ranking import eligible_slices, keep_mask, keep_slices, rankable
+from .ranking import CHUNKED_FROM, eligible_slices, keep_mask, keep_slices, rankable
 from .registration import Registrar, Registry
 from .schedules import Fraction, Schedule, SchedulePoint, SteppedPoints
 from .selection import Selection
-from .strategy import Criterion, Granularity, Partition, PruneContext, Strategy, Target
+from .strategy import Criterion, Granularity, Partition, PruneContext, Scorer, Strategy, Target
 from .targets import DEFAULT_LAYERS, input_dim, select_targets
 
 __all__ = [
+    "CHUNKED_FROM",
     "DEFAULT_LAYERS",
     "Amount",
     "AmountError",
@@ -71,6 +79,7 @@ __all__ = [
     "Registry",
     "Schedule",
     "SchedulePoint",
+    "Scorer",
     "Selection",
     "SteppedPoints",
     "Strategy",
@@ -80,6 +89,7 @@ __all__ = [
     "attach_mask",
     "call_model",
     "count_to_prune",
+    "count_true",
     "eligible_slices",
     "evaluation_mode",
     "global_keep_masks",
@@ -87,6 +97,7 @@ __all__ = [
     "input_dim",
     "keep_mask",
     "keep_slices",
+    "local_along",
     "rankable",
     "select_targets",
 ]

@@ -5,7 +5,10 @@ with the lowest scores, and breaks ties by position (the lower flat index is pru
 always give the same mask on every machine. On tie-free scores its choice equals ``torch.topk``'s.
 
 It selects through one ``kthvalue`` (linear time) instead of a full sort, and touches the entries tied with the
-threshold only, so ranking 50 M scores costs a few passes over them.
+threshold only, so ranking 50 M scores costs a few passes over them. Scores sharded over several ranks (a
+DTensor, see :mod:`prunus.distributed`) are ranked as one tensor by :mod:`prunus.chunked_ranking`: each rank
+reads its own shard and the ranks agree through collectives, so the mask is the one a single process would
+compute.
 """
 
 from __future__ import annotations
@@ -13,9 +16,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .chunked_ranking import Chunks, chunks_of, keep_lowest, rank, sample_of
+from .distributed import (
+    Shard,
+    collectives_of,
+    count_true,
+    is_sharded,
+    like,
+    local,
+    replicated_if_partial,
+    shard_of,
+)
 from .errors import AmountError, ConfigTypeError, MaskError, brief
 
-__all__ = ["eligible_slices", "keep_mask", "keep_slices", "rankable"]
+__all__ = [
+    "CHUNKED_FROM",
+    "TensorSource",
+    "eligible_slices",
+    "keep_lowest_eligible",
+    "keep_mask",
+    "keep_slices",
+    "rankable",
+]
 
 
 def rankable(scores: Tensor) -> Tensor:
@@ -61,16 +83,88 @@ def keep_mask(scores: Tensor, k: int, eligible: Tensor | None = None) -> Tensor:
             f"eligible must be a torch.bool tensor of the scores' shape {tuple(scores.shape)}, not "
             f"{_what(eligible)}"
         )
-    flat = rankable(scores).reshape(-1)
+    if is_sharded(scores):
+        return _sharded_keep_mask(scores, k, eligible)
+    if scores.device.type == "cpu" and scores.numel() >= CHUNKED_FROM:
+        return _chunked_keep_mask(scores, k, eligible)
+    return keep_lowest_eligible(rankable(scores).reshape(-1), k, eligible).reshape(scores.shape)
+
+
+def keep_lowest_eligible(flat: Tensor, k: int, eligible: Tensor | None) -> Tensor:
+    """:func:`~prunus.chunked_ranking.keep_lowest` among the entries ``eligible`` allows (the others ``False``)."""
     if eligible is None:
-        return _keep_lowest_pruned(flat, k).reshape(scores.shape)
+        return keep_lowest(flat, k)
     flat_eligible = eligible.reshape(-1)
     if bool(flat_eligible.all()):
-        return _keep_lowest_pruned(flat, k).reshape(scores.shape)
+        return keep_lowest(flat, k)
     index = flat_eligible.nonzero().squeeze(1)
     keep = torch.zeros_like(flat_eligible)
-    keep[index] = _keep_lowest_pruned(flat[index], k)
-    return keep.reshape(scores.shape)
+    keep[index] = keep_lowest(flat[index], k)
+    return keep
+
+
+class TensorSource:
+    """Scores held in a tensor (this rank's part of them), as a source of :func:`prunus.chunked_ranking.rank`.
+
+    Args:
+        scores: the scores, or this rank's part of them.
+        eligible: the bool mask of the entries that may be pruned (same shape), or ``None``.
+        shard: where the part sits in the whole (``None``: it is the whole).
+    """
+
+    scorings = scored = 0
+    problem = None
+
+    def __init__(self, scores: Tensor, eligible: Tensor | None = None, shard: Shard | None = None):
+        self.flat = scores.reshape(-1)
+        self.eligible = None if eligible is None else eligible.reshape(-1)
+        self.numel = self.flat.numel()
+        self.shard = shard
+        self.device = scores.device
+
+    def sample(self, stride: int) -> Tensor:
+        return sample_of(self.flat, stride, self.eligible)
+
+    def chunks(self) -> Chunks:
+        return chunks_of(self.flat, self.eligible)
+
+
+CHUNKED_FROM = 1 << 20
+"""CPU scores of at least this many entries are ranked by :mod:`prunus.chunked_ranking` (a sample and one
+sweep: several times faster than one ``kthvalue`` on one thread, and no widened copy of half precision)."""
+
+
+def _chunked_keep_mask(scores: Tensor, k: int, eligible: Tensor | None) -> Tensor:
+    size = scores.numel() if eligible is None else count_true(eligible)
+    if not 0 < k < size:
+        return keep_lowest_eligible(rankable(scores).reshape(-1), k, eligible).reshape(scores.shape)
+    (flat,) = rank([TensorSource(scores, eligible)], k, size)
+    return flat.reshape(scores.shape)
+
+
+def _sharded_keep_mask(scores: Tensor, k: int, eligible: Tensor | None) -> Tensor:
+    """:func:`keep_mask` of a DTensor: this rank ranks its shard, the ranks agree through collectives."""
+    if eligible is not None and not is_sharded(eligible):
+        raise MaskError(
+            f"the eligible mask of sharded scores must be sharded alike (a DTensor), not {_what(eligible)}"
+        )
+    scores = replicated_if_partial(scores)
+    eligible = None if eligible is None else replicated_if_partial(eligible)
+    size = scores.numel() if eligible is None else count_true(eligible)
+    if not 0 <= k <= size:
+        raise AmountError(f"cannot prune k={k} of {size} eligible entries; give 0 <= k <= {size}")
+    part = local(scores)
+    part_eligible = None if eligible is None else local(eligible)
+    if k in (0, size):
+        keep = (
+            torch.full_like(part, k == 0, dtype=torch.bool)
+            if part_eligible is None
+            else part_eligible.clone() & (k == 0)
+        )
+        return like(keep, scores)
+    source = TensorSource(part, part_eligible, shard_of(scores))
+    (flat,) = rank([source], k, size, collectives=collectives_of([scores]))
+    return like(flat.reshape(part.shape), scores)
 
 
 def eligible_slices(prior: Tensor | None, dim: int) -> Tensor | None:
@@ -111,21 +205,3 @@ def _what(value: object) -> str:
     if isinstance(value, Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
     return f"{type(value).__name__} ({brief(value)})"
-
-
-def _keep_lowest_pruned(flat: Tensor, k: int) -> Tensor:
-    size = flat.numel()
-    if not 0 <= k <= size:
-        raise AmountError(f"cannot prune k={k} of {size} eligible entries; give 0 <= k <= {size}")
-    if k == 0:
-        return torch.ones(size, dtype=torch.bool, device=flat.device)
-    if k == size:
-        return torch.zeros(size, dtype=torch.bool, device=flat.device)
-    threshold = flat.kthvalue(k).values
-    keep = flat > threshold
-    # Entries below the threshold are all pruned; among those equal to it, prune the first ones by position
-    # until exactly k are pruned. Without ties this is a single entry.
-    below = int((flat < threshold).sum())
-    tied = (flat == threshold).nonzero().squeeze(1)
-    keep[tied[k - below :]] = True
-    return keep

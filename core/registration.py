@@ -544,7 +544,13 @@ class Registry:
                 validate_config(gcls.Config, name, {k: values[k] for k in gcls.Config.model_fields})
             )
             return ComposedStrategy(
-                cfg, criterion, granularity, self.hooks.score, name, rebuild=_rebuild_strategy
+                cfg,
+                criterion,
+                granularity,
+                self.hooks.score,
+                name,
+                self.hooks.scores_directly,
+                rebuild=_rebuild_strategy,
             )
 
         return StrategyInfo(

@@ -21,6 +21,7 @@ per group (:meth:`Granularity.prune_counts`).
 from __future__ import annotations
 
 import copy
+import math
 import zlib
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 
 from .component import Component, Kind
 from .config import NoOptions, StrategyConfig, count_to_prune
+from .distributed import any_anywhere, count_true, local
 from .errors import ConfigError, PluginError, WeightError
 
 if TYPE_CHECKING:
@@ -44,9 +46,13 @@ __all__ = [
     "NoOptions",
     "Partition",
     "PruneContext",
+    "Scorer",
     "Strategy",
     "Target",
+    "broken_weights",
     "checked_scores",
+    "has_nan",
+    "local_top",
 ]
 
 
@@ -119,10 +125,17 @@ class Criterion(Component):
 
     Subclasses set ``name``, ``summary`` and, if they take options, ``Config``, and implement :meth:`score`.
     Set ``deterministic = False`` for a criterion whose scores depend on a random seed.
+
+    A criterion whose score of an entry depends on that entry's value alone (magnitude, say) sets
+    ``elementwise = True`` and implements :meth:`score_values`; rankings may then score a parameter chunk by
+    chunk into a reused buffer instead of materializing every score (the global ranking does: no score tensor
+    is ever allocated), and a streamed checkpoint is scored straight from the file.
     """
 
     kind: ClassVar[Kind] = "criterion"
     deterministic: ClassVar[bool] = True
+    elementwise: ClassVar[bool] = False
+    """Whether the score of an entry is a function of its value alone (see :meth:`score_values`)."""
 
     @abstractmethod
     def score(self, target: Target, context: PruneContext) -> Tensor:
@@ -131,6 +144,20 @@ class Criterion(Component):
         Scores must not be NaN; ``+inf`` means "never prune", ``-inf`` "prune first". The input tensor must not be
         modified.
         """
+
+    def score_values(self, values: Tensor, out: Tensor | None = None) -> Tensor:
+        """The scores of raw parameter values, for an ``elementwise`` criterion: ``values``' shape, floating.
+
+        Args:
+            values: any part of a parameter's values (a flat chunk, say); do not modify it.
+            out: where to write the scores, when given (a buffer of ``values``' shape and the scores' dtype).
+
+        ``score(target, context)`` must equal ``score_values(target.tensor)``: the two are used
+        interchangeably.
+        """
+        raise NotImplementedError(
+            f"criterion {self.name!r} is not elementwise; it scores whole parameters through score()"
+        )
 
     def reduce(self, scores: Tensor, dims: tuple[int, ...]) -> Tensor:
         """Combine entry scores into one score per group (e.g. per channel) by summing over ``dims``.
@@ -299,6 +326,72 @@ class Granularity(Component):
         return torch.tensor(counts, dtype=torch.int64)
 
 
+class Scorer:
+    """The validated scores of a criterion: what a granularity receives as its ``score`` argument.
+
+    Calling it with a target returns that target's scores, computed through the ``prunus_score`` hook (so a
+    plugin may take over) and checked (:func:`checked_scores`). When the criterion is ``elementwise`` and no
+    plugin has taken the scoring hook over, :attr:`elementwise` is true and :meth:`values` scores any chunk of
+    raw values directly, the way a ranking that never materializes whole score tensors needs.
+
+    Args:
+        criterion: the configured criterion.
+        context: the call being served.
+        hook: the scoring hook (``(criterion, target, context) -> scores``).
+        owner: the strategy's name, for error messages.
+        direct: whether the criterion's own scores are what the hook returns (no plugin takes it over).
+    """
+
+    def __init__(
+        self,
+        criterion: Criterion,
+        context: PruneContext,
+        hook: Callable[[Criterion, Target, PruneContext], Tensor],
+        owner: str,
+        direct: bool = False,
+    ) -> None:
+        self.criterion = criterion
+        self.context = context
+        self.hook = hook
+        self.owner = owner
+        self.elementwise = direct and criterion.elementwise
+        """Whether :meth:`values` may score raw values directly (an elementwise criterion, no plugin hook)."""
+
+    def __call__(self, target: Target) -> Tensor:
+        scores = self.hook(self.criterion, target, self.context)
+        if getattr(self.hook, "validates_scores", False):
+            return (
+                scores  # the registry's hook caller checked them, naming the plugin that gave them
+            )
+        return checked_scores(scores, target, self.owner)
+
+    def values(
+        self, target: Target, values: Tensor, out: Tensor | None = None, check_nan: bool = True
+    ) -> Tensor:
+        """The scores of ``values`` (part of ``target``'s values, on this rank) for an elementwise criterion.
+
+        Checked for dtype and shape, and for NaN unless ``check_nan`` is false (a caller that checks the chunks
+        itself, as the chunked global ranking does to raise on every rank together).
+        """
+        scores = self.criterion.score_values(values, out)
+        if not scores.is_floating_point() or scores.shape != values.shape:
+            raise PluginError(
+                f"{self.owner}: score_values of criterion {self.criterion.name!r} returned "
+                f"{scores.dtype} scores of shape {tuple(scores.shape)} for values of shape "
+                f"{tuple(values.shape)}; it must return floating scores of the values' shape"
+            )
+        if check_nan and has_nan(scores):
+            raise PluginError(self.nan_message(target))
+        return scores
+
+    def nan_message(self, target: Target) -> str:
+        """The error of NaN scores of ``target``."""
+        return (
+            f"{self.owner}: scores for {target.name!r} are NaN; a criterion must return numbers (use -inf "
+            "for 'prune first', +inf for 'never prune')"
+        )
+
+
 class Strategy(Component):
     """A configured pruning method: given a :class:`PruneContext`, the keep-mask of each target.
 
@@ -344,6 +437,7 @@ class ComposedStrategy(Strategy):
         granularity: Granularity,
         scorer: Callable[[Criterion, Target, PruneContext], Tensor],
         name: str,
+        direct: Callable[[], bool] | None = None,
         *,
         rebuild: Callable[[str, dict[str, Any]], Strategy] | None = None,
     ) -> None:
@@ -352,23 +446,15 @@ class ComposedStrategy(Strategy):
         self.criterion = criterion
         self.granularity_component = granularity
         self._scorer = scorer
+        self._direct = direct
         self.name = name
         self.summary = f"{criterion.summary}; {granularity.summary}"
         self.granularity = granularity.name
         self.deterministic = criterion.deterministic
 
     def compute_masks(self, context: PruneContext) -> dict[str, Tensor]:
-        scorer = self._scorer
-        if getattr(scorer, "validates_scores", False):
-            # The registry's hook caller checks the scores itself, naming the plugin that gave them.
-            def score(target: Target) -> Tensor:
-                return scorer(self.criterion, target, context)
-
-        else:
-
-            def score(target: Target) -> Tensor:
-                return checked_scores(scorer(self.criterion, target, context), target, self.name)
-
+        direct = self._direct is not None and self._direct()
+        score = Scorer(self.criterion, context, self._scorer, self.name, direct)
         return self.granularity_component.masks(self.criterion, score, context)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
@@ -388,8 +474,31 @@ class ComposedStrategy(Strategy):
             copy.deepcopy(self.granularity_component, memo),
             self._scorer,
             self.name,
+            self._direct,
             rebuild=self._rebuild,
         )
+
+
+def has_nan(scores: Tensor) -> bool:
+    """Whether any score is NaN (on any rank, for sharded scores: every rank gets the same answer).
+
+    One reduction (max propagates NaN), numpy's on CPU (faster on one thread).
+    """
+    top = local_top(scores)
+    return any_anywhere(top is not None and math.isnan(top), scores)
+
+
+def local_top(scores: Tensor) -> float | None:
+    """The largest of this rank's scores (NaN if any is NaN), or None when it holds none."""
+    part = local(scores)
+    if not part.numel():
+        return None
+    if part.device.type == "cpu" and part.is_contiguous() and part.dtype in _NUMPY_FLOATS:
+        return float(part.numpy().max())
+    return float(part.max())
+
+
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 
 
 def checked_scores(scores: object, target: Target, owner: str) -> Tensor:
@@ -415,11 +524,11 @@ def checked_scores(scores: object, target: Target, owner: str) -> Tensor:
             f"{owner}: scores for {target.name!r} have dtype {scores.dtype}; they must be floating point"
         )
     # max() propagates NaN: one pass with no temporary (isnan(...).any() allocates a bool tensor first).
-    top = scores.max() if scores.numel() else None
-    if top is not None and not bool(torch.isfinite(top)):
+    top = local_top(scores)
+    if any_anywhere(top is not None and not math.isfinite(top), scores):
         _check_weights(target)
-    if top is not None and bool(torch.isnan(top)):
-        count = int(torch.isnan(scores).sum())
+    if any_anywhere(top is not None and math.isnan(top), scores):
+        count = count_true(torch.isnan(scores))
         raise PluginError(
             f"{owner}: {count} scores for {target.name!r} are NaN; a criterion must return numbers "
             "(use -inf for 'prune first', +inf for 'never prune')"
@@ -428,14 +537,22 @@ def checked_scores(scores: object, target: Target, owner: str) -> Tensor:
 
 
 def _check_weights(target: Target) -> None:
-    """Raise :class:`WeightError` if ``target``'s own values hold NaN or infinities."""
+    """Raise :class:`WeightError` if ``target``'s own values hold NaN or infinities (on any rank)."""
     tensor = target.tensor
-    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+    part = local(tensor)
+    broken = part.is_floating_point() and not bool(torch.isfinite(part).all())
+    if not any_anywhere(broken, tensor):
         return
-    nan = int(torch.isnan(tensor).sum())
-    inf = int(torch.isinf(tensor).sum())
-    raise WeightError(
-        f"parameter {target.name!r} holds {nan} NaN and {inf} infinite values, so its entries cannot be "
+    nan = count_true(torch.isnan(tensor))
+    inf = count_true(torch.isinf(tensor))
+    raise WeightError(broken_weights(target.name, nan, inf))
+
+
+def broken_weights(name: str, nan: int, inf: int) -> str:
+    """The message of a :class:`~prunus.errors.WeightError`: parameter ``name`` holds ``nan`` NaN and ``inf``
+    infinite values."""
+    return (
+        f"parameter {name!r} holds {nan} NaN and {inf} infinite values, so its entries cannot be "
         "ranked: the model's weights are broken (a diverged training run, a bad checkpoint), not the "
         "criterion; fix or reload them. The model was not changed"
     )

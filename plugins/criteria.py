@@ -28,9 +28,13 @@ class L1(Criterion):
 
     name = "l1"
     summary = "magnitude |w| (a slice scores its L1 norm)"
+    elementwise = True
 
     def score(self, target: Target, context: PruneContext) -> Tensor:
-        return target.tensor.abs()
+        return self.score_values(target.tensor)
+
+    def score_values(self, values: Tensor, out: Tensor | None = None) -> Tensor:
+        return torch.abs(values) if out is None else torch.abs(values, out=out)
 
 
 class LnConfig(StrategyConfig):
@@ -50,7 +54,7 @@ class LnConfig(StrategyConfig):
         return value
 
 
-class Ln(Criterion):
+class Ln(L1):
     """Magnitude ranked by the Ln norm of each slice (``ln_structured`` as in ``torch.nn.utils.prune``).
 
     Per entry the Ln norm of one value is ``|w|``, so ``ln_unstructured`` equals ``l1_unstructured``.
@@ -59,9 +63,6 @@ class Ln(Criterion):
     name = "ln"
     summary = "magnitude, a slice scores its Ln norm (n = 1, 2, ..., inf)"
     Config = LnConfig
-
-    def score(self, target: Target, context: PruneContext) -> Tensor:
-        return target.tensor.abs()
 
     def reduce(self, scores: Tensor, dims: tuple[int, ...]) -> Tensor:
         if not dims:

@@ -21,6 +21,7 @@ from pydantic import Field, StrictInt
 from torch import Tensor
 
 from prunus.plugin_api import (
+    CHUNKED_FROM,
     Amount,
     ConfigError,
     Criterion,
@@ -28,9 +29,11 @@ from prunus.plugin_api import (
     Partition,
     PruneContext,
     Registrar,
+    Scorer,
     StrategyConfig,
     Target,
     count_to_prune,
+    count_true,
     eligible_slices,
     global_keep_masks,
     hookimpl,
@@ -85,11 +88,21 @@ class Unstructured(Granularity):
         out = {}
         for target in context.targets:
             eligible = target.prior
-            size = target.tensor.numel() if eligible is None else int(eligible.sum())
+            size = target.tensor.numel() if eligible is None else count_true(eligible)
             k = count_to_prune(
                 self.config.amount, size, what=f"entries of {target.name!r} still kept"
             )
-            out[target.name] = keep_mask(score(target), k, eligible)
+            if (
+                isinstance(score, Scorer)
+                and score.elementwise
+                and size >= CHUNKED_FROM
+                and target.tensor.device.type == "cpu"
+            ):
+                # One target ranked alone is a global ranking of one: scored chunk by chunk from the weights,
+                # no score tensor allocated (the same mask).
+                out[target.name] = global_keep_masks([target], score, k)[target.name]
+            else:
+                out[target.name] = keep_mask(score(target), k, eligible)
         return out
 
     def partition(self, target: Target) -> Partition:
@@ -115,7 +128,7 @@ class Structured(Granularity):
             others = tuple(d for d in range(len(shape)) if d != dim)
             # A slice can still be pruned if any of its entries is still kept.
             eligible = eligible_slices(target.prior, dim)
-            size = shape[dim] if eligible is None else int(eligible.sum())
+            size = shape[dim] if eligible is None else count_true(eligible)
             k = self.slices_to_prune(
                 count_to_prune(
                     self.config.amount, size, what=f"slices of {target.name!r} along dim {dim}"
@@ -168,11 +181,13 @@ class Global(Granularity):
     ``torch.nn.utils.prune.global_unstructured``; an amount that asks for more than the floor leaves is followed,
     and the report flags the emptied parameters.
 
-    The ranking never concatenates the scores: it scores one parameter at a time, finds the threshold's bin
-    with a histogram of the scores' bits and ranks only the few entries in that bin (see
-    :func:`prunus.plugin_api.global_keep_masks`). The mask equals ``keep_mask`` on the concatenated scores, ties and
-    earlier masks included, at a few percent of its memory. The criterion is called two or three times per
-    parameter, which is exact for deterministic and seeded criteria.
+    The ranking never concatenates the scores: a sample of them gives a narrow window around the threshold, one
+    sweep over each parameter keeps what is above it, prunes what is below and ranks only the few entries inside
+    (see :func:`prunus.plugin_api.global_keep_masks`). The mask equals ``keep_mask`` on the concatenated scores,
+    ties and earlier masks included, at a few percent of its memory. An elementwise criterion (magnitude) is
+    scored chunk by chunk from the weights; another is called once or twice per parameter, which is exact for
+    deterministic and seeded criteria. Sharded parameters (FSDP2) are ranked where they are, the ranks agreeing
+    through collectives.
     """
 
     name = "global"
@@ -207,9 +222,7 @@ def _restore_bytes(targets: list[Target], amount: int | float, context: PruneCon
     """
     if not context.restorable:
         return 0
-    sizes = [
-        t.tensor.numel() if t.prior is None else int(torch.count_nonzero(t.prior)) for t in targets
-    ]
+    sizes = [t.tensor.numel() if t.prior is None else count_true(t.prior) for t in targets]
     try:
         k = count_to_prune(amount, sum(sizes))
     except ConfigError:

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
+import numpy as np
 import torch
 from pydantic import AfterValidator, BeforeValidator, Field, StrictInt, model_validator
 from torch import Tensor
@@ -42,9 +43,11 @@ from prunus.plugin_api import (
     StrategyConfig,
     Target,
     count_to_prune,
+    count_true,
     hookimpl,
     input_dim,
     keep_mask,
+    local_along,
     rankable,
 )
 
@@ -140,7 +143,19 @@ def nm_keep_mask(scores: Tensor, n: int, m: int, dim: int, prior: Tensor | None)
 
     Within a group, entries are pruned lowest score first, ties broken by position (the lower index is pruned
     first), as :func:`prunus.keep_mask` does. Entries ``prior`` pruned stay pruned and count as pruned.
+    Sharded scores are handled shard by shard (groups run along ``dim``, which FSDP does not split).
     """
+    return local_along(dim, lambda s, p: _nm_keep_mask(s, n, m, dim, p), scores, prior)
+
+
+def _nm_keep_mask(scores: Tensor, n: int, m: int, dim: int, prior: Tensor | None) -> Tensor:
+    if (
+        prior is None
+        and m <= _PAIRWISE_UP_TO
+        and scores.shape[dim] % m == 0
+        and scores.device.type == "cpu"
+    ):
+        return _nm_pairwise(scores, n, m, dim)
     moved = rankable(scores).movedim(dim, -1)
     size = moved.shape[-1]
     if size == 0:
@@ -167,6 +182,43 @@ def nm_keep_mask(scores: Tensor, n: int, m: int, dim: int, prior: Tensor | None)
     keep = torch.zeros_like(ok).scatter(-1, order, keep_sorted)
     keep = keep.reshape(*moved.shape[:-1], -1)[..., :size]
     return keep.movedim(-1, dim).contiguous()
+
+
+_PAIRWISE_UP_TO = 8
+"""Groups of at most this many entries are ranked by pairwise comparisons rather than sorts."""
+_GROUPS_PER_STEP = 1 << 16
+
+
+def _nm_pairwise(scores: Tensor, n: int, m: int, dim: int) -> Tensor:
+    """:func:`nm_keep_mask` without a prior, for small groups dividing the dim: rank by pairwise comparisons.
+
+    An entry's rank in its group is the number of entries pruned before it would be: those scoring lower, and
+    those scoring the same at a lower position. It is kept when ``rank >= m - n``. Done a slice of groups at a
+    time, with the group's positions as rows (so every comparison is between two contiguous rows in cache):
+    several times faster than the stable sorts, and exactly the same mask.
+    """
+    moved = scores.movedim(dim, -1)
+    groups = moved.reshape(-1, m)
+    count = groups.shape[0]
+    keep = np.empty((count, m), dtype=np.bool_)
+    step = min(_GROUPS_PER_STEP, max(count, 1))
+    rows = np.empty((m, step), dtype=np.float64 if scores.dtype == torch.float64 else np.float32)
+    rank = np.empty((m, step), dtype=np.int8)
+    below = np.empty(step, dtype=np.bool_)
+    for start in range(0, count, step):
+        g = min(step, count - start)
+        rows[:, :g] = rankable(groups[start : start + g]).t().numpy()
+        rank[:, :g] = 0
+        for i in range(m):
+            for j in range(i + 1, m):
+                # i (the lower position) is pruned before j on a tie: below j when it scores no higher.
+                np.less_equal(rows[i, :g], rows[j, :g], out=below[:g])
+                rank[j, :g] += below[:g]
+                np.logical_not(below[:g], out=below[:g])
+                rank[i, :g] += below[:g]
+        np.greater_equal(rank[:, :g], m - n, out=keep[start : start + g].T)
+    mask = torch.from_numpy(keep).reshape(moved.shape)
+    return mask.movedim(-1, dim).contiguous()
 
 
 # -- block ----------------------------------------------------------------------------------------------------
@@ -262,7 +314,7 @@ class Block(Granularity):
                 prior = _view2d(target.prior)
                 # A block can still be pruned if any of its entries is still kept.
                 eligible = _any_per_block(prior, rows, cols)
-            size = grid.numel() if eligible is None else int(eligible.sum())
+            size = grid.numel() if eligible is None else count_true(eligible)
             k = count_to_prune(
                 self.config.amount, size, what=f"{rows}x{cols} blocks of {target.name!r} still kept"
             )

@@ -15,7 +15,7 @@ from support import pruned_entries_are_zero
 from torch import Tensor, nn
 
 import prunus
-from prunus import Target, masking
+from prunus import Target, chunked_ranking, masking
 from prunus import global_ranking as lean
 
 
@@ -36,11 +36,14 @@ def reference(targets: list[Target], amount: float | int) -> dict[str, Tensor]:
     return lean.classic_keep_masks(targets, raw_scores, amount)
 
 
-@pytest.fixture
-def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chunks of 64 entries and candidate bins of at most 8: every path runs on tiny tensors."""
-    monkeypatch.setattr(lean, "_CHUNK", 64)
-    monkeypatch.setattr(lean, "CANDIDATE_LIMIT", 8)
+@pytest.fixture(params=[6.0, 0.0])
+def small_chunks(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Chunks of 64 entries, candidate ranges of at most 8 and samples of 16 keys: every path runs on tiny
+    tensors. With a window of zero deviations the sample often misses and histograms take over."""
+    monkeypatch.setattr(chunked_ranking, "CHUNK", 64)
+    monkeypatch.setattr(chunked_ranking, "CANDIDATE_LIMIT", 8)
+    monkeypatch.setattr(chunked_ranking, "MIN_SAMPLE", 16)
+    monkeypatch.setattr(chunked_ranking, "SAFETY", request.param)
 
 
 def random_case(rng: random.Random, gen: torch.Generator) -> tuple[list[Tensor], float | int]:
@@ -326,8 +329,7 @@ def test_the_device_paths_give_the_same_masks(
     gen = torch.Generator().manual_seed(9)
     targets = targets_of([torch.randn(30, 40, generator=gen), torch.randn(25, 7, generator=gen)])
     want = reference(targets, 0.45)
-    monkeypatch.setattr(lean, "PACK_ON_CPU", False)
-    monkeypatch.setattr(lean, "_nonzero", lambda flat: flat.nonzero().squeeze(1))
+    monkeypatch.setattr(chunked_ranking, "NUMPY_ON_CPU", False)
     got = lean.global_keep_masks(targets, raw_scores, 0.45)
     assert all(torch.equal(got[t.name], want[t.name]) for t in targets)
 
@@ -343,3 +345,46 @@ def test_a_non_contiguous_parameter_is_enforced_through_foreach() -> None:
         train_step(model, optimizer)
     assert not layer.weight.is_contiguous()
     assert pruned_entries_are_zero(model)
+
+
+# -- the fast paths of keep_mask and N:M -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_large_scores_through_the_chunked_ranking_equal_the_dense_kernel(
+    seed: int, small_chunks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prunus import ranking
+
+    monkeypatch.setattr(ranking, "CHUNKED_FROM", 1)
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    for _ in range(40):
+        tensors, _ = random_case(rng, gen)
+        scores = tensors[0]
+        eligible = torch.rand(scores.shape, generator=gen) > 0.3 if rng.random() < 0.4 else None
+        size = scores.numel() if eligible is None else int(eligible.sum())
+        k = rng.randint(0, size)
+        want = ranking.keep_lowest_eligible(ranking.rankable(scores).reshape(-1), k, eligible)
+        assert torch.equal(ranking.keep_mask(scores, k, eligible), want.reshape(scores.shape))
+
+
+@pytest.mark.parametrize(("n", "m"), [(1, 2), (2, 4), (1, 4), (3, 8), (5, 8)])
+def test_the_pairwise_nm_kernel_equals_the_sorting_one(
+    n: int, m: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prunus.plugins import semistructured
+
+    gen = torch.Generator().manual_seed(n * 10 + m)
+    cases = [
+        torch.randn(6, 5 * m, generator=gen),
+        torch.randint(0, 3, (7, 4 * m), generator=gen).float(),  # many ties
+        torch.where(torch.rand(5, 2 * m, generator=gen) > 0.5, -0.0, 0.0),  # signed zeros tie
+        torch.randn(3, 2 * m, 4, generator=gen).to(torch.bfloat16),
+    ]
+    for scores in cases:
+        dim = 1
+        fast = semistructured.nm_keep_mask(scores, n, m, dim, None)
+        monkeypatch.setattr(semistructured, "_PAIRWISE_UP_TO", 0)  # the sorting kernel
+        slow = semistructured.nm_keep_mask(scores, n, m, dim, None)
+        monkeypatch.undo()
+        assert torch.equal(fast, slow), scores

@@ -2,8 +2,9 @@
 
 ``prunus list`` shows every strategy with its granularity, a one-line summary and the plugin (distribution) that
 provides it; ``prunus info NAME`` shows one strategy's options. ``prunus prune``, ``prunus report`` and
-``prunus sensitivity`` run the pruning workflow on a checkpoint (see :mod:`prunus.cli.workflow`). A user mistake
-ends with a one-line error and a non-zero exit, never a traceback.
+``prunus sensitivity`` run the pruning workflow on a checkpoint (see :mod:`prunus.cli.workflow`);
+``prunus prune-checkpoint`` prunes a safetensors checkpoint streamed from disk (see :mod:`prunus.cli.checkpoints`).
+A user mistake ends with a one-line error and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import click
 
 from ..errors import PrunusError
 from ..registration import Provider, Registry
+from .checkpoints import prune_checkpoint_command
 from .context import MESSAGE_LIMIT, one_line, registry_of
 from .workflow import prune_command, report_command, sensitivity_command
 
@@ -129,6 +131,7 @@ def info_command(ctx: click.Context, name: str) -> None:
 main.add_command(prune_command)
 main.add_command(report_command)
 main.add_command(sensitivity_command)
+main.add_command(prune_checkpoint_command)
 
 
 def run(args: list[str] | None = None, registry: Registry | None = None) -> int:

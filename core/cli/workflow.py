@@ -421,7 +421,14 @@ _THREADS = click.option(
     type=click.IntRange(min=1, max=4096),
     help="Run torch on this many CPU threads (torch.set_num_threads), for steadier latencies.",
 )
-_PROGRESS = click.option(
+STRATEGY_OPTION = click.option(
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A strategy option other than the amount, e.g. --option dim=0 (repeatable).",
+)
+PROGRESS = click.option(
     "--progress/--no-progress", default=True, help="Show progress bars on stderr (default: on)."
 )
 
@@ -452,13 +459,7 @@ _PROGRESS = click.option(
     help="How much to prune in every targeted layer, read as in Python: a fraction with a decimal point "
     "(0.5 prunes half, 1.0 all) or an integer count of entries (1 prunes one entry, 10 ten).",
 )
-@click.option(
-    "--option",
-    "options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A strategy option other than the amount, e.g. --option dim=0 (repeatable).",
-)
+@STRATEGY_OPTION
 @click.option(
     "--layer-amount",
     "layer_amounts",
@@ -522,7 +523,7 @@ _PROGRESS = click.option(
 @_INPUT_SHAPE
 @_THREADS
 @_TRUST
-@_PROGRESS
+@PROGRESS
 @click.pass_context
 @user_errors
 def prune_command(
@@ -895,7 +896,7 @@ def report_command(
     help="Write the sensitivity curves as a PNG there; needs prunus[plots].",
 )
 @_TRUST
-@_PROGRESS
+@PROGRESS
 @click.pass_context
 @user_errors
 def sensitivity_command(

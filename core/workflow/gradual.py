@@ -47,6 +47,7 @@ from ..arguments import (
     check_options,
 )
 from ..config import config_error, jsonable
+from ..distributed import count_true
 from ..engine import prune
 from ..errors import ConfigError, ConfigTypeError, brief
 from ..progress import progress
@@ -88,11 +89,11 @@ class _Tracked:
 
     @property
     def mask(self) -> Tensor | None:
-        return masking.get_mask(self.module, self.param_name)
+        return masking.follow_sharding(self.module, self.param_name)
 
     def pruned(self) -> int:
         mask = self.mask
-        return 0 if mask is None else self.numel - int(mask.sum())
+        return 0 if mask is None else self.numel - count_true(mask)
 
 
 STATE_FORMAT = "prunus.gradual/1"
@@ -339,7 +340,7 @@ class GradualPruner:
             gone = 0
             if mask is not None:
                 alive = mask.any(dim=others) if others else mask
-                gone = slices - int(alive.sum())
+                gone = slices - count_true(alive)
             counts[t.name] = round(target * slices) - gone
         return counts
 
