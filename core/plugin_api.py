@@ -11,8 +11,9 @@ built-in does is out of a third party's reach. What is here:
   are documented in :mod:`prunus.hookspecs`);
 * **contracts**: the four registrable kinds (:class:`Criterion`, :class:`Granularity`, :class:`Strategy`,
   :class:`Schedule`, all :class:`Component`), what a strategy sees (:class:`Target`, :class:`PruneContext`), the
-  :class:`Scorer` a granularity is handed its scores by, and
-  the :class:`Registry` a strategy's ``create`` may look things up in;
+  :class:`Scorer` a granularity is handed its scores by, the :class:`Partition` a granularity declares (its
+  units and groups, what the test kit checks its masks against), and the :class:`Registry` a strategy's
+  ``create`` may look things up in;
 * **config building blocks**: :class:`StrategyConfig`, :class:`NoOptions`, the :data:`Amount` and
   :data:`Fraction` field types, :data:`SchedulePoint` and :class:`SteppedPoints` (many schedule points,
   computed when read);
@@ -22,6 +23,9 @@ built-in does is out of a third party's reach. What is here:
   the size from which a CPU ranking goes chunk by chunk);
 * **targets**: :func:`select_targets` (what ``prune`` would target by default), :data:`DEFAULT_LAYERS`,
   :func:`input_dim`;
+* **running the model**: :func:`call_model` (a batch in prunus's one form: a tuple is positional arguments, a
+  mapping keyword arguments) and :func:`evaluation_mode` (a calibration forward that leaves the model's modes,
+  buffers and the global random state as they were), for criteria that read activations;
 * **sharded parameters** (DTensors, e.g. under FSDP2): :func:`count_true` (a count of the whole tensor, where
   ``int(mask.sum())`` gives this rank's), :func:`local_along` (compute on the local shard when the lines a
   granularity works along stay whole); :func:`keep_mask` and :func:`global_keep_masks` rank sharded scores
@@ -42,6 +46,7 @@ from .component import Component, Kind
 from .config import Amount, NoOptions, StrategyConfig, count_to_prune
 from .distributed import count_true, local_along
 from .errors import AmountError, ConfigError, MaskError, PluginError, TargetError
+from .forward import call_model, evaluation_mode
 from .global_ranking import global_keep_masks
 from .hardware_profile import CpuInfo, GpuInfo, HardwareProfile
 from .hookspecs import hookimpl
@@ -50,7 +55,7 @@ from .ranking import CHUNKED_FROM, eligible_slices, keep_mask, keep_slices, rank
 from .registration import Registrar, Registry
 from .schedules import Fraction, Schedule, SchedulePoint, SteppedPoints
 from .selection import PlanStep, Selection
-from .strategy import Criterion, Granularity, PruneContext, Scorer, Strategy, Target
+from .strategy import Criterion, Granularity, Partition, PruneContext, Scorer, Strategy, Target
 from .targets import DEFAULT_LAYERS, input_dim, select_targets
 
 __all__ = [
@@ -70,6 +75,7 @@ __all__ = [
     "MaskError",
     "ModelKind",
     "NoOptions",
+    "Partition",
     "PlanStep",
     "PluginError",
     "PruneContext",
@@ -85,9 +91,11 @@ __all__ = [
     "Target",
     "TargetError",
     "attach_mask",
+    "call_model",
     "count_to_prune",
     "count_true",
     "eligible_slices",
+    "evaluation_mode",
     "global_keep_masks",
     "hookimpl",
     "input_dim",

@@ -116,12 +116,18 @@ class PluginFailure:
 
 @dataclass(frozen=True)
 class ComponentInfo:
-    """A registered criterion, granularity or schedule: its name, kind, summary and provider."""
+    """A registered criterion, granularity or schedule: its name, kind, summary, provider and class."""
 
     name: str
     kind: str
     summary: str
     provider: Provider
+    cls: type[Component] = Component
+
+    @property
+    def config(self) -> type[StrategyConfig]:
+        """The model of its options."""
+        return self.cls.Config
 
 
 @dataclass(frozen=True)
@@ -272,6 +278,10 @@ class Registry:
         """A criterion configured with ``options`` (for plugins that combine criteria)."""
         return cast(Criterion, self._build("criterion", name, options))
 
+    def granularity(self, name: str, /, **options: Any) -> Granularity:
+        """A granularity configured with ``options`` (e.g. to read what it declares: its ``partition``)."""
+        return cast(Granularity, self._build("granularity", name, options))
+
     def schedule(self, name: str, /, **options: Any) -> Schedule:
         """A pruning schedule configured with ``options``, validated by its config model.
 
@@ -288,7 +298,7 @@ class Registry:
         self._ensure_loaded()
         table = self._entries[kind]
         return [
-            ComponentInfo(n, kind, table[n].cls.summary, table[n].provider)
+            ComponentInfo(n, kind, table[n].cls.summary, table[n].provider, table[n].cls)
             for n in _filtered(table, pattern)
         ]
 

@@ -12,6 +12,10 @@ The registry composes every criterion with every granularity into a strategy nam
 A :class:`Strategy` that does not fit that split (a user-given mask, say) subclasses :class:`Strategy` directly.
 
 Masks are bool tensors with the parameter's shape: ``True`` keeps an entry, ``False`` prunes it.
+
+A granularity also declares what it does, for the test kit to check: its :class:`Partition` of each parameter
+(which entries are pruned together as a unit, which units compete in a group) and how ``amount`` becomes a count
+per group (:meth:`Granularity.prune_counts`).
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from .component import Component, Kind
-from .config import NoOptions, StrategyConfig
+from .config import NoOptions, StrategyConfig, count_to_prune
 from .distributed import any_anywhere, count_true, local
-from .errors import PluginError, WeightError
+from .errors import ConfigError, PluginError, WeightError
 
 if TYPE_CHECKING:
     from .registration import Registry
@@ -40,6 +44,7 @@ __all__ = [
     "Criterion",
     "Granularity",
     "NoOptions",
+    "Partition",
     "PruneContext",
     "Scorer",
     "Strategy",
@@ -162,11 +167,108 @@ class Criterion(Component):
         return scores.sum(dim=dims) if dims else scores
 
 
+@dataclass(frozen=True, eq=False)
+class Partition:
+    """How a granularity divides one parameter: into units it prunes whole, and groups whose units compete.
+
+    A granularity declares one for each target (:meth:`Granularity.partition`), and the test kit
+    (:mod:`prunus.testing`) checks every mask against it:
+
+    * every unit is either kept as it was or pruned whole;
+    * each group prunes exactly :meth:`Granularity.prune_counts` of its units still kept (a unit is still kept
+      while an earlier prune left any of its entries);
+    * within a group, no unit pruned scores higher than a unit kept (a unit's score is the criterion's
+      :meth:`~Criterion.reduce` over its entries).
+
+    Both tensors label the parameter's entries: int tensors of its shape whose values are labels (only equality
+    matters). All the entries of a unit carry the same group label.
+
+    The built-in granularities declare:
+
+    * ``unstructured``: every entry a unit (:meth:`entries`), one group per parameter;
+    * ``structured`` and ``aligned``: slices along ``dim`` (:meth:`slices`), one group per parameter;
+    * ``global``: every entry a unit, one group across every target (``shared``), ``min_keep`` its option;
+    * ``nm``: every entry a unit, a group per ``m_group`` consecutive entries along the input dim;
+    * ``block``: the ``(rows, cols)`` tiles of the weight's 2-D view (:meth:`tiles`), one group per parameter.
+
+    Attributes:
+        units: the unit of each entry: ``arange(numel)`` when every entry is its own unit, the index along
+            ``dim`` for slices, a tile's number for blocks.
+        groups: the group of each entry: all zeros for one group per parameter.
+        shared: the groups span the call's targets: the entries labelled ``g`` in every target form one group,
+            ranked and counted together (a global ranking).
+        min_keep: with ``shared``, a floor per target: each target keeps at least this many of its units still
+            kept (all of them if it has fewer), its highest-scored ones, whenever the count leaves room for every
+            target's floor; the count stays exact, and the ranking across targets holds among the units no floor
+            holds (``global``'s ``min_keep`` option).
+    """
+
+    units: Tensor
+    groups: Tensor
+    shared: bool = False
+    min_keep: int = 0
+
+    @classmethod
+    def entries(
+        cls,
+        shape: Sequence[int],
+        groups: Tensor | None = None,
+        *,
+        shared: bool = False,
+        min_keep: int = 0,
+    ) -> Partition:
+        """Every entry its own unit; one group, or the groups ``groups`` labels (a tensor of ``shape``)."""
+        size = torch.Size(shape)
+        units = torch.arange(size.numel()).reshape(size)
+        return cls(units, torch.zeros_like(units) if groups is None else groups, shared, min_keep)
+
+    @classmethod
+    def slices(cls, shape: Sequence[int], dim: int) -> Partition:
+        """Slices along ``dim`` (a non-negative dim of ``shape``) as units, all in one group."""
+        size = torch.Size(shape)
+        view = [1] * len(size)
+        view[dim] = size[dim]
+        units = torch.arange(size[dim]).reshape(view).expand(size).contiguous()
+        return cls(units, torch.zeros_like(units))
+
+    @classmethod
+    def tiles(cls, shape: Sequence[int], sides: Sequence[int]) -> Partition:
+        """Tiles of ``sides`` (one side per dim of ``shape``) as units, all in one group.
+
+        Tiles start at index 0 of every dim; the last tile along a dim that its side does not divide is
+        smaller, and a side larger than the dim covers all of it.
+        """
+        size = torch.Size(shape)
+        if len(sides) != len(size):
+            raise ConfigError(
+                f"sides={tuple(sides)} must give one side per dim of shape {tuple(size)}"
+            )
+        units = torch.zeros(size, dtype=torch.int64)
+        for dim, (length, side) in enumerate(zip(size, sides, strict=True)):
+            if side < 1:
+                raise ConfigError(f"sides={tuple(sides)}: every side must be >= 1")
+            view = [1] * len(size)
+            view[dim] = length
+            count = -(-length // side)
+            units = units * count + (torch.arange(length) // side).reshape(view)
+        return cls(units, torch.zeros_like(units))
+
+    def reshape(self, shape: Sequence[int]) -> Partition:
+        """The same labels on a parameter of ``shape`` (e.g. a partition of a 2-D view, back on the weight)."""
+        size = torch.Size(shape)
+        return Partition(
+            self.units.reshape(size), self.groups.reshape(size), self.shared, self.min_keep
+        )
+
+
 class Granularity(Component):
     """Turns scores into keep-masks: per entry, per slice, across parameters...
 
-    Subclasses implement :meth:`masks`. The options of the granularity (``amount``, ``dim``, ...) and of the
-    criterion are merged into the options of each composed strategy, so their field names must not clash.
+    Subclasses implement :meth:`masks`, and declare what the masks are (what the test kit checks them against):
+    :meth:`partition`, the units pruned whole and the groups they compete in, and, unless a fraction becomes
+    :func:`~prunus.config.count_to_prune` of the units in each group, :meth:`prune_counts`. The options of the
+    granularity (``amount``, ``dim``, ...) and of the criterion are merged into the options of each composed
+    strategy, so their field names must not clash.
     """
 
     kind: ClassVar[Kind] = "granularity"
@@ -185,6 +287,43 @@ class Granularity(Component):
             score: returns the validated scores of a target (through the ``prunus_score`` hook).
             context: the call being served.
         """
+
+    def partition(self, target: Target) -> Partition | None:
+        """The units this granularity prunes whole in ``target``, and the groups in which they compete.
+
+        The declaration the test kit checks every mask against (see :class:`Partition`). The default, ``None``,
+        declares nothing, and the kit fails the granularity with a message saying what to declare.
+        """
+        return None
+
+    def prune_counts(self, eligible: Tensor) -> Tensor:
+        """How many units of each group to prune, given how many each still keeps.
+
+        Args:
+            eligible: int64, one entry per group, in the order of the group labels: how many units of the group
+                are still kept (have an entry no earlier prune removed). The groups of one target, or of every
+                target when the partition is ``shared``.
+
+        Returns:
+            int64 of the same shape: the units to prune in each group. The default, for a granularity with an
+            ``amount`` option, is ``count_to_prune(amount, n)`` in every group (torch's rounding; an int amount
+            is a count per group). Override it for any other rule: N:M prunes all but ``n_keep`` of each group,
+            ``aligned`` rounds what it keeps to a multiple.
+
+        Raises:
+            AmountError: an int ``amount`` is larger than a group.
+            PluginError: the granularity has no ``amount`` option and does not override this method.
+        """
+        amount = getattr(self.config, "amount", None)
+        if not isinstance(amount, int | float):
+            raise PluginError(
+                f"granularity {self.name!r} has no amount option, so the default prune_counts cannot count "
+                "what it prunes; override prune_counts(eligible) to say how many units of each group to prune"
+            )
+        counts = [
+            count_to_prune(amount, n, what="units still kept in a group") for n in eligible.tolist()
+        ]
+        return torch.tensor(counts, dtype=torch.int64)
 
 
 class Scorer:

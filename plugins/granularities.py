@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from pydantic import Field, StrictInt
 from torch import Tensor
 
@@ -25,6 +26,7 @@ from prunus.plugin_api import (
     ConfigError,
     Criterion,
     Granularity,
+    Partition,
     PruneContext,
     Registrar,
     Scorer,
@@ -37,6 +39,7 @@ from prunus.plugin_api import (
     hookimpl,
     keep_mask,
     keep_slices,
+    rankable,
 )
 
 
@@ -102,6 +105,10 @@ class Unstructured(Granularity):
                 out[target.name] = keep_mask(score(target), k, eligible)
         return out
 
+    def partition(self, target: Target) -> Partition:
+        """Every entry is a unit; the entries of a parameter compete with each other."""
+        return Partition.entries(target.tensor.shape)
+
 
 class Structured(Granularity):
     """Prune whole slices along ``dim``: each slice's entry scores are combined by the criterion's reduce."""
@@ -117,13 +124,7 @@ class Structured(Granularity):
         out = {}
         for target in context.targets:
             shape = target.tensor.shape
-            dim = self.config.dim
-            if not -len(shape) <= dim < len(shape):
-                raise ConfigError(
-                    f"dim={dim} is out of range for {target.name!r} of shape {tuple(shape)}; "
-                    f"valid dims are {-len(shape)} to {len(shape) - 1}"
-                )
-            dim %= len(shape)
+            dim = self._dim(target)
             others = tuple(d for d in range(len(shape)) if d != dim)
             # A slice can still be pruned if any of its entries is still kept.
             eligible = eligible_slices(target.prior, dim)
@@ -134,9 +135,34 @@ class Structured(Granularity):
                 ),
                 size,
             )
-            groups = criterion.reduce(score(target), others)
+            # Reduced in at least float32: a half-precision sum overflows to inf and ties what it should rank.
+            groups = criterion.reduce(rankable(score(target)), others)
             out[target.name] = keep_slices(groups, k, shape, dim, target.prior)
         return out
+
+    def partition(self, target: Target) -> Partition:
+        """The slices along ``dim`` are the units; the slices of a parameter compete with each other."""
+        return Partition.slices(target.tensor.shape, self._dim(target))
+
+    def prune_counts(self, eligible: Tensor) -> Tensor:
+        """``amount``'s count of the slices still kept, as ``slices_to_prune`` rounds it."""
+        assert isinstance(self.config, StructuredConfig)
+        counts = [
+            self.slices_to_prune(count_to_prune(self.config.amount, n, what="slices still kept"), n)
+            for n in eligible.tolist()
+        ]
+        return torch.tensor(counts, dtype=torch.int64)
+
+    def _dim(self, target: Target) -> int:
+        """``dim`` checked against ``target`` and made non-negative."""
+        assert isinstance(self.config, StructuredConfig)
+        ndim, dim = target.tensor.dim(), self.config.dim
+        if not -ndim <= dim < ndim:
+            raise ConfigError(
+                f"dim={dim} is out of range for {target.name!r} of shape {tuple(target.tensor.shape)}; "
+                f"valid dims are {-ndim} to {ndim - 1}"
+            )
+        return dim % ndim
 
     def slices_to_prune(self, asked: int, size: int) -> int:
         """How many of the ``size`` eligible slices to prune when ``amount`` asks for ``asked``.
@@ -180,6 +206,12 @@ class Global(Granularity):
             _restore_bytes(targets, self.config.amount, context),
             min_keep=self.config.min_keep,
         )
+
+    def partition(self, target: Target) -> Partition:
+        """Every entry is a unit, and the entries of every target compete in one group; each target keeps its
+        ``min_keep`` best entries while the amount leaves room."""
+        assert isinstance(self.config, GlobalConfig)
+        return Partition.entries(target.tensor.shape, shared=True, min_keep=self.config.min_keep)
 
 
 def _restore_bytes(targets: list[Target], amount: int | float, context: PruneContext) -> int:

@@ -15,8 +15,9 @@ Like every granularity they compose with every criterion, built-in or third-part
 
 ``block`` (options ``amount``, ``block=(1, 4)``)
     Prunes ``(rows, cols)`` blocks of the weight's 2-D view ``weight.reshape(shape[0], -1)`` (a convolution's
-    ``(out, in * kh * kw)``, the GEMM a BSR kernel reads) as units, ``amount`` counting the blocks an earlier
-    prune left with a kept entry. A block's score is the criterion's ``reduce`` over its entries (the L1 norm
+    ``(out, in * kh * kw)``, the GEMM a BSR kernel reads; a 1-D parameter is one row ``(1, n)``, a scalar one
+    entry) as units, ``amount`` counting the blocks an earlier prune left with a kept entry. A block larger than
+    the view covers all of it along that side. A block's score is the criterion's ``reduce`` over its entries (the L1 norm
     for ``l1``). Edge blocks of a dim that ``rows`` or ``cols`` does not divide are smaller and are scored over
     the entries they have.
 """
@@ -36,6 +37,7 @@ from prunus.plugin_api import (
     ConfigError,
     Criterion,
     Granularity,
+    Partition,
     PruneContext,
     Registrar,
     StrategyConfig,
@@ -101,21 +103,39 @@ class NM(Granularity):
     ) -> dict[str, Tensor]:
         assert isinstance(self.config, NMConfig)
         n, m = self.config.n_keep, self.config.m_group
-        out = {}
-        for target in context.targets:
-            shape = target.tensor.shape
-            if len(shape) == 0:
-                raise ConfigError(f"{target.name!r} is a scalar; N:M groups need at least one dim")
-            dim = self.config.dim
-            if dim is None:
-                dim = input_dim(target.module, len(shape))
-            if not -len(shape) <= dim < len(shape):
-                raise ConfigError(
-                    f"dim={dim} is out of range for {target.name!r} of shape {tuple(shape)}; "
-                    f"valid dims are {-len(shape)} to {len(shape) - 1}"
-                )
-            out[target.name] = nm_keep_mask(score(target), n, m, dim % len(shape), target.prior)
-        return out
+        return {
+            target.name: nm_keep_mask(score(target), n, m, self._dim(target), target.prior)
+            for target in context.targets
+        }
+
+    def partition(self, target: Target) -> Partition:
+        """Every entry is a unit; each run of ``m_group`` consecutive entries along the dim is a group."""
+        assert isinstance(self.config, NMConfig)
+        shape = target.tensor.shape
+        sides = [1] * len(shape)
+        sides[self._dim(target)] = self.config.m_group
+        return Partition.entries(shape, groups=Partition.tiles(shape, sides).units)
+
+    def prune_counts(self, eligible: Tensor) -> Tensor:
+        """All but ``n_keep`` of the entries each group still keeps (none of a group keeping fewer)."""
+        assert isinstance(self.config, NMConfig)
+        return (eligible - self.config.n_keep).clamp(min=0)
+
+    def _dim(self, target: Target) -> int:
+        """The dim the groups run along for ``target``, checked and made non-negative."""
+        assert isinstance(self.config, NMConfig)
+        shape = target.tensor.shape
+        if len(shape) == 0:
+            raise ConfigError(f"{target.name!r} is a scalar; N:M groups need at least one dim")
+        dim = self.config.dim
+        if dim is None:
+            dim = input_dim(target.module, len(shape))
+        if not -len(shape) <= dim < len(shape):
+            raise ConfigError(
+                f"dim={dim} is out of range for {target.name!r} of shape {tuple(shape)}; "
+                f"valid dims are {-len(shape)} to {len(shape) - 1}"
+            )
+        return dim % len(shape)
 
 
 def nm_keep_mask(scores: Tensor, n: int, m: int, dim: int, prior: Tensor | None) -> Tensor:
@@ -302,6 +322,14 @@ class Block(Granularity):
             mask = keep.reshape(shape).contiguous()
             out[target.name] = mask if target.prior is None else mask & target.prior
         return out
+
+    def partition(self, target: Target) -> Partition:
+        """The ``(rows, cols)`` tiles of the 2-D view are the units; the tiles of a parameter compete."""
+        assert isinstance(self.config, BlockConfig)
+        shape = target.tensor.shape
+        height, width = _view2d(target.tensor).shape
+        sides = (min(self.config.block[0], height), min(self.config.block[1], width))
+        return Partition.tiles((height, width), sides).reshape(shape)
 
 
 @hookimpl

@@ -30,6 +30,18 @@ def test_every_granularity_is_covered() -> None:
     }
 
 
+def test_every_builtin_granularity_declares_its_documented_rule() -> None:
+    """The kit checks each built-in granularity's declaration against its documentation (builtin_rules)."""
+    from prunus.testing.builtin_rules import RULES
+
+    builtin = {
+        c.name
+        for c in prunus.registry.components("granularity")
+        if c.provider.distribution == "prunus"
+    }
+    assert builtin == set(RULES)
+
+
 class TestBuiltinStrategies(StrategyTests):
     @pytest.fixture(scope="class", params=BUILTINS)
     @classmethod

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         PropertyFailure,
         check_property,
         check_strategy,
+        default_max_examples,
     )
     from .properties import (
         Property,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
         StrategyCase,
         Subject,
         configs,
+        register_granularity_options,
         register_options,
         register_units,
     )
@@ -60,8 +62,10 @@ _EXPORTS = {
     "Subject": "subject",
     "check_property": "check",
     "check_strategy": "check",
+    "default_max_examples": "check",
     "configs": "subject",
     "property_names": "properties",
+    "register_granularity_options": "subject",
     "register_options": "subject",
     "register_property": "properties",
     "register_units": "subject",
@@ -83,7 +87,9 @@ __all__ = [
     "check_property",
     "check_strategy",
     "configs",
+    "default_max_examples",
     "property_names",
+    "register_granularity_options",
     "register_options",
     "register_property",
     "register_units",

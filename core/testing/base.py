@@ -25,11 +25,11 @@ pytest session.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
-from .check import check_property
+from .check import KitFailure, Origin, check_property
 from .properties import _REGISTRY, property_names
 from .subject import Subject
 
@@ -38,16 +38,37 @@ __all__ = ["KitCase", "StrategyTests"]
 
 @dataclass(frozen=True)
 class KitCase:
-    """What the ``prunus_case`` fixture gives a test: the subject and how hard to test it."""
+    """What the ``prunus_case`` fixture gives a test: the subject and how hard to test it.
+
+    Attributes:
+        subject: the strategy under test.
+        max_examples: Hypothesis examples per property.
+        seed: a Hypothesis seed (``None``: the kit's fixed seeds).
+        reported: the failures already reported in full by this class's tests, by origin (a bug that breaks
+            several properties the same way is reported in full once; the other tests fail with a pointer).
+    """
 
     subject: Subject
     max_examples: int
     seed: int | None = None
+    reported: dict[Origin, str] = field(default_factory=dict, compare=False, repr=False)
 
     def check(self, name: str) -> None:
         """Check property ``name``; skip the test when it does not apply."""
         __tracebackhide__ = True
-        reason = check_property(self.subject, name, max_examples=self.max_examples, seed=self.seed)
+        try:
+            reason = check_property(
+                self.subject, name, max_examples=self.max_examples, seed=self.seed
+            )
+        except KitFailure as failure:
+            found = failure.failures[0]
+            first = self.reported.setdefault(found.origin, name)
+            if first != name:
+                raise AssertionError(
+                    f"property {name!r} fails for strategy {self.subject.name!r} with the failure "
+                    f"test_{first} reports in full: {found.problem.splitlines()[0]}"
+                ) from None
+            raise
         if reason is not None:
             pytest.skip(reason)
 
@@ -80,16 +101,22 @@ class StrategyTests:
     test_dtype_and_device_preserved = _property_test("dtype_and_device_preserved")
     test_global_rng_untouched = _property_test("global_rng_untouched")
     test_same_seed_same_mask = _property_test("same_seed_same_mask")
+    test_declared_deterministic = _property_test("declared_deterministic")
+    test_repeated_calls = _property_test("repeated_calls")
     test_seed_changes_mask = _property_test("seed_changes_mask")
     test_amount_zero_keeps_all = _property_test("amount_zero_keeps_all")
     test_monotonic_in_amount = _property_test("monotonic_in_amount")
     test_invalid_options_rejected = _property_test("invalid_options_rejected")
     test_config_json_roundtrip = _property_test("config_json_roundtrip")
     test_prunes_real_modules = _property_test("prunes_real_modules")
+    test_calibration_leaves_model_alone = _property_test("calibration_leaves_model_alone")
+    test_granularity_declared = _property_test("granularity_declared")
     test_exact_count = _property_test("exact_count")
     test_amount_one_prunes_all = _property_test("amount_one_prunes_all")
+    test_whole_units = _property_test("whole_units")
     test_criterion_respected = _property_test("criterion_respected")
-    test_whole_slices = _property_test("whole_slices")
+    test_signed_scores_ranked = _property_test("signed_scores_ranked")
+    test_declared_as_documented = _property_test("declared_as_documented")
 
     def test_other_properties(self, prunus_case: KitCase) -> None:
         """Properties registered after this class was written (e.g. by a plugin for its granularity)."""

@@ -13,7 +13,10 @@ They follow Hypothesis's house style: plural nouns, keyword-only options, and
 ... def test_my_criterion(tensor, amount): ...
 
 Drawn tensors lean on the values that break pruning code: ties, zeros (also ``-0.0``), negatives, the
-smallest normal and subnormal values of the dtype and its largest finite ones.
+smallest normal and subnormal values of the dtype and its largest finite ones. Drawn parameters sit in the layers
+that hold such parameters (:func:`holders`: a Linear's weight or bias, a norm's weight, a convolution's,
+transposed or grouped, of 1 to 3 spatial dims), and :func:`scores` draws what a criterion could return: signed,
+tied and infinite values.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 import annotated_types
@@ -45,12 +49,15 @@ __all__ = [
     "MODEL_KINDS",
     "MODULE_KINDS",
     "AttentionBlock",
+    "Holder",
     "ResidualBlock",
     "amounts",
     "config_options",
+    "holders",
     "masks",
     "models",
     "modules",
+    "scores",
     "shapes",
     "tensors",
 ]
@@ -58,7 +65,18 @@ __all__ = [
 DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 """The floating dtypes the kit draws parameters in, simplest first (Hypothesis shrinks towards float32)."""
 
-MODULE_KINDS: tuple[str, ...] = ("linear", "conv1d", "conv2d", "grouped_conv2d", "batchnorm")
+MODULE_KINDS: tuple[str, ...] = (
+    "linear",
+    "conv1d",
+    "conv2d",
+    "grouped_conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "grouped_conv_transpose2d",
+    "batchnorm",
+    "layernorm",
+)
 """Single layers :func:`modules` draws."""
 
 MODEL_KINDS: tuple[str, ...] = (*MODULE_KINDS, "sequential", "residual", "attention")
@@ -107,7 +125,7 @@ def _check_dtypes(
 def shapes(
     *,
     min_dims: int = 1,
-    max_dims: int = 4,
+    max_dims: int = 5,
     min_side: int = 1,
     max_side: int = 5,
     max_numel: int = 24,
@@ -199,7 +217,20 @@ def _specials(dtype: torch.dtype) -> tuple[float, ...]:
 
 @functools.cache
 def _pools(dtype: torch.dtype) -> st.SearchStrategy[list[float]]:
-    return st.lists(_elements(dtype), min_size=1, max_size=4)
+    # A few values of the whole range, or a few values within a hair of each other (what half precision, a
+    # cast or a sum in the wrong order ties or reorders).
+    spread = st.lists(_elements(dtype), min_size=1, max_size=4)
+    close = st.builds(
+        _neighbours,
+        st.floats(min_value=2.0**-8, max_value=2.0**8),
+        st.sampled_from([2.0**-9, 2.0**-12, 2.0**-20]),
+        st.integers(2, 4),
+    )
+    return st.one_of(spread, close)
+
+
+def _neighbours(base: float, step: float, count: int) -> list[float]:
+    return [base * (1 + index * step) for index in range(count)]
 
 
 @functools.cache
@@ -216,12 +247,12 @@ def tensors(
     dtypes: Sequence[torch.dtype] = DTYPES,
     shape: Sequence[int] | None = None,
     min_dims: int = 1,
-    max_dims: int = 4,
+    max_dims: int = 5,
     max_side: int = 5,
     max_numel: int = 24,
     device: str | torch.device = "cpu",
 ) -> st.SearchStrategy[Tensor]:
-    """Finite floating tensors of 1 to 4 dims, rich in ties, zeros, negatives, tiny and huge values.
+    """Finite floating tensors of 1 to 5 dims, rich in ties, zeros, negatives, tiny and huge values.
 
     Args:
         dtypes: the dtypes to draw from (float32, float64, float16, bfloat16), simplest first.
@@ -306,6 +337,171 @@ def _draw_mask(draw: st.DrawFn, shape: tuple[int, ...], device: torch.device) ->
     return keep.reshape(shape).to(device)
 
 
+_SCORE_VALUES = (
+    1.0,
+    0.0,
+    -1.0,
+    2.0,
+    -2.0,
+    -0.0,
+    3.0,
+    -3.0,
+    0.5,
+    -0.5,
+    math.inf,
+    1 + 2**-12,
+    2**-30,
+)
+"""What :func:`scores` picks from: small signed values, exact in every dtype and in any sum of a few, one
+infinity, and two values half precision cannot tell from their neighbours (``1 + 2**-12`` rounds to 1 and
+``2**-30`` to 0 in float16)."""
+
+
+def scores(
+    *, shape: Sequence[int], dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> st.SearchStrategy[Tensor]:
+    """Scores a criterion could return for a parameter of ``shape``: signed, tied, zero, ``-0.0`` and infinite.
+
+    Most values are small multiples of 0.5 (exact in every dtype, and in any sum of a few of them); some are
+    an infinity (those of one tensor have one sign, drawn, so no sum of scores is NaN), ``1 + 2**-12`` or
+    ``2**-30`` (which a cast to half precision ties with 1 and 0). A granularity that ranks ``|score|``
+    instead of ``score``, treats ``-inf`` as large or ranks in a narrower dtype shows on them.
+    """
+    size = tuple(shape)
+    if not all(isinstance(s, int) and s >= 0 for s in size):
+        raise InvalidArgument(f"shape={shape!r} must be a sequence of ints >= 0")
+    return _scores(size, _check_dtypes([dtype], what="dtype")[0], str(torch.device(device)))
+
+
+@functools.cache
+def _scores(shape: tuple[int, ...], dtype: torch.dtype, device: str) -> st.SearchStrategy[Tensor]:
+    return _draw_scores(shape, dtype, torch.device(device))
+
+
+@st.composite
+def _draw_scores(
+    draw: st.DrawFn, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    sign = draw(_choices((1.0, -1.0)))
+    picks = draw(_bytes(math.prod(shape)))
+    values = [_SCORE_VALUES[b % len(_SCORE_VALUES)] for b in picks]
+    values = [sign * v if math.isinf(v) else v for v in values]
+    return torch.tensor(values, dtype=torch.float64).to(dtype).reshape(shape).to(device)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The layer that holds a drawn parameter: which module type, which of its parameters, how grouped.
+
+    :meth:`build` makes a fresh module holding the values (its other parameters zero), so that a strategy
+    sees a parameter where it lives in a real model: ``target.module`` is a Linear, a LayerNorm, a
+    ``ConvTranspose2d`` with ``groups=2``..., and ``target.param_name`` is ``weight`` or ``bias``.
+
+    Attributes:
+        kind: ``linear``, ``bias`` (a Linear's bias), ``layernorm``, ``batchnorm`` (their weight), ``conv`` or
+            ``conv_transpose`` (the weight of a convolution of ``ndim - 2`` spatial dims).
+        groups: the convolution's groups.
+    """
+
+    kind: str
+    groups: int = 1
+
+    @property
+    def param_name(self) -> str:
+        """The name of the parameter it holds: ``bias`` for a Linear's bias, else ``weight``."""
+        return "bias" if self.kind == "bias" else "weight"
+
+    def build(self, values: Tensor) -> nn.Module:
+        """A fresh module of this kind whose parameter :attr:`param_name` holds ``values``."""
+        template = _template(self, tuple(values.shape), values.dtype)
+        # A copy of a cached template: building a layer (a convolution above all) costs far more.
+        module = type(template).__new__(type(template))
+        module.__dict__.update(
+            {
+                key: type(value)(value) if isinstance(value, dict | set) else value
+                for key, value in template.__dict__.items()
+            }
+        )
+        for name, parameter in template.named_parameters():
+            setattr(module, name, nn.Parameter(parameter.detach().clone()))
+        for name, buffer in template.named_buffers():
+            setattr(module, name, buffer.clone())
+        setattr(module, self.param_name, nn.Parameter(values))
+        return module
+
+    def describe(self, ndim: int) -> str:
+        """The layer in words, e.g. ``ConvTranspose2d, groups=2``, for a parameter of ``ndim`` dims."""
+        if self.kind in ("linear", "bias"):
+            return "Linear"
+        if self.kind in ("layernorm", "batchnorm"):
+            return "LayerNorm" if self.kind == "layernorm" else "BatchNorm1d"
+        name = _CONVS[self.kind == "conv_transpose"][ndim - 3].__name__
+        return name if self.groups == 1 else f"{name}, groups={self.groups}"
+
+
+_CONVS: dict[bool, tuple[type[nn.Module], ...]] = {
+    False: (nn.Conv1d, nn.Conv2d, nn.Conv3d),
+    True: (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d),
+}
+
+
+@functools.cache
+def _template(holder: Holder, shape: tuple[int, ...], dtype: torch.dtype) -> nn.Module:
+    """A module of ``holder``'s kind for a parameter of ``shape``, its other parameters and buffers zero."""
+    module: nn.Module
+    # Built on the meta device (no initialisation), then given real tensors.
+    if holder.kind == "linear":
+        module = nn.Linear(shape[1], shape[0], bias=False, device="meta")
+    elif holder.kind == "bias":
+        module = nn.Linear(1, shape[0], device="meta")
+        module.weight = nn.Parameter(torch.zeros(shape[0], 1, dtype=dtype))
+    elif holder.kind in ("layernorm", "batchnorm"):
+        norm = nn.LayerNorm if holder.kind == "layernorm" else nn.BatchNorm1d
+        module = norm(shape[0], device="meta")
+        module.bias = nn.Parameter(torch.zeros(shape[0], dtype=dtype))
+        for name, buffer in module.named_buffers():
+            fill = 1 if name == "running_var" else 0
+            # Statistics in the parameter's dtype, as a model converted with .to(dtype) holds them.
+            kind = dtype if buffer.is_floating_point() else buffer.dtype
+            setattr(module, name, torch.full_like(buffer, fill, device="cpu", dtype=kind))
+    else:
+        conv = _CONVS[holder.kind == "conv_transpose"][len(shape) - 3]
+        first, second = (
+            (shape[1] * holder.groups, shape[0])
+            if holder.kind == "conv"
+            else (shape[0], shape[1] * holder.groups)
+        )
+        module = conv(first, second, shape[2:], groups=holder.groups, bias=False, device="meta")
+    setattr(module, holder.param_name, nn.Parameter(torch.zeros(shape, dtype=dtype)))
+    return module
+
+
+def holders(*, shape: Sequence[int]) -> st.SearchStrategy[Holder]:
+    """The layers that can hold a parameter of ``shape`` (see :class:`Holder`), the most common first.
+
+    1 dim: a Linear's bias, a LayerNorm's or BatchNorm's weight; 2 dims: a Linear's weight; 3 to 5 dims: the
+    weight of a convolution or a transposed convolution of 1 to 3 spatial dims, grouped when its first dim is
+    even.
+    """
+    size = tuple(shape)
+    if not (1 <= len(size) <= 5 and all(isinstance(s, int) and s >= 1 for s in size)):
+        raise InvalidArgument(f"shape={shape!r} must have 1 to 5 dims, each >= 1")
+    return _holders(size)
+
+
+@functools.cache
+def _holders(shape: tuple[int, ...]) -> st.SearchStrategy[Holder]:
+    if len(shape) == 1:
+        kinds = [Holder("bias"), Holder("layernorm"), Holder("batchnorm")]
+    elif len(shape) == 2:
+        kinds = [Holder("linear")]
+    else:
+        kinds = [Holder("conv"), Holder("conv_transpose")]
+        if shape[0] % 2 == 0:
+            kinds += [Holder("conv", 2), Holder("conv_transpose", 2)]
+    return st.sampled_from(kinds)
+
+
 # -- amounts -----------------------------------------------------------------------------------------------
 
 
@@ -315,7 +511,8 @@ def amounts(
     """Valid ``amount`` options: float fractions in ``[0, 1]`` and, given ``max_count``, int counts.
 
     Fractions include 0.0, 1.0 and the values whose count lands on a rounding tie (``(j + 0.5) / max_count``),
-    where half-to-even rounding matters; counts are ints in ``[0, max_count]`` (an int is a count, not a
+    where half-to-even rounding matters, or a quarter off one (``(j + 0.25) / max_count``, ``(j + 0.75) /
+    max_count``), where truncating or rounding up does; counts are ints in ``[0, max_count]`` (an int is a count, not a
     fraction: ``amount=1`` prunes one unit).
 
     Args:
@@ -337,7 +534,13 @@ def _amounts(max_count: int | None, fractions: bool) -> st.SearchStrategy[int | 
     if fractions:
         notable = [0.0, 1.0, 0.5, 0.25, 0.75]
         if max_count:
-            notable += [(j + 0.5) / max_count for j in range(min(max_count, 8))]
+            # Counts that land on x.5 (where half-to-even rounding matters), x.25 and x.75 (where floor and
+            # ceil go wrong).
+            notable += [
+                (j + part) / max_count
+                for j in range(min(max_count, 8))
+                for part in (0.5, 0.75, 0.25)
+            ]
         options += [st.sampled_from(notable), st.floats(min_value=0.0, max_value=1.0)]
     if max_count is not None:
         options.insert(0, st.integers(min_value=0, max_value=max_count))
@@ -358,15 +561,25 @@ def _build(kind: str, draw: st.DrawFn) -> tuple[Callable[[], nn.Module], tuple[i
         cin, cout, k = draw(st.integers(1, 3)), draw(small), draw(st.integers(1, 3))
         length = k + draw(st.integers(0, 3))
         return lambda: nn.Conv1d(cin, cout, k), (batch, cin, length)
-    if kind in ("conv2d", "grouped_conv2d"):
-        groups = 2 if kind == "grouped_conv2d" else 1
+    if kind in ("conv2d", "grouped_conv2d", "conv_transpose2d", "grouped_conv_transpose2d"):
+        groups = 2 if kind.startswith("grouped") else 1
         cin, cout = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
         k = draw(st.integers(1, 3))
         side = k + draw(st.integers(0, 2))
-        return lambda: nn.Conv2d(cin, cout, k, groups=groups), (batch, cin, side, side)
-    if kind == "batchnorm":
+        layer = nn.ConvTranspose2d if "transpose" in kind else nn.Conv2d
+        return lambda: layer(cin, cout, k, groups=groups), (batch, cin, side, side)
+    if kind == "conv3d":
+        cin, cout, k = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 2))
+        side = k + draw(st.integers(0, 1))
+        return lambda: nn.Conv3d(cin, cout, k), (batch, cin, side, side, side)
+    if kind == "conv_transpose1d":
+        cin, cout, k = draw(st.integers(1, 3)), draw(small), draw(st.integers(1, 3))
+        length = draw(st.integers(1, 4))
+        return lambda: nn.ConvTranspose1d(cin, cout, k), (batch, cin, length)
+    if kind in ("batchnorm", "layernorm"):
         features = draw(small)
-        return lambda: nn.BatchNorm1d(features), (batch, features)
+        norm = nn.BatchNorm1d if kind == "batchnorm" else nn.LayerNorm
+        return lambda: norm(features), (batch, features)
     if kind == "sequential":
         if draw(st.booleans()):
             a, b, c = draw(small), draw(small), draw(small)
@@ -431,8 +644,9 @@ def modules(
 ) -> st.SearchStrategy[tuple[nn.Module, Tensor]]:
     """Single real layers with an input batch: ``(module, inputs)``.
 
-    Kinds: Linear, Conv1d, Conv2d, grouped Conv2d and BatchNorm1d (see :data:`MODULE_KINDS`). Weights come from
-    torch's default initialisation under a drawn seed, sometimes rounded to quarters for ties and zeros.
+    Kinds: Linear, Conv1d/2d/3d, ConvTranspose1d/2d, grouped Conv2d and ConvTranspose2d, BatchNorm1d and
+    LayerNorm (see :data:`MODULE_KINDS`). Weights come from torch's default initialisation under a drawn seed,
+    sometimes rounded to quarters for ties and zeros.
     """
     return _model_strategy(kinds, MODULE_KINDS, dtypes, "module")
 
@@ -490,6 +704,14 @@ def _from_annotation(annotation: Any, metadata: list[object]) -> st.SearchStrate
         return st.one_of([m for m in members if m is not None])
     if origin is Literal:
         return st.sampled_from(get_args(annotation))
+    if origin is tuple:
+        args = get_args(annotation)
+        if not args or args[-1] is Ellipsis:
+            return None
+        parts = [_from_annotation(arg, []) for arg in args]
+        if any(part is None for part in parts):
+            return None
+        return st.tuples(*[part for part in parts if part is not None])
     if annotation is type(None):
         return st.none()
     if annotation is bool:
@@ -499,12 +721,18 @@ def _from_annotation(annotation: Any, metadata: list[object]) -> st.SearchStrate
         lo = None if low is None else math.floor(low) + (1 if exclude_low else 0)
         hi = None if high is None else math.ceil(high) - (1 if exclude_high else 0)
         if lo is None and hi is None:
-            lo, hi = -8, 8
-        elif lo is None:
+            # Sizes, sides and counts are positive more often than not.
+            return st.one_of(st.integers(1, 8), st.integers(-8, 8))
+        # One bound: mostly values near it (a group size, a multiple, a seed), sometimes far.
+        if lo is None:
             assert hi is not None
-            lo = hi - 2**16
-        elif hi is None:
-            hi = lo + 2**16
+            return st.one_of(
+                st.integers(hi - 4, hi), st.integers(hi - 16, hi), st.integers(hi - 2**16, hi)
+            )
+        if hi is None:
+            return st.one_of(
+                st.integers(lo, lo + 4), st.integers(lo, lo + 16), st.integers(lo, lo + 2**16)
+            )
         return st.integers(lo, hi)
     if annotation is float:
         values = st.floats(
@@ -538,8 +766,8 @@ def config_options(
 ) -> st.SearchStrategy[dict[str, Any]]:
     """Option dicts drawn from a pydantic config model, field by field, each validated by the model.
 
-    Ints, floats, bools, ``Literal`` and ``None`` are drawn within the field's ``ge``/``gt``/``le``/``lt``
-    bounds (unions combine them); a field named ``dim`` is drawn as a dim that is valid for every one of
+    Ints, floats, bools, ``Literal``, ``None`` and fixed-length tuples of them are drawn within the field's
+    ``ge``/``gt``/``le``/``lt`` bounds (unions combine them); a field named ``dim`` is drawn as a dim that is valid for every one of
     ``targets``; a field the kit cannot draw keeps its default. A required field the kit cannot draw raises
     :class:`~hypothesis.errors.InvalidArgument`: give the strategy an options function instead (see
     :class:`prunus.testing.StrategyCase`).
@@ -591,8 +819,21 @@ def _draw_options(
 
 def _field_values(name: str, info: FieldInfo, ndim: int) -> st.SearchStrategy[Any] | None:
     if name == "dim":
-        return st.integers(-ndim, ndim - 1)
+        dims = st.integers(-ndim, ndim - 1)
+        # A dim that may be None (a granularity's own default, such as nm's input dim) is drawn None too.
+        return st.one_of(st.none(), dims) if _allows_none(info.annotation) else dims
     return _from_annotation(info.annotation, list(info.metadata))
+
+
+def _allows_none(annotation: Any) -> bool:
+    if annotation is type(None):
+        return True
+    origin = get_origin(annotation)
+    if origin is typing.Annotated:
+        return _allows_none(get_args(annotation)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_allows_none(arg) for arg in get_args(annotation))
+    return False
 
 
 def _placeholders(config: type[StrategyConfig], skipped: set[str]) -> dict[str, Any]:

@@ -5,8 +5,9 @@ what is wrong, plus the Hypothesis strategy of examples it runs on (by default
 :meth:`Subject.examples <prunus.testing.subject.Subject.examples>`). Properties are looked up by name and by
 the strategy's granularity (``registry.info(name).granularity``): a property registered for a granularity
 replaces the generic property of the same name for strategies at that granularity, and a granularity may add
-properties of its own. A plugin that adds a granularity (N:M, blocks...) registers its group properties with
-:func:`register_property` and the count of its units with :func:`~prunus.testing.subject.register_units`.
+properties of its own. A granularity needs none: the group properties check every granularity against what it
+declares (its :class:`~prunus.plugin_api.Partition` and counts); a plugin registers a property of its own for
+a rule the declaration cannot state.
 
 Generic properties (every strategy; ``requires`` narrows some):
 
@@ -17,23 +18,34 @@ Generic properties (every strategy; ``requires`` narrows some):
 ``input_unchanged``          the parameters, earlier masks, gradients and data are not modified
 ``dtype_and_device_preserved``  parameters keep their dtype, device and identity; masks and scores their device
 ``global_rng_untouched``     the global torch random generator is not used (seeded strategies draw locally)
-``same_seed_same_mask``      the same options (the same seed) give the same masks
+``same_seed_same_mask``      the same options (the same seed) give the same masks, whatever the global RNG state
+``declared_deterministic``   a strategy declared deterministic does not depend on a seed or its parameters' names
+``repeated_calls``           one configured strategy called again gives what a fresh one gives
 ``seed_changes_mask``        a seeded random strategy gives different masks for different seeds
 ``amount_zero_keeps_all``    ``amount=0`` and ``amount=0.0`` prune nothing
 ``monotonic_in_amount``      for a deterministic strategy, a larger amount prunes a superset
 ``config_json_roundtrip``    the config survives JSON (``model_dump_json`` / ``model_validate_json``)
 ``invalid_options_rejected`` unknown, missing, mistyped or out-of-range options raise ``prunus.ConfigError``
 ``prunes_real_modules``      on real layers and models: ``prune``, forward, zeros, report, ``remove``, ``restore``
+``calibration_leaves_model_alone``  a strategy that runs the model on a calibration batch (``inputs=True``)
+                             changes no parameter, buffer, mode, hook or RNG state, and repeats its masks
 ===========================  ===============================================================================
 
-Group properties (by granularity: ``unstructured``, ``structured``, ``global``):
+Group properties, for every strategy at a registered granularity, checked against the granularity's
+declaration (its :class:`~prunus.plugin_api.Partition` of each parameter and its
+:meth:`~prunus.plugin_api.Granularity.prune_counts`; see :mod:`prunus.testing.partitions`):
 
 ===========================  ===============================================================================
-``exact_count``              the number pruned is what ``amount`` asks, rounded as torch rounds
+``granularity_declared``     the granularity declares its units, groups and counts, consistently
+``exact_count``              every group prunes exactly its count (``amount`` rounded as torch rounds, by default)
 ``amount_one_prunes_all``    ``amount=1.0`` prunes every prunable unit
-``criterion_respected``      every pruned unit scores no higher than every kept unit of its group
-``whole_slices``             (structured) pruning removes whole slices along ``dim``
+``whole_units``              every unit (an entry, a slice, a block...) is kept as it was or pruned whole
+``criterion_respected``      in every group, every pruned unit scores no higher than every kept unit
+``signed_scores_ranked``     the same three with scores the kit draws: signed, tied, infinite
 ===========================  ===============================================================================
+
+The built-in granularities also have ``declared_as_documented`` (:mod:`prunus.testing.builtin_rules`): their
+declarations equal the rules their documentation states, computed independently.
 """
 
 from __future__ import annotations
@@ -43,8 +55,8 @@ import importlib
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Annotated, Any, NoReturn
+from dataclasses import dataclass, replace
+from typing import Annotated, Any
 
 import torch
 from hypothesis import reject
@@ -54,18 +66,32 @@ from pydantic.errors import PydanticUserError
 from torch import Tensor, nn
 
 from .. import masking
+from ..config import NoOptions
 from ..engine import masks as model_masks
 from ..engine import prune, remove, restore
 from ..errors import ConfigError, TargetError
+from ..forward import evaluation_mode
 from ..report import PruneReport
-from ..strategy import Criterion, PruneContext, Target
+from ..strategy import ComposedStrategy, Criterion, PruneContext, Target
 from ..targets import select_targets
 from . import generators as pst
-from .subject import Example, Param, Subject, eligible, slices
+from .partitions import (
+    Layout,
+    check_counts,
+    check_ranking,
+    check_whole_units,
+    closest_call,
+    expected_counts,
+    fail,
+    read_layout,
+)
+from .subject import Example, Param, Subject, eligible, note_options
 
 __all__ = [
     "Property",
     "Requirement",
+    "fail",
+    "full_masks",
     "property_names",
     "register_property",
     "resolve_properties",
@@ -87,8 +113,11 @@ class Property:
         granularity: the granularity it is for, or ``None`` for every granularity.
         requires: requirements, each ``None`` when met or the reason the property does not apply.
         examples: the Hypothesis strategy of examples for a subject (default: ``subject.examples()``).
-        max_examples: the examples it needs at the kit's default (for properties with little to vary); a run
-            asking for more examples than the default raises it in proportion.
+        max_examples: the examples it runs at the kit's default (fewer for properties with little to vary,
+            more for those that cover much); a run asking for more or fewer examples scales it in proportion.
+        scope: ``"strategy"``, or ``"granularity"`` for a property of the granularity alone (checked with the
+            kit's own criterion or on the declaration): it runs once per granularity in a process, from a
+            seed of the granularity's name, however many criteria are composed with it.
     """
 
     name: str
@@ -98,6 +127,7 @@ class Property:
     requires: tuple[Requirement, ...] = ()
     examples: Callable[[Subject], st.SearchStrategy[Any]] | None = None
     max_examples: int | None = None
+    scope: str = "strategy"
 
     @property
     def summary(self) -> str:
@@ -127,6 +157,7 @@ def register_property(
     requires: Sequence[Requirement] = (),
     examples: Callable[[Subject], st.SearchStrategy[Any]] | None = None,
     max_examples: int | None = None,
+    scope: str = "strategy",
 ) -> Callable[[Check], Check]:
     """Register ``check(subject, example)`` as a property (decorator); its docstring documents it.
 
@@ -136,8 +167,11 @@ def register_property(
             generic one of the same name at that granularity.
         requires: requirements on the subject (see :data:`Requirement`), e.g. :func:`needs_amount`.
         examples: the Hypothesis strategy of examples for a subject (default: ``subject.examples()``).
-        max_examples: the examples it needs at the kit's default (raised in proportion by longer runs).
+        max_examples: the examples it runs at the kit's default (scaled in proportion by other runs).
+        scope: ``"granularity"`` for a property of the granularity alone (see :class:`Property`).
     """
+    if scope not in ("strategy", "granularity"):
+        raise ValueError(f"scope={scope!r} must be 'strategy' or 'granularity'")
 
     def decorate(check: Check) -> Check:
         key = (name or check.__name__, granularity)
@@ -149,6 +183,7 @@ def register_property(
             requires=tuple(requires),
             examples=examples,
             max_examples=max_examples,
+            scope=scope,
         )
         return check
 
@@ -161,7 +196,7 @@ def property_names() -> list[str]:
     return list(dict.fromkeys(name for name, _ in _REGISTRY))
 
 
-_BUILTIN_EXTENSIONS = ("semistructured",)
+_BUILTIN_EXTENSIONS = ("builtin_rules",)
 """Modules of this package that register the group properties of prunus's other built-in granularities."""
 
 
@@ -216,6 +251,15 @@ def needs_determinism(subject: Subject) -> str | None:
     return None if subject.deterministic else f"{subject.name} is random (deterministic=False)"
 
 
+def needs_inputs(subject: Subject) -> str | None:
+    """Applies to strategies that run the model on a calibration batch (``StrategyCase(inputs=True)``)."""
+    if subject.case.inputs:
+        return None
+    return (
+        f"{subject.name} reads no calibration batch (StrategyCase(name, inputs=True) says it does)"
+    )
+
+
 def needs_seed(subject: Subject) -> str | None:
     """Applies to random strategies with a ``seed`` option."""
     if subject.deterministic:
@@ -223,6 +267,16 @@ def needs_seed(subject: Subject) -> str | None:
     if "seed" not in subject.info.config.model_fields:
         return f"{subject.name} has no seed option"
     return None
+
+
+def needs_granularity(subject: Subject) -> str | None:
+    """Applies to strategies at a registered granularity (whose declaration the group properties check)."""
+    return subject.without_granularity()
+
+
+def needs_composition(subject: Subject) -> str | None:
+    """Applies to strategies composed of a criterion and a registered granularity."""
+    return needs_criterion(subject) or needs_granularity(subject)
 
 
 def needs_json_config(subject: Subject) -> str | None:
@@ -235,11 +289,6 @@ def needs_json_config(subject: Subject) -> str | None:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-
-
-def fail(message: str) -> NoReturn:
-    """Fail the property with ``message``."""
-    raise AssertionError(message)
 
 
 def full_masks(context: PruneContext, masks: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -270,18 +319,6 @@ def full_masks(context: PruneContext, masks: Mapping[str, Any]) -> dict[str, Ten
         if mask.device != tensor.device:
             fail(f"the mask for {name!r} is on {mask.device}, the parameter on {tensor.device}")
     return {t.name: masks[t.name] if t.name in masks else eligible(t) for t in context.targets}
-
-
-def expected_count(amount: int | float, size: int) -> int:
-    """The units ``amount`` asks to prune out of ``size`` (an int is a count; a fraction rounds half to even)."""
-    return amount if isinstance(amount, int) else round(amount * size)
-
-
-def amount_text(amount: int | float, size: int, unit: str) -> str:
-    want = expected_count(amount, size)
-    if isinstance(amount, int):
-        return f"amount={amount!r} (an int, so a count) asks for {want} of the {size} {unit}"
-    return f"amount={amount!r} (a fraction) asks for round({amount!r} * {size}) = {want} of the {size} {unit}"
 
 
 def _indices(mask: Tensor, limit: int = 8) -> list[list[int]] | list[int]:
@@ -334,13 +371,6 @@ def criterion_scores(
             for t in context.targets
         }
     return context, criterion, scores
-
-
-def _order_text(pruned: float, kept: float) -> str:
-    return (
-        f"pruned a unit scored {pruned!r} but kept one scored {kept!r}; the lowest-scored units must be "
-        "pruned first (is the ranking reversed?)"
-    )
 
 
 # -- generic properties ------------------------------------------------------------------------------------
@@ -480,29 +510,150 @@ def global_rng_untouched(subject: Subject, example: Example) -> None:
         )
 
 
+def _differ(
+    first: Mapping[str, Any], again: Mapping[str, Any], names: Mapping[str, str]
+) -> str | None:
+    """How two results of ``compute`` differ (``names`` maps the first's target names to the second's)."""
+    if {names.get(n, n) for n in first} != set(again):
+        return f"masked different targets: {sorted(first)} and {sorted(again)}"
+    for name, mask in first.items():
+        other = again[names.get(name, name)]
+        if isinstance(mask, Tensor) and isinstance(other, Tensor) and not torch.equal(mask, other):
+            count = int((mask != other).sum()) if mask.shape == other.shape else "all"
+            return f"gave different masks for {name!r} ({count} entries differ)"
+    return None
+
+
 @register_property(max_examples=15)
 def same_seed_same_mask(subject: Subject, example: Example) -> None:
-    """The same options (for a random strategy: the same seed) give the same masks, every time."""
+    """The same options (for a random strategy: the same seed) give the same masks, whatever the global RNG state.
+
+    A random strategy draws from ``target.generator(seed)``: its masks follow from the options, not from
+    torch's global random state, which the program around it may have set to anything.
+    """
     _, first = subject.compute(example)
-    for attempt in range(2):
-        _, again = subject.compute(example)
-        if set(again) != set(first):
+    _, again = subject.compute(example)
+    differ = _differ(first, again, {})
+    if differ is not None:
+        cause = (
+            "the seed option must decide the mask"
+            if "seed" in subject.info.config.model_fields
+            else "the masks must follow from the parameters and the options alone (is something kept "
+            "from one call to the next, or drawn at random?)"
+        )
+        fail(f"computing twice with the same options {example.all_options()!r} {differ}; {cause}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2**31 - 1)
+        _, reseeded = subject.compute(example)
+    differ = _differ(first, reseeded, {})
+    if differ is not None:
+        fail(
+            f"after torch.manual_seed(2**31 - 1) the same options {differ}: the masks depend on torch's global "
+            "random state; a random strategy draws from a local generator, target.generator(seed)"
+        )
+
+
+@register_property(requires=[needs_determinism], max_examples=10)
+def declared_deterministic(subject: Subject, example: Example) -> None:
+    """A strategy declared deterministic gives masks that depend on the parameters and the options alone.
+
+    The flag is checked, not trusted: renaming the parameters (``p0.weight`` to ``q0.weight``), or changing an
+    option named ``seed``, must not change the masks. A criterion seeded by a parameter's name or by a seed
+    (``target.generator(...)``) is random: it sets ``deterministic = False``, and the kit checks its seed.
+    """
+    options = example.all_options()
+    if not subject.build(**options).deterministic:
+        return  # this configuration declares itself random (global_unstructured with a random criterion)
+    context, first = subject.compute(example)
+    renamed_context = example.context(prefix="q")
+    names = {a.name: b.name for a, b in zip(context.targets, renamed_context.targets, strict=True)}
+    # Options that name the targets (custom_mask's masks) do not survive a renaming.
+    differ = None
+    if not any(name in repr(options) for name in names):
+        _, renamed = subject.compute(example, renamed_context)
+        differ = _differ(first, renamed, names)
+    if differ is not None:
+        fail(
+            f"renaming the parameters (p0 to q0, ...) {differ}: the masks depend on the parameters' names, so "
+            "the strategy draws at random (target.generator seeds from the name); set deterministic = False "
+            "on the criterion (or strategy)"
+        )
+    if "seed" not in subject.info.config.model_fields:
+        return
+    seed = options.get("seed", subject.info.config.model_fields["seed"].default)
+    for other in (seed + 1, seed - 1) if isinstance(seed, int) else ():
+        try:
+            _, reseeded = subject.compute(example, seed=other)
+        except ConfigError:
+            continue
+        differ = _differ(first, reseeded, {})
+        if differ is not None:
             fail(
-                f"two computations with the same options masked different targets: {sorted(first)} and {sorted(again)}"
+                f"seed={other} instead of seed={seed} {differ}, but the strategy is declared deterministic; "
+                "set deterministic = False on the criterion (or strategy) that reads the seed"
             )
-        for name, mask in first.items():
-            other = again[name]
-            if (
-                isinstance(mask, Tensor)
-                and isinstance(other, Tensor)
-                and not torch.equal(mask, other)
-            ):
-                differ = int((mask != other).sum()) if mask.shape == other.shape else "all"
-                fail(
-                    f"computing twice with the same options {example.all_options()!r} gave different masks "
-                    f"for {name!r} ({differ} entries differ, on attempt {attempt + 2}); "
-                    "a seed option must decide the mask"
-                )
+        return
+
+
+@dataclass(frozen=True, eq=False)
+class RepeatedExample:
+    """Two calls of one configured strategy: on ``example``, then on its parameters with other values."""
+
+    example: Example
+    continues: bool
+
+    def describe(self, options: Mapping[str, Any] | None = None) -> str:
+        second = (
+            "the same parameters again, values reversed, keeping the first call's masks"
+            if self.continues
+            else "the same parameters again, values reversed, nothing pruned"
+        )
+        return (
+            f"{self.example.describe(options)}\nsecond call of the same strategy object: {second}"
+        )
+
+
+def _repeated_examples(subject: Subject) -> st.SearchStrategy[RepeatedExample]:
+    return st.builds(RepeatedExample, subject.examples(), st.booleans())
+
+
+def _second_call(example: Example, full: Mapping[str, Tensor], continues: bool) -> Example:
+    """``example``'s parameters with their values reversed, after the first call's masks or afresh."""
+    params = []
+    for param in example.params:
+        dims = tuple(range(param.values.dim()))
+        values = param.values.flip(dims)
+        grad = None if param.grad is None else param.grad.flip(dims)
+        prior = full[param.name] if continues else None
+        if prior is not None:
+            values = values.masked_fill(~prior, 0)
+        params.append(replace(param, values=values, prior=prior, grad=grad))
+    return replace(example, params=tuple(params))
+
+
+@register_property(examples=_repeated_examples, max_examples=15)
+def repeated_calls(subject: Subject, drawn: RepeatedExample) -> None:
+    """One configured strategy, called again, gives what a fresh one gives: nothing carries over between calls.
+
+    ``prune(model, strategy)`` takes a configured strategy and may be called with it many times (on other
+    models, or again on the same one): scores or counts memoised on the strategy, its criterion or its
+    granularity must not leak from one call into the next.
+    """
+    example = drawn.example
+    strategy = subject.build(**example.all_options())
+    context, masks = subject.compute(example, strategy=strategy)
+    # An int amount may count more than a first call leaves: only a fraction continues from its masks.
+    continues = drawn.continues and not isinstance(example.amount, int)
+    second = _second_call(example, full_masks(context, masks), continues)
+    _, reused = subject.compute(second, strategy=strategy)
+    _, fresh = subject.compute(second)
+    differ = _differ(fresh, reused, {})
+    if differ is not None:
+        fail(
+            f"called a second time, on other values, the same configured strategy {differ} from a fresh one: "
+            "something of the first call was kept (scores or counts memoised on the strategy, its criterion "
+            "or its granularity?); compute everything from the context of each call"
+        )
 
 
 def _seed_examples(subject: Subject) -> st.SearchStrategy[Example]:
@@ -510,10 +661,11 @@ def _seed_examples(subject: Subject) -> st.SearchStrategy[Example]:
     def draw(draw: st.DrawFn) -> Example:
         # Large enough that two seeds giving the same mask by chance is out of the question.
         values = torch.arange(1, 257, dtype=torch.float32).reshape(16, 16)
-        param = Param("p0.weight", values, None, values.flip(0) if subject.case.gradients else None)
+        grad = values.flip(0) if subject.case.gradients else None
+        param = Param("p0.weight", values, None, grad, pst.Holder("linear"))
         targets = Example((param,)).context().targets
         options, _, units = subject.draw_options(draw, targets)
-        data = draw(subject.case.data(targets)) if subject.case.data is not None else None
+        data = subject.draw_data(draw, (param,), targets)
         amount = 0.5 if subject.amount_based else None
         return Example((param,), options, amount, units, data)
 
@@ -565,6 +717,8 @@ def monotonic_in_amount(subject: Subject, drawn: tuple[Example, int | float]) ->
     """A deterministic strategy prunes a superset when asked for more: masks shrink as ``amount`` grows."""
     example, other = drawn
     assert example.amount is not None
+    if not subject.build(**example.all_options()).deterministic:
+        return  # this configuration declares itself random (global_unstructured with a random criterion)
     low, high = sorted([example.amount, other])
     context, masks_low = subject.compute(example, amount=low)
     low_full = full_masks(context, masks_low)
@@ -678,7 +832,7 @@ class RealExample:
     data: Any
     text: str
 
-    def describe(self) -> str:
+    def describe(self, options: Mapping[str, Any] | None = None) -> str:
         return self.text
 
     def __repr__(self) -> str:
@@ -689,10 +843,12 @@ def _every_parameter(module: nn.Module, name: str) -> bool:
     return True
 
 
-def _real_examples(subject: Subject) -> st.SearchStrategy[RealExample]:
+def _real_examples(
+    subject: Subject, kinds: Sequence[str] = pst.MODEL_KINDS
+) -> st.SearchStrategy[RealExample]:
     @st.composite
     def draw(draw: st.DrawFn) -> RealExample:
-        model, inputs = draw(pst.models(dtypes=pst.DTYPES))
+        model, inputs = draw(pst.models(kinds=kinds, dtypes=pst.DTYPES))
         every = draw(st.booleans())
         try:
             chosen = select_targets(model, filter_fn=_every_parameter if every else None)
@@ -709,9 +865,16 @@ def _real_examples(subject: Subject) -> st.SearchStrategy[RealExample]:
         if amount is not None:
             options["amount"] = amount
         data = draw(subject.case.data(targets)) if subject.case.data is not None else None
+        mode = ""
+        if subject.case.inputs:
+            # The calibration batch is the model's own (at least two rows: BatchNorm in train mode needs them);
+            # the model comes in either mode, as users leave it.
+            data = torch.cat([inputs, inputs * 0.5])
+            model.train(draw(st.booleans()))
+            mode = ", in train mode" if model.training else ", in eval mode"
         dtype = next(model.parameters()).dtype
         lines = [
-            f"model ({str(dtype).removeprefix('torch.')}): {model!r}",
+            f"model ({str(dtype).removeprefix('torch.')}{mode}): {model!r}",
             f"inputs: shape {tuple(inputs.shape)}",
             f"targets: {'every parameter' if every else 'the Linear and Conv weights'}",
             f"options: {options!r}",
@@ -741,8 +904,100 @@ def _prune_before(model: nn.Module, priors: dict[str, Tensor], subject: Subject)
 
 def _backward(model: nn.Module, inputs: Tensor) -> None:
     model.zero_grad()
-    with torch.enable_grad():
+    with torch.enable_grad(), evaluation_mode(model):
         model(inputs).float().square().mean().backward()
+
+
+def _model_state(model: nn.Module) -> dict[str, Any]:
+    """What a calibration forward must leave alone: values, buffers, modes, hooks and the global RNG."""
+    return {
+        "parameters": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "buffers": {n: b.detach().clone() for n, b in model.named_buffers()},
+        "training": {n: m.training for n, m in model.named_modules()},
+        "hooks": {
+            n: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            for n, m in model.named_modules()
+        },
+        "grad": torch.is_grad_enabled(),
+        "rng": torch.get_rng_state(),
+    }
+
+
+def _state_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    changes = []
+    for kind in ("parameters", "buffers"):
+        old, new = before[kind], after[kind]
+        if old.keys() != new.keys():
+            changes.append(f"the model's {kind} changed from {sorted(old)} to {sorted(new)}")
+            continue
+        changes += [
+            f"the {kind[:-1]} {name!r} was modified (a forward in train mode updates BatchNorm's running "
+            "statistics: run the calibration batch in prunus.plugin_api.evaluation_mode)"
+            if kind == "buffers"
+            else f"the parameter {name!r} was modified"
+            for name in old
+            if not _same_bits(old[name], new[name])
+        ]
+    flipped = [
+        n or "the model" for n, t in before["training"].items() if after["training"].get(n) != t
+    ]
+    if flipped:
+        changes.append(
+            f"the training flag of {flipped[:4]} changed (model.eval() without putting it back: use "
+            "prunus.plugin_api.evaluation_mode, which restores every module's own flag)"
+        )
+    hooked = [n or "the model" for n, h in before["hooks"].items() if after["hooks"].get(n) != h]
+    if hooked:
+        changes.append(
+            f"hooks were left registered on {hooked[:4]} (remove their handles in a finally)"
+        )
+    if before["grad"] != after["grad"]:
+        changes.append("autograd's grad mode was left changed")
+    if not torch.equal(before["rng"], after["rng"]):
+        changes.append(
+            "torch's global random generator was advanced (Dropout in train mode, or a random draw: run the "
+            "batch in evaluation_mode, draw from a torch.Generator of your own)"
+        )
+    return changes
+
+
+def _stateful_examples(subject: Subject) -> st.SearchStrategy[RealExample]:
+    # Models with running statistics (BatchNorm), whose forward in train mode shows, and a plain Linear.
+    return _real_examples(subject, kinds=("batchnorm", "sequential", "residual", "linear"))
+
+
+@register_property(requires=[needs_inputs], examples=_stateful_examples, max_examples=15)
+def calibration_leaves_model_alone(subject: Subject, example: RealExample) -> None:
+    """A strategy that runs the model on a calibration batch leaves the model as it was, and its masks too.
+
+    On real models with their input batch as ``data`` (with BatchNorm layers, or a Linear), left in train or eval
+    mode: computing masks changes no
+    parameter, buffer (BatchNorm's running statistics), module's training flag, registered hook, grad mode or
+    torch's global random state; and a second call on the unchanged model gives the same masks (scores that
+    depend on Dropout's draws or on statistics the first call moved do not).
+    """
+    model = example.model
+    chosen = select_targets(model, filter_fn=_every_parameter if example.every_parameter else None)
+    targets = [Target(n, m, p) for n, m, p in chosen]
+    options = {k: v for k, v in example.options.items()}
+
+    def call() -> dict[str, Tensor]:
+        context = PruneContext(model=model, targets=targets, data=example.data)
+        _, masks = subject.compute(Example((), options), context)
+        return {name: mask.detach().clone() for name, mask in masks.items()}
+
+    before = _model_state(model)
+    first = call()
+    changes = _state_changes(before, _model_state(model))
+    if changes:
+        fail("computing masks changed the model: " + "; ".join(changes))
+    second = call()
+    differ = [n for n in first if n not in second or not torch.equal(first[n], second[n])]
+    if differ:
+        fail(
+            f"a second call on the unchanged model gave other masks for {differ[:4]}: the scores depend on "
+            "something the forward draws or changes"
+        )
 
 
 @register_property(examples=_real_examples, max_examples=15)
@@ -759,7 +1014,8 @@ def prunes_real_modules(subject: Subject, example: RealExample) -> None:
     filter_fn = _every_parameter if example.every_parameter else None
     registry = subject.registry
     original = {name: p.detach().clone() for name, p in model.named_parameters()}
-    with torch.no_grad():
+    # The kit's own forwards leave the model as they found it (a model may come in train mode).
+    with torch.no_grad(), evaluation_mode(model):
         shape = model(inputs).shape
     if example.priors:
         _prune_before(model, example.priors, subject)
@@ -778,7 +1034,7 @@ def prunes_real_modules(subject: Subject, example: RealExample) -> None:
     )
 
     assert isinstance(report, PruneReport)
-    with torch.no_grad():
+    with torch.no_grad(), evaluation_mode(model):
         out = model(inputs)
     if out.shape != shape:
         fail(f"the output shape changed from {tuple(shape)} to {tuple(out.shape)}")
@@ -825,7 +1081,7 @@ def prunes_real_modules(subject: Subject, example: RealExample) -> None:
     for module in removed.modules():
         if any(key.startswith(masking.MASK_PREFIX) for key in module._buffers):
             fail(f"remove left a mask buffer on {type(module).__name__}")
-    with torch.no_grad():
+    with torch.no_grad(), evaluation_mode(removed):
         removed(inputs)
 
     restore(model)
@@ -837,26 +1093,51 @@ def prunes_real_modules(subject: Subject, example: RealExample) -> None:
             )
 
 
-# -- group properties: unstructured ------------------------------------------------------------------------
+# -- group properties: checked against the granularity's declaration -----------------------------------------
 
 
-@register_property("exact_count", granularity="unstructured", requires=[needs_amount])
-def exact_count_unstructured(subject: Subject, example: Example) -> None:
-    """Each parameter loses exactly the entries ``amount`` asks, counted among the entries still kept.
+@register_property(requires=[needs_granularity], max_examples=10, scope="granularity")
+def granularity_declared(subject: Subject, example: Example) -> None:
+    """The granularity declares its units, groups and counts: a ``Partition`` of each parameter, ``prune_counts``.
 
-    An int is a count, a float a fraction rounded with Python's ``round`` (half to even), as torch rounds.
+    Every mask is checked against them (``exact_count``, ``whole_units``, ``criterion_respected``): a
+    granularity that declares nothing, or something inconsistent (a unit across groups, a count out of range),
+    fails here with what to declare.
     """
-    assert example.amount is not None
+    expected_counts(subject.layout(example))
+
+
+@register_property(requires=[needs_granularity])
+def exact_count(subject: Subject, example: Example) -> None:
+    """Every group prunes exactly the units its count asks, among its units still kept.
+
+    By default a group prunes ``amount``'s count of its units still kept: an int is a count, a float a fraction
+    rounded with Python's ``round`` (half to even), as torch rounds. A granularity with another rule (N:M keeps
+    ``n_keep`` of each group, ``aligned`` rounds to a multiple) declares it in ``prune_counts``.
+    """
     context, masks = subject.compute(example)
-    full = full_masks(context, masks)
-    for target in context.targets:
-        keep = eligible(target)
-        size = int(keep.sum())
-        pruned = int((keep & ~full[target.name]).sum())
-        if pruned != expected_count(example.amount, size):
-            fail(
-                f"{target.name!r}: pruned {pruned}, but {amount_text(example.amount, size, 'entries still kept')}"
-            )
+    layout = subject.layout(example, context)
+    check_counts(layout, full_masks(context, masks))
+    if example.amount is None:
+        return
+    for amount in _probe_amounts(layout.eligible(), example.units):
+        context, masks = subject.compute(example, amount=amount)
+        check_counts(
+            subject.layout(replace(example, amount=amount), context), full_masks(context, masks)
+        )
+
+
+def _probe_amounts(eligible: Tensor, units: int | None) -> list[int | float]:
+    """Amounts where miscounting shows, for groups of ``eligible`` units: fractions landing on a half (even
+    below, where half-to-even rounds down), on a quarter above and below, and the count 1."""
+    largest = int(eligible.max()) if eligible.numel() else 0
+    probes: list[int | float] = []
+    if largest:
+        below = largest // 2 - (largest // 2) % 2
+        probes += [(below + part) / largest for part in (0.5, 0.75, 0.25)]
+    if units is not None and units >= 2:
+        probes.append(1)
+    return probes
 
 
 @register_property("amount_one_prunes_all", requires=[needs_amount], max_examples=10)
@@ -872,173 +1153,127 @@ def amount_one_prunes_all(subject: Subject, example: Example) -> None:
             )
 
 
-def check_order(
-    where: str, scores: Tensor, pruned: Tensor, kept: Tensor, rtol: float = 0.0
-) -> None:
-    """Fail unless every pruned unit scores no higher than every kept one (beyond ``rtol`` of the larger)."""
-    if not (bool(pruned.any()) and bool(kept.any())):
-        return
-    values = scores.double()
-    high = float(values[pruned].max())
-    low = float(values[kept].min())
-    if high > low and (rtol == 0 or high - low > rtol * max(abs(high), abs(low))):
-        fail(f"{where}: {_order_text(high, low)}")
-
-
-@register_property(
-    "criterion_respected", granularity="unstructured", requires=[needs_amount, needs_criterion]
-)
-def criterion_unstructured(subject: Subject, example: Example) -> None:
-    """In each parameter, every entry pruned now scores no higher than every entry kept."""
-    context, _, scores = criterion_scores(subject, example)
-    _, masks = subject.compute(example)
+@register_property(requires=[needs_granularity])
+def whole_units(subject: Subject, example: Example) -> None:
+    """Every unit the granularity declares (an entry, a slice, a block...) is kept as it was or pruned whole."""
+    context, masks = subject.compute(example)
     full = full_masks(context, masks)
-    for target in context.targets:
-        mask = full[target.name]
-        check_order(repr(target.name), scores[target.name], eligible(target) & ~mask, mask)
+    check_whole_units(subject.layout(example, context), full)
 
 
-# -- group properties: structured --------------------------------------------------------------------------
+@register_property(requires=[needs_composition])
+def criterion_respected(subject: Subject, example: Example) -> None:
+    """In every group, every unit pruned now scores no higher than every unit kept.
 
-
-def _dim(example: Example) -> int:
-    return int(example.options.get("dim", 0))
-
-
-def _slice_masks(target: Target, mask: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """Per slice along ``dim``: whether it could be pruned (any entry still kept), whether it is kept now."""
-    _, others = slices(target, dim)
-    keep = eligible(target)
-    if not others:
-        return keep, mask
-    return keep.any(dim=others), mask.any(dim=others)
-
-
-@register_property("exact_count", granularity="structured", requires=[needs_amount])
-def exact_count_structured(subject: Subject, example: Example) -> None:
-    """Each parameter loses exactly the slices along ``dim`` that ``amount`` asks, among the slices still kept.
-
-    A slice is still kept while any of its entries is; an int is a count, a float a fraction rounded as torch
-    rounds.
+    A unit's score is the criterion's ``reduce`` over its entries (a unit of one entry scores that entry).
     """
-    assert example.amount is not None
-    context, masks = subject.compute(example)
-    full = full_masks(context, masks)
-    for target in context.targets:
-        dim, _ = slices(target, _dim(example))
-        could, kept = _slice_masks(target, full[target.name], dim)
-        size = int(could.sum())
-        pruned = int((could & ~kept).sum())
-        if pruned != expected_count(example.amount, size):
-            unit = f"slices along dim={dim} still kept"
-            fail(
-                f"{target.name!r}: pruned {pruned} slices, but {amount_text(example.amount, size, unit)}"
-            )
-
-
-@register_property("whole_slices", granularity="structured")
-def whole_slices(subject: Subject, example: Example) -> None:
-    """Structured pruning removes whole slices along ``dim``: each slice is either kept as it was or all pruned."""
-    context, masks = subject.compute(example)
-    full = full_masks(context, masks)
-    for target in context.targets:
-        dim, _ = slices(target, _dim(example))
-        mask = full[target.name].movedim(dim, 0).reshape(target.tensor.shape[dim], -1)
-        prior = eligible(target).movedim(dim, 0).reshape(target.tensor.shape[dim], -1)
-        partial = ~((mask == prior).all(dim=1) | (~mask).all(dim=1))
-        if bool(partial.any()):
-            index = int(partial.nonzero()[0, 0])
-            fail(
-                f"{target.name!r} (shape {tuple(target.tensor.shape)}): slice {index} along dim={dim} is only "
-                f"partly pruned: keeps {mask[index].tolist()} of {prior[index].tolist()}; structured pruning "
-                f"removes whole slices along dim={dim}"
-            )
-
-
-@register_property(
-    "criterion_respected", granularity="structured", requires=[needs_amount, needs_criterion]
-)
-def criterion_structured(subject: Subject, example: Example) -> None:
-    """In each parameter, every slice pruned now has a group score (``criterion.reduce``) no higher than every kept one."""
     context, criterion, scores = criterion_scores(subject, example)
     _, masks = subject.compute(example)
-    full = full_masks(context, masks)
-    for target in context.targets:
-        dim, others = slices(target, _dim(example))
-        groups = criterion.reduce(scores[target.name], others)
-        if tuple(groups.shape) != (target.tensor.shape[dim],):
-            fail(
-                f"criterion.reduce over dims {others} of {target.name!r} gave shape {tuple(groups.shape)}, "
-                f"not one score per slice ({target.tensor.shape[dim]},)"
+    layout = subject.layout(example, context)
+    check_ranking(layout, full_masks(context, masks), scores, criterion.reduce)
+    # Again with the cut between the two closest scores, where a ranking in a narrower dtype goes wrong.
+    amount = closest_call(layout, scores, criterion.reduce) if example.amount is not None else None
+    if amount is not None:
+        context, masks = subject.compute(example, amount=amount)
+        layout = subject.layout(replace(example, amount=amount), context)
+        check_ranking(layout, full_masks(context, masks), scores, criterion.reduce)
+
+
+class KitScores(Criterion):
+    """The kit's own criterion: the scores it drew for each target (from ``context.extras``).
+
+    Its reduce is a unit's smallest score: it ranks units unlike a sum, a mean, a norm or a maximum, so a
+    granularity that combines scores its own way instead of calling ``criterion.reduce`` shows.
+    """
+
+    name = "prunus_testing_scores"
+    summary = "scores drawn by the prunus test kit"
+    KEY = "prunus.testing.scores"
+
+    def score(self, target: Target, context: PruneContext) -> Tensor:
+        drawn: Tensor = context.extras[self.KEY][target.name]
+        return drawn.clone()
+
+    def reduce(self, scores: Tensor, dims: tuple[int, ...]) -> Tensor:
+        if not dims:
+            return scores
+        return scores.amin(dim=dims)
+
+
+@dataclass(frozen=True, eq=False)
+class ScoredExample:
+    """An example and the scores the kit's criterion gives its parameters."""
+
+    example: Example
+    scores: tuple[Tensor, ...]
+
+    def describe(self, options: Mapping[str, Any] | None = None) -> str:
+        lines = [self.example.describe(options), "scores given by the kit's criterion:"]
+        lines += [
+            f"  {param.name}: {_format(score)}"
+            for param, score in zip(self.example.params, self.scores, strict=True)
+        ]
+        return "\n".join(lines)
+
+
+def _scored_examples(subject: Subject) -> st.SearchStrategy[ScoredExample]:
+    def with_scores(example: Example) -> st.SearchStrategy[ScoredExample]:
+        # Scores in the parameter's dtype or another (a criterion may score in float32, or in half precision):
+        # a granularity that ranks all scores in one target's dtype shows when they differ.
+        def in_any_dtype(shape: torch.Size, dtype: torch.dtype) -> st.SearchStrategy[Tensor]:
+            return st.sampled_from([dtype, *pst.DTYPES]).flatmap(
+                lambda chosen: pst.scores(shape=shape, dtype=chosen)
             )
-        if bool(torch.isnan(groups).any()):
-            fail(f"criterion.reduce gave NaN slice scores for {target.name!r}: {groups.tolist()}")
-        could, kept = _slice_masks(target, full[target.name], dim)
-        check_order(f"{target.name!r} along dim={dim}", groups, could & ~kept, kept)
 
+        drawn = [in_any_dtype(p.values.shape, p.values.dtype) for p in example.params]
+        return st.tuples(*drawn).map(lambda scores: ScoredExample(example, scores))
 
-# -- group properties: global ------------------------------------------------------------------------------
-
-
-@register_property("exact_count", granularity="global", requires=[needs_amount])
-def exact_count_global(subject: Subject, example: Example) -> None:
-    """The masks meet the budget across parameters: together they lose exactly what ``amount`` asks of their total."""
-    assert example.amount is not None
-    context, masks = subject.compute(example)
-    full = full_masks(context, masks)
-    size = sum(int(eligible(t).sum()) for t in context.targets)
-    per = {t.name: int((eligible(t) & ~full[t.name]).sum()) for t in context.targets}
-    pruned = sum(per.values())
-    if pruned != expected_count(example.amount, size):
-        unit = "entries still kept across all targets"
-        fail(f"pruned {pruned} ({per}), but {amount_text(example.amount, size, unit)}")
+    return subject.examples().flatmap(with_scores)
 
 
 @register_property(
-    "criterion_respected", granularity="global", requires=[needs_amount, needs_criterion]
+    requires=[needs_composition], examples=_scored_examples, max_examples=100, scope="granularity"
 )
-def criterion_global(subject: Subject, example: Example) -> None:
-    """Across all parameters, every entry pruned now scores no higher than every entry kept.
+def signed_scores_ranked(subject: Subject, drawn: ScoredExample) -> None:
+    """The granularity ranks any scores right: signed, tied, zero, ``-0.0`` and infinite ones.
 
-    With a ``min_keep`` option (a floor of entries each parameter keeps while the amount leaves room), every
-    parameter keeps at least that many, its best ones; the entries a parameter holds at its floor are left out
-    of the comparison across parameters (the floor keeps them, not their scores).
+    The kit puts its own criterion in front of the granularity, with the scores it draws, and checks exact
+    counts, whole units and the ranking in every group. A granularity that ranks ``|score|``, or that only
+    works for the non-negative scores of magnitude criteria, fails here.
     """
-    assert example.amount is not None
-    context, _, scores = criterion_scores(subject, example)
-    _, masks = subject.compute(example)
-    full = full_masks(context, masks)
-    floors = _floors(context.targets, example)
-    held: set[str] = set()
-    for target in context.targets:
-        could = eligible(target)
-        kept = full[target.name]
-        count = int(kept.sum())
-        if count < floors[target.name]:
-            fail(
-                f"{target.name!r} keeps {count} entries, below min_keep={example.options['min_keep']} "
-                f"(it had {int(could.sum())} still kept)"
-            )
-        if floors[target.name] and count <= floors[target.name]:
-            held.add(target.name)
-        check_order(repr(target.name), scores[target.name], could & ~kept, kept)
-    flat = torch.cat([scores[t.name].double().reshape(-1) for t in context.targets])
-    could = torch.cat([eligible(t).reshape(-1) for t in context.targets])
-    kept = torch.cat([full[t.name].reshape(-1) for t in context.targets])
-    free = torch.cat(
-        [torch.full_like(eligible(t).reshape(-1), t.name not in held) for t in context.targets]
+    example = drawn.example
+    scores = {p.name: s for p, s in zip(example.params, drawn.scores, strict=True)}
+    layout = _with_kit_scores(subject, example, example.all_options(), scores)
+    if example.amount is not None:
+        closest = closest_call(layout, scores, KitScores(NoOptions()).reduce)
+        probes = _probe_amounts(layout.eligible(), example.units)
+        for amount in [*probes, *([] if closest is None else [closest])]:
+            _with_kit_scores(subject, example, example.all_options(amount=amount), scores)
+
+
+def _with_kit_scores(
+    subject: Subject, example: Example, options: dict[str, Any], scores: dict[str, Tensor]
+) -> Layout:
+    """Check the masks the subject's granularity gives with the kit's scores and ``options``."""
+    note_options(options)
+    granularity = subject.granularity_of(options)
+    assert granularity is not None
+    context = example.context()
+    context.extras[KitScores.KEY] = scores
+    criterion = KitScores(NoOptions())
+    strategy = ComposedStrategy(
+        granularity.config,
+        criterion,
+        granularity,
+        lambda c, t, ctx: c.score(t, ctx),
+        f"{criterion.name}_{granularity.name}",
     )
-    check_order("across all targets", flat, could & ~kept, kept & free)
-
-
-def _floors(targets: Sequence[Target], example: Example) -> dict[str, int]:
-    """Each target's ``min_keep`` floor where the amount leaves room for all of them, else 0."""
-    assert example.amount is not None
-    floor = example.options.get("min_keep", 0)
-    sizes = {t.name: int(eligible(t).sum()) for t in targets}
-    floors = {name: min(int(floor), size) for name, size in sizes.items()}
-    total = sum(sizes.values())
-    k = expected_count(example.amount, total)
-    if not floor or k == total or k > total - sum(floors.values()):
-        return dict.fromkeys(sizes, 0)
-    return floors
+    with torch.no_grad():
+        masks = strategy.compute_masks(context)
+    full = full_masks(context, masks)
+    layout = read_layout(granularity, context.targets)
+    prefix = "with the kit's scores, "
+    check_whole_units(layout, full, prefix)
+    check_counts(layout, full, prefix)
+    check_ranking(layout, full, scores, criterion.reduce, prefix)
+    return layout
