@@ -16,12 +16,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .allocation import Allocation
 from .auto import select
+from .calibration import calibrate
 from .component import Component
 from .config import Amount, NoOptions, StrategyConfig
 from .engine import is_pruned, masks, prune, remove, restore
 from .errors import (
     AmountError,
+    CalibrationError,
     ConfigError,
     MaskError,
     MissingDependencyError,
@@ -34,6 +37,7 @@ from .errors import (
     RollbackError,
     ShrinkError,
     TargetError,
+    TargetWarning,
     UnknownCriterionError,
     UnknownScheduleError,
     UnknownStrategyError,
@@ -41,10 +45,12 @@ from .errors import (
 from .hardware_profile import CpuInfo, GpuInfo, HardwareProfile
 from .hookspecs import hookimpl, hookspec
 from .ranking import keep_mask
+from .reconstruction import Reconstruction
 from .registration import Registrar, Registry, StrategyInfo, registry
 from .report import ParameterReport, PruneReport
 from .schedules import Schedule
 from .selection import Selection
+from .statistics import InputGram, InputNorms, Statistic, Statistics
 from .strategy import ComposedStrategy, Criterion, Granularity, PruneContext, Strategy, Target
 from .targets import DEFAULT_LAYERS, select_targets
 
@@ -145,9 +151,11 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "DEFAULT_LAYERS",
+    "Allocation",
     "Amount",
     "AmountError",
     "AnalysisReport",
+    "CalibrationError",
     "ChannelGroupReport",
     "Comparison",
     "Component",
@@ -161,6 +169,8 @@ __all__ = [
     "GradualPruner",
     "Granularity",
     "HardwareProfile",
+    "InputGram",
+    "InputNorms",
     "LayerAnalysis",
     "MaskError",
     "MissingDependencyError",
@@ -177,6 +187,7 @@ __all__ = [
     "PruneReport",
     "PrunusError",
     "PrunusWarning",
+    "Reconstruction",
     "Registrar",
     "RegistrationError",
     "Registry",
@@ -190,16 +201,20 @@ __all__ = [
     "ShrinkError",
     "ShrinkReport",
     "SparseLinear",
+    "Statistic",
+    "Statistics",
     "Strategy",
     "StrategyConfig",
     "StrategyInfo",
     "Target",
     "TargetError",
+    "TargetWarning",
     "UnknownCriterionError",
     "UnknownScheduleError",
     "UnknownStrategyError",
     "accuracy",
     "analyze",
+    "calibrate",
     "compare",
     "compare_quantized",
     "count_parameters",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "AmountError",
+    "CalibrationError",
     "ConfigError",
     "MaskError",
     "MissingDependencyError",
@@ -22,6 +23,7 @@ __all__ = [
     "RollbackError",
     "ShrinkError",
     "TargetError",
+    "TargetWarning",
     "UnknownCriterionError",
     "UnknownScheduleError",
     "UnknownStrategyError",
@@ -68,6 +70,10 @@ class TargetError(PrunusError, ValueError):
     """The parameters to prune could not be chosen (no match for a pattern, nothing prunable)."""
 
 
+class CalibrationError(PrunusError, ValueError):
+    """Calibration data is missing, cannot be run through the model, or gives no statistics for a parameter."""
+
+
 class MaskError(PrunusError, ValueError):
     """A mask has the wrong shape, dtype or device for the parameter it is meant for."""
 
@@ -90,3 +96,7 @@ class PrunusWarning(UserWarning):
 
 class PluginLoadWarning(PrunusWarning):
     """An installed plugin could not be loaded; the others keep working."""
+
+
+class TargetWarning(PrunusWarning):
+    """The parameters chosen for pruning include some that are rarely meant (normalization layers)."""

@@ -81,6 +81,28 @@ def prunus_register_schedules(register: Registrar) -> None:
     """
 
 
+@hookspec
+def prunus_register_allocations(register: Registrar) -> None:
+    """Register allocations: how a pruning budget is split across the layers of a model.
+
+    Call ``register(AllocationClass)`` for each :class:`~prunus.Allocation` subclass (``uniform`` and ``owl``
+    are the built-in ones); ``prune(..., allocation="name")`` and ``prunus.registry.allocation(...)`` find them.
+
+    :param register: the registrar; records this plugin and its distribution as the provider.
+    """
+
+
+@hookspec
+def prunus_register_reconstructions(register: Registrar) -> None:
+    """Register reconstructions: how the weights a mask keeps are adjusted to the calibration data.
+
+    Call ``register(ReconstructionClass)`` for each :class:`~prunus.Reconstruction` subclass (``sparsegpt`` is
+    the built-in one); ``prune(..., reconstruct="name")`` and ``prunus.registry.reconstruction(...)`` find them.
+
+    :param register: the registrar; records this plugin and its distribution as the provider.
+    """
+
+
 # -- pruning --------------------------------------------------------------------------------------------------
 
 

@@ -9,9 +9,15 @@ built-in does is out of a third party's reach. What is here:
 
 * **hooks**: :data:`hookimpl` and the :class:`Registrar` the registration hooks receive (the hooks themselves
   are documented in :mod:`prunus.hookspecs`);
-* **contracts**: the four registrable kinds (:class:`Criterion`, :class:`Granularity`, :class:`Strategy`,
-  :class:`Schedule`, all :class:`Component`), what a strategy sees (:class:`Target`, :class:`PruneContext`), and
-  the :class:`Registry` a strategy's ``create`` may look things up in;
+* **contracts**: the registrable kinds (:class:`Criterion`, :class:`Granularity`, :class:`Strategy`,
+  :class:`Schedule`, :class:`Allocation` with its :class:`Layer`, :class:`Reconstruction`, all
+  :class:`Component`), what a strategy sees (:class:`Target`, :class:`PruneContext`), and the :class:`Registry`
+  a strategy's ``create`` may look things up in;
+* **calibration statistics** a data-aware criterion declares in its ``statistics`` and reads with
+  ``context.statistic(target, kind)``: the base class :class:`Statistic` (subclass it for a statistic of your
+  own), the built-in :class:`InputNorms` and :class:`InputGram`, and the :class:`Statistics` table;
+* **layout** of weights against their inputs: :func:`matrix_view`, :func:`from_matrix`, :func:`per_input`,
+  :func:`input_features` (a Linear, a convolution and GPT-2's transposed ``Conv1D`` alike);
 * **config building blocks**: :class:`StrategyConfig`, :class:`NoOptions`, the :data:`Amount` and
   :data:`Fraction` field types, :data:`SchedulePoint`;
 * **ranking primitives**: :func:`count_to_prune` (torch's rounding of an amount), :func:`keep_mask`,
@@ -24,29 +30,42 @@ built-in does is out of a third party's reach. What is here:
 * **hardware selection**: :class:`Selection`, :class:`HardwareProfile` (with :class:`CpuInfo`,
   :class:`GpuInfo`), what the ``prunus_select_strategy`` hook receives and returns;
 * **errors** a plugin raises: :class:`ConfigError`, :class:`AmountError`, :class:`MaskError`,
-  :class:`TargetError`, :class:`PluginError`.
+  :class:`TargetError`, :class:`PluginError`, :class:`CalibrationError`.
 """
 
 from __future__ import annotations
 
+from .allocation import Allocation, Layer
 from .component import Component, Kind
 from .config import Amount, NoOptions, StrategyConfig, count_to_prune
-from .errors import AmountError, ConfigError, MaskError, PluginError, TargetError
+from .errors import (
+    AmountError,
+    CalibrationError,
+    ConfigError,
+    MaskError,
+    PluginError,
+    TargetError,
+)
 from .global_ranking import global_keep_masks
 from .hardware_profile import CpuInfo, GpuInfo, HardwareProfile
 from .hookspecs import hookimpl
+from .layout import from_matrix, input_features, matrix_view, per_input
 from .masking import attach_mask
 from .ranking import eligible_slices, keep_mask, keep_slices, rankable
+from .reconstruction import Reconstruction
 from .registration import Registrar, Registry
 from .schedules import Fraction, Schedule, SchedulePoint
 from .selection import Selection
+from .statistics import InputGram, InputNorms, Statistic, Statistics
 from .strategy import Criterion, Granularity, PruneContext, Strategy, Target
 from .targets import DEFAULT_LAYERS, input_dim, select_targets
 
 __all__ = [
     "DEFAULT_LAYERS",
+    "Allocation",
     "Amount",
     "AmountError",
+    "CalibrationError",
     "Component",
     "ConfigError",
     "CpuInfo",
@@ -55,16 +74,22 @@ __all__ = [
     "GpuInfo",
     "Granularity",
     "HardwareProfile",
+    "InputGram",
+    "InputNorms",
     "Kind",
+    "Layer",
     "MaskError",
     "NoOptions",
     "PluginError",
     "PruneContext",
+    "Reconstruction",
     "Registrar",
     "Registry",
     "Schedule",
     "SchedulePoint",
     "Selection",
+    "Statistic",
+    "Statistics",
     "Strategy",
     "StrategyConfig",
     "Target",
@@ -72,11 +97,15 @@ __all__ = [
     "attach_mask",
     "count_to_prune",
     "eligible_slices",
+    "from_matrix",
     "global_keep_masks",
     "hookimpl",
     "input_dim",
+    "input_features",
     "keep_mask",
     "keep_slices",
+    "matrix_view",
+    "per_input",
     "rankable",
     "select_targets",
 ]

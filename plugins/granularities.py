@@ -1,8 +1,18 @@
-"""Built-in granularities: ``unstructured`` (per entry), ``structured`` (slices along ``dim``), ``aligned``
-(structured, keeping a hardware-friendly multiple of slices) and ``global`` (one ranking across parameters).
+"""Built-in granularities: ``unstructured`` (per entry), ``row`` (per entry, each output row its own group),
+``structured`` (slices along ``dim``), ``aligned`` (structured, keeping a hardware-friendly multiple of slices)
+and ``global`` (one ranking across parameters).
 
 Each prunes among the entries an earlier ``prune`` kept and counts ``amount`` against them, as
 ``torch.nn.utils.prune``'s ``PruningContainer`` does; ties are broken by position (see :mod:`prunus.ranking`).
+
+``row`` (option ``amount``)
+    Each output row of a weight (a Linear's row, a convolution's filter, a column of GPT-2's transposed
+    ``Conv1D``: the rows of :func:`~prunus.plugin_api.matrix_view`) is its own comparison group: the
+    parameter prunes exactly ``amount``'s count of its entries still kept, as ``unstructured`` does, spread over
+    the rows in proportion to what each row still keeps (the remainder of the rounding to the rows with the
+    largest shares, ties to the first), and each row prunes its own lowest-scored entries. Without an earlier
+    mask every row prunes the same number of entries (up to one). Wanda found per-output groups far better
+    than per-layer ones for language models.
 
 ``aligned`` (options ``amount``, ``dim=0``, ``round_to=8``)
     Structured pruning of whole slices along ``dim`` (``structured``'s rule) where the number of slices kept is
@@ -31,10 +41,13 @@ from prunus.plugin_api import (
     Target,
     count_to_prune,
     eligible_slices,
+    from_matrix,
     global_keep_masks,
     hookimpl,
     keep_mask,
     keep_slices,
+    matrix_view,
+    rankable,
 )
 
 
@@ -65,6 +78,7 @@ class Unstructured(Granularity):
     name = "unstructured"
     summary = "prunes the lowest-scored entries of each parameter"
     Config = AmountConfig
+    separable = True
 
     def masks(
         self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
@@ -87,6 +101,7 @@ class Structured(Granularity):
     name = "structured"
     summary = "prunes whole slices along dim (neurons, conv channels)"
     Config = StructuredConfig
+    separable = True
 
     def masks(
         self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
@@ -166,6 +181,87 @@ def _restore_bytes(targets: list[Target], amount: int | float, context: PruneCon
     return k * max((t.tensor.element_size() for t in targets), default=0)
 
 
+# -- row ----------------------------------------------------------------------------------------------------------
+
+_ROW_CHUNK = 1 << 22
+"""Entries ranked at once by ``row``: its sort holds an int64 index per entry, so big layers go in slices."""
+
+
+class Row(Granularity):
+    """Prune the lowest-scored entries of every output row, each row its own group (Wanda's comparison group)."""
+
+    name = "row"
+    summary = "prunes the lowest-scored entries of each output row (the same share of every row)"
+    Config = AmountConfig
+    separable = True
+
+    def masks(
+        self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
+    ) -> dict[str, Tensor]:
+        assert isinstance(self.config, AmountConfig)
+        out = {}
+        for target in context.targets:
+            shape = target.tensor.shape
+            scores = matrix_view(target.module, score(target))
+            eligible = None if target.prior is None else matrix_view(target.module, target.prior)
+            per_row = (
+                torch.full((scores.shape[0],), scores.shape[1], dtype=torch.int64)
+                if eligible is None
+                else eligible.sum(dim=1).cpu()
+            )
+            k = count_to_prune(
+                self.config.amount,
+                int(per_row.sum()),
+                what=f"entries of {target.name!r} still kept",
+            )
+            keep = row_keep_mask(scores, row_quotas(per_row, k).to(scores.device), eligible)
+            out[target.name] = from_matrix(target.module, keep, shape).contiguous()
+        return out
+
+
+def row_quotas(eligible: Tensor, k: int) -> Tensor:
+    """How many of ``k`` pruned entries each row takes: in proportion to its ``eligible`` count, exactly ``k``.
+
+    The shares are rounded down and the entries left go to the rows with the largest remainders (ties to the
+    first row), never past what a row still keeps.
+    """
+    total = int(eligible.sum())
+    if total == 0:
+        return torch.zeros_like(eligible)
+    quotas = eligible * k // total
+    remainders = eligible * k - quotas * total
+    left = k - int(quotas.sum())
+    if left:
+        # Largest remainder first, lower row first among equals (a stable sort of the negated remainders).
+        order = torch.argsort(-remainders, stable=True)
+        room = order[(eligible - quotas)[order] > 0]
+        quotas[room[:left]] += 1
+    return quotas
+
+
+def row_keep_mask(scores: Tensor, quotas: Tensor, eligible: Tensor | None) -> Tensor:
+    """Keep-mask of a ``(rows, cols)`` score matrix that prunes ``quotas[r]`` lowest-scored eligible entries of
+    row ``r`` (ties: the lower column first; entries not ``eligible`` stay pruned and count for nothing)."""
+    rows, cols = scores.shape
+    keep = torch.empty(rows, cols, dtype=torch.bool, device=scores.device)
+    step = max(1, _ROW_CHUNK // max(cols, 1))
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        part = rankable(scores[start:stop])
+        order = part.argsort(dim=1, stable=True)
+        skip = torch.zeros(stop - start, dtype=torch.int64, device=scores.device)
+        if eligible is not None:
+            ok = eligible[start:stop]
+            # Entries pruned earlier first (stable: the score order among the others stays).
+            order = order.gather(1, ok.gather(1, order).to(torch.int8).argsort(dim=1, stable=True))
+            skip = (~ok).sum(dim=1)
+        ranks = torch.empty_like(order).scatter_(
+            1, order, torch.arange(cols, device=scores.device).expand(stop - start, cols)
+        )
+        keep[start:stop] = ranks >= (skip + quotas[start:stop]).unsqueeze(1)
+    return keep
+
+
 # -- aligned ----------------------------------------------------------------------------------------------------
 
 
@@ -204,6 +300,6 @@ class Aligned(Structured):
 
 @hookimpl
 def prunus_register_granularities(register: Registrar) -> None:
-    """Register ``unstructured``, ``structured``, ``aligned`` and ``global``."""
-    for granularity in (Unstructured, Structured, Aligned, Global):
+    """Register ``unstructured``, ``row``, ``structured``, ``aligned`` and ``global``."""
+    for granularity in (Unstructured, Row, Structured, Aligned, Global):
         register(granularity)

@@ -161,7 +161,7 @@ def property_names() -> list[str]:
     return list(dict.fromkeys(name for name, _ in _REGISTRY))
 
 
-_BUILTIN_EXTENSIONS = ("semistructured",)
+_BUILTIN_EXTENSIONS = ("semistructured", "rows")
 """Modules of this package that register the group properties of prunus's other built-in granularities."""
 
 
