@@ -15,8 +15,9 @@ TAYLOR_DIR := examples/prunus-taylor
 TAYLOR := $(wildcard $(TAYLOR_DIR)/pyproject.toml)
 TAYLOR_INSTALLED := $(if $(TAYLOR),$(VENV)/.prunus-taylor-installed)
 
-# mypy and import-linter read the installed layout (`prunus` is core/, `prunus.plugins` is plugins/) from a tree
-# of links rebuilt on every run; the editable install's import hook is invisible to them (tools/layout_tree.py).
+# mypy, import-linter and mkdocstrings read the installed layout (`prunus` is core/, `prunus.plugins` is plugins/)
+# from a tree of links rebuilt on every run; the editable install's import hook is invisible to them
+# (tools/layout_tree.py).
 LAYOUT := build/layout
 
 .PHONY: demo test lint typecheck imports docs bench bench-quick clean
@@ -42,8 +43,10 @@ imports: $(DEV_INSTALLED)
 	$(BIN)/python tools/layout_tree.py $(LAYOUT)
 	PYTHONPATH=$(LAYOUT) $(BIN)/lint-imports
 
+# mkdocstrings reads the package from the same tree of links (mkdocs.yml: `paths: [build/layout]`).
 docs: $(DEV_INSTALLED)
-	$(BIN)/mkdocs build --strict --site-dir build/site
+	$(BIN)/python tools/layout_tree.py $(LAYOUT)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 bench: $(DEV_INSTALLED)
 	$(BIN)/python benchmarks/run.py

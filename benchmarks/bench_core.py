@@ -451,7 +451,7 @@ def run(quick: bool) -> tuple[str, dict[str, Any]]:
         "# Benchmarks: prunus and `torch.nn.utils.prune`\n\n"
         f"Regenerate this page with `{REGENERATE}` (this run took {minutes:.0f} min; "
         "`python benchmarks/bench_core.py --quick` for a smoke run). "
-        "Source: [`benchmarks/bench_core.py`](../benchmarks/bench_core.py).\n\n"
+        "Source: `benchmarks/bench_core.py`.\n\n"
         f"Measured {date}{mode}, {revision()}, on: {machine()}; load average "
         f"{os.getloadavg()[0]:.1f} at the end.\n\n"
         "Every figure comes from child processes of the script: one fresh process per pruning run (so peak RSS "

@@ -6,7 +6,7 @@
 
 The root of the package holds the contracts (strategies, configs, hooks, the registry) and the engine
 (``prune``, ``remove``, ``restore``); the tools live in subpackages (:mod:`prunus.hardware`,
-:mod:`prunus.workflow`, :mod:`prunus.shrinking`, :mod:`prunus.cli`, :mod:`prunus.testing`) and load on first use
+:mod:`prunus.workflow`, :mod:`prunus.shrinking`, :mod:`prunus.persistence`, :mod:`prunus.cli`, :mod:`prunus.testing`) and load on first use
 of one of their names here (PEP 562), so ``import prunus`` stays light. Plugins load on the first use of
 :data:`registry`. A plugin imports from :mod:`prunus.plugin_api` only.
 """
@@ -26,6 +26,7 @@ from .errors import (
     AmountError,
     CalibrationError,
     ConfigError,
+    ExportError,
     MaskError,
     MissingDependencyError,
     NotPrunedError,
@@ -36,6 +37,7 @@ from .errors import (
     RegistrationError,
     RollbackError,
     ShrinkError,
+    StateError,
     TargetError,
     TargetWarning,
     UnknownCriterionError,
@@ -59,6 +61,17 @@ if TYPE_CHECKING:
     from .hardware.detection import detect_hardware
     from .hardware.probing import ProbePoint, ProbeResult, load_probe, probe
     from .hardware.sparse import SparseLinear, to_dense, to_sparse
+    from .persistence.compressed import load_compressed, save_compressed
+    from .persistence.export import export_onnx, export_program
+    from .persistence.huggingface import load_pretrained, save_pretrained
+    from .persistence.state import (
+        Manifest,
+        load_pruned,
+        load_pruning_state,
+        pruning_state,
+        read_manifest,
+        save_pruned,
+    )
     from .shrinking.channels import ChannelGroupReport, ShrinkReport, prune_channels, shrink
     from .shrinking.record import load_shrunk, shrink_state
     from .workflow import plots
@@ -72,9 +85,7 @@ if TYPE_CHECKING:
         count_parameters,
         evaluate,
         latency_ms,
-        load_compressed,
         model_size,
-        save_compressed,
         summary,
     )
     from .workflow.gradual import FineTuneResult, GradualPruner, ScheduleStep, fine_tune
@@ -96,6 +107,18 @@ _TOOLS: dict[str, str] = {
     "SparseLinear": "hardware.sparse",
     "to_dense": "hardware.sparse",
     "to_sparse": "hardware.sparse",
+    "load_compressed": "persistence.compressed",
+    "save_compressed": "persistence.compressed",
+    "export_onnx": "persistence.export",
+    "export_program": "persistence.export",
+    "load_pretrained": "persistence.huggingface",
+    "save_pretrained": "persistence.huggingface",
+    "Manifest": "persistence.state",
+    "load_pruned": "persistence.state",
+    "load_pruning_state": "persistence.state",
+    "pruning_state": "persistence.state",
+    "read_manifest": "persistence.state",
+    "save_pruned": "persistence.state",
     "ChannelGroupReport": "shrinking.channels",
     "ShrinkReport": "shrinking.channels",
     "prune_channels": "shrinking.channels",
@@ -113,9 +136,7 @@ _TOOLS: dict[str, str] = {
     "count_parameters": "workflow.evaluation",
     "evaluate": "workflow.evaluation",
     "latency_ms": "workflow.evaluation",
-    "load_compressed": "workflow.evaluation",
     "model_size": "workflow.evaluation",
-    "save_compressed": "workflow.evaluation",
     "summary": "workflow.evaluation",
     "FineTuneResult": "workflow.gradual",
     "GradualPruner": "workflow.gradual",
@@ -164,6 +185,7 @@ __all__ = [
     "CpuInfo",
     "Criterion",
     "Evaluation",
+    "ExportError",
     "FineTuneResult",
     "GpuInfo",
     "GradualPruner",
@@ -172,6 +194,7 @@ __all__ = [
     "InputGram",
     "InputNorms",
     "LayerAnalysis",
+    "Manifest",
     "MaskError",
     "MissingDependencyError",
     "ModelSize",
@@ -201,6 +224,7 @@ __all__ = [
     "ShrinkError",
     "ShrinkReport",
     "SparseLinear",
+    "StateError",
     "Statistic",
     "Statistics",
     "Strategy",
@@ -220,6 +244,8 @@ __all__ = [
     "count_parameters",
     "detect_hardware",
     "evaluate",
+    "export_onnx",
+    "export_program",
     "fine_tune",
     "hookimpl",
     "hookspec",
@@ -228,7 +254,10 @@ __all__ = [
     "latency_ms",
     "load_compressed",
     "load_config",
+    "load_pretrained",
     "load_probe",
+    "load_pruned",
+    "load_pruning_state",
     "load_shrunk",
     "masks",
     "model_size",
@@ -236,12 +265,16 @@ __all__ = [
     "probe",
     "prune",
     "prune_channels",
+    "pruning_state",
     "quantize",
     "quantized_weights",
+    "read_manifest",
     "registry",
     "remove",
     "restore",
     "save_compressed",
+    "save_pretrained",
+    "save_pruned",
     "select",
     "select_targets",
     "sensitivity",

@@ -12,6 +12,7 @@ __all__ = [
     "AmountError",
     "CalibrationError",
     "ConfigError",
+    "ExportError",
     "MaskError",
     "MissingDependencyError",
     "NotPrunedError",
@@ -22,6 +23,7 @@ __all__ = [
     "RegistrationError",
     "RollbackError",
     "ShrinkError",
+    "StateError",
     "TargetError",
     "TargetWarning",
     "UnknownCriterionError",
@@ -84,6 +86,15 @@ class NotPrunedError(PrunusError, ValueError):
 
 class ShrinkError(PrunusError, RuntimeError):
     """Channels could not be removed (or the result would not compute what the masked model computed)."""
+
+
+class StateError(PrunusError, ValueError):
+    """A saved pruning state or compressed file does not fit: not a prunus file, an unknown format version, or
+    names, shapes or dtypes that differ from the model it is loaded into."""
+
+
+class ExportError(PrunusError, RuntimeError):
+    """A model cannot be exported (ONNX, ``torch.export``) as it is; the message says what to do instead."""
 
 
 class MissingDependencyError(PrunusError, ImportError):

@@ -220,8 +220,24 @@ def global_keep_masks(
 ) -> dict[str, Tensor]:
     """Keep-masks of one ranking across ``targets``, equal to ``keep_mask`` on their concatenated scores.
 
-    ``keep_bytes``: how much memory of scores the ranking may hold between its passes to avoid scoring those
-    targets again (0: score every target twice and hold one at a time).
+    Exact count, ties pruned first by position in concatenation order, entries an earlier prune removed
+    (``target.prior``) kept pruned and not counted, in a few percent of the memory of concatenating the scores
+    (see the module's documentation). ``score`` is called two or three times per target, which is exact for
+    deterministic and seeded criteria; if the scores change between calls so that the counts stop adding up,
+    the ranking falls back to concatenating them.
+
+    Args:
+        targets: the parameters ranked together.
+        score: a target's scores (a granularity passes on the ``score`` function it was given).
+        amount: a fraction of the entries still kept across all targets, or an int count of them.
+        keep_bytes: how much memory of scores the ranking may hold between its passes to avoid scoring those
+            targets again (0: score every target twice and hold one at a time).
+
+    Returns:
+        The bool keep-mask of each target, by target name.
+
+    Raises:
+        AmountError: an int ``amount`` larger than the entries still kept.
     """
     try:
         return _lean(targets, score, amount, keep_bytes)

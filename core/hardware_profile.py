@@ -209,8 +209,8 @@ def crossover_for(
 ) -> float | None:
     """The crossover measured for the shape closest to ``out_features x in_features`` (by entry count).
 
-    ``crossovers`` maps ``"<out>x<in>@<batch>"`` to a crossover (``None``: never faster), as
-    :attr:`ProbeResult.crossovers`. Over the batches measured for that shape it takes the highest (the sparsity
+    ``crossovers`` maps ``"<out>x<in>@<batch>"`` to a crossover (``None``: never faster), as the
+    ``crossovers`` of a :class:`~prunus.hardware.probing.ProbeResult`. Over the batches measured for that shape it takes the highest (the sparsity
     above which sparse was faster at every batch); ``1.0`` when some batch was never faster; ``None`` when
     nothing was measured.
     """

@@ -29,7 +29,10 @@ __all__ = ["hookimpl", "hookspec"]
 
 PROJECT = "prunus"
 hookspec = pluggy.HookspecMarker(PROJECT)
+"""Marks the hook specifications below (pluggy's ``HookspecMarker`` for the project ``prunus``)."""
 hookimpl = pluggy.HookimplMarker(PROJECT)
+"""Marks a plugin's hook implementations: ``@hookimpl`` or ``@hookimpl(trylast=True)`` (pluggy's
+``HookimplMarker`` for the project ``prunus``; a plugin imports it from :mod:`prunus.plugin_api`)."""
 
 
 # -- registration ---------------------------------------------------------------------------------------------
@@ -44,7 +47,8 @@ def prunus_register_criteria(register: Registrar) -> None:
     plugin registered. Every criterion is composed with every granularity into strategies named
     ``<criterion>_<granularity>`` (``taylor_unstructured``, ``taylor_structured``, ``taylor_global``, ...).
 
-    :param register: the registrar; records this plugin and its distribution as the provider.
+    Args:
+        register: the registrar; records this plugin and its distribution as the provider.
     """
 
 
@@ -55,7 +59,8 @@ def prunus_register_granularities(register: Registrar) -> None:
     Call ``register(GranularityClass)`` for each :class:`~prunus.Granularity` subclass. Each is composed with
     every criterion, built-in and third-party.
 
-    :param register: the registrar; records this plugin and its distribution as the provider.
+    Args:
+        register: the registrar; records this plugin and its distribution as the provider.
     """
 
 
@@ -66,7 +71,8 @@ def prunus_register_strategies(register: Registrar) -> None:
     Call ``register(StrategyClass)`` for each :class:`~prunus.Strategy` subclass (e.g. a user-given mask).
     Called after every plugin has registered its criteria and granularities.
 
-    :param register: the registrar; records this plugin and its distribution as the provider.
+    Args:
+        register: the registrar; records this plugin and its distribution as the provider.
     """
 
 
@@ -77,7 +83,8 @@ def prunus_register_schedules(register: Registrar) -> None:
     Call ``register(ScheduleClass)`` for each :class:`~prunus.Schedule` subclass (``cubic``, ``linear``,
     ``iterative`` are the built-in ones). :class:`prunus.GradualPruner` and the command line find them by name.
 
-    :param register: the registrar; records this plugin and its distribution as the provider.
+    Args:
+        register: the registrar; records this plugin and its distribution as the provider.
     """
 
 
@@ -114,10 +121,13 @@ def prunus_score(criterion: Criterion, target: Target, context: PruneContext) ->
     to score differently for some criteria or module types (e.g. cache scores, or score attention heads as
     wholes) and return ``None`` to leave the rest to others.
 
-    :param criterion: the configured criterion being ranked.
-    :param target: the parameter being scored.
-    :param context: the ``prune`` call being served.
-    :return: a floating tensor of the target's shape (higher: keep), or ``None``. Scores are checked: a wrong
+    Args:
+        criterion: the configured criterion being ranked.
+        target: the parameter being scored.
+        context: the ``prune`` call being served.
+
+    Returns:
+        A floating tensor of the target's shape (higher: keep), or ``None``. Scores are checked: a wrong
         shape or a NaN is reported as a :class:`~prunus.errors.PluginError` and the model is not changed.
     """
 
@@ -132,11 +142,14 @@ def prunus_apply_mask(
     pruned values beside the parameter (see :mod:`prunus.masking`). Implement this hook to apply masks another
     way (a sparse format, a physical removal) for the targets you handle, and return ``None`` for the others.
 
-    :param target: the parameter to mask.
-    :param mask: the full bool keep-mask, already combined with any earlier mask.
-    :param restorable: whether the caller wants ``prunus.restore`` to be possible.
-    :param context: the ``prune`` call being served.
-    :return: a function that undoes the application exactly (called if a later target fails, so the model is
+    Args:
+        target: the parameter to mask.
+        mask: the full bool keep-mask, already combined with any earlier mask.
+        restorable: whether the caller wants ``prunus.restore`` to be possible.
+        context: the ``prune`` call being served.
+
+    Returns:
+        A function that undoes the application exactly (called if a later target fails, so the model is
         left as it was), or ``None`` if this implementation does not handle the target.
     """
 
@@ -153,8 +166,11 @@ def prunus_resolve_hardware(hardware: object) -> HardwareProfile | None:
     ``"sparse_accelerator"``, validates a dict and passes a profile through. Implement this hook to name targets
     of your own (``"jetson-orin"`` with its measured figures, say) and return ``None`` for the others.
 
-    :param hardware: the ``hardware=`` argument of :func:`prunus.select` or ``prune(model, "auto", ...)``.
-    :return: the profile, or ``None`` to leave the argument to other plugins.
+    Args:
+        hardware: the ``hardware=`` argument of :func:`prunus.select` or ``prune(model, "auto", ...)``.
+
+    Returns:
+        The profile, or ``None`` to leave the argument to other plugins.
     """
 
 
@@ -164,12 +180,15 @@ def prunus_select_strategy(
 ) -> Selection | None:
     """Choose a strategy for ``model`` on a hardware target.
 
-    :param model: the model to prune.
-    :param hardware: the hardware target, a :class:`~prunus.HardwareProfile` (``prunus.select`` resolves the
-        names ``"auto"``, ``"gpu"``, ``"cpu"``, ``"sparse_accelerator"`` and dicts to one before calling): its
-        ``kind``, GPU compute capability, CPU vector width and, when measured, ``sparse_crossover``.
-    :param objective: what to optimise: ``"latency"``, ``"memory"`` or ``"accuracy"``.
-    :param sparsity: the fraction of weights the user wants removed.
-    :return: a :class:`~prunus.selection.Selection` naming a registered strategy, its options and the reason,
+    Args:
+        model: the model to prune.
+        hardware: the hardware target, a :class:`~prunus.HardwareProfile` (``prunus.select`` resolves the
+            names ``"auto"``, ``"gpu"``, ``"cpu"``, ``"sparse_accelerator"`` and dicts to one before calling): its
+            ``kind``, GPU compute capability, CPU vector width and, when measured, ``sparse_crossover``.
+        objective: what to optimise: ``"latency"``, ``"memory"`` or ``"accuracy"``.
+        sparsity: the fraction of weights the user wants removed.
+
+    Returns:
+        A :class:`~prunus.selection.Selection` naming a registered strategy, its options and the reason,
         or ``None`` to let another plugin decide.
     """

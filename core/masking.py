@@ -34,7 +34,7 @@ import functools
 import math
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
@@ -57,11 +57,14 @@ __all__ = [
     "is_restorable",
     "masked_parameters",
     "pack",
+    "pack_bits",
     "pruned_values",
     "remove_parameter",
     "replace_values",
     "restore_parameter",
+    "saved_values",
     "unpack",
+    "unpack_bits",
     "zero_pruned",
 ]
 
@@ -247,36 +250,43 @@ _PACK_FROM = 8
 
 
 def pack(mask: Tensor) -> Tensor:
-    """``mask`` stored as it is kept on a module: 1 bit per entry (``uint8``, flat, little-endian bit order), or
-    the bool mask itself below :data:`_PACK_FROM` entries."""
-    if mask.numel() < _PACK_FROM:
-        return mask
+    """``mask`` as it is kept on a module: :func:`pack_bits` of it, or the bool mask itself below
+    :data:`_PACK_FROM` entries."""
+    return mask if mask.numel() < _PACK_FROM else pack_bits(mask)
+
+
+def unpack(stored: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """The bool mask of ``shape`` that :func:`pack` stored as ``stored`` (a bool mask is returned as it is)."""
+    return stored if stored.dtype == torch.bool else unpack_bits(stored, shape)
+
+
+def pack_bits(mask: Tensor) -> Tensor:
+    """A bool tensor as ``ceil(numel / 8)`` bytes: uint8, one bit per entry, flat row-major order, little bit
+    order (entry ``i`` of a byte is bit ``i``), the order of numpy's ``packbits(..., bitorder="little")``."""
     flat = mask.reshape(-1)
     if flat.device.type == "cpu":
         return torch.from_numpy(np.packbits(flat.numpy(), bitorder="little"))
     return _pack_torch(flat)
 
 
+def unpack_bits(packed: Tensor, shape: Sequence[int]) -> Tensor:
+    """The bool tensor of ``shape`` that :func:`pack_bits` packed into ``packed``."""
+    count = math.prod(shape)
+    if packed.device.type == "cpu":
+        bits = np.unpackbits(packed.reshape(-1).numpy(), count=count, bitorder="little")
+        return torch.from_numpy(bits.view(np.bool_)).reshape(tuple(shape))
+    return _unpack_torch(packed.reshape(-1), count).reshape(tuple(shape))
+
+
 def _pack_torch(flat: Tensor) -> Tensor:
-    """:func:`pack` in torch operations, for masks on other devices than the CPU."""
+    """:func:`pack_bits` in torch operations, for masks on other devices than the CPU."""
     padded = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8)).reshape(-1, 8)
     weights = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8, device=flat.device)
     return (padded.to(torch.uint8) * weights).sum(dim=1, dtype=torch.uint8)
 
 
-def unpack(stored: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
-    """The bool mask of ``shape`` that :func:`pack` stored as ``stored`` (a bool mask is returned as it is)."""
-    if stored.dtype == torch.bool:
-        return stored
-    count = math.prod(shape)
-    if stored.device.type == "cpu":
-        bits = np.unpackbits(stored.numpy(), count=count, bitorder="little")
-        return torch.from_numpy(bits.view(np.bool_)).reshape(shape)
-    return _unpack_torch(stored, count).reshape(shape)
-
-
 def _unpack_torch(stored: Tensor, count: int) -> Tensor:
-    """:func:`unpack` in torch operations (flat), for masks on other devices than the CPU."""
+    """:func:`unpack_bits` in torch operations (flat), for masks on other devices than the CPU."""
     shifts = torch.arange(8, dtype=torch.uint8, device=stored.device)
     return ((stored.unsqueeze(1) >> shifts) & 1).reshape(-1)[:count].bool()
 
@@ -287,6 +297,20 @@ def is_restorable(module: nn.Module, name: str) -> bool:
         module._buffers.get(VALUES_PREFIX + name) is not None
         or module._buffers.get(ORIGINAL_PREFIX + name) is not None
     )
+
+
+def saved_values(module: nn.Module, name: str) -> Tensor | None:
+    """The original values of ``module.<name>``'s pruned entries, kept for ``restore`` (flat row-major order of
+    the pruned entries), or ``None`` when it is not pruned or was pruned with ``restorable=False``.
+
+    The tensor itself: do not modify it. A saved pruning state holds it; :func:`attach_mask` takes it back.
+    After a reconstruction (:func:`replace_values`) they are read from the kept original, as a new tensor.
+    """
+    original = module._buffers.get(ORIGINAL_PREFIX + name)
+    mask = get_mask(module, name)
+    if original is not None and mask is not None:
+        return pruned_values(original, mask)
+    return module._buffers.get(VALUES_PREFIX + name)
 
 
 def masked_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
@@ -409,7 +433,12 @@ def immediate_zeroing() -> Iterator[None]:
 
 @_locked
 def attach_mask(
-    module: nn.Module, name: str, mask: Tensor, *, restorable: bool = True
+    module: nn.Module,
+    name: str,
+    mask: Tensor,
+    *,
+    restorable: bool = True,
+    values: Tensor | None = None,
 ) -> Callable[[], None]:
     """Put ``mask`` on ``module.<name>``: zero the pruned entries and remember what ``restore`` needs.
 
@@ -417,8 +446,13 @@ def attach_mask(
     call exactly, used to leave the model as it was when a later step of the same ``prune`` fails. Inside
     :func:`deferred_zeroing` the zeroing waits for the commit.
 
+    ``values``: the original values of the pruned entries when they are known from elsewhere (a saved pruning
+    state being loaded, see :func:`saved_values`): kept for ``restore`` as they are instead of being gathered
+    from the parameter, whose pruned entries may already be zero. Only for a parameter without a mask yet.
+
     Memory: the mask itself (packed, 1 bit per entry), the pruned values when ``restorable`` (one entry per
-    pruned entry), and one transient inverted mask. Outside :func:`deferred_zeroing` the undo also keeps the values this call zeroes
+    pruned entry), and one transient inverted mask. Outside :func:`deferred_zeroing` the undo also keeps the
+    values this call zeroes
     when they are not already kept for ``restore``.
     """
     param = module._parameters[name]
@@ -430,9 +464,17 @@ def attach_mask(
     had_tracker = _TRACKER in module.__dict__
     data = param.detach()
 
-    values: Tensor | None = None
+    supplied = values is not None
+    if values is not None:
+        if prior is not None:
+            raise ValueError(f"values= is for a parameter without a mask; {name!r} already has one")
+        pruned_count = mask.numel() - int(torch.count_nonzero(mask))
+        if values.numel() != pruned_count:
+            raise ValueError(
+                f"values= holds {values.numel()} entries but the mask of {name!r} prunes {pruned_count}"
+            )
     # A parameter whose whole original is kept (it was reconstructed) keeps that: it holds the pruned values too.
-    if restorable and prior_original is None and (prior is None or prior_values is not None):
+    elif restorable and prior_original is None and (prior is None or prior_values is not None):
         if prior is None:
             values = pruned_values(data, mask)
         else:
@@ -448,7 +490,7 @@ def attach_mask(
     # What undo() writes back if the zeroing happened and `values` is not it.
     newly: Tensor | None = None
     if pending is None:
-        if values is None or prior is not None:
+        if values is None or prior is not None or supplied:
             newly = pruned_values(data, mask) if prior is None else data[prior & ~mask]
         zero_pruned(data, mask)
     else:
@@ -470,7 +512,9 @@ def attach_mask(
         if job is not None and not job.done:
             job.cancelled = True  # the weights were never touched
         else:
-            back = newly if newly is not None else values if prior is None else None
+            back = (
+                newly if newly is not None else values if prior is None and not supplied else None
+            )
             if back is None:
                 raise RuntimeError(
                     "cannot undo a deferred mask attachment after its commit: its values were not kept"

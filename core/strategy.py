@@ -208,7 +208,7 @@ class Granularity(Component):
 class Strategy(Component):
     """A configured pruning method: given a :class:`PruneContext`, the keep-mask of each target.
 
-    Strategies are made by :meth:`prunus.registry.get`; a plugin subclasses this class directly only for a
+    Strategies are made by :meth:`prunus.registry.get <prunus.Registry.get>`; a plugin subclasses this class directly only for a
     method that is not "a criterion at a granularity" (a user-given mask, a threshold, ...).
     """
 

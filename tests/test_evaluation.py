@@ -77,7 +77,7 @@ def test_compressed_checkpoint_round_trips_exactly(tmp_path: Path) -> None:
 
 def test_load_compressed_refuses_other_files(tmp_path: Path) -> None:
     torch.save({"a": torch.zeros(2)}, tmp_path / "plain.pt")
-    with pytest.raises(ConfigError, match="not a prunus compressed checkpoint"):
+    with pytest.raises(prunus.StateError, match="not a prunus compressed checkpoint"):
         prunus.load_compressed(tmp_path / "plain.pt")
 
 
@@ -85,7 +85,7 @@ def test_model_size_measures_real_files(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 128))
     dense = prunus.model_size(model, tmp_path / "dense")
     assert dense.dense_bytes == (tmp_path / "dense" / "dense.pt").stat().st_size
-    assert dense.compressed_bytes == (tmp_path / "dense" / "compressed.pt").stat().st_size
+    assert dense.compressed_bytes == (tmp_path / "dense" / "compressed.safetensors").stat().st_size
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     assert dense.dense_bytes == pytest.approx(len(buffer.getvalue()), rel=0.05)

@@ -641,7 +641,7 @@ def test_max_examples_from_the_environment(
 TUTORIAL = ROOT / "docs" / "tutorial-plugin.md"
 PACKAGE = ROOT / "examples" / "prunus-taylor"
 FENCE = re.compile(
-    r"^(?P<fence>`{3,})[a-z]* file=(?P<path>\S+)\n(?P<body>.*?)^(?P=fence)$",
+    r'^(?P<fence>`{3,})[a-z]* title="(?P<path>[^"]+)"\n(?P<body>.*?)^(?P=fence)$',
     re.MULTILINE | re.DOTALL,
 )
 LISTING = re.compile(

@@ -1,10 +1,10 @@
-"""Mirror the installed layout of ``prunus`` as a tree of links, for mypy and import-linter.
+"""Mirror the installed layout of ``prunus`` as a tree of links, for mypy, import-linter and mkdocstrings.
 
 The import package ``prunus`` is ``core/``, and ``prunus.plugins`` is ``plugins/`` (``package-dir`` in
-pyproject.toml). The editable install maps them with an import hook that mypy cannot follow, so ``make test``
-type-checks this tree of links instead: one link per source file, rebuilt on every run so it is never stale,
-and mypy's messages name the link, whose path mirrors the real one (``prunus/plugins/x.py`` is ``plugins/x.py``,
-``prunus/x.py`` is ``core/x.py``).
+pyproject.toml). The editable install maps them with an import hook that mypy (and griffe, which reads the
+docstrings for the docs site) cannot follow, so ``make test`` type-checks and documents this tree of links
+instead: one link per source file, rebuilt on every run so it is never stale, and mypy's messages name the link,
+whose path mirrors the real one (``prunus/plugins/x.py`` is ``plugins/x.py``, ``prunus/x.py`` is ``core/x.py``).
 """
 
 from __future__ import annotations

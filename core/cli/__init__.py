@@ -6,6 +6,6 @@
 
 from __future__ import annotations
 
-from .main import entry_point, main, run
+from .commands import entry_point, main, run
 
 __all__ = ["entry_point", "main", "run"]

@@ -27,13 +27,16 @@ import torch
 from torch import Tensor, nn
 
 from ..engine import is_pruned, masks, prune, remove
+from ..errors import StateError
+from ..persistence.compressed import LEGACY_FORMAT, load_compressed
+from ..persistence.files import read_safetensors_metadata
 from ..workflow.config import (
     PruneConfig,
     SensitivityConfig,
     parse_config,
     read_mapping,
 )
-from ..workflow.evaluation import FORMAT, Comparison, Data, compare, load_compressed, summary
+from ..workflow.evaluation import Comparison, Data, compare, summary
 from ..workflow.gradual import GradualPruner, fine_tune
 from ..workflow.quantization import quantize as quantize_model
 from ..workflow.sensitivity_analysis import sensitivity
@@ -90,6 +93,12 @@ def _call_user(function: Any, spec: str, what: str) -> Any:
 
 def load_model(checkpoint: Path, factory: str | None, *, trust: bool = False) -> nn.Module:
     """Build the model from ``factory`` and load ``checkpoint`` into it (or unpickle a whole model)."""
+    if checkpoint.is_file() and read_safetensors_metadata(checkpoint) is not None:
+        try:
+            loaded: Any = load_compressed(checkpoint)
+        except StateError as error:
+            raise UserError(f"cannot load {checkpoint}: {one_line(error)}") from None
+        return _into_factory(checkpoint, loaded, factory)
     try:
         loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -113,7 +122,7 @@ def load_model(checkpoint: Path, factory: str | None, *, trust: bool = False) ->
         ) from None
     if isinstance(loaded, nn.Module):
         return loaded
-    if isinstance(loaded, dict) and loaded.get("format") == FORMAT:
+    if isinstance(loaded, dict) and loaded.get("format") == LEGACY_FORMAT:
         loaded = load_compressed(checkpoint)
     elif isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
@@ -121,6 +130,11 @@ def load_model(checkpoint: Path, factory: str | None, *, trust: bool = False) ->
         raise UserError(
             f"{checkpoint} holds a {type(loaded).__name__}, not a state dict or a model"
         )
+    return _into_factory(checkpoint, loaded, factory)
+
+
+def _into_factory(checkpoint: Path, loaded: dict[str, Any], factory: str | None) -> nn.Module:
+    """The model ``factory`` builds, with the state dict ``loaded`` (read from ``checkpoint``) in it."""
     if factory is None:
         raise UserError(
             f"{checkpoint} is a state dict: give --factory module:function that builds the model"
@@ -531,7 +545,7 @@ def prune_command(
 
     _save(model.state_dict(), output)
     if compressed_path is not None:
-        from ..workflow.evaluation import save_compressed
+        from ..persistence.compressed import save_compressed
 
         try:
             save_compressed(model, compressed_path)

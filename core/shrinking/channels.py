@@ -109,12 +109,15 @@ class ShrinkReport(BaseModel):
     """What :func:`shrink` or :func:`prune_channels` did.
 
     Attributes:
-        strategy, options: the ranking used (``None`` when :func:`shrink` removed what masks had pruned).
+        strategy: the strategy that ranked the channels (``None`` when :func:`shrink` removed what masks had
+            pruned).
+        options: that strategy's options (``None`` likewise).
         shrunk: whether channels were physically removed (``False`` for :func:`prune_channels`).
         groups: every group of coupled channels, pruned or left alone, and why.
-        params_before, params_after: parameter counts of the whole model (``after`` equals ``before`` when
-            nothing was removed physically).
-        macs_before, macs_after: multiply-accumulates of the Linear and Conv layers on ``example_inputs``.
+        params_before: parameter count of the whole model before.
+        params_after: parameter count after (equal to ``params_before`` when nothing was removed physically).
+        macs_before: multiply-accumulates of the Linear and Conv layers on ``example_inputs``, before.
+        macs_after: the same, after.
         max_abs_diff: largest output difference on ``example_inputs`` between the model before and after
             (for :func:`shrink` from masks: the masked model against the shrunken one).
     """

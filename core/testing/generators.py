@@ -1,7 +1,7 @@
 """Hypothesis generators for pruning: tensors, keep-masks, amounts, real modules and strategy configs.
 
 (Hypothesis calls these *strategies*; prunus names the module ``generators`` because a strategy is a pruning
-method here. :mod:`prunus.testing.strategies` is kept as an alias of this module.)
+method here. ``prunus.testing.strategies`` is kept as an alias of this module.)
 
 They follow Hypothesis's house style: plural nouns, keyword-only options, and
 :class:`hypothesis.errors.InvalidArgument` for an option that makes no sense. Use them in your own
@@ -227,8 +227,11 @@ def tensors(
 
     Args:
         dtypes: the dtypes to draw from (float32, float64, float16, bfloat16), simplest first.
-        shape: a fixed shape; otherwise one is drawn from :func:`shapes` with the next three options.
-        min_dims, max_dims, max_side, max_numel: bounds of the drawn shape.
+        shape: a fixed shape; otherwise one is drawn from :func:`shapes` within the four bounds below.
+        min_dims: the fewest dims of a drawn shape.
+        max_dims: the most dims of a drawn shape.
+        max_side: the largest size of a drawn shape's dims.
+        max_numel: the most entries of a drawn shape.
         device: where the tensors live.
     """
     return _tensors(

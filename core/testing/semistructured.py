@@ -77,7 +77,9 @@ def block_scores(criterion: Criterion, scores: Tensor, rows: int, cols: int) -> 
         for j in range(grid.shape[1]):
             block = scores[i * rows : (i + 1) * rows, j * cols : (j + 1) * cols].double()
             grid[i, j] = criterion.reduce(block, (0, 1))
-    return grid
+    # The granularity ranks in the scores' ranking dtype (float32 below float64): a sum past its largest
+    # finite value is inf there, and infs tie. Compared in that dtype, so an overflow is not taken for a bug.
+    return grid if scores.dtype == torch.float64 else grid.float()
 
 
 def _fail(message: str) -> None:

@@ -1,8 +1,9 @@
 """Measuring a pruned model: accuracy, parameters and nonzeros, size on disk, latency, and a summary.
 
 Sizes are measured, not estimated: :func:`model_size` writes two real files and reads their byte counts, the
-dense ``torch.save(model.state_dict())`` and the compressed form of :func:`save_compressed` (each mostly-zero
-tensor as its nonzero values plus one bit per entry), which :func:`load_compressed` reads back exactly.
+dense ``torch.save(model.state_dict())`` and the compressed form of :func:`~prunus.persistence.compressed.save_compressed`
+(each mostly-zero weight as its nonzero values plus one bit per entry, in the sparse-bitmask safetensors layout),
+which :func:`~prunus.persistence.compressed.load_compressed` reads back exactly.
 
 >>> before = prunus.evaluate(model, data=(x_test, y_test), example_input=x_test[:64])   # doctest: +SKIP
 >>> print(prunus.compare({"dense": dense, "pruned": model}, data=(x_test, y_test)))    # doctest: +SKIP
@@ -15,8 +16,6 @@ import functools
 import io
 import math
 import tempfile
-import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from .. import masking
 from ..errors import ConfigError
 from ..forward import call_model, evaluation_mode
 from ..hardware.timing import time_interleaved
+from ..persistence.compressed import load_compressed, save_compressed
 from ..report import kib
 
 __all__ = [
@@ -52,8 +52,6 @@ Data = tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]]
 """Labelled data: a pair ``(inputs, labels)`` of tensors, or an iterable of such batches (a DataLoader)."""
 
 Evaluator = Callable[[nn.Module], float]
-
-FORMAT = "prunus-compressed-v1"
 
 
 # -- data -------------------------------------------------------------------------------------------------
@@ -170,120 +168,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 # -- size on disk -----------------------------------------------------------------------------------------
 
 
-def _pack_bits(mask: Tensor) -> Tensor:
-    flat = mask.reshape(-1).to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
-    return (flat.reshape(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
-
-
-def _unpack_bits(bits: Tensor, numel: int) -> Tensor:
-    shifts = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
-    return ((bits.unsqueeze(1) >> shifts) & 1).reshape(-1)[:numel].bool()
-
-
-def _sparse(tensor: Tensor, fill: int | float = 0) -> Any:
-    """``tensor`` as its entries other than ``fill`` plus a bit per entry, when that is smaller."""
-    numel = tensor.numel()
-    kept = tensor != fill
-    count = int(kept.sum())
-    if numel >= 8 and math.ceil(numel / 8) + count * tensor.element_size() < (
-        numel * tensor.element_size()
-    ):
-        return {
-            "__prunus__": "sparse",
-            "shape": list(tensor.shape),
-            "bits": _pack_bits(kept),
-            "values": tensor[kept].clone(),
-            "fill": fill,
-        }
-    return tensor.clone()
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        tensor = value.detach().cpu()
-        if tensor.is_quantized:
-            if tensor.qscheme() not in (torch.per_tensor_affine, torch.per_tensor_symmetric):
-                return tensor  # per-channel: saved as it is
-            # A pruned entry quantizes to exactly the zero point.
-            return {
-                "__prunus__": "qtensor",
-                "ints": _sparse(tensor.int_repr(), tensor.q_zero_point()),
-                "scale": tensor.q_scale(),
-                "zero_point": tensor.q_zero_point(),
-            }
-        return _sparse(tensor)
-    if isinstance(value, dict):
-        return {key: _encode(item) for key, item in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_encode(item) for item in value)
-    return value
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict):
-        kind = value.get("__prunus__")
-        if kind == "sparse":
-            shape = tuple(value["shape"])
-            values = value["values"]
-            mask = _unpack_bits(value["bits"], math.prod(shape)).reshape(shape)
-            tensor = torch.full(shape, value["fill"], dtype=values.dtype)
-            tensor[mask] = values
-            return tensor
-        if kind == "qtensor":
-            with warnings.catch_warnings():
-                warnings.simplefilter(
-                    "ignore"
-                )  # torch's notice that quantized tensors are deprecated
-                return torch._make_per_tensor_quantized_tensor(
-                    _decode(value["ints"]), value["scale"], value["zero_point"]
-                )
-        return {key: _decode(item) for key, item in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_decode(item) for item in value)
-    return value
-
-
-def save_compressed(model_or_state: nn.Module | Mapping[str, Any], path: str | Path) -> int:
-    """Save a state dict compactly: each tensor whose zeros make it pay as its nonzero values + a bit mask.
-
-    Other tensors (and quantized ones, as their int8 values) are saved as they are. Returns the file's size in
-    bytes. :func:`load_compressed` gives back a state dict equal to the original, entry for entry.
-    """
-    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
-    # The per-module versions that load_state_dict reads (quantized modules depend on them).
-    metadata = getattr(state, "_metadata", None)
-    torch.save(
-        {
-            "format": FORMAT,
-            "state": _encode(dict(state)),
-            "metadata": dict(metadata) if metadata is not None else None,
-        },
-        path,
-    )
-    return Path(path).stat().st_size
-
-
-def load_compressed(path: str | Path) -> dict[str, Any]:
-    """Read a file written by :func:`save_compressed` back into a state dict.
-
-    Raises:
-        ConfigError: the file is not a prunus compressed checkpoint.
-    """
-    loaded = torch.load(path, weights_only=True)
-    if not (isinstance(loaded, dict) and loaded.get("format") == FORMAT):
-        raise ConfigError(f"{path} is not a prunus compressed checkpoint (format {FORMAT!r})")
-    decoded = _decode(loaded["state"])
-    assert isinstance(decoded, dict)
-    state: OrderedDict[str, Any] = OrderedDict(decoded)
-    if loaded.get("metadata") is not None:
-        state._metadata = OrderedDict(loaded["metadata"])  # type: ignore[attr-defined]
-    return state
-
-
 class ModelSize(BaseModel):
     """Bytes of two real files: the dense ``torch.save(state_dict)`` and :func:`save_compressed`'s form."""
 
@@ -305,7 +189,7 @@ def model_size(model: nn.Module, directory: str | Path | None = None) -> ModelSi
         where.mkdir(parents=True, exist_ok=True)
         dense_path = where / "dense.pt"
         torch.save(model.state_dict(), dense_path)
-        compressed = save_compressed(model, where / "compressed.pt")
+        compressed = save_compressed(model, where / "compressed.safetensors")
         return ModelSize(dense_bytes=dense_path.stat().st_size, compressed_bytes=compressed)
 
 

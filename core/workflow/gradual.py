@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from .. import masking
+from ..config import jsonable
 from ..engine import prune
 from ..errors import ConfigError
 from ..progress import progress
@@ -83,7 +84,9 @@ class GradualPruner:
         schedule: a registered schedule name (``cubic``, ``linear``, ``iterative``, ``one_shot``; see
             ``prunus.registry.schedules()``) configured by ``schedule_options``, or a built
             :class:`~prunus.schedules.Schedule`.
-        include, exclude, filter_fn: which parameters to prune, as in :func:`prunus.prune` (chosen once, here).
+        include: glob patterns of the parameters to prune, as in :func:`prunus.prune` (chosen once, here).
+        exclude: glob patterns of parameters to leave alone, as in :func:`prunus.prune`.
+        filter_fn: ``filter_fn(module, name) -> bool``, as in :func:`prunus.prune`.
         strategy_options: the strategy's options other than ``amount`` (``{"seed": 1}``, ``{"dim": 0}``...).
         data: passed to every ``prune`` call, for data-aware criteria.
         restorable: as in :func:`prunus.prune`.
@@ -250,6 +253,44 @@ class GradualPruner:
             return None
         amount = min(1.0, (target - self.sparsity) / kept)
         return prune(self.model, self.strategy, amount=amount, **common)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a training checkpoint needs to resume this pruner exactly (JSON-serializable).
+
+        The masks themselves live on the model: save them with :func:`prunus.save_pruned` (or
+        :func:`prunus.pruning_state`), which stores this dict in its manifest when given the pruner. What is here
+        identifies the pruner (strategy, options, schedule, targets) and holds its :attr:`history`.
+        """
+        return {
+            "strategy": self.strategy,
+            "strategy_options": jsonable(self.strategy_options),
+            "schedule": {"name": self.schedule.name, "options": jsonable(self.schedule.options)},
+            "targets": self.targets,
+            "restorable": self.restorable,
+            "history": [step.model_dump() for step in self.history],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back the :attr:`history` of :meth:`state_dict`, after checking it is this pruner's.
+
+        Raises:
+            ConfigError: the state is another pruner's (strategy, options, schedule or targets differ); the
+                pruner is left as it was.
+        """
+        mine = self.state_dict()
+        if not isinstance(state, Mapping) or not isinstance(state.get("history"), list):
+            raise ConfigError(f"not a GradualPruner state: {state!r:.80}")
+        for key in ("strategy", "strategy_options", "schedule", "targets", "restorable"):
+            if state.get(key) != mine[key]:
+                raise ConfigError(
+                    f"the saved pruner's {key} is {state.get(key)!r:.120}, this pruner's is {mine[key]!r:.120}; "
+                    "build the pruner exactly as the one that was saved"
+                )
+        try:
+            history = [ScheduleStep.model_validate(step) for step in state["history"]]
+        except ValueError as error:
+            raise ConfigError(f"the saved pruner's history is damaged: {error}") from None
+        self.history = history
 
     def __repr__(self) -> str:
         return (

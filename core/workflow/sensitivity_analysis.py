@@ -169,7 +169,9 @@ def sensitivity(
         data: labelled data to measure top-1 accuracy on, instead of an evaluator.
         strategy: a registered strategy with an ``amount`` option, applied to one parameter at a time.
         amounts: fractions to try for each parameter.
-        include, exclude, filter_fn: which parameters to analyse, as in :func:`prunus.prune`.
+        include: glob patterns of the parameters to analyse, as in :func:`prunus.prune`.
+        exclude: glob patterns of parameters to leave alone, as in :func:`prunus.prune`.
+        filter_fn: ``filter_fn(module, name) -> bool``, as in :func:`prunus.prune`.
         strategy_options: the strategy's other options.
         progress_bar: show a progress bar (tqdm).
 
