@@ -99,6 +99,12 @@ def zip_size(path: Path) -> int:
     return target.stat().st_size
 
 
+def every_layer_weight(module: nn.Module, name: str) -> bool:
+    """Every Linear and Conv weight, the tied output head of a language model included (not only its blocks,
+    which is ``prune``'s default for a language model)."""
+    return isinstance(module, prunus.DEFAULT_LAYERS) and name.endswith("weight")
+
+
 def measure(
     name: str, model: nn.Module, build: Callable[[], nn.Module], repeats: int
 ) -> list[dict[str, Any]]:
@@ -109,7 +115,7 @@ def measure(
         torch.save(model.state_dict(), dense_path)
         dense_bytes = dense_path.stat().st_size
         for label, strategy, options in SETTINGS:
-            report = prunus.prune(model, strategy, **options)
+            report = prunus.prune(model, strategy, filter_fn=every_layer_weight, **options)
             state = model.state_dict()
             torch.save(state, dense_path)
             save_c, save_c_spread, size_c = timed(

@@ -189,8 +189,10 @@ def calibrate(
         model: the model.
         data: calibration batches (see :func:`batches_of`).
         statistics: the :class:`~prunus.statistics.Statistic` classes to gather (default: input norms).
-        include, exclude, filter_fn: which parameters, as in :func:`prunus.prune` (default: the layers'
-            weights; in a language model those of its blocks).
+        include: which parameters, as in :func:`prunus.prune` (default: the layers' weights; in a language
+            model those of its blocks).
+        exclude: parameters to leave out, as in :func:`prunus.prune`.
+        filter_fn: a rule over each parameter, as in :func:`prunus.prune`.
         show_progress: show a progress bar over the blocks.
 
     Returns:

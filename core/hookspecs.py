@@ -95,7 +95,8 @@ def prunus_register_allocations(register: Registrar) -> None:
     Call ``register(AllocationClass)`` for each :class:`~prunus.Allocation` subclass (``uniform`` and ``owl``
     are the built-in ones); ``prune(..., allocation="name")`` and ``prunus.registry.allocation(...)`` find them.
 
-    :param register: the registrar; records this plugin and its distribution as the provider.
+    Args:
+        register: the registrar; records this plugin and its distribution as the provider.
     """
 
 
@@ -106,7 +107,8 @@ def prunus_register_reconstructions(register: Registrar) -> None:
     Call ``register(ReconstructionClass)`` for each :class:`~prunus.Reconstruction` subclass (``sparsegpt`` is
     the built-in one); ``prune(..., reconstruct="name")`` and ``prunus.registry.reconstruction(...)`` find them.
 
-    :param register: the registrar; records this plugin and its distribution as the provider.
+    Args:
+        register: the registrar; records this plugin and its distribution as the provider.
     """
 
 

@@ -251,7 +251,7 @@ _PACK_FROM = 8
 
 def pack(mask: Tensor) -> Tensor:
     """``mask`` as it is kept on a module: :func:`pack_bits` of it, or the bool mask itself below
-    :data:`_PACK_FROM` entries."""
+    ``_PACK_FROM`` (8) entries."""
     return mask if mask.numel() < _PACK_FROM else pack_bits(mask)
 
 

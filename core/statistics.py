@@ -104,7 +104,7 @@ class Statistics(Mapping[str, Mapping[type[Statistic], Tensor]]):
     """Calibration statistics by parameter name: ``statistics["fc1.weight"][InputNorms]``.
 
     What ``prune`` gathers from calibration data and hands to criteria through
-    :attr:`~prunus.PruneContext.statistics`. Build one directly to prune with statistics gathered elsewhere
+    ``PruneContext.statistics``. Build one directly to prune with statistics gathered elsewhere
     (``prune(..., data=Statistics(...))`` then runs no calibration), or get one from :func:`prunus.calibrate`.
 
     Args:

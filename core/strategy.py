@@ -14,7 +14,7 @@ A :class:`Strategy` that does not fit that split (a user-given mask, say) subcla
 Masks are bool tensors with the parameter's shape: ``True`` keeps an entry, ``False`` prunes it.
 
 A data-aware criterion declares the calibration statistics it reads (``statistics = (InputNorms,)``); ``prune``
-gathers them from ``data=`` and hands them over in :attr:`PruneContext.statistics` (see
+gathers them from ``data=`` and hands them over in ``PruneContext.statistics`` (see
 :mod:`prunus.statistics` and :mod:`prunus.calibration`).
 """
 

@@ -248,17 +248,36 @@ def row_keep_mask(scores: Tensor, quotas: Tensor, eligible: Tensor | None) -> Te
     for start in range(0, rows, step):
         stop = min(start + step, rows)
         part = rankable(scores[start:stop])
+        quota = quotas[start:stop]
+        if eligible is None:
+            # No earlier mask: a selection per distinct quota (at most two) instead of a sort.
+            for value in sorted(set(quota.tolist())):
+                chosen = (quota == value).nonzero().squeeze(1)
+                keep[start + chosen] = _row_selection(part[chosen], int(value))
+            continue
+        ok = eligible[start:stop]
         order = part.argsort(dim=1, stable=True)
-        skip = torch.zeros(stop - start, dtype=torch.int64, device=scores.device)
-        if eligible is not None:
-            ok = eligible[start:stop]
-            # Entries pruned earlier first (stable: the score order among the others stays).
-            order = order.gather(1, ok.gather(1, order).to(torch.int8).argsort(dim=1, stable=True))
-            skip = (~ok).sum(dim=1)
+        # Entries pruned earlier first (stable: the score order among the others stays).
+        order = order.gather(1, ok.gather(1, order).to(torch.int8).argsort(dim=1, stable=True))
         ranks = torch.empty_like(order).scatter_(
             1, order, torch.arange(cols, device=scores.device).expand(stop - start, cols)
         )
-        keep[start:stop] = ranks >= (skip + quotas[start:stop]).unsqueeze(1)
+        keep[start:stop] = ranks >= ((~ok).sum(dim=1) + quota).unsqueeze(1)
+    return keep
+
+
+def _row_selection(scores: Tensor, k: int) -> Tensor:
+    """Prune the ``k`` lowest entries of every row (ties: the lower column first), in linear time."""
+    rows, cols = scores.shape
+    if k <= 0:
+        return torch.ones(rows, cols, dtype=torch.bool, device=scores.device)
+    if k >= cols:
+        return torch.zeros(rows, cols, dtype=torch.bool, device=scores.device)
+    threshold = scores.kthvalue(k, dim=1, keepdim=True).values
+    below = (scores < threshold).sum(dim=1, keepdim=True)
+    tied = scores == threshold
+    # Among the entries tied with the threshold, the first ones by column are pruned until k are.
+    keep = (scores > threshold) | (tied & (tied.cumsum(dim=1) > k - below))
     return keep
 
 

@@ -52,19 +52,9 @@ _RETRIES = 6
 _FACTORS: dict[int, tuple[weakref.ref[Tensor], dict[float, tuple[Tensor, Tensor]]]] = {}
 
 
-def inverse_hessian_factor(gram: Tensor, dampening: float) -> tuple[Tensor, Tensor]:
-    """The upper Cholesky factor ``U`` of ``(H + lambda I)^-1`` and the bool mask of dead input features.
-
-    ``H`` is ``gram`` with every dead feature (zero diagonal) made independent (diagonal one), ``lambda`` is
-    ``dampening`` times the mean of its diagonal (grown tenfold while the factorization fails). Computed in
-    float64, returned in float32; cached while ``gram`` lives.
-    """
-    entry = _FACTORS.get(id(gram))
-    if entry is not None and entry[0]() is gram and dampening in entry[1]:
-        return entry[1][dampening]
-    hessian = gram.detach().double().clone()
-    diagonal = hessian.diagonal()
-    dead = diagonal == 0
+def _factor(gram: Tensor, dead: Tensor, dampening: float, dtype: torch.dtype) -> Tensor | None:
+    """The upper Cholesky factor of the damped inverse, in ``dtype``, or ``None`` if it cannot be had."""
+    hessian = gram.detach().to(dtype, copy=True)
     hessian[dead, dead] = 1.0
     mean = float(hessian.diagonal().mean()) if hessian.numel() else 1.0
     damp = dampening * mean
@@ -75,12 +65,31 @@ def inverse_hessian_factor(gram: Tensor, dampening: float) -> tuple[Tensor, Tens
         if int(info) == 0:
             factor, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
             if int(info) == 0 and bool(torch.isfinite(factor).all()):
-                break
+                result: Tensor = factor
+                return result
         damp = max(damp * 10, 1e-6 * mean)
-    else:
+    return None
+
+
+def inverse_hessian_factor(gram: Tensor, dampening: float) -> tuple[Tensor, Tensor]:
+    """The upper Cholesky factor ``U`` of ``(H + lambda I)^-1`` and the bool mask of dead input features.
+
+    ``H`` is ``gram`` with every dead feature (zero diagonal) made independent (diagonal one), ``lambda`` is
+    ``dampening`` times the mean of its diagonal (grown tenfold while the factorization fails). Computed in
+    float32 (float64 if that fails), returned in float32; cached while ``gram`` lives.
+    """
+    entry = _FACTORS.get(id(gram))
+    if entry is not None and entry[0]() is gram and dampening in entry[1]:
+        return entry[1][dampening]
+    dead = gram.diagonal() == 0
+    # float32 as SparseGPT computes; float64 only when float32 cannot factor the matrix at any dampening.
+    factor = _factor(gram, dead, dampening, torch.float32)
+    if factor is None:
+        factor = _factor(gram, dead, dampening, torch.float64)
+    if factor is None:
         raise ValueError(
-            "the input Gram matrix is not positive definite even with dampening "
-            f"{damp:.3g}; the calibration inputs may hold inf or NaN"
+            "the input Gram matrix is not positive definite even with a hundred thousand times the "
+            "dampening; the calibration inputs may hold inf or NaN"
         )
     result = (factor.float(), dead)
     if entry is None or entry[0]() is not gram:
