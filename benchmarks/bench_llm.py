@@ -46,21 +46,38 @@ Setting = tuple[str, str, str, dict[str, Any]]
 """``(method, sparsity label, strategy, options)``; options may hold ``allocation`` and ``reconstruct``."""
 
 SETTINGS: list[Setting] = [
-    *(
-        (method, f"{amount:.0%} unstructured", strategy, {"amount": amount, **extra})
-        for amount in (0.5, 0.7)
-        for method, strategy, extra in (
-            ("random", "random_unstructured", {}),
-            ("magnitude", "l1_unstructured", {}),
-            ("Wanda", "wanda_row", {}),
-            ("SparseGPT", "sparsegpt_unstructured", {}),
-            ("SparseGPT + OWL", "sparsegpt_unstructured", {"allocation": "owl"}),
-        )
+    # 50 % first, then 2:4, then 70 %: the rows the goals are about come first.
+    ("random", "50 % unstructured", "random_unstructured", {"amount": 0.5}),
+    ("magnitude", "50 % unstructured", "l1_unstructured", {"amount": 0.5}),
+    ("Wanda", "50 % unstructured", "wanda_row", {"amount": 0.5}),
+    ("SparseGPT", "50 % unstructured", "sparsegpt_unstructured", {"amount": 0.5}),
+    (
+        "SparseGPT + OWL",
+        "50 % unstructured",
+        "sparsegpt_unstructured",
+        {"amount": 0.5, "allocation": "owl"},
+    ),
+    (
+        "Wanda + reconstruction",
+        "50 % unstructured",
+        "wanda_row",
+        {"amount": 0.5, "reconstruct": True},
     ),
     ("random", "2:4", "random_nm", {}),
     ("magnitude", "2:4", "l1_nm", {}),
     ("Wanda", "2:4", "wanda_nm", {}),
     ("SparseGPT", "2:4", "sparsegpt_nm", {}),
+    ("Wanda + reconstruction", "2:4", "wanda_nm", {"reconstruct": True}),
+    ("random", "70 % unstructured", "random_unstructured", {"amount": 0.7}),
+    ("magnitude", "70 % unstructured", "l1_unstructured", {"amount": 0.7}),
+    ("Wanda", "70 % unstructured", "wanda_row", {"amount": 0.7}),
+    ("SparseGPT", "70 % unstructured", "sparsegpt_unstructured", {"amount": 0.7}),
+    (
+        "SparseGPT + OWL",
+        "70 % unstructured",
+        "sparsegpt_unstructured",
+        {"amount": 0.7, "allocation": "owl"},
+    ),
 ]
 
 
@@ -112,7 +129,9 @@ def measure(
     setting: Setting,
 ) -> dict[str, Any]:
     method, label, strategy, options = setting
-    needs_data = bool(prunus.registry.info(strategy).statistics) or "allocation" in options
+    needs_data = bool(prunus.registry.info(strategy).statistics) or bool(
+        options.keys() & {"allocation", "reconstruct"}
+    )
     start, cpu = time.perf_counter(), time.process_time()
     with PeakMemory() as memory:
         report = prunus.prune(
@@ -131,6 +150,7 @@ def measure(
         "sparsity": label,
         "strategy": strategy,
         "options": report.options,
+        "extra": {k: v for k, v in options.items() if k in ("allocation", "reconstruct")},
         "pruned": report.sparsity,
         "perplexity": value,
         "seconds": seconds,
@@ -147,7 +167,7 @@ def table(rows: list[dict[str, Any]], dense_ppl: float, setup: dict[str, Any], q
         f"| dense | 0 % | | {dense_ppl:.2f} | 1.00 | | | |",
     ]
     for r in rows:
-        extra = ", OWL" if "allocation" in r["options"] else ""
+        extra = "".join(f", `{key}={value!r}`" for key, value in r["extra"].items())
         lines.append(
             f"| {r['method']} | {r['sparsity']} | `{r['strategy']}`{extra} | {r['perplexity']:,.2f} | "
             f"{r['perplexity'] / dense_ppl:,.2f} | {r['seconds']:,.1f} s | {r['cpu_seconds']:,.1f} s | "

@@ -156,7 +156,10 @@ def calibration_pass(
                         for stream in streams:
                             gatherer.next_batch()
                             stream.run(block)
-                    yield Unit(f"{name}.{index}" if name else str(index), group, gatherer.result())
+                    unit = Unit(f"{name}.{index}" if name else str(index), group, gatherer.result())
+                    del gatherer  # one block's statistics at a time: these go once the caller is done
+                    yield unit
+                    del unit
                 if index < last:
                     for stream in streams:
                         stream.advance(block)

@@ -298,6 +298,7 @@ def prune_calibrated(
             if separable:
                 for unit in passes:
                     prune_unit(unit, tx)
+                    del unit  # its statistics go before the next block gathers its own
             else:
                 gathered = Statistics()
                 for unit in passes:

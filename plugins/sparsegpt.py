@@ -132,9 +132,8 @@ class SparseGPT(Criterion):
         weights = matrix_view(target.module, tensor).to(dtype)
         diagonal = factor.diagonal().to(tensor.device, dtype)
         scores = weights.square() / diagonal.square()
-        scores[:, dead.to(tensor.device)] = (
-            0.0  # an input that is always zero makes its weights worthless
-        )
+        # An input that is always zero makes its weights worthless.
+        scores[:, dead.to(tensor.device)] = 0.0
         return from_matrix(target.module, scores, tensor.shape).contiguous()
 
     def reconstruction(self) -> tuple[str, dict[str, object]] | None:
@@ -142,15 +141,9 @@ class SparseGPT(Criterion):
         return ("sparsegpt", {"dampening": self.config.dampening})
 
 
-class SparseGPTReconstructionConfig(StrategyConfig):
-    """Options of the ``sparsegpt`` reconstruction."""
+class SparseGPTReconstructionConfig(SparseGPTConfig):
+    """Options of the ``sparsegpt`` reconstruction: the criterion's ``dampening``, and ``block_size``."""
 
-    dampening: StrictFloat | StrictInt = Field(
-        default=0.01,
-        ge=0,
-        le=1,
-        description="added to the Hessian's diagonal, as a fraction of its mean (SparseGPT's percdamp)",
-    )
     block_size: StrictInt = Field(
         default=128, ge=1, description="columns updated together (lazy batch updates)"
     )

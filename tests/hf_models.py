@@ -21,11 +21,20 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", module="transformers")
 
 
-def llama(seed: int = 0, layers: int = 3) -> nn.Module:
-    """A 3-layer Llama: 4 query heads sharing 2 key/value heads (GQA), SwiGLU MLP, RMSNorm, tied embeddings off."""
-    _quiet()
+def _build(seed: int, model: str, config: str, **options: object) -> nn.Module:
+    transformers.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", module="transformers")
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
+    built: nn.Module = getattr(transformers, model)(getattr(transformers, config)(**options))
+    return built.eval()
+
+
+def llama(seed: int = 0, layers: int = 3) -> nn.Module:
+    """A Llama: 4 query heads sharing 2 key/value heads (GQA), SwiGLU MLP, RMSNorm, untied head."""
+    return _build(
+        seed,
+        "LlamaForCausalLM",
+        "LlamaConfig",
         vocab_size=VOCAB,
         hidden_size=WIDTH,
         intermediate_size=48,
@@ -34,14 +43,14 @@ def llama(seed: int = 0, layers: int = 3) -> nn.Module:
         num_key_value_heads=2,
         max_position_embeddings=64,
     )
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 def gpt2(seed: int = 0, layers: int = 3) -> nn.Module:
-    """A 3-block GPT-2: ``Conv1D`` layers with ``(in, out)`` weights, its head tied to the embedding."""
-    _quiet()
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(
+    """A GPT-2: ``Conv1D`` layers with ``(in, out)`` weights, its head tied to the embedding."""
+    return _build(
+        seed,
+        "GPT2LMHeadModel",
+        "GPT2Config",
         vocab_size=VOCAB,
         n_embd=WIDTH,
         n_layer=layers,
@@ -50,14 +59,14 @@ def gpt2(seed: int = 0, layers: int = 3) -> nn.Module:
         bos_token_id=0,
         eos_token_id=0,
     )
-    return transformers.GPT2LMHeadModel(config).eval()
 
 
 def bert(seed: int = 0, layers: int = 3) -> nn.Module:
-    """A 3-layer BERT encoder with its pooler."""
-    _quiet()
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
+    """A BERT encoder with its pooler."""
+    return _build(
+        seed,
+        "BertModel",
+        "BertConfig",
         vocab_size=VOCAB,
         hidden_size=WIDTH,
         num_hidden_layers=layers,
@@ -65,7 +74,6 @@ def bert(seed: int = 0, layers: int = 3) -> nn.Module:
         intermediate_size=48,
         max_position_embeddings=64,
     )
-    return transformers.BertModel(config).eval()
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"llama": llama, "gpt2": gpt2, "bert": bert}

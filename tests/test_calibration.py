@@ -349,3 +349,35 @@ def test_find_blocks_picks_the_stack_of_identical_blocks() -> None:
     assert find_blocks(hf.gpt2())[0] == "transformer.h"  # type: ignore[index]
     assert find_blocks(hf.bert())[0] == "encoder.layer"  # type: ignore[index]
     assert find_blocks(nn.Sequential(nn.Linear(2, 2))) is None
+
+
+def test_one_block_s_statistics_live_at_a_time(recording_registry: prunus.Registry) -> None:
+    import gc
+    import weakref
+
+    results: list[weakref.ref[Tensor]] = []
+
+    class Counted(prunus.InputNorms):
+        def result(self) -> Tensor:
+            value = super().result()
+            results.append(weakref.ref(value))
+            return value
+
+    class Watcher(Criterion):
+        name = "watcher"
+        summary = "counts the statistics alive while it scores"
+        statistics = (Counted,)
+        most: ClassVar[int] = 0
+
+        def score(self, target: Target, context: PruneContext) -> Tensor:
+            gc.collect()
+            Watcher.most = max(Watcher.most, sum(ref() is not None for ref in results))
+            return target.tensor.abs()
+
+    recording_registry.register(Watcher)
+    model = hf.llama(layers=4)
+    prunus.prune(model, "watcher_row", amount=0.5, data=hf.batches(), registry=recording_registry)
+    # A Llama block reads four inputs (q/k/v share one, o, gate/up share one, down): four statistics, and
+    # never those of two blocks at once.
+    assert len(results) == 4 * 4
+    assert Watcher.most == 4
