@@ -157,7 +157,9 @@ def calibration_pass(
                             gatherer.next_batch()
                             stream.run(block)
                     unit = Unit(f"{name}.{index}" if name else str(index), group, gatherer.result())
-                    del gatherer  # one block's statistics at a time: these go once the caller is done
+                    del (
+                        gatherer
+                    )  # one block's statistics at a time: these go once the caller is done
                     yield unit
                     del unit
                 if index < last:

@@ -1,5 +1,5 @@
 """Tiny Hugging Face models with random weights, built from configs (no download): a Llama with grouped-query
-attention, a GPT-2 (transposed ``Conv1D`` layers) and a BERT encoder, with calibration batches for them."""
+attention, a GPT-2 (transposed ``Conv1D`` layers), a BERT encoder and an OPT decoder, with calibration batches."""
 
 from __future__ import annotations
 
@@ -76,7 +76,28 @@ def bert(seed: int = 0, layers: int = 3) -> nn.Module:
     )
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"llama": llama, "gpt2": gpt2, "bert": bert}
+def opt(seed: int = 0, layers: int = 3) -> nn.Module:
+    """An OPT decoder (learned positions, ReLU MLP, LayerNorm), its head tied to the embedding."""
+    return _build(
+        seed,
+        "OPTForCausalLM",
+        "OPTConfig",
+        vocab_size=VOCAB,
+        hidden_size=WIDTH,
+        num_hidden_layers=layers,
+        ffn_dim=48,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        word_embed_proj_dim=WIDTH,
+    )
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "llama": llama,
+    "gpt2": gpt2,
+    "bert": bert,
+    "opt": opt,
+}
 
 
 def batches(count: int = 3, length: int = 9, seed: int = 1) -> list[Tensor]:

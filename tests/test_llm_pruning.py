@@ -64,6 +64,22 @@ def test_default_targets_of_gpt2_are_its_conv1d_weights_and_not_the_tied_head() 
     assert all(name.startswith("transformer.h.") for name, _, _ in chosen)
 
 
+def test_opt_prunes_block_by_block() -> None:
+    model = hf.opt()
+    report = prunus.prune(model, "sparsegpt_row", amount=0.5, data=hf.batches())
+    assert all(p.name.startswith("model.decoder.layers.") for p in report.parameters)
+    assert len(report.parameters) == 6 * 3 and report.sparsity == pytest.approx(0.5)
+
+
+def test_per_layer_amounts_work_with_calibration() -> None:
+    model = hf.llama()
+    report = prunus.prune(
+        model, "wanda_row", amount=0.5, amounts={"model.layers.0.*": 0.25}, data=hf.batches()
+    )
+    for entry in report.parameters:
+        assert entry.sparsity == pytest.approx(0.25 if ".0." in entry.name else 0.5)
+
+
 def test_default_targets_of_bert_leave_the_pooler_alone() -> None:
     names = [name for name, _, _ in prunus.select_targets(hf.bert())]
     assert len(names) == 6 * 3 and all(n.startswith("encoder.layer.") for n in names)
