@@ -460,7 +460,7 @@ def run(quick: bool) -> tuple[str, dict[str, Any]]:
         "Shared machines are noisy: compare ratios, not absolute times, across runs.\n\n"
         "What differs between the two: torch reparametrizes (`weight_orig` parameter, float `weight_mask` "
         "buffer, a forward pre-hook computing `weight = weight_orig * weight_mask` on every forward); prunus "
-        "zeroes the weights in place, keeps a bool mask (and, when restorable, the pruned values) in "
+        "zeroes the weights in place, keeps the mask packed one bit per entry (and, when restorable, the pruned values) in "
         "non-persistent buffers, and re-zeroes pruned entries in an optimizer step post-hook. So prunus pays "
         "nothing at inference, and pays the re-zeroing once per optimizer step in training.\n\n"
         + "\n\n".join(sections)

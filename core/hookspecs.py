@@ -140,8 +140,8 @@ def prunus_apply_mask(
 ) -> Callable[[], None] | None:
     """Put a validated keep-mask on the model.
 
-    The built-in implementation (``trylast``) zeroes the pruned entries in place and keeps a bool mask and the
-    pruned values beside the parameter (see :mod:`prunus.masking`). Implement this hook to apply masks another
+    The built-in implementation (``trylast``) zeroes the pruned entries in place and keeps the mask (one bit per
+    entry) and the pruned values beside the parameter (see :mod:`prunus.masking`). Implement this hook to apply masks another
     way (a sparse format, a physical removal) for the targets you handle, and return ``None`` for the others.
 
     Args:

@@ -26,7 +26,7 @@ built-in does is out of a third party's reach. What is here:
 * **targets**: :func:`select_targets` (what ``prune`` would target by default), :data:`DEFAULT_LAYERS`,
   :func:`input_dim`;
 * **mask storage**: :func:`attach_mask`, what a ``prunus_apply_mask`` implementation calls to keep a mask the
-  way prunus does (zeros in place, a bool mask and the pruned values beside the parameter);
+  way prunus does (zeros in place, the packed mask and the pruned values beside the parameter);
 * **hardware selection**: :class:`Selection`, :class:`HardwareProfile` (with :class:`CpuInfo`,
   :class:`GpuInfo`), what the ``prunus_select_strategy`` hook receives and returns;
 * **errors** a plugin raises: :class:`ConfigError`, :class:`AmountError`, :class:`MaskError`,
