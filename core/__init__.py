@@ -26,7 +26,10 @@ from .errors import (
     AmountError,
     CalibrationError,
     ConfigError,
+    ConfigTypeError,
     ExportError,
+    FileError,
+    FileFormatError,
     MaskError,
     MissingDependencyError,
     NotPrunedError,
@@ -39,10 +42,12 @@ from .errors import (
     ShrinkError,
     StateError,
     TargetError,
+    TargetTypeError,
     TargetWarning,
     UnknownCriterionError,
     UnknownScheduleError,
     UnknownStrategyError,
+    WeightError,
 )
 from .hardware_profile import CpuInfo, GpuInfo, HardwareProfile
 from .hookspecs import hookimpl, hookspec
@@ -72,8 +77,9 @@ if TYPE_CHECKING:
         read_manifest,
         save_pruned,
     )
-    from .shrinking.channels import ChannelGroupReport, ShrinkReport, prune_channels, shrink
+    from .shrinking.channels import prune_channels, shrink
     from .shrinking.record import load_shrunk, shrink_state
+    from .shrinking.report import ChannelGroupReport, ShrinkReport
     from .workflow import plots
     from .workflow.config import PruneConfig, SensitivityConfig, load_config
     from .workflow.evaluation import (
@@ -119,8 +125,8 @@ _TOOLS: dict[str, str] = {
     "pruning_state": "persistence.state",
     "read_manifest": "persistence.state",
     "save_pruned": "persistence.state",
-    "ChannelGroupReport": "shrinking.channels",
-    "ShrinkReport": "shrinking.channels",
+    "ChannelGroupReport": "shrinking.report",
+    "ShrinkReport": "shrinking.report",
     "prune_channels": "shrinking.channels",
     "shrink": "shrinking.channels",
     "load_shrunk": "shrinking.record",
@@ -182,10 +188,13 @@ __all__ = [
     "Component",
     "ComposedStrategy",
     "ConfigError",
+    "ConfigTypeError",
     "CpuInfo",
     "Criterion",
     "Evaluation",
     "ExportError",
+    "FileError",
+    "FileFormatError",
     "FineTuneResult",
     "GpuInfo",
     "GradualPruner",
@@ -232,10 +241,12 @@ __all__ = [
     "StrategyInfo",
     "Target",
     "TargetError",
+    "TargetTypeError",
     "TargetWarning",
     "UnknownCriterionError",
     "UnknownScheduleError",
     "UnknownStrategyError",
+    "WeightError",
     "accuracy",
     "analyze",
     "calibrate",

@@ -16,8 +16,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.functional_validators import PlainValidator
+from pydantic_core import PydanticCustomError
 
-from .errors import AmountError, ConfigError
+from .errors import AmountError, ConfigError, ConfigTypeError, brief
 
 __all__ = [
     "Amount",
@@ -46,9 +47,11 @@ def _check_amount(value: int | float) -> int | float:
 def _validate_amount(value: object) -> int | float:
     # One validator for type and range, so a wrong type gets the same "what is valid" as a wrong value.
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(
-            f"amount={value!r} is a {type(value).__name__}; give a float fraction in [0, 1] "
-            "or an int count >= 0"
+        # A custom error *type*: validate_config reports a wrong type as a ConfigTypeError (a TypeError too).
+        raise PydanticCustomError(
+            "amount_type",
+            "amount={value} is a {kind}; give a float fraction in [0, 1] or an int count >= 0",
+            {"value": brief(value), "kind": type(value).__name__},
         )
     return _check_amount(int(value) if isinstance(value, numbers.Integral) else float(value))
 
@@ -78,18 +81,37 @@ class NoOptions(StrategyConfig):
 
 
 def config_error(owner: str, error: ValidationError) -> ConfigError:
-    """Turn a pydantic ``ValidationError`` into a :class:`ConfigError` that names each bad option."""
+    """Turn a pydantic ``ValidationError`` into a :class:`ConfigError` that names each bad option.
+
+    Values are quoted cut short (:func:`~prunus.errors.brief`), so a huge value never makes a huge message. When
+    every problem is a value of the wrong type, the error is a :class:`ConfigTypeError` (also a ``TypeError``).
+    """
     lines = []
-    for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "<options>"
+    items = error.errors()
+    for item in items[:_SHOWN]:
+        where = ".".join(str(part) for part in item["loc"])[:_LOC_LIMIT] or "<options>"
         if item["type"] == "extra_forbidden":
-            lines.append(f"  {where}: unknown option (value {item.get('input')!r})")
+            lines.append(f"  {where}: unknown option (value {brief(item.get('input'))})")
         elif item["type"] == "missing":
             lines.append(f"  {where}: required option is missing")
         else:
-            message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"  {where}={item.get('input')!r}: {message}")
-    return ConfigError(f"invalid options for {owner!r}:\n" + "\n".join(lines))
+            message = item["msg"].removeprefix("Value error, ")[:_MESSAGE_LIMIT]
+            lines.append(f"  {where}={brief(item.get('input'))}: {message}")
+    if len(items) > _SHOWN:
+        lines.append(f"  ... and {len(items) - _SHOWN} more")
+    wrong_types = all(_is_type_error(item["type"]) for item in items)
+    kind = ConfigTypeError if wrong_types else ConfigError
+    return kind(f"invalid options for {brief(owner, 120)}:\n" + "\n".join(lines))
+
+
+_SHOWN = 10
+_LOC_LIMIT = 120
+_MESSAGE_LIMIT = 300
+
+
+def _is_type_error(kind: str) -> bool:
+    """Whether a pydantic error type is a value of the wrong type (``int_type``, ``is_instance_of``...)."""
+    return kind.endswith("_type") or kind == "is_instance_of"
 
 
 def validate_config(
@@ -103,9 +125,8 @@ def validate_config(
             f"{name}{'' if field.is_required() else f'={field.default!r}'}"
             for name, field in model.model_fields.items()
         )
-        raise ConfigError(
-            f"{config_error(owner, error)}\nvalid options: {valid or '(none)'}"
-        ) from None
+        problem = config_error(owner, error)
+        raise type(problem)(f"{problem}\nvalid options: {valid or '(none)'}") from None
 
 
 def count_to_prune(amount: int | float, size: int, *, what: str = "entries") -> int:

@@ -14,9 +14,18 @@ import torch
 from torch import Tensor, nn
 
 from . import masking
+from .arguments import check_bool, check_callable, check_model
 from .auto import resolve_auto
 from .config import jsonable
-from .errors import ConfigError, NotPrunedError, PluginError, PrunusError, TargetError
+from .errors import (
+    ConfigError,
+    ConfigTypeError,
+    NotPrunedError,
+    PluginError,
+    PrunusError,
+    TargetError,
+    brief,
+)
 from .registration import Registry, registry
 from .report import ParameterReport, PruneReport
 from .selection import AUTO, Selection
@@ -106,10 +115,17 @@ def prune(
     ``state_dict`` keeps its keys, a forward pass costs what the dense one does, and pruned entries stay zero
     through ``optimizer.step()``. A second call prunes among the entries still kept.
     """
-    if not isinstance(model, nn.Module):
-        raise TargetError(
-            f"model must be a torch.nn.Module, not {type(model).__name__} ({model!r:.80})"
+    check_model(model)
+    check_bool("restorable", restorable)
+    if filter_fn is not None:
+        check_callable("filter_fn", filter_fn)
+    if amounts is not None and not isinstance(amounts, Mapping):
+        raise ConfigTypeError(
+            f"amounts must map glob patterns to amounts, e.g. {{'fc1.weight': 0.5}}, not "
+            f"{type(amounts).__name__} ({brief(amounts)})"
         )
+    if not isinstance(registry, Registry):
+        raise ConfigTypeError(f"registry must be a prunus.Registry, not {type(registry).__name__}")
     # Held from reading the earlier masks to attaching the new ones, so another thread's prune of the same
     # model cannot slip in between (masks compose, restore stays exact).
     with masking.MASK_LOCK:
@@ -173,9 +189,9 @@ def _prune(
     elif isinstance(strategy, str):
         strategy = registry.get(strategy, **options)
     elif not isinstance(strategy, Strategy):
-        raise ConfigError(
+        raise ConfigTypeError(
             f"strategy must be a registered name (see prunus.registry.names()) or a Strategy from "
-            f"prunus.registry.get(), not {type(strategy).__name__} ({strategy!r:.80})"
+            f"prunus.registry.get(), not {type(strategy).__name__} ({brief(strategy)})"
         )
     elif options:
         raise ConfigError(
@@ -305,11 +321,15 @@ def _prune_at_once(
                 tx.record(registry.hooks.apply_mask(target, mask, restorable, context))
                 pruned[target.name] = _count_pruned(mask)
                 newly[target.name] = pruned[target.name] - before
+    except PluginError as error:
+        raise PluginError(
+            f"applying the masks of {registry.blame(strategy)} failed: {error}; the model was left as it was"
+        ) from error
     except PrunusError:
         raise
     except Exception as error:
         raise PluginError(
-            f"applying the masks of strategy {strategy.name!r} failed: {type(error).__name__}: {error}; "
+            f"applying the masks of {registry.blame(strategy)} failed: {type(error).__name__}: {error}; "
             "the model was left as it was"
         ) from error
     return pruned, newly
@@ -369,19 +389,22 @@ def _compute(strategy: Strategy, context: PruneContext, registry: Registry) -> d
     try:
         # Not under no_grad: a data-aware criterion may run a forward and backward pass to score.
         computed = strategy.compute_masks(context)
+    except PluginError as error:
+        # Already names the plugin at fault (a criterion, a scoring hook): say which strategy it served.
+        raise PluginError(
+            f"strategy {strategy.name!r}: {error}; the model was not changed"
+        ) from error
     except PrunusError:
         raise
     except Exception as error:
-        where = (
-            f" (from {registry.info(strategy.name).provider})" if strategy.name in registry else ""
-        )
         raise PluginError(
-            f"strategy {strategy.name!r}{where} raised {type(error).__name__}: {error}; "
+            f"{registry.blame(strategy)} raised {type(error).__name__}: {error}; "
             "the model was not changed"
         ) from error
+    owner = registry.blame(strategy)
     if not isinstance(computed, dict):
         raise PluginError(
-            f"strategy {strategy.name!r} returned {type(computed).__name__}; "
+            f"{owner} returned {type(computed).__name__}; "
             "compute_masks must return a dict of parameter name to bool mask"
         )
     by_name = {t.name: t for t in context.targets}
@@ -389,10 +412,10 @@ def _compute(strategy: Strategy, context: PruneContext, registry: Registry) -> d
         target = by_name.get(name)
         if target is None:
             raise PluginError(
-                f"strategy {strategy.name!r} returned a mask for {name!r}, which is not being pruned; "
-                f"targets: {', '.join(by_name)}"
+                f"{owner} returned a mask for {brief(name)}, which is not being pruned; "
+                f"targets: {listing(list(by_name))}"
             )
-        _check_mask(strategy.name, target, mask)
+        _check_mask(owner, target, mask)
     return {name: computed[name] for name in by_name if name in computed}
 
 
@@ -427,11 +450,13 @@ def _check_mask(owner: str, target: Target, mask: object) -> None:
 
 def is_pruned(model: nn.Module) -> bool:
     """Whether any parameter of ``model`` carries a prunus mask."""
+    check_model(model)
     return next(masking.masked_parameters(model), None) is not None
 
 
 def masks(model: nn.Module) -> dict[str, Tensor]:
     """The keep-mask of every pruned parameter, by qualified name (the tensors themselves: do not modify)."""
+    check_model(model)
     out = {}
     for name, module, pname in masking.masked_parameters(model):
         mask = masking.get_mask(module, pname)
@@ -479,8 +504,7 @@ def restore(model: nn.Module) -> list[str]:
 
 
 def _pruned_or_raise(model: nn.Module, verb: str) -> list[tuple[str, nn.Module, str]]:
-    if not isinstance(model, nn.Module):
-        raise TargetError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    check_model(model)
     pruned = list(masking.masked_parameters(model))
     if not pruned:
         raise NotPrunedError(

@@ -8,11 +8,16 @@ the offending value, say what would be valid, and, where there is one, how to fi
 
 from __future__ import annotations
 
+import reprlib
+
 __all__ = [
     "AmountError",
     "CalibrationError",
     "ConfigError",
+    "ConfigTypeError",
     "ExportError",
+    "FileError",
+    "FileFormatError",
     "MaskError",
     "MissingDependencyError",
     "NotPrunedError",
@@ -25,10 +30,13 @@ __all__ = [
     "ShrinkError",
     "StateError",
     "TargetError",
+    "TargetTypeError",
     "TargetWarning",
     "UnknownCriterionError",
     "UnknownScheduleError",
     "UnknownStrategyError",
+    "WeightError",
+    "brief",
 ]
 
 
@@ -38,6 +46,11 @@ class PrunusError(Exception):
 
 class ConfigError(PrunusError, ValueError):
     """A strategy option is missing, misspelled, of the wrong type or out of range."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """An argument or option has the wrong type: a :class:`ConfigError` that is also a ``TypeError``, as Python
+    and torch raise for the same mistake, so code that catches ``TypeError`` keeps working."""
 
 
 class AmountError(ConfigError):
@@ -76,6 +89,27 @@ class CalibrationError(PrunusError, ValueError):
     """Calibration data is missing, cannot be run through the model, or gives no statistics for a parameter."""
 
 
+class TargetTypeError(TargetError, TypeError):
+    """The model, or what chooses its parameters (patterns, ``filter_fn``), has the wrong type: a
+    :class:`TargetError` that is also a ``TypeError``."""
+
+
+class WeightError(PrunusError, ValueError):
+    """The model's own weights cannot be ranked as they are: they hold NaN or infinite values.
+
+    Distinct from a :class:`PluginError`: the criterion is fine, the model is not (a diverged training run, a
+    bad checkpoint). The message names the parameter and how many values are not finite.
+    """
+
+
+class FileError(PrunusError, OSError):
+    """A file could not be read or written (missing, a read-only directory, a full disk...).
+
+    The message names the file. A write that fails leaves the previous file, if there was one, exactly as it
+    was, and no temporary file behind (see :mod:`prunus.files`).
+    """
+
+
 class MaskError(PrunusError, ValueError):
     """A mask has the wrong shape, dtype or device for the parameter it is meant for."""
 
@@ -91,6 +125,12 @@ class ShrinkError(PrunusError, RuntimeError):
 class StateError(PrunusError, ValueError):
     """A saved pruning state or compressed file does not fit: not a prunus file, an unknown format version, or
     names, shapes or dtypes that differ from the model it is loaded into."""
+
+
+class FileFormatError(StateError, ConfigError):
+    """A file prunus reads is not what it should be: corrupt, truncated, of another format, out of range or
+    inconsistent (a compressed checkpoint, a pruning state, a config). The message names the file and what is
+    wrong with it. Both a :class:`StateError` and a :class:`ConfigError` (so a ``ValueError``)."""
 
 
 class ExportError(PrunusError, RuntimeError):
@@ -111,3 +151,23 @@ class PluginLoadWarning(PrunusWarning):
 
 class TargetWarning(PrunusWarning):
     """The parameters chosen for pruning include some that are rarely meant (normalization layers)."""
+
+
+def brief(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for error messages that echo what a user gave.
+
+    A message names the offending value, but a value can be huge or deep (a tensor, a structure expanded from a
+    YAML alias bomb): containers are shown through :mod:`reprlib`, whose work is bounded whatever their size, and
+    the result is cut to ``limit`` characters.
+    """
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a value whose repr raises still gets a message
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else f"{text[: max(limit - 3, 1)]}..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxdict = 8
+_REPR.maxstring = _REPR.maxother = 120

@@ -27,6 +27,7 @@ enough to move the threshold's bin, the ranking falls back to concatenating the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -217,6 +218,7 @@ def global_keep_masks(
     score: Callable[[Target], Tensor],
     amount: Amount,
     keep_bytes: int = 0,
+    min_keep: int = 0,
 ) -> dict[str, Tensor]:
     """Keep-masks of one ranking across ``targets``, equal to ``keep_mask`` on their concatenated scores.
 
@@ -232,6 +234,11 @@ def global_keep_masks(
         amount: a fraction of the entries still kept across all targets, or an int count of them.
         keep_bytes: how much memory of scores the ranking may hold between its passes to avoid scoring those
             targets again (0: score every target twice and hold one at a time).
+        min_keep: a floor per target: each keeps at least ``min_keep`` of its entries still kept (all of them if
+            it has fewer), its highest-scored ones, while the ranking still prunes exactly the count asked,
+            from the other targets. The floor holds whenever the amount leaves room for it; an amount that asks
+            for more (everything, say) is followed as the plain ranking follows it. With the floor binding, the
+            ranking is global among the entries the floor does not hold.
 
     Returns:
         The bool keep-mask of each target, by target name.
@@ -239,10 +246,61 @@ def global_keep_masks(
     Raises:
         AmountError: an int ``amount`` larger than the entries still kept.
     """
+    masks = _ranked(targets, score, amount, keep_bytes)
+    return _floored(targets, score, amount, keep_bytes, min_keep, masks) if min_keep > 0 else masks
+
+
+def _ranked(
+    targets: Sequence[Target], score: Callable[[Target], Tensor], amount: Amount, keep_bytes: int
+) -> dict[str, Tensor]:
     try:
         return _lean(targets, score, amount, keep_bytes)
     except _Inconsistent:
         return classic_keep_masks(targets, score, amount)
+
+
+def _floored(
+    targets: Sequence[Target],
+    score: Callable[[Target], Tensor],
+    amount: Amount,
+    keep_bytes: int,
+    min_keep: int,
+    masks: dict[str, Tensor],
+) -> dict[str, Tensor]:
+    """``masks`` with every target keeping its ``min_keep`` best entries: the targets that fell short keep them,
+    and the ranking runs again on the rest for the same count, until no target falls short."""
+    eligible = {
+        t.name: t.tensor.numel() if t.prior is None else int(torch.count_nonzero(t.prior))
+        for t in targets
+    }
+    size = sum(eligible.values())
+    k = count_to_prune(amount, size, what="entries still kept across all targets")
+    floors = {name: min(min_keep, count) for name, count in eligible.items()}
+    if k == size or k > size - sum(floors.values()):
+        return masks  # the amount asks for more than the floor leaves: follow it
+    held: dict[str, Tensor] = {}
+    while True:
+        short = [
+            t
+            for t in targets
+            if t.name not in held and int(torch.count_nonzero(masks[t.name])) < floors[t.name]
+        ]
+        if not short:
+            return masks
+        for t in short:
+            held[t.name] = keep_mask(score(t), eligible[t.name] - floors[t.name], t.prior)
+        ranked = [
+            dataclasses.replace(t, prior=_still_kept(t) & ~held[t.name]) if t.name in held else t
+            for t in targets
+        ]
+        masks = _ranked(ranked, score, k, keep_bytes)
+        masks = {name: mask | held[name] if name in held else mask for name, mask in masks.items()}
+
+
+def _still_kept(target: Target) -> Tensor:
+    if target.prior is not None:
+        return target.prior
+    return torch.ones_like(target.tensor, dtype=torch.bool)
 
 
 def _lean(

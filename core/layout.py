@@ -32,6 +32,7 @@ __all__ = [
     "input_columns",
     "input_dim",
     "input_features",
+    "input_weighted",
     "is_transposed_linear",
     "matrix_view",
     "per_input",
@@ -108,6 +109,19 @@ def per_input(module: nn.Module, shape: torch.Size | tuple[int, ...], vector: Te
     if input_dim(module, len(shape)) == 0:
         return vector.reshape(shape[0], *([1] * (len(shape) - 1)))
     return vector.reshape(1, *shape[1:])
+
+
+def input_weighted(module: nn.Module, tensor: Tensor, norms: Tensor) -> Tensor:
+    """Wanda's ``|w_ij| * ||x_j||_2``: each entry of ``tensor`` (a parameter of ``module``) times the norm of its
+    input feature ``norms[j]``, in float32 (float64 for a float64 ``tensor``).
+
+    An input that is always zero makes its weights worthless: they score 0 (``inf * 0`` would be NaN).
+    """
+    dtype = torch.promote_types(tensor.dtype, torch.float32)
+    scale = per_input(module, tensor.shape, norms).to(tensor.device, dtype)
+    scores = tensor.abs().to(dtype) * scale
+    silent = scale == 0
+    return scores.masked_fill_(silent, 0.0) if bool(silent.any()) else scores
 
 
 # -- inputs of a layer -------------------------------------------------------------------------------------------

@@ -457,11 +457,8 @@ def attach_mask(
     """
     param = module._parameters[name]
     assert param is not None
-    prior_stored = module._buffers.get(MASK_PREFIX + name)
-    prior = get_mask(module, name)
-    prior_values = module._buffers.get(VALUES_PREFIX + name)
-    prior_original = module._buffers.get(ORIGINAL_PREFIX + name)
-    had_tracker = _TRACKER in module.__dict__
+    before = _Held(module, name)
+    prior, prior_values, prior_original = before.mask, before.values, before.original
     data = param.detach()
 
     supplied = values is not None
@@ -504,7 +501,7 @@ def attach_mask(
         _pop_buffer(module, VALUES_PREFIX + name)
     if not restorable:
         _pop_buffer(module, ORIGINAL_PREFIX + name)
-    if not had_tracker:
+    if not before.tracked:
         module.__dict__[_TRACKER] = _Tracker(module)
     _changed()
 
@@ -521,18 +518,38 @@ def attach_mask(
                 )
             with torch.no_grad():
                 param.masked_scatter_(~mask if prior is None else prior & ~mask, back)
-        _drop(module, name)
-        if prior_stored is not None:
-            module.register_buffer(MASK_PREFIX + name, prior_stored, persistent=False)
-        if prior_values is not None:
-            module.register_buffer(VALUES_PREFIX + name, prior_values, persistent=False)
-        if prior_original is not None:
-            module.register_buffer(ORIGINAL_PREFIX + name, prior_original, persistent=False)
-        if not had_tracker:
-            _untrack(module)
-        _changed()
+        before.put_back()
 
     return undo
+
+
+class _Held:
+    """What a module holds for one parameter before a mask change (its mask as stored and unpacked, its pruned
+    values, its kept original, whether it is tracked), and how to put exactly that back: the end of every undo."""
+
+    __slots__ = ("mask", "module", "name", "original", "stored", "tracked", "values")
+
+    def __init__(self, module: nn.Module, name: str) -> None:
+        self.module, self.name = module, name
+        self.stored = module._buffers.get(MASK_PREFIX + name)
+        self.mask = get_mask(module, name)
+        self.values = module._buffers.get(VALUES_PREFIX + name)
+        self.original = module._buffers.get(ORIGINAL_PREFIX + name)
+        self.tracked = _TRACKER in module.__dict__
+
+    def put_back(self) -> None:
+        module, name = self.module, self.name
+        _drop(module, name)
+        for prefix, held in (
+            (MASK_PREFIX, self.stored),
+            (VALUES_PREFIX, self.values),
+            (ORIGINAL_PREFIX, self.original),
+        ):
+            if held is not None:
+                module.register_buffer(prefix + name, held, persistent=False)
+        if not self.tracked:
+            _untrack(module)
+        _changed()
 
 
 def _pop_buffer(module: nn.Module, key: str) -> None:

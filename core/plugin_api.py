@@ -17,9 +17,11 @@ built-in does is out of a third party's reach. What is here:
   ``context.statistic(target, kind)``: the base class :class:`Statistic` (subclass it for a statistic of your
   own), the built-in :class:`InputNorms` and :class:`InputGram`, and the :class:`Statistics` table;
 * **layout** of weights against their inputs: :func:`matrix_view`, :func:`from_matrix`, :func:`per_input`,
-  :func:`input_features` (a Linear, a convolution and GPT-2's transposed ``Conv1D`` alike);
+  :func:`input_features` (a Linear, a convolution and GPT-2's transposed ``Conv1D`` alike), and
+  :func:`input_weighted` (Wanda's ``|w| * ||x||``);
 * **config building blocks**: :class:`StrategyConfig`, :class:`NoOptions`, the :data:`Amount` and
-  :data:`Fraction` field types, :data:`SchedulePoint`;
+  :data:`Fraction` field types, :data:`SchedulePoint` and :class:`SteppedPoints` (many schedule points,
+  computed when read);
 * **ranking primitives**: :func:`count_to_prune` (torch's rounding of an amount), :func:`keep_mask`,
   :func:`keep_slices`, :func:`eligible_slices`, :func:`rankable`, and :func:`global_keep_masks`, the one
   ranking across many parameters in a few percent of the memory of concatenating them;
@@ -49,12 +51,12 @@ from .errors import (
 from .global_ranking import global_keep_masks
 from .hardware_profile import CpuInfo, GpuInfo, HardwareProfile
 from .hookspecs import hookimpl
-from .layout import from_matrix, input_features, matrix_view, per_input
+from .layout import from_matrix, input_features, input_weighted, matrix_view, per_input
 from .masking import attach_mask
 from .ranking import eligible_slices, keep_mask, keep_slices, rankable
 from .reconstruction import Reconstruction
 from .registration import Registrar, Registry
-from .schedules import Fraction, Schedule, SchedulePoint
+from .schedules import Fraction, Schedule, SchedulePoint, SteppedPoints
 from .selection import Selection
 from .statistics import InputGram, InputNorms, Statistic, Statistics
 from .strategy import Criterion, Granularity, PruneContext, Strategy, Target
@@ -90,6 +92,7 @@ __all__ = [
     "Selection",
     "Statistic",
     "Statistics",
+    "SteppedPoints",
     "Strategy",
     "StrategyConfig",
     "Target",
@@ -102,6 +105,7 @@ __all__ = [
     "hookimpl",
     "input_dim",
     "input_features",
+    "input_weighted",
     "keep_mask",
     "keep_slices",
     "matrix_view",

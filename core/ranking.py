@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .errors import AmountError, ConfigTypeError, MaskError, brief
+
 __all__ = ["eligible_slices", "keep_mask", "keep_slices", "rankable"]
 
 
@@ -27,14 +29,38 @@ def keep_mask(scores: Tensor, k: int, eligible: Tensor | None = None) -> Tensor:
     """A bool keep-mask of ``scores``'s shape that prunes the ``k`` lowest-scored eligible entries.
 
     Args:
-        scores: floating scores, any shape, no NaN.
+        scores: real scores (floating, or integers), any shape, no NaN (``prune`` checks a criterion's scores
+            before they get here).
         k: how many eligible entries to prune, ``0 <= k <= number eligible``.
         eligible: bool mask of the entries that may be pruned (others are kept as they are); ``None`` for all.
 
     Returns:
         ``True`` where an entry is kept. Entries outside ``eligible`` are returned as ``False`` (they were
         pruned before), so the result is a full mask that never revives anything.
+
+    Raises:
+        ConfigTypeError: ``scores`` is not a real-valued tensor, or ``k`` not an int.
+        MaskError: ``eligible`` is not a bool tensor of ``scores``'s shape.
+        AmountError: ``k`` is negative or more than the eligible entries.
     """
+    if (
+        not isinstance(scores, Tensor)
+        or scores.dtype == torch.bool
+        or scores.is_complex()
+        or scores.is_quantized
+    ):
+        raise ConfigTypeError(f"scores must be a real-valued tensor, not {_what(scores)}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ConfigTypeError(f"k={brief(k)} is a {type(k).__name__}; give an int count")
+    if eligible is not None and (
+        not isinstance(eligible, Tensor)
+        or eligible.dtype != torch.bool
+        or eligible.shape != scores.shape
+    ):
+        raise MaskError(
+            f"eligible must be a torch.bool tensor of the scores' shape {tuple(scores.shape)}, not "
+            f"{_what(eligible)}"
+        )
     flat = rankable(scores).reshape(-1)
     if eligible is None:
         return _keep_lowest_pruned(flat, k).reshape(scores.shape)
@@ -81,10 +107,16 @@ def keep_slices(
     return mask if prior is None else mask & prior
 
 
+def _what(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"{type(value).__name__} ({brief(value)})"
+
+
 def _keep_lowest_pruned(flat: Tensor, k: int) -> Tensor:
     size = flat.numel()
     if not 0 <= k <= size:
-        raise ValueError(f"cannot prune k={k} of {size} entries")
+        raise AmountError(f"cannot prune k={k} of {size} eligible entries; give 0 <= k <= {size}")
     if k == 0:
         return torch.ones(size, dtype=torch.bool, device=flat.device)
     if k == size:

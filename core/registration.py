@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, cast, get_args, get_origin
 
 import pluggy
 from pydantic import ValidationError, create_model, model_validator
@@ -40,11 +40,13 @@ from .allocation import Allocation
 from .component import KINDS, Component, Kind
 from .config import StrategyConfig, validate_config
 from .errors import (
+    ConfigTypeError,
     PluginLoadWarning,
     RegistrationError,
     UnknownCriterionError,
     UnknownScheduleError,
     UnknownStrategyError,
+    brief,
 )
 from .hooks import Hooks
 from .reconstruction import Reconstruction
@@ -222,6 +224,8 @@ class Registry:
         self._pm: pluggy.PluginManager | None = None
         self._hooks: Hooks | None = None
         self._lock = threading.RLock()
+        self._plugins: dict[str, Provider] = {}
+        """Every loaded plugin by its registered name, with its distribution (for error messages)."""
         # Set last, once every plugin has registered: until then other threads wait on the lock.
         self._ready = False
         self._loading = False
@@ -370,6 +374,43 @@ class Registry:
             raise _UNKNOWN[kind](self._unknown(kind, name, self._names(kind)))
         return entry.cls(validate_config(entry.cls.Config, f"{kind} {name}", options))
 
+    def describe_plugin(self, name: str) -> str:
+        """A plugin by its registered name with the distribution that installed it, for messages:
+        ``"taylor (prunus-taylor 1.0)"``."""
+        return str(self._plugins.get(name, Provider(name)))
+
+    def _describe_criterion(self, name: str) -> str:
+        entry = self._entries["criterion"].get(name)
+        where = f" from {entry.provider}" if entry is not None else ""
+        return f"criterion {name!r}{where}"
+
+    def blame(self, strategy: Strategy) -> str:
+        """Who answers for ``strategy``'s masks, for error messages: the strategy and, for a composed one, the
+        granularity that made its masks, each with its plugin and distribution."""
+        name = strategy.name
+        if not isinstance(name, str) or name not in self._strategies:
+            return f"strategy {brief(name)}"
+        info = self._strategies[name]
+        if info.criterion is not None:
+            entry = self._entries["granularity"].get(strategy.granularity)
+            if entry is not None:
+                return f"strategy {name!r} (granularity {strategy.granularity!r} from {entry.provider})"
+        return f"strategy {name!r} from {info.provider}"
+
+    def __reduce__(self) -> Any:
+        # What is built from the registry (a GradualPruner, say) pickles with a reference to it: the global one
+        # comes back as the global one of the unpickling process. A private registry holds plugin code and
+        # hook callers that pickle cannot carry.
+        if self is registry:
+            return (_global_registry, ())
+        raise ConfigTypeError(
+            "a private prunus.Registry cannot be pickled (it holds plugins and hook callers); pickle what was "
+            "built from the global prunus.registry, or rebuild it after loading"
+        )
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Registry:
+        return self  # a service shared by everything built from it, not a value to copy
+
     # -- registration -------------------------------------------------------------------------------------
 
     def register_plugin(self, plugin: object, name: str | None = None) -> str:
@@ -393,6 +434,7 @@ class Registry:
                 raise RegistrationError(
                     f"plugin {name or plugin!r} is blocked (named in PRUNUS_DISABLED_PLUGINS?)"
                 )
+            self._plugins[registered] = Provider(registered)
             try:
                 self._pm.check_pending()
                 self._run_registration(registered, Provider(registered))
@@ -518,7 +560,7 @@ class Registry:
                 f"criterion {cname!r} ({crit.provider}) and granularity {gname!r} ({gran.provider}) "
                 f"both define the options {sorted(clash)}; option names must differ"
             )
-        config = _merged_config(f"{name}_config", (gcls.Config, ccls.Config))
+        config = _merged_config(name, (gcls.Config, ccls.Config))
 
         def build(cfg: StrategyConfig) -> Strategy:
             values = dict(cfg)
@@ -530,7 +572,9 @@ class Registry:
             granularity = gcls(
                 validate_config(gcls.Config, name, {k: values[k] for k in gcls.Config.model_fields})
             )
-            return ComposedStrategy(cfg, criterion, granularity, self.hooks.score, name)
+            return ComposedStrategy(
+                cfg, criterion, granularity, self.hooks.score, name, rebuild=_rebuild_strategy
+            )
 
         return StrategyInfo(
             name=name,
@@ -611,7 +655,8 @@ class Registry:
                 loaded.append((ep.name, provider))
 
         self._pm = pm
-        self._hooks = Hooks(pm)
+        self._plugins.update(loaded)
+        self._hooks = Hooks(pm, plugin=self.describe_plugin, criterion=self._describe_criterion)
         for plugin_name, provider in loaded:
             try:
                 self._run_registration(plugin_name, provider)
@@ -644,6 +689,7 @@ class Registry:
         assert self._pm is not None
         if self._pm.has_plugin(plugin_name):
             self._pm.unregister(name=plugin_name)
+        self._plugins.pop(plugin_name, None)
         for table in self._entries.values():
             for key in [k for k, v in table.items() if v.provider.plugin == plugin_name]:
                 del table[key]
@@ -670,11 +716,43 @@ class Registry:
 
 
 def _filtered(table: dict[str, Any], pattern: str | None) -> list[str]:
+    if pattern is not None and not isinstance(pattern, str):
+        raise ConfigTypeError(
+            f"pattern must be a glob pattern such as '*_structured', not {type(pattern).__name__} "
+            f"({brief(pattern)})"
+        )
     names = sorted(table)
     return names if pattern is None else fnmatch.filter(names, pattern)
 
 
-def _merged_config(name: str, parts: tuple[type[StrategyConfig], ...]) -> type[StrategyConfig]:
+class _MergedConfig(StrategyConfig):
+    """Base of the config classes the registry makes for composed strategies (``l1_unstructured_config``...).
+
+    Such a class is made at run time, so pickle cannot find it by name: a config pickles as its strategy's name
+    and options and comes back through the registry (``prunus.registry.info(name).config``).
+    """
+
+    strategy: ClassVar[str] = ""
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_config, (self.strategy, dict(self)))
+
+
+def _rebuild_config(strategy: str, options: dict[str, Any]) -> StrategyConfig:
+    """A pickled composed strategy's config, rebuilt from the global registry."""
+    return validate_config(registry.info(strategy).config, strategy, options)
+
+
+def _rebuild_strategy(name: str, options: dict[str, Any]) -> Strategy:
+    """A pickled composed strategy, rebuilt from the global registry."""
+    return registry.get(name, **options)
+
+
+def _global_registry() -> Registry:
+    return registry
+
+
+def _merged_config(strategy: str, parts: tuple[type[StrategyConfig], ...]) -> type[StrategyConfig]:
     """One config model with the fields of every part, that also runs each part's own validators."""
     fields: dict[str, Any] = {}
     for part in parts:
@@ -695,13 +773,14 @@ def _merged_config(name: str, parts: tuple[type[StrategyConfig], ...]) -> type[S
                 ) from None
         return self
 
-    merged: type[StrategyConfig] = create_model(
-        name,
-        __base__=StrategyConfig,
+    merged: type[_MergedConfig] = create_model(
+        f"{strategy}_config",
+        __base__=_MergedConfig,
         __module__=__name__,
         __validators__={"check_parts": cast(Any, model_validator(mode="after")(check_parts))},
         **fields,
     )
+    merged.strategy = strategy
     return merged
 
 

@@ -35,6 +35,11 @@ class ParameterReport(BaseModel):
         """Fraction of the entries that are pruned."""
         return self.pruned / self.numel if self.numel else 0.0
 
+    @property
+    def empty(self) -> bool:
+        """Whether every entry is pruned: the layer computes nothing from its input ("layer collapse")."""
+        return self.numel > 0 and self.pruned == self.numel
+
 
 class PruneReport(BaseModel):
     """The result of :func:`prunus.prune`: the strategy, its options and what was pruned.
@@ -72,6 +77,15 @@ class PruneReport(BaseModel):
         """Fraction of all the model's parameter entries that are pruned."""
         return self.pruned / self.model_numel if self.model_numel else 0.0
 
+    @property
+    def emptied(self) -> list[str]:
+        """The parameters with every entry pruned (flagged in ``str(report)``).
+
+        Global strategies keep ``min_keep`` entries of each parameter unless the amount asks for more than that
+        leaves, so a layer is emptied only when the call asked for it; this says when that happened.
+        """
+        return [p.name for p in self.parameters if p.empty]
+
     def __getitem__(self, name: str) -> ParameterReport:
         for parameter in self.parameters:
             if parameter.name == name:
@@ -86,11 +100,19 @@ class PruneReport(BaseModel):
         ]
         for p in self.parameters:
             shape = "x".join(map(str, p.shape))
-            lines.append(f"{p.name:<{width}}  {shape:<18} {p.pruned:>12,} {p.sparsity:>9.2%}")
+            empty = "  EMPTY" if p.empty else ""
+            lines.append(
+                f"{p.name:<{width}}  {shape:<18} {p.pruned:>12,} {p.sparsity:>9.2%}{empty}"
+            )
         lines.append(
             f"{'total':<{width}}  {'':<18} {self.pruned:>12,} {self.sparsity:>9.2%}"
             f"   ({self.model_sparsity:.2%} of all {self.model_numel:,} parameters)"
         )
+        if self.emptied:
+            lines.append(
+                f"every entry of {len(self.emptied)} parameter(s) is pruned (EMPTY): "
+                f"{', '.join(self.emptied)}; those layers now compute nothing from their input"
+            )
         if self.selection is not None:
             lines.append(
                 f"selected by {self.selection.decided_by or 'a plugin'}: {self.selection.reason}"

@@ -20,6 +20,7 @@ gathers them from ``data=`` and hands them over in ``PruneContext.statistics`` (
 
 from __future__ import annotations
 
+import copy
 import zlib
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 
 from .component import Component, Kind
 from .config import NoOptions, StrategyConfig
-from .errors import CalibrationError, PluginError
+from .errors import CalibrationError, PluginError, WeightError
 from .statistics import Statistic, Statistics
 
 if TYPE_CHECKING:
@@ -245,6 +246,9 @@ class ComposedStrategy(Strategy):
         criterion: the configured :class:`Criterion` that scores.
         granularity_component: the configured :class:`Granularity` that turns scores into masks
             (``granularity``, as on every strategy, is its name).
+
+    ``rebuild(name, options)`` is how a pickled copy comes back (the registry passes its own lookup); a
+    ``copy.deepcopy`` shares the scorer and copies the rest.
     """
 
     def __init__(
@@ -254,8 +258,11 @@ class ComposedStrategy(Strategy):
         granularity: Granularity,
         scorer: Callable[[Criterion, Target, PruneContext], Tensor],
         name: str,
+        *,
+        rebuild: Callable[[str, dict[str, Any]], Strategy] | None = None,
     ) -> None:
         super().__init__(config)
+        self._rebuild = rebuild
         self.criterion = criterion
         self.granularity_component = granularity
         self._scorer = scorer
@@ -268,14 +275,47 @@ class ComposedStrategy(Strategy):
         self.reconstruction = criterion.reconstruction()
 
     def compute_masks(self, context: PruneContext) -> dict[str, Tensor]:
-        def score(target: Target) -> Tensor:
-            return checked_scores(self._scorer(self.criterion, target, context), target, self.name)
+        scorer = self._scorer
+        if getattr(scorer, "validates_scores", False):
+            # The registry's hook caller checks the scores itself, naming the plugin that gave them.
+            def score(target: Target) -> Tensor:
+                return scorer(self.criterion, target, context)
+
+        else:
+
+            def score(target: Target) -> Tensor:
+                return checked_scores(scorer(self.criterion, target, context), target, self.name)
 
         return self.granularity_component.masks(self.criterion, score, context)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickled as its name and options and rebuilt by the registry: the scorer is the registry's hook caller
+        # and the merged config class is made by the registry, neither of which pickle can find by name.
+        if self._rebuild is None:
+            raise PluginError(
+                f"strategy {self.name!r} was composed outside the registry (no rebuild function), so it "
+                "cannot be pickled; build it with prunus.registry.get"
+            )
+        return (self._rebuild, (self.name, dict(self.config)))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ComposedStrategy:
+        return ComposedStrategy(
+            copy.deepcopy(self.config, memo),
+            copy.deepcopy(self.criterion, memo),
+            copy.deepcopy(self.granularity_component, memo),
+            self._scorer,
+            self.name,
+            rebuild=self._rebuild,
+        )
+
 
 def checked_scores(scores: object, target: Target, owner: str) -> Tensor:
-    """Validate what a criterion returned: a floating tensor of the target's shape, with no NaN."""
+    """Validate what a criterion returned: a floating tensor of the target's shape, with no NaN.
+
+    Scores that are not finite are traced to their cause: weights that hold NaN or infinities raise
+    :class:`~prunus.errors.WeightError` (the model is broken, not the criterion); NaN scores of finite weights
+    raise :class:`~prunus.errors.PluginError` naming ``owner``. The common case costs one pass (``max``).
+    """
     if not isinstance(scores, Tensor):
         raise PluginError(
             f"{owner}: the criterion returned {type(scores).__name__} for {target.name!r}; "
@@ -292,10 +332,27 @@ def checked_scores(scores: object, target: Target, owner: str) -> Tensor:
             f"{owner}: scores for {target.name!r} have dtype {scores.dtype}; they must be floating point"
         )
     # max() propagates NaN: one pass with no temporary (isnan(...).any() allocates a bool tensor first).
-    if scores.numel() and bool(torch.isnan(scores.max())):
+    top = scores.max() if scores.numel() else None
+    if top is not None and not bool(torch.isfinite(top)):
+        _check_weights(target)
+    if top is not None and bool(torch.isnan(top)):
         count = int(torch.isnan(scores).sum())
         raise PluginError(
             f"{owner}: {count} scores for {target.name!r} are NaN; a criterion must return numbers "
             "(use -inf for 'prune first', +inf for 'never prune')"
         )
     return scores
+
+
+def _check_weights(target: Target) -> None:
+    """Raise :class:`WeightError` if ``target``'s own values hold NaN or infinities."""
+    tensor = target.tensor
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+        return
+    nan = int(torch.isnan(tensor).sum())
+    inf = int(torch.isinf(tensor).sum())
+    raise WeightError(
+        f"parameter {target.name!r} holds {nan} NaN and {inf} infinite values, so its entries cannot be "
+        "ranked: the model's weights are broken (a diverged training run, a bad checkpoint), not the "
+        "criterion; fix or reload them. The model was not changed"
+    )

@@ -16,12 +16,13 @@ from __future__ import annotations
 import fnmatch
 import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from torch import nn
 
 from . import masking
-from .errors import TargetError, TargetWarning
+from .arguments import check_model
+from .errors import PrunusWarning, TargetError, TargetTypeError, TargetWarning, brief
 from .layout import find_blocks, input_dim, is_transposed_linear
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "listing",
     "matches",
     "select_targets",
+    "skipped_layers",
 ]
 
 DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (
@@ -90,9 +92,15 @@ def select_targets(
 ) -> list[tuple[str, nn.Module, str]]:
     """The parameters ``prune`` would target: ``(qualified name, owning module, parameter name)``.
 
+    With no ``include`` and no ``filter_fn``, Linear and Conv layers whose weight is not a plain parameter
+    (parametrized, or pruned by ``torch.nn.utils.prune``) are left out with a :class:`~prunus.PrunusWarning`
+    that names each and says how to prune it (see :func:`skipped_layers`).
+
     Raises:
         TargetError: a pattern matches nothing, or nothing is left to prune.
+        TargetTypeError: ``model``, a pattern or ``filter_fn`` has the wrong type.
     """
+    check_model(model)
     include_patterns = glob_patterns("include", include)
     exclude_patterns = glob_patterns("exclude", exclude)
     # Every name of every parameter: a tied weight (an embedding shared with an output layer) or a module
@@ -114,10 +122,16 @@ def select_targets(
         chosen = [c for c in candidates if matches(c[0], include_patterns)]
     elif filter_fn is None:
         chosen = _default(model, candidates)
+        _warn_skipped(model)
     else:
         chosen = candidates
     if filter_fn is not None:
-        chosen = [c for c in chosen if filter_fn(c[1], c[0])]
+        if not callable(filter_fn):
+            raise TargetTypeError(
+                f"filter_fn must be a function of (module, name) returning a bool, not "
+                f"{type(filter_fn).__name__} ({brief(filter_fn)})"
+            )
+        chosen = [c for c in chosen if _chosen_by(filter_fn, c)]
 
     chosen_names = [name for name, _, _ in chosen]
     _warn_normalization(chosen, include_patterns, exclude_patterns)
@@ -199,6 +213,70 @@ def _warn_normalization(
         )
 
 
+def _chosen_by(filter_fn: FilterFn, candidate: tuple[str, nn.Module, str]) -> bool:
+    answer = filter_fn(candidate[1], candidate[0])
+    try:
+        if answer is None:
+            raise TypeError("None")  # a function that forgot to return
+        return bool(answer)
+    except Exception:
+        raise TargetTypeError(
+            f"filter_fn returned {type(answer).__name__} ({brief(answer)}) for {candidate[0]!r}; "
+            "it must return True or False"
+        ) from None
+
+
+def skipped_layers(model: nn.Module) -> dict[str, str]:
+    """The Linear and Conv layers whose ``weight`` the default targeting cannot prune, with why and what to do.
+
+    Their weight is not a plain parameter: it is computed from others by ``torch.nn.utils.parametrize`` (or
+    ``torch.nn.utils.parametrizations.weight_norm``), by the older ``torch.nn.utils.weight_norm``, or by
+    ``torch.nn.utils.prune`` (``weight_orig`` times ``weight_mask``). Zeros in those other tensors are zeros in
+    the weight only for some of them, so prunus does not guess: it names them and how to prune them.
+    """
+    out: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if not is_default_layer(module) or "weight" in module._parameters:
+            continue
+        where = name or "the model itself"
+        prefix = f"{name}." if name else ""
+        parametrizations = getattr(module, "parametrizations", None)
+        if isinstance(parametrizations, nn.ModuleDict) and "weight" in parametrizations:
+            originals = [
+                f"{prefix}parametrizations.weight.{p}"
+                for p, _ in parametrizations["weight"].named_parameters(recurse=False)
+            ]
+            out[where] = (
+                "its weight is parametrized (torch.nn.utils.parametrize); a zero in "
+                f"{' or '.join(originals)} is a zero of the weight only for some parametrizations: prune it with "
+                f"include={originals[-1]!r} if yours is one (weight_norm's original1 is), or remove the "
+                "parametrization first"
+            )
+        elif "weight_orig" in module._parameters and "weight_mask" in module._buffers:
+            out[where] = (
+                "it is pruned by torch.nn.utils.prune (weight = weight_orig * weight_mask): call "
+                f"torch.nn.utils.prune.remove(module, 'weight') first, or prune include={prefix + 'weight_orig'!r}"
+            )
+        elif "weight_v" in module._parameters:
+            out[where] = (
+                "its weight is computed by torch.nn.utils.weight_norm from weight_g and weight_v: prune "
+                f"include={prefix + 'weight_v'!r} (a zero there is a zero of the weight), or remove the weight norm"
+            )
+    return out
+
+
+def _warn_skipped(model: nn.Module) -> None:
+    skipped = skipped_layers(model)
+    if skipped:
+        details = "; ".join(f"{name!r}: {why}" for name, why in skipped.items())
+        warnings.warn(
+            f"the default targets leave out {len(skipped)} Linear/Conv layer(s) whose weight is not a plain "
+            f"parameter: {details}",
+            PrunusWarning,
+            stacklevel=3,
+        )
+
+
 def _one_per_parameter(
     chosen: list[tuple[str, nn.Module, str]], candidates: list[tuple[str, nn.Module, str]]
 ) -> list[tuple[str, nn.Module, str]]:
@@ -226,8 +304,14 @@ def glob_patterns(what: str, value: Patterns) -> list[str]:
     if value is None:
         return []
     items = [value] if isinstance(value, str) else value
-    if not isinstance(items, Iterable) or not all(isinstance(p, str) for p in items):
-        raise TargetError(f"{what} must be a glob pattern or a list of them, not {value!r}")
+    if (
+        not isinstance(items, Iterable)
+        or isinstance(items, (bytes, Mapping))
+        or not all(isinstance(p, str) for p in items)
+    ):
+        raise TargetTypeError(
+            f"{what} must be a glob pattern or a list of them, not {brief(value)}"
+        )
     patterns = list(items)
     if not patterns:
         # An empty list would silently mean "the default selection" for include, "nothing" for exclude.

@@ -30,7 +30,7 @@ Undo = Callable[[], None]
 class ModuleSnapshot:
     """Enough of every module's state to undo a structural change to a model (no tensor is copied).
 
-    Taken before a surgery that replaces parameters, buffers, submodules, hooks or attributes (``shrink``,
+    Taken before a surgery that replaces parameters, buffers, submodules, hooks, attributes or classes (``shrink``,
     ``load_shrunk``); calling it puts every module's ``__dict__`` back, so it is an undo for
     :meth:`Transaction.record`. Values changed *in place* inside a kept tensor are not covered: record their own
     undo for those.
@@ -38,6 +38,7 @@ class ModuleSnapshot:
 
     def __init__(self, model: nn.Module) -> None:
         self.states: list[tuple[nn.Module, dict[str, Any]]] = []
+        self.classes = [(module, type(module)) for module in model.modules()]
         for module in model.modules():
             state = dict(module.__dict__)
             for key, value in module.__dict__.items():
@@ -49,6 +50,8 @@ class ModuleSnapshot:
             self.states.append((module, state))
 
     def __call__(self) -> None:
+        for module, cls in self.classes:  # a surgery may switch a module to a subclass
+            module.__class__ = cls
         for module, state in self.states:
             module.__dict__.clear()
             module.__dict__.update(state)

@@ -31,9 +31,8 @@ from prunus.plugin_api import (
     StrategyConfig,
     Target,
     hookimpl,
+    input_weighted,
 )
-
-from .criteria import wanda_scores
 
 __all__ = ["OWL", "OWLConfig", "Uniform"]
 
@@ -77,7 +76,9 @@ class OWL(Allocation):
     def measure(self, targets: Sequence[Target], context: PruneContext) -> float:
         """The layer's outlier ratio: the share of Wanda scores above ``outlier_threshold`` times their mean."""
         assert isinstance(self.config, OWLConfig)
-        scores = [wanda_scores(target, context) for target in targets]
+        scores = [
+            input_weighted(t.module, t.tensor, context.statistic(t, InputNorms)) for t in targets
+        ]
         count = sum(s.numel() for s in scores)
         if not count:
             return 0.0

@@ -24,7 +24,7 @@ from prunus.plugin_api import (
     StrategyConfig,
     Target,
     hookimpl,
-    per_input,
+    input_weighted,
     rankable,
 )
 
@@ -116,18 +116,7 @@ class Wanda(Criterion):
     statistics = (InputNorms,)
 
     def score(self, target: Target, context: PruneContext) -> Tensor:
-        return wanda_scores(target, context)
-
-
-def wanda_scores(target: Target, context: PruneContext) -> Tensor:
-    """Wanda's ``|w_ij| * ||x_j||_2`` for every entry of ``target`` (float32, or float64 for a float64 one)."""
-    tensor = target.tensor
-    norms = per_input(target.module, tensor.shape, context.statistic(target, InputNorms))
-    dtype = torch.promote_types(tensor.dtype, torch.float32)
-    norms = norms.to(tensor.device, dtype)
-    scores = tensor.abs().to(dtype) * norms
-    # An input that is always zero makes its weights worthless (and inf * 0 would be NaN).
-    return scores.masked_fill_(norms == 0, 0.0) if bool((norms == 0).any()) else scores
+        return input_weighted(target.module, target.tensor, context.statistic(target, InputNorms))
 
 
 @hookimpl

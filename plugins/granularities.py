@@ -59,6 +59,16 @@ class AmountConfig(StrategyConfig):
     )
 
 
+class GlobalConfig(AmountConfig):
+    """Options of the ``global`` granularity."""
+
+    min_keep: StrictInt = Field(
+        default=1,
+        ge=0,
+        description="entries every parameter keeps, its best ones, while the amount leaves room (0: none)",
+    )
+
+
 class StructuredConfig(StrategyConfig):
     """Options of the ``structured`` granularity."""
 
@@ -142,6 +152,12 @@ class Structured(Granularity):
 class Global(Granularity):
     """One ranking of the entries of every targeted parameter together; ``amount`` is of their total.
 
+    No parameter is emptied unless asked: each keeps its ``min_keep`` (default 1) best entries while the amount
+    leaves room for that, the count pruned staying exact ("layer collapse", an output layer pruned away, is what
+    a plain global ranking does to a layer whose weights are small). ``min_keep=0`` is the plain ranking, as
+    ``torch.nn.utils.prune.global_unstructured``; an amount that asks for more than the floor leaves is followed,
+    and the report flags the emptied parameters.
+
     The ranking never concatenates the scores: it scores one parameter at a time, finds the threshold's bin
     with a histogram of the scores' bits and ranks only the few entries in that bin (see
     :func:`prunus.plugin_api.global_keep_masks`). The mask equals ``keep_mask`` on the concatenated scores, ties and
@@ -151,15 +167,19 @@ class Global(Granularity):
 
     name = "global"
     summary = "prunes the lowest-scored entries in one ranking across all parameters"
-    Config = AmountConfig
+    Config = GlobalConfig
 
     def masks(
         self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
     ) -> dict[str, Tensor]:
-        assert isinstance(self.config, AmountConfig)
+        assert isinstance(self.config, GlobalConfig)
         targets = list(context.targets)
         return global_keep_masks(
-            targets, score, self.config.amount, _restore_bytes(targets, self.config.amount, context)
+            targets,
+            score,
+            self.config.amount,
+            _restore_bytes(targets, self.config.amount, context),
+            min_keep=self.config.min_keep,
         )
 
 

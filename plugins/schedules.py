@@ -7,6 +7,7 @@ prune": ``s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n Δt))^3`` for ``t = t0, t0 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from prunus.plugin_api import (
     Registrar,
     Schedule,
     SchedulePoint,
+    SteppedPoints,
     StrategyConfig,
     hookimpl,
 )
@@ -123,16 +125,12 @@ class GradualConfig(StrategyConfig):
 class _Gradual(Schedule):
     Config = GradualConfig
 
-    def points(self) -> list[SchedulePoint]:
+    def points(self) -> SteppedPoints:
+        # Computed when read: end=10**8 costs four numbers, not 10**8 points.
         assert isinstance(self.config, GradualConfig)
         c = self.config
-        steps = [*range(c.start, c.end, c.every), c.end]
-        span = c.end - c.start
-        points = []
-        for step in steps:
-            progress = 1.0 if span == 0 else (step - c.start) / span
-            points.append((step, self.shape(c.initial_sparsity, c.final_sparsity, progress)))
-        return points
+        shape = functools.partial(self.shape, float(c.initial_sparsity), float(c.final_sparsity))
+        return SteppedPoints(c.start, c.end, c.every, shape)
 
     @staticmethod
     def shape(initial: float, final: float, progress: float) -> float:

@@ -36,6 +36,11 @@ class GlobalUnstructuredConfig(StrategyConfig):
     criterion_options: dict[str, Any] = Field(
         default_factory=dict, description="options of the criterion, e.g. {'seed': 3} for random"
     )
+    min_keep: StrictInt = Field(
+        default=1,
+        ge=0,
+        description="entries every parameter keeps, its best ones, while the amount leaves room (0: none)",
+    )
 
 
 class GlobalUnstructured(Strategy):
@@ -60,7 +65,10 @@ class GlobalUnstructured(Strategy):
             config.criterion, **config.criterion_options
         )  # names a bad criterion early
         inner = registry.get(
-            f"{config.criterion}_global", amount=config.amount, **config.criterion_options
+            f"{config.criterion}_global",
+            amount=config.amount,
+            min_keep=config.min_keep,
+            **config.criterion_options,
         )
         return cls(config, inner)
 

@@ -1,9 +1,11 @@
-"""Shared fixtures: small hand-built models and a helper that proves a model was left exactly as it was."""
+"""Shared fixtures: small models (most from :mod:`prunus.testing.zoo`), a private registry, a private probe cache,
+and a snapshot that proves a model was left exactly as it was. Helpers the modules import are in support.py."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # This suite checks prunus and its built-in plugins, whatever else is installed beside them (an example plugin
@@ -17,6 +19,8 @@ from torch import Tensor, nn
 
 import prunus
 from prunus import masking
+from prunus.hardware.probing import CACHE_ENV
+from prunus.testing.zoo import MLP, LeNet, ResidualBlock
 
 # The models here are tiny: one intra-op thread per test process is fastest, and with pytest-xdist it keeps the
 # workers from oversubscribing the cores (several threads spinning on a busy machine cost seconds per test).
@@ -36,53 +40,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # -- models ---------------------------------------------------------------------------------------------------
 
 
-class MLP(nn.Module):
-    def __init__(self, sizes: tuple[int, ...] = (16, 32, 24, 10)) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(sizes[0], sizes[1])
-        self.fc2 = nn.Linear(sizes[1], sizes[2])
-        self.fc3 = nn.Linear(sizes[2], sizes[3])
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-
-class LeNet(nn.Module):
-    """LeNet-style: two Conv2d with pooling, then two Linear (input 1x16x16)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 4, 3)
-        self.conv2 = nn.Conv2d(4, 8, 3)
-        self.fc1 = nn.Linear(8 * 5 * 5, 32)
-        self.fc2 = nn.Linear(32, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = torch.relu(self.conv2(x))
-        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
-
-
-class ResBlock(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(x + self.bn2(self.conv2(out)))
-
-
 class ResNetTiny(nn.Module):
     """A stem, one residual block with BatchNorm, and a linear head (input 3x8x8)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.block = ResBlock(8)
+        self.block = ResidualBlock(8)
         self.head = nn.Linear(8, 5)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -222,3 +186,10 @@ def snapshot_fixture() -> Callable[[nn.Module], dict[str, Any]]:
 def private_registry() -> prunus.Registry:
     """A fresh registry with the built-in plugins, to register test plugins without touching the global one."""
     return prunus.Registry()
+
+
+@pytest.fixture
+def probe_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A probe cache directory of this test's own (``$PRUNUS_CACHE_DIR``), empty at first."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -11,12 +11,8 @@ from torch import nn
 import prunus
 from prunus import AnalysisReport
 from prunus.errors import ConfigError, TargetError
-from prunus.hardware.probing import CACHE_ENV
 
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("probe_cache")
 
 
 class Net(nn.Module):

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from support import registers
 from torch import Tensor, nn
 
 import prunus
@@ -20,7 +21,6 @@ from prunus import (
     MaskError,
     PluginError,
     PruneContext,
-    Registrar,
     Registry,
     Strategy,
     Target,
@@ -348,14 +348,7 @@ def criterion_plugin(name: str, score: Callable[[Target], Any]) -> types.ModuleT
             return score(target)  # type: ignore[no-any-return]
 
     Bad.name = name
-
-    @prunus.hookimpl
-    def prunus_register_criteria(register: Registrar) -> None:
-        register(Bad)
-
-    module = types.ModuleType(f"{name}_plugin")
-    module.prunus_register_criteria = prunus_register_criteria  # type: ignore[attr-defined]
-    return module
+    return registers(Bad)
 
 
 def _boom(target: Target) -> Tensor:

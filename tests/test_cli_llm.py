@@ -83,14 +83,19 @@ def test_prune_llm_reports_mistakes_in_one_line(
     folder = model_directory(tmp_path)
     missing = ["prune-llm", str(folder), "--calibration", str(tmp_path / "no.txt")]
     assert run([*missing, "--amount", "0.5", "-o", str(tmp_path / "o")]) == 2
-    assert "cannot read the calibration text" in capsys.readouterr().err
+    assert "calibration text" in (err := capsys.readouterr().err) and "No such file" in err
     calibration = str(text(tmp_path))
     not_a_model = ["prune-llm", str(tmp_path / "none"), "--calibration", calibration]
     assert run([*not_a_model, "--amount", "0.5", "-o", str(tmp_path / "o")]) == 2
     assert "neither a Hugging Face model directory" in capsys.readouterr().err
     no_amount = ["prune-llm", str(folder), "--calibration", calibration, "-o", str(tmp_path / "o")]
     assert run(no_amount) == 2
-    assert "amount" in capsys.readouterr().err
+    assert "amount: required option is missing" in capsys.readouterr().err
+    unknown = ["prune-llm", str(tmp_path / "none"), "--calibration", str(tmp_path / "no.txt")]
+    assert (
+        run([*unknown, "--amount", "0.5", "--allocation", "nope", "-o", str(tmp_path / "o")]) == 2
+    )
+    assert "nope" in capsys.readouterr().err  # named before the missing model or text is read
 
 
 @pytest.mark.slow

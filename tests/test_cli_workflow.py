@@ -15,7 +15,9 @@ from torch import nn
 
 import prunus
 from prunus.cli import main, run
+from prunus.testing import zoo
 
+WIDTHS = (8, 24, 3)  # the MLP of net.py, which a user writes as plain torch
 NET = """
 import torch
 from torch import nn
@@ -45,9 +47,7 @@ def not_a_model():
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "net.py").write_text(NET)
     monkeypatch.chdir(tmp_path)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 24), nn.ReLU(), nn.Linear(24, 3))
-    torch.save(model.state_dict(), tmp_path / "dense.pt")
+    torch.save(zoo.mlp(WIDTHS, seed=0).state_dict(), tmp_path / "dense.pt")
     return tmp_path
 
 
@@ -55,7 +55,7 @@ FACTORY = ["--factory", "net.py:make"]
 
 
 def load(path: Path) -> nn.Module:
-    model = nn.Sequential(nn.Linear(8, 24), nn.ReLU(), nn.Linear(24, 3))
+    model = zoo.mlp(WIDTHS)
     model.load_state_dict(torch.load(path, weights_only=True))
     return model
 
@@ -452,7 +452,7 @@ def test_user_mistakes_end_in_one_line(
 
 
 def test_a_whole_pickled_model_loads_with_trust(workdir: Path) -> None:
-    torch.save(nn.Sequential(nn.Linear(8, 24), nn.ReLU(), nn.Linear(24, 3)), workdir / "whole.pt")
+    torch.save(zoo.mlp(WIDTHS), workdir / "whole.pt")
     args = ["prune", "whole.pt", "--strategy", "l1_unstructured", "--amount", "0.5", "-o", "w.pt"]
     assert run([*args, "--trust-checkpoint"]) == 0
     assert zeros(load(workdir / "w.pt"))["0.weight"] == 0.5
@@ -486,7 +486,7 @@ def test_console_script_gives_no_traceback(workdir: Path) -> None:
             "--strategy",
             "l1_unstructured",
             "--amount",
-            "2",
+            "2.5",
             "-o",
             "x.pt",
         ],

@@ -1,12 +1,10 @@
 """The docs describe the package as it is: the architecture's module map and layers, the paths the pages name,
-the hook specifications they quote, their runnable examples, and the rule that no attribute hides a module."""
+the hook specifications they quote and their runnable examples. (The rules of the architecture itself, such as no
+attribute hiding a module, are checked in tests/test_architecture.py.)"""
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import os
-import pkgutil
 import re
 import subprocess
 import sys
@@ -140,29 +138,3 @@ def test_the_examples_of_a_page_run(page: str, tmp_path: Path) -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-
-
-PACKAGES = [
-    "prunus",
-    "prunus.hardware",
-    "prunus.workflow",
-    "prunus.shrinking",
-    "prunus.persistence",
-    "prunus.callbacks",
-    "prunus.cli",
-    "prunus.testing",
-    "prunus.plugins",
-]
-
-
-@pytest.mark.parametrize("name", PACKAGES)
-def test_no_attribute_hides_a_submodule(name: str) -> None:
-    """``prunus.x`` is the module whenever ``prunus/x.py`` exists, never a function of the same name."""
-    package = importlib.import_module(name)
-    lazy = {**getattr(package, "_TOOLS", {}), **getattr(package, "_EXPORTS", {})}
-    for info in pkgutil.iter_modules(package.__path__):
-        assert info.name not in lazy, f"{name}.{info.name} would load a name, not the module"
-        value = vars(package).get(info.name)
-        assert value is None or inspect.ismodule(value), (
-            f"{name}.{info.name} is {type(value).__name__}, hiding the module {name}.{info.name}"
-        )

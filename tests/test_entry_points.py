@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from filelock import FileLock
+from support import import_in_fresh_process
 
 HERE = Path(__file__).parent
 DISTRIBUTIONS = ("sample_plugin", "broken_plugin")
@@ -338,34 +339,10 @@ def test_autoload_off_loads_no_installed_plugin(scenario: dict[str, Any]) -> Non
 # -- importing prunus ------------------------------------------------------------------------------------------------
 
 
-IMPORT_PROBE = textwrap.dedent(
-    """
-    import json, sys
-    import prunus
-    import torch
-    print(json.dumps({
-        "pytest": "pytest" in sys.modules,
-        "hypothesis": "hypothesis" in sys.modules,
-        "plugins": sorted(m for m in sys.modules if m.startswith("prunus.plugins.")),
-        "third_party": sorted(m for m in sys.modules if m.startswith("prunus_")),
-        "cuda_initialized": torch.cuda.is_initialized(),
-        "loaded": repr(prunus.registry),
-    }))
-    """
-)
-
-
 @pytest.fixture(scope="module")
 def fresh_import(installed: dict[str, Any]) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-c", IMPORT_PROBE],
-        env=_clean_env(Path(installed["site"]), {}),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    """``import prunus`` with the test distributions installed (tests/test_architecture.py: without them)."""
+    return import_in_fresh_process(_clean_env(Path(installed["site"]), {}))
 
 
 def test_import_does_not_import_pytest_or_hypothesis(fresh_import: dict[str, Any]) -> None:

@@ -11,12 +11,12 @@ from torch import nn
 
 import prunus
 from prunus import ConfigError
+from prunus.testing import zoo
 from prunus.workflow.evaluation import batches
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+    return zoo.mlp((16, 64, 4), seed=seed)
 
 
 @pytest.fixture

@@ -9,39 +9,18 @@ import sys
 
 import pytest
 import torch
+from support import write_probe
 
 import prunus
 from prunus import CpuInfo, GpuInfo, HardwareProfile
 from prunus.errors import ConfigError
 from prunus.hardware.detection import resolve_hardware
-from prunus.hardware.probing import CACHE_ENV, ProbeResult, probe_cache_path
+from prunus.hardware.probing import CACHE_ENV
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only path")
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-def write_probe(crossover: float | None, semi: float | None = None) -> None:
-    result = ProbeResult(
-        device="cpu",
-        device_name="test",
-        key="k",
-        torch_version=torch.__version__,
-        threads=torch.get_num_threads(),
-        created="2026-01-02T03:04:05+00:00",
-        repeats=1,
-        points=[],
-        crossovers={},
-        crossover=crossover,
-        semi_structured_speedup=semi,
-    )
-    path = probe_cache_path("cpu")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(result.model_dump_json())
+pytestmark = pytest.mark.usefixtures("probe_cache")
 
 
 @no_cuda

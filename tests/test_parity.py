@@ -160,16 +160,20 @@ class Pair(nn.Module):
             self.b.weight.copy_(both[30:].reshape(4, 3, 2, 2))
 
 
+def torch_global(pair: Pair, amount: float | int) -> None:
+    tprune.global_unstructured(
+        [(pair.a, "weight"), (pair.b, "weight")],
+        pruning_method=tprune.L1Unstructured,
+        amount=amount,
+    )
+
+
 @pytest.mark.parametrize("amount", [*FRACTIONS, 0, 1, 40, 78])
 def test_global_unstructured_matches_torch(amount: float | int) -> None:
     ours, theirs = Pair(), Pair()
     theirs.load_state_dict(ours.state_dict())
     prunus.prune(ours, "global_unstructured", amount=amount)
-    tprune.global_unstructured(
-        [(theirs.a, "weight"), (theirs.b, "weight")],
-        pruning_method=tprune.L1Unstructured,
-        amount=amount,
-    )
+    torch_global(theirs, amount)
     for module in ("a", "b"):
         assert torch.equal(prunus_mask(getattr(ours, module)), torch_mask(getattr(theirs, module)))
 
@@ -308,10 +312,6 @@ def test_global_twice_matches_pruning_container(amounts: tuple[float, float]) ->
     theirs.load_state_dict(ours.state_dict())
     for amount in amounts:
         prunus.prune(ours, "global_unstructured", amount=amount)
-        tprune.global_unstructured(
-            [(theirs.a, "weight"), (theirs.b, "weight")],
-            pruning_method=tprune.L1Unstructured,
-            amount=amount,
-        )
+        torch_global(theirs, amount)
     for module in ("a", "b"):
         assert torch.equal(prunus_mask(getattr(ours, module)), torch_mask(getattr(theirs, module)))

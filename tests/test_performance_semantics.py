@@ -1,6 +1,6 @@
 """The fast paths keep the exact semantics: lean global ranking, bit-level masking, the cached step hook.
 
-These tests assert results (counts, masks, values), never timings: ``benchmarks/bench_speed.py`` measures speed.
+These tests assert results (counts, masks, values), never timings: ``benchmarks/bench_masks.py`` measures speed.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import random
 import pytest
 import torch
 import torch.nn.utils.prune as torch_prune
+from support import pruned_entries_are_zero
 from torch import Tensor, nn
 
 import prunus
@@ -214,13 +215,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad()
     model(torch.randn(8, 12)).pow(2).sum().backward()
     optimizer.step()
-
-
-def pruned_entries_are_zero(model: nn.Module) -> bool:
-    return all(
-        bool((model.get_parameter(name).detach()[~mask] == 0).all())
-        for name, mask in prunus.masks(model).items()
-    )
 
 
 def net() -> nn.Sequential:

@@ -21,11 +21,7 @@ from prunus.hardware.probing import (
     time_interleaved,
 )
 
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("probe_cache")
 
 
 @pytest.mark.parametrize(
@@ -67,7 +63,7 @@ def test_cache_key_names_the_device_torch_and_threads():
     assert torch.__version__.split("+")[0] in path.name
 
 
-def test_a_small_probe_measures_caches_and_loads_back(cache):
+def test_a_small_probe_measures_caches_and_loads_back():
     assert load_probe() is None
     result = prunus.probe(shapes=[(64, 64)], batches=[1, 4], sparsities=[0.5, 0.99], repeats=2)
     assert result.device == "cpu"
@@ -83,12 +79,12 @@ def test_a_small_probe_measures_caches_and_loads_back(cache):
     json.loads(probe_cache_path().read_text())  # plain JSON
 
 
-def test_probe_without_saving_leaves_no_file(cache):
+def test_probe_without_saving_leaves_no_file():
     prunus.probe(shapes=[(32, 32)], batches=[2], sparsities=[0.9], repeats=1, save=False)
     assert load_probe() is None
 
 
-def test_an_unreadable_cache_is_ignored_with_a_warning(cache):
+def test_an_unreadable_cache_is_ignored_with_a_warning():
     path = probe_cache_path()
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
@@ -152,7 +148,7 @@ def test_probe_results_round_trip_through_json():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_probe_on_cuda_measures_csr_and_two_four(cache):
+def test_probe_on_cuda_measures_csr_and_two_four():
     result = prunus.probe(
         "cuda", shapes=[(1024, 1024)], batches=[256], sparsities=[0.5, 0.99], repeats=3
     )

@@ -9,13 +9,11 @@ import torch
 from torch import nn
 
 import prunus
+from prunus.testing import zoo
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5)
-    )
+    return zoo.mlp((32, 64, 64, 5), seed=seed)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 from pydantic import Field, StrictInt, ValidationError
+from support import plugin, registers
 from torch import Tensor, nn
 
 import prunus
@@ -17,7 +18,6 @@ from prunus import (
     Granularity,
     NoOptions,
     PruneContext,
-    Registrar,
     RegistrationError,
     Registry,
     Strategy,
@@ -52,22 +52,6 @@ class KeepAll(Strategy):
 
     def compute_masks(self, context: PruneContext) -> dict[str, Tensor]:
         return {t.name: torch.ones_like(t.tensor, dtype=torch.bool) for t in context.targets}
-
-
-def plugin(**hooks: Callable[..., Any]) -> types.ModuleType:
-    """A plugin module with the given hook implementations."""
-    module = types.ModuleType("test_plugin")
-    for name, fn in hooks.items():
-        setattr(module, name, prunus.hookimpl(fn))
-    return module
-
-
-def registers(*classes: type, kind: str = "criteria") -> types.ModuleType:
-    def hook(register: Registrar) -> None:
-        for cls in classes:
-            register(cls)
-
-    return plugin(**{f"prunus_register_{kind}": hook})
 
 
 # -- lookups ---------------------------------------------------------------------------------------------------

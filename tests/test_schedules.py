@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import pytest
 import torch
 from pydantic import Field
+from support import pruned_counts, registers
 from torch import nn
 
 import prunus
-from prunus import ConfigError, GradualPruner, Registrar, Schedule, StrategyConfig
+from prunus import ConfigError, GradualPruner, Schedule, StrategyConfig
 from prunus.errors import RegistrationError
 from prunus.schedules import UnknownScheduleError
+from prunus.testing import zoo
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 9), nn.ReLU(), nn.Linear(9, 3))
-
-
-def pruned_counts(model: nn.Module) -> dict[str, int]:
-    return {name: int((~mask).sum()) for name, mask in prunus.masks(model).items()}
+    return zoo.mlp((12, 20, 9, 3), seed=seed)
 
 
 # -- the built-in schedules -------------------------------------------------------------------------------
@@ -117,19 +113,8 @@ class Exponential(Schedule):
         return [(r, 1 - keep ** (r + 1)) for r in range(self.config.rounds)]
 
 
-def schedule_plugin(*classes: type) -> types.ModuleType:
-    module = types.ModuleType("schedule_plugin")
-
-    def prunus_register_schedules(register: Registrar) -> None:
-        for cls in classes:
-            register(cls)
-
-    module.prunus_register_schedules = prunus.hookimpl(prunus_register_schedules)  # type: ignore[attr-defined]
-    return module
-
-
 def test_a_plugin_registers_a_schedule_through_the_hook(private_registry: prunus.Registry) -> None:
-    private_registry.register_plugin(schedule_plugin(Exponential), name="acme")
+    private_registry.register_plugin(registers(Exponential, kind="schedules"), name="acme")
     assert "exponential" in private_registry.schedules()
     assert private_registry.provider("schedule", "exponential").plugin == "acme"
     assert "exponential" not in prunus.registry.schedules()
@@ -163,7 +148,7 @@ def test_register_a_schedule_class_directly_and_clashes(private_registry: prunus
 
 def test_registering_a_non_schedule_as_a_schedule_fails(private_registry: prunus.Registry) -> None:
     with pytest.raises(RegistrationError, match=r"prunus\.Schedule"):
-        private_registry.register_plugin(schedule_plugin(int), name="bad")
+        private_registry.register_plugin(registers(int, kind="schedules"), name="bad")
     assert private_registry.schedules() == prunus.registry.schedules()
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import write_probe
 from torch import nn
 
 import prunus
 from prunus import HardwareProfile, Selection
 from prunus.errors import ConfigError, PluginError
-from prunus.hardware.probing import CACHE_ENV, ProbeResult, probe_cache_path
+from prunus.hardware.probing import CACHE_ENV
 from prunus.hardware.sparse import follows_nm
 
 POLICY = "prunus.hardware_policy"
@@ -24,10 +25,7 @@ AMPERE = HardwareProfile.declare("gpu", compute_capability=(8, 0), name="A100")
 TURING = HardwareProfile.declare("gpu", compute_capability=(7, 5), name="T4")
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("probe_cache")
 
 
 def big(device: str = "meta") -> nn.Sequential:
@@ -47,24 +45,6 @@ def small() -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(3, 16, 3), nn.Flatten(), nn.Linear(16 * 6 * 6, 32), nn.Linear(32, 10)
     )
-
-
-def write_probe(crossover: float | None) -> None:
-    result = ProbeResult(
-        device="cpu",
-        device_name="test",
-        key="k",
-        torch_version=torch.__version__,
-        threads=torch.get_num_threads(),
-        created="2026-01-02T03:04:05+00:00",
-        repeats=1,
-        points=[],
-        crossovers={},
-        crossover=crossover,
-    )
-    path = probe_cache_path("cpu")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(result.model_dump_json())
 
 
 def check(selection: Selection, strategy: str) -> None:

@@ -7,19 +7,16 @@ from typing import Any
 
 import pytest
 import torch
+from support import pruned_counts
 from torch import nn
 
 import prunus
 from prunus import ConfigError, SensitivityCurve, SensitivityResult, TargetError
+from prunus.testing import zoo
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 9), nn.ReLU(), nn.Linear(9, 3))
-
-
-def pruned(model: nn.Module) -> dict[str, int]:
-    return {name: int((~mask).sum()) for name, mask in prunus.masks(model).items()}
+    return zoo.mlp((12, 20, 9, 3), seed=seed)
 
 
 # -- prune(amounts=...) -----------------------------------------------------------------------------------
@@ -28,7 +25,7 @@ def pruned(model: nn.Module) -> dict[str, int]:
 def test_per_layer_amounts_by_pattern_first_match_wins() -> None:
     model = mlp()
     report = prunus.prune(model, "l1_unstructured", amounts={"0.weight": 0.5, "*.weight": 3})
-    assert pruned(model) == {"0.weight": 120, "2.weight": 3, "4.weight": 3}
+    assert pruned_counts(model) == {"0.weight": 120, "2.weight": 3, "4.weight": 3}
     assert report.options == {"amounts": {"0.weight": 0.5, "*.weight": 3}}
     assert report["0.weight"].newly_pruned == 120
 
@@ -36,10 +33,10 @@ def test_per_layer_amounts_by_pattern_first_match_wins() -> None:
 def test_unmatched_layers_take_amount_or_are_left_alone() -> None:
     model = mlp()
     prunus.prune(model, "l1_unstructured", amounts={"2.weight": 0.5})
-    assert pruned(model) == {"2.weight": 90}
+    assert pruned_counts(model) == {"2.weight": 90}
     model = mlp()
     report = prunus.prune(model, "l1_unstructured", amounts={"2.weight": 0.5}, amount=0.25)
-    assert pruned(model) == {"0.weight": 60, "2.weight": 90, "4.weight": 7}
+    assert pruned_counts(model) == {"0.weight": 60, "2.weight": 90, "4.weight": 7}
     assert report.options["amount"] == 0.25
 
 
@@ -47,13 +44,13 @@ def test_per_layer_amounts_compose_with_earlier_prunes() -> None:
     model = mlp()
     prunus.prune(model, "l1_unstructured", amount=0.5)
     prunus.prune(model, "l1_unstructured", amounts={"0.weight": 0.5})  # of the remaining 120
-    assert pruned(model)["0.weight"] == 180
+    assert pruned_counts(model)["0.weight"] == 180
 
 
 def test_a_global_strategy_ranks_each_amount_group_together() -> None:
     model = mlp()
     prunus.prune(model, "l1_global", amounts={"0.weight": 0.5, "[24].weight": 10})
-    counts = pruned(model)
+    counts = pruned_counts(model)
     assert counts["0.weight"] == 120
     assert counts["2.weight"] + counts["4.weight"] == 10
 
@@ -107,7 +104,7 @@ def test_sensitivity_prunes_each_layer_alone_and_leaves_the_model_as_it_was(
     seen: list[dict[str, int]] = []
 
     def evaluator(m: nn.Module) -> float:
-        seen.append(pruned(m))
+        seen.append(pruned_counts(m))
         return prunus.accuracy(m, data)
 
     result = prunus.sensitivity(model, evaluator, amounts=[0.5, 0.9])

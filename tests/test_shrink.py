@@ -14,10 +14,20 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import prunus
 from prunus import PruneContext, Target
+from prunus.config import count_to_prune
+from prunus.testing.zoo import (
+    CHANNEL_NETS,
+    MLP,
+    GroupedNet,
+    ResNet,
+    randomize_norms,
+)
 
 Snapshot = Callable[[nn.Module], dict[str, Any]]
 
@@ -30,109 +40,6 @@ def _needs_torch_pruning(request: pytest.FixtureRequest) -> None:
 
 
 # -- models ---------------------------------------------------------------------------------------------------
-
-
-def randomize_norms(model: nn.Module) -> nn.Module:
-    """BatchNorm statistics and affine terms far from the identity, so they matter to the outputs."""
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                assert m.running_mean is not None and m.running_var is not None
-                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) * 2 - 1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=gen) * 2 - 1)
-    return model.eval()
-
-
-class MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(12, 32)
-        self.fc2 = nn.Linear(32, 24)
-        self.out = nn.Linear(24, 5)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-
-class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class ResNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(8)
-        self.block1 = ResBlock(8, 8, 1)
-        self.block2 = ResBlock(8, 16, 2)
-        self.head = nn.Linear(16, 4)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.block2(self.block1(torch.relu(self.bn(self.stem(x)))))
-        return self.head(x.mean(dim=(2, 3)))
-
-
-class GroupedNet(nn.Module):
-    """A grouped convolution, a depthwise one, then a pointwise one."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
-        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-        self.bn = nn.BatchNorm2d(8)
-        self.pointwise = nn.Conv2d(8, 12, 1)
-        self.head = nn.Linear(12, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = torch.relu(self.grouped(torch.relu(self.conv(x))))
-        x = torch.relu(self.bn(self.depthwise(x)))
-        return self.head(self.pointwise(x).mean(dim=(2, 3)))
-
-
-class ConcatNet(nn.Module):
-    """Two branches concatenated along channels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.left = nn.Conv2d(3, 6, 3, padding=1)
-        self.right = nn.Conv2d(3, 10, 1)
-        self.mix = nn.Conv2d(16, 8, 3, padding=1)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = torch.cat([torch.relu(self.left(x)), torch.relu(self.right(x))], dim=1)
-        return self.head(torch.relu(self.mix(x)).mean(dim=(2, 3)))
-
-
-class FlattenNet(nn.Module):
-    """Conv features flattened into a Linear: each channel owns several of its input columns."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 6, 3)
-        self.fc = nn.Linear(6 * 4 * 4, 10)
-        self.head = nn.Linear(10, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(torch.relu(self.fc(torch.relu(self.conv(x)).flatten(1))))
 
 
 class Attention(nn.Module):
@@ -173,11 +80,7 @@ class Transformer(nn.Module):
 
 
 CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], dict[str, Any]]] = {
-    "mlp": (MLP, (4, 12), {}),
-    "resnet": (ResNet, (2, 3, 8, 8), {}),
-    "grouped": (GroupedNet, (2, 3, 8, 8), {}),
-    "concat": (ConcatNet, (2, 3, 8, 8), {}),
-    "flatten": (FlattenNet, (2, 3, 6, 6), {}),
+    **{name: (factory, shape, {}) for name, (factory, shape) in CHANNEL_NETS.items()},
     "attention": (Transformer, (2, 5, 6), {"heads": {"attn.[qkv]": 4}}),
 }
 
@@ -525,3 +428,338 @@ def test_a_failing_applier_leaves_prune_channels_atomic(
     with pytest.raises(prunus.PluginError, match="left as it was"):
         prunus.prune_channels(model, x, "l1_structured", amount=0.5, registry=private_registry)
     assert snapshot(model) == before
+
+
+# -- regressions: no channel removed beyond amount without a reason -------------------------------------------
+
+
+class SharedAfterSplit(nn.Module):
+    """A conv's output split in half, both halves through one shared conv: the graph loses half the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.shared = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = torch.relu(self.conv(x)).split(8, dim=1)
+        return self.head((self.shared(a) + self.shared(b)).mean(dim=(2, 3)))
+
+
+class LinearIntoTransposedConv(nn.Module):
+    """A Linear viewed as feature maps for a transposed convolution (a decoder's first step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 16 * 2 * 2)
+        self.up = nn.ConvTranspose2d(16, 4, 2, stride=2)
+        self.out = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(torch.relu(self.up(torch.relu(self.fc(x)).view(-1, 16, 2, 2))))
+
+
+class OneChannelConv(nn.Module):
+    """A conv with a single output channel (groups == out_channels == 1) after an ordinary one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.score = nn.Conv2d(8, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.score(torch.relu(self.conv(x))).flatten(1)
+
+
+class DepthwiseMultiplier(nn.Module):
+    """A depthwise convolution with channel multiplier 2 (in_channels == groups, out_channels == 2 * groups)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 16, 3, padding=1, groups=8)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.dw(torch.relu(self.conv(x)))).mean(dim=(2, 3)))
+
+
+ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], dict[str, Any]]] = {
+    **CASES,
+    "split": (SharedAfterSplit, (2, 3, 8, 8), {}),
+    "transposed": (LinearIntoTransposedConv, (2, 6), {}),
+    "one_channel": (OneChannelConv, (2, 3, 6, 6), {}),
+    "multiplier": (DepthwiseMultiplier, (2, 3, 6, 6), {}),
+}
+
+
+def build_zoo(name: str, seed: int = 0) -> tuple[nn.Module, Tensor, dict[str, Any]]:
+    factory, shape, extra = ZOO[name]
+    torch.manual_seed(seed)
+    return (
+        randomize_norms(factory()),
+        torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)),
+        extra,
+    )
+
+
+def masked_rows(model: nn.Module, layer: str) -> int:
+    mask = prunus.masks(model).get(f"{layer}.weight")
+    return 0 if mask is None else int((~mask).flatten(1).all(dim=1).sum())
+
+
+def test_a_split_the_graph_loses_track_of_is_left_not_over_pruned() -> None:
+    model, x, _ = build_zoo("split")
+    report = prunus.prune_channels(model, x, "l1_structured", amount=0.25)
+    conv = next(g for g in report.groups if g.name == "conv")
+    assert conv.left is not None and "loses track" in conv.left and "(shared)" in conv.left
+    assert masked_rows(model, "conv") == 0  # before: 10 of 16 filters masked for amount=0.25
+    assert report.beyond_amount_channels == 0
+
+
+def test_a_view_into_a_transposed_conv_is_left_not_over_pruned() -> None:
+    model, x, _ = build_zoo("transposed")
+    report = prunus.prune_channels(model, x, "l1_structured", amount=0.5)
+    fc = next(g for g in report.groups if g.name == "fc")
+    assert fc.left is not None and "loses track" in fc.left
+    assert masked_rows(model, "fc") == 0  # before: 62 of 64 rows zeroed
+    shrunk, _, _ = build_zoo("transposed")
+    prunus.shrink(shrunk, x, "l1_structured", amount=0.5)  # no "would empty a layer" any more
+    assert isinstance(shrunk, LinearIntoTransposedConv) and shrunk.fc.out_features == 64
+
+
+def test_a_conv_with_one_output_channel_is_not_depthwise() -> None:
+    model, x, _ = build_zoo("one_channel")
+    report = prunus.shrink(model, x, "l1_structured", amount=0.5)
+    conv = next(g for g in report.groups if g.name == "conv")
+    assert conv.left is None and len(conv.removed) == 4
+    assert isinstance(model, OneChannelConv) and model.score.in_channels == 4
+
+
+def test_out_channels_equal_to_groups_is_left_when_in_channels_differ() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.grouped = nn.Conv2d(
+                8, 4, 3, padding=1, groups=4
+            )  # 2 inputs per output: not depthwise
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(self.grouped(torch.relu(self.conv(x))).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 3, 6, 6)
+    expected = model(x)
+    report = prunus.shrink(model, x, "l1_structured", amount=0.5)
+    conv = next(g for g in report.groups if "conv" in g.layers)
+    assert conv.left is not None and "would prune it as a depthwise one" in conv.left
+    assert close(model(x), expected)
+
+
+def test_a_report_says_why_nothing_was_removed() -> None:
+    model, x, _ = build_zoo("multiplier")
+    report = prunus.shrink(model, x, "l1_structured", amount=0.25)
+    assert report.removed_channels == 0
+    assert report.reason is not None and "rounds to none" in report.reason
+    assert "nothing removed" in str(report)
+
+
+# -- aligned widths and folded biases ---------------------------------------------------------------------------
+
+
+def test_shrink_accepts_aligned_strategies() -> None:
+    model, x, _ = build("mlp")
+    report = prunus.shrink(model, x, "l1_aligned", amount=0.3, round_to=8)
+    assert isinstance(model, MLP)
+    assert model.fc1.out_features % 8 == 0 and model.fc2.out_features % 8 == 0
+    assert (
+        model.fc1.out_features == 24 and model.fc2.out_features == 16
+    )  # 32 * 0.7 -> 24, 24 * 0.7 -> 16
+    assert report.strategy == "l1_aligned"
+
+
+def test_exact_false_folds_live_biases_into_the_next_layer() -> None:
+    model, x, _ = build("mlp")
+    with torch.no_grad():
+        model.fc1.bias.uniform_(
+            0.2, 1.0
+        )  # positive: relu passes them, the removed neurons carry constants
+        model.fc2.bias.uniform_(0.2, 1.0)
+    prunus.prune(
+        model, "l1_aligned", amount=0.5, round_to=8, exclude="fc3.weight"
+    )  # rows only, biases live
+    expected = model(x)
+    report = prunus.shrink(model, x, exact=False)
+    assert isinstance(model, MLP) and model.fc1.out_features == 16 and model.fc2.out_features == 16
+    assert close(model(x), expected)  # before: outputs moved by up to 70 %
+    notes = [g.note for g in report.groups if g.removed]
+    assert notes and all(n is not None and "folded" in n for n in notes)
+    assert all(
+        prunus.shrinking.planning.DEAD_SILENT in g.beyond_amount for g in report.groups if g.removed
+    )
+
+
+# -- the over-pruning guard -------------------------------------------------------------------------------------
+
+
+@given(
+    name=st.sampled_from(sorted(ZOO)),
+    amount=st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75]),
+    granularity=st.sampled_from(["structured", "global"]),
+    silenced=st.integers(min_value=0, max_value=3),
+    seed=st.integers(min_value=0, max_value=3),
+)
+@settings(max_examples=25, deadline=None)
+def test_channels_removed_never_exceed_the_amount_plus_those_reported(
+    name: str, amount: float, granularity: str, silenced: int, seed: int
+) -> None:
+    model, x, extra = build_zoo(name, seed)
+    # Some channels silent already (their producer rows zero): removable beyond amount, with a reason.
+    linears = [
+        m
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and m.weight.shape[0] > 4
+    ]
+    with torch.no_grad():
+        for layer in linears[:1]:
+            layer.weight[:silenced] = 0
+            if layer.bias is not None:
+                layer.bias[:silenced] = 0
+    try:
+        report = prunus.prune_channels(model, x, f"l1_{granularity}", amount=amount, **extra)
+    except prunus.AmountError:
+        return  # the limits refuse the amount: nothing happened
+    groups = [g for g in report.groups if g.left is None]
+    beyond = [sum(len(c) for c in g.beyond_amount.values()) // g.unit for g in groups]
+    removed = [len(g.removed) // g.unit for g in groups]
+    units = [g.channels // g.unit for g in groups]
+    if granularity == "structured":
+        for r, b, n in zip(removed, beyond, units, strict=True):
+            assert r <= count_to_prune(amount, n) + b
+    else:
+        assert sum(removed) <= count_to_prune(amount, sum(units)) + sum(beyond)
+    # Whatever was removed beyond amount was silent: the masked model computes what the model computed.
+    for g in report.groups:
+        assert g.left is None or not g.removed
+
+
+# -- nn.MultiheadAttention --------------------------------------------------------------------------------------
+
+
+class MHABlock(nn.Module):
+    """A pre-norm-free encoder block around nn.MultiheadAttention (batch first), then an FFN."""
+
+    def __init__(self, batch_first: bool = True, packed: bool = True) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.attn = nn.MultiheadAttention(
+            16, 4, batch_first=batch_first, kdim=None if packed else 16, vdim=None if packed else 12
+        )
+        self.values = nn.Linear(6, 12)
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 16)
+        self.out = nn.Linear(16, 3)
+        self.batch_first = batch_first
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x)
+        seq = h if self.batch_first else h.transpose(0, 1)
+        values = self.values(x) if self.attn.vdim != 16 else seq
+        if not self.batch_first and values is not seq:
+            values = values.transpose(0, 1)
+        a, _ = self.attn(seq, seq, values, need_weights=False)
+        h = h + (a if self.batch_first else a.transpose(0, 1))
+        h = h + self.fc2(torch.relu(self.fc1(h)))
+        return self.out(h.mean(dim=1))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("packed", [True, False])
+def test_multihead_attention_loses_whole_heads(batch_first: bool, packed: bool) -> None:
+    torch.manual_seed(0)
+    model, x = MHABlock(batch_first, packed).eval(), torch.randn(2, 5, 6)
+    masked = copy.deepcopy(model)
+    prunus.prune_channels(masked, x, "l1_structured", amount=0.5)
+    expected = masked(x)
+    report = prunus.shrink(masked, x)
+    attn = masked.attn
+    assert isinstance(attn, nn.MultiheadAttention) and attn.num_heads == 2
+    assert attn.out_proj.in_features == 8
+    heads = next(g for g in report.groups if g.name == "attn")
+    assert heads.unit == 4 and len(heads.removed) == 8
+    assert close(masked(x), expected)
+    with torch.no_grad():  # the weights it returns are per remaining head
+        q, v = torch.randn(5, 16), torch.randn(5, 16 if packed else 12)  # unbatched
+        _, weights = attn(q, q, v, average_attn_weights=False)
+    assert weights is not None and weights.shape == (2, 5, 5)
+
+    fresh = MHABlock(batch_first, packed)
+    record = json.loads(json.dumps(prunus.shrink_state(masked)))
+    prunus.load_shrunk(fresh, masked.state_dict(), record)
+    assert type(fresh.attn) is type(attn) and close(fresh.eval()(x), expected)
+
+
+def test_a_failed_shrink_gives_multihead_attention_its_class_back(snapshot: Snapshot) -> None:
+    class Broken(MHABlock):
+        def forward(self, x: Tensor) -> Tensor:
+            if self.attn.num_heads != 4:
+                raise RuntimeError("expects four heads")
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    model, x = Broken().eval(), torch.randn(2, 5, 6)
+    before = snapshot(model)
+    with pytest.raises(prunus.ShrinkError, match="no longer runs"):
+        prunus.shrink(model, x, "l1_structured", amount=0.5)
+    assert type(model.attn) is nn.MultiheadAttention and snapshot(model) == before
+
+
+# -- data-aware criteria: the seam calibration plugs into -------------------------------------------------------
+
+
+def test_a_data_aware_criterion_ranks_neurons_by_their_activations(
+    private_registry: prunus.Registry,
+) -> None:
+    class InputNorm(prunus.Criterion):
+        """Scores each weight entry by the norm of the input column it reads, over ``context.data``."""
+
+        name = "input_norm"
+        summary = "input activation norms (test)"
+
+        def score(self, target: Target, context: PruneContext) -> Tensor:
+            norms = context.extras.get("input_norms")
+            if norms is None:
+                norms = {}
+                hooks = [
+                    m.register_forward_hook(
+                        lambda m, args, out: norms.__setitem__(
+                            id(m), args[0].flatten(0, -2).norm(dim=0)
+                        )
+                    )
+                    for m in context.model.modules()
+                    if isinstance(m, nn.Linear)
+                ]
+                with torch.no_grad():
+                    context.model(context.data)
+                for hook in hooks:
+                    hook.remove()
+                context.extras["input_norms"] = norms
+            return norms[id(target.module)].expand_as(target.tensor).clone()
+
+    private_registry.register(InputNorm)
+    model, x, _ = build("mlp")
+    assert isinstance(model, MLP)
+    with (
+        torch.no_grad()
+    ):  # fc1's neurons 0-7 never fire on positive inputs: their activations are zero
+        model.fc1.weight[:8] = -model.fc1.weight[:8].abs()
+        model.fc1.bias[:8] = -1.0
+    data = x.abs()
+    report = prunus.shrink(
+        model, x, "input_norm_structured", amount=0.25, data=data, registry=private_registry
+    )
+    fc1 = next(g for g in report.groups if g.name == "fc1")
+    assert fc1.removed == list(range(8))

@@ -17,7 +17,7 @@ import click
 
 from ..errors import PrunusError
 from ..registration import Provider, Registry
-from .context import registry_of
+from .context import MESSAGE_LIMIT, one_line, registry_of
 from .llm import prune_llm_command
 from .workflow import prune_command, report_command, sensitivity_command
 
@@ -150,7 +150,7 @@ main.add_command(prune_llm_command)
 
 
 def run(args: list[str] | None = None, registry: Registry | None = None) -> int:
-    """Run the CLI and return its exit code, turning prunus errors into one-line messages."""
+    """Run the CLI and return its exit code, turning every error into a one-line message (exit status 2)."""
     try:
         main.main(args=args, obj=registry, standalone_mode=False)
     except click.exceptions.Exit as done:
@@ -158,11 +158,19 @@ def run(args: list[str] | None = None, registry: Registry | None = None) -> int:
     except click.Abort:
         click.echo("aborted", err=True)
         return 1
+    except click.UsageError as error:  # one line too, not click's usage block
+        hint = f" (see prunus {error.ctx.info_name} --help)" if error.ctx is not None else ""
+        message = " ".join(error.format_message().split())[:MESSAGE_LIMIT]
+        click.echo(f"error: {message}{hint}", err=True)
+        return error.exit_code
     except click.ClickException as error:
         error.show()
         return error.exit_code
     except PrunusError as error:
-        click.echo(f"error: {type(error).__name__}: {error}", err=True)
+        click.echo(f"error: {type(error).__name__}: {one_line(error)}", err=True)
+        return 2
+    except Exception as error:  # never a traceback: one line, exit status 2
+        click.echo(f"error: {type(error).__name__}: {one_line(error)}", err=True)
         return 2
     return 0
 

@@ -13,7 +13,6 @@ tokenizer, ``prunus_pruning.safetensors`` (masks and restore data) and ``prunus-
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,10 @@ from typing import Any
 import click
 import torch
 
+from .. import files
 from ..engine import prune
 from .context import UserError, registry_of, user_errors
-from .workflow import _parse_pairs, _write_json
+from .workflow import _json, _parse_pairs
 
 __all__ = ["prune_llm_command"]
 
@@ -121,18 +121,13 @@ def prune_llm_command(
     from ..workflow.llm import load_causal_lm, save_causal_lm, text_batches
 
     registry = registry_of(ctx)
-    try:
-        text = calibration.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"cannot read the calibration text {calibration}: {error}") from None
-    click.echo(f"loading {model}", err=True)
-    lm, tokenizer = load_causal_lm(model, dtype=_DTYPES[dtype])
-    batches = text_batches(tokenizer, text, length=length, samples=samples, per_line=per_line)
-    tokens = sum(b.shape[1] for b in batches)
-    click.echo(f"calibrating on {len(batches)} sequences ({tokens} tokens)", err=True)
+    # Every option is checked before the model is loaded: a mistake costs nothing.
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output} is a file; give a directory to write the model to")
     chosen: dict[str, Any] = _parse_pairs(options, "--option")
     if amount is not None:
         chosen["amount"] = amount
+    registry.get(strategy, **chosen)
     allocator: Any = allocation
     if allocation_options:
         if allocation is None:
@@ -140,6 +135,14 @@ def prune_llm_command(
         allocator = registry.allocation(
             allocation, **_parse_pairs(allocation_options, "--allocation-option")
         )
+    elif allocation is not None:
+        allocator = registry.allocation(allocation)
+    text = files.read_text(calibration, what="calibration text")
+    click.echo(f"loading {model}", err=True)
+    lm, tokenizer = load_causal_lm(model, dtype=_DTYPES[dtype])
+    batches = text_batches(tokenizer, text, length=length, samples=samples, per_line=per_line)
+    tokens = sum(b.shape[1] for b in batches)
+    click.echo(f"calibrating on {len(batches)} sequences ({tokens} tokens)", err=True)
     report = prune(
         lm,
         strategy,
@@ -153,7 +156,7 @@ def prune_llm_command(
         **chosen,
     )
     save_causal_lm(lm, tokenizer, output, [report])
-    _write_json(output / "prunus-report.json", json.loads(report.model_dump_json()))
+    files.write_text(output / "prunus-report.json", _json(report.model_dump(mode="json")))
     click.echo(
         f"pruned {report.pruned:,} of {report.numel:,} weights ({report.sparsity:.1%}) in "
         f"{len(report.parameters)} layers with {strategy}; wrote {output}"

@@ -6,19 +6,26 @@ names a function that builds the architecture with no arguments, and the checkpo
 ``--data mypkg.data:load`` names a function returning ``(train, test)``, each an ``(inputs, labels)`` pair of
 tensors (or a dict with keys ``train`` and ``test``; a single pair is taken as the test data).
 
-A user mistake (a bad path, a factory that fails, an unknown strategy, a config with an unknown key) ends with
-one line on stderr and a non-zero exit, never a traceback.
+Every command checks all it is given before any work: the options and the config, the model and the data, and
+a dry forward pass of the input shape or of a test batch through the model. Its outputs are written last, all
+together and atomically (:func:`prunus.files.staged`): a failure anywhere leaves no output, or the previous
+one, never a checkpoint without its report. A user mistake (a bad path, a factory that fails, an unknown
+strategy, a config with an unknown key, an input that does not fit the model) and any other failure end with
+one line on stderr and exit status 2, never a traceback. The current directory is on ``sys.path`` only while a
+``--factory`` or ``--data`` function is imported and called.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import importlib.util
+import io
 import json
 import pickle
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,15 +33,19 @@ import click
 import torch
 from torch import Tensor, nn
 
+from .. import files
 from ..engine import is_pruned, masks, prune, remove
-from ..errors import StateError
-from ..persistence.compressed import LEGACY_FORMAT, load_compressed
+from ..errors import StateError, brief
+from ..forward import evaluation_mode, run_model
+from ..persistence.compressed import LEGACY_FORMAT, compress_state, load_compressed
 from ..persistence.files import read_safetensors_metadata
+from ..registration import Registry
 from ..workflow.config import (
     PruneConfig,
     SensitivityConfig,
     parse_config,
     read_mapping,
+    section,
 )
 from ..workflow.evaluation import Comparison, Data, compare, summary
 from ..workflow.gradual import GradualPruner, fine_tune
@@ -50,45 +61,66 @@ F = TypeVar("F", bound=Callable[..., Any])
 # -- loading the user's things ----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _current_directory_importable() -> Iterator[None]:
+    """The current directory first on ``sys.path`` for the block, and ``sys.path`` exactly as it was after.
+
+    A user's ``models.py`` is found while their factory is imported and called; afterwards nothing in the
+    current directory can shadow a package prunus imports later (a planted ``matplotlib.py``, say).
+    """
+    saved = list(sys.path)
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
 def _import_object(spec: str, what: str) -> Any:
     """``module:name`` or ``path/to/file.py:name``, imported from the current directory."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise UserError(f"{what} {spec!r} must look like 'module:function' or 'file.py:function'")
+        raise UserError(
+            f"{what} {brief(spec)} must look like 'module:function' or 'file.py:function'"
+        )
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
             if not path.is_file():
-                raise UserError(f"{what} {spec!r}: no file {path}")
+                raise UserError(f"{what} {brief(spec)}: no file {brief(str(path))}")
             module_spec = importlib.util.spec_from_file_location(path.stem, path)
             assert module_spec is not None and module_spec.loader is not None
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
-            if "" not in sys.path and str(Path.cwd()) not in sys.path:
-                sys.path.insert(0, str(Path.cwd()))
             module = importlib.import_module(module_name)
     except UserError:
         raise
     except Exception as error:
         raise UserError(
-            f"{what} {spec!r}: importing {module_name} failed: {type(error).__name__}: {one_line(error)}"
+            f"{what} {brief(spec)}: importing {module_name[:100]} failed: {type(error).__name__}: "
+            f"{one_line(error)}"
         ) from None
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise UserError(f"{what} {spec!r}: {module_name} has no attribute {attr!r}") from None
-
-
-def _call_user(function: Any, spec: str, what: str) -> Any:
-    if not callable(function):
-        raise UserError(f"{what} {spec!r} is not callable")
-    try:
-        return function()
-    except Exception as error:
         raise UserError(
-            f"{what} {spec!r} raised {type(error).__name__}: {one_line(error)}"
+            f"{what} {brief(spec)}: {module_name[:100]} has no attribute {attr!r}"
         ) from None
+
+
+def _call_user(spec: str, what: str) -> Any:
+    """Import ``spec`` and call it with no arguments, the current directory importable meanwhile."""
+    with _current_directory_importable():
+        function = _import_object(spec, what)
+        if not callable(function):
+            raise UserError(f"{what} {brief(spec)} is not callable")
+        try:
+            return function()
+        except Exception as error:
+            raise UserError(
+                f"{what} {brief(spec)} raised {type(error).__name__}: {one_line(error)}"
+            ) from None
 
 
 def load_model(checkpoint: Path, factory: str | None, *, trust: bool = False) -> nn.Module:
@@ -102,7 +134,9 @@ def load_model(checkpoint: Path, factory: str | None, *, trust: bool = False) ->
     try:
         loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"no checkpoint at {checkpoint}") from None
+        raise UserError(f"no checkpoint at {brief(str(checkpoint))}") from None
+    except IsADirectoryError:
+        raise UserError(f"{brief(str(checkpoint))} is a directory, not a checkpoint") from None
     except pickle.UnpicklingError:
         if not trust:
             raise UserError(
@@ -123,7 +157,7 @@ def load_model(checkpoint: Path, factory: str | None, *, trust: bool = False) ->
     if isinstance(loaded, nn.Module):
         return loaded
     if isinstance(loaded, dict) and loaded.get("format") == LEGACY_FORMAT:
-        loaded = load_compressed(checkpoint)
+        loaded = load_compressed(checkpoint)  # checked entry by entry
     elif isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict):
@@ -139,7 +173,7 @@ def _into_factory(checkpoint: Path, loaded: dict[str, Any], factory: str | None)
         raise UserError(
             f"{checkpoint} is a state dict: give --factory module:function that builds the model"
         )
-    model = _call_user(_import_object(factory, "--factory"), factory, "--factory")
+    model = _call_user(factory, "--factory")
     if not isinstance(model, nn.Module):
         raise UserError(
             f"--factory {factory!r} returned {type(model).__name__}, not a torch.nn.Module"
@@ -165,7 +199,7 @@ def load_data(spec: str | None) -> tuple[Data | None, Data | None]:
     """``(train, test)`` from the ``--data`` function (either may be ``None``)."""
     if spec is None:
         return None, None
-    value = _call_user(_import_object(spec, "--data"), spec, "--data")
+    value = _call_user(spec, "--data")
     if _is_pair(value):
         return None, (value[0], value[1])
     if isinstance(value, dict) and set(value) <= {"train", "test"}:
@@ -201,11 +235,13 @@ def _parse_pairs(items: Sequence[str], flag: str) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise UserError(f"{flag} {item!r} must look like KEY=VALUE")
+            raise UserError(f"{flag} {brief(item)} must look like KEY=VALUE")
         try:
-            out[key] = yaml.safe_load(raw) if raw else ""
+            value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
-            out[key] = raw
+            value = raw
+        # A value is one scalar or a small list; YAML aliases could make it anything.
+        out[key] = value if isinstance(value, (str, int, float, bool, list, type(None))) else raw
     return out
 
 
@@ -215,10 +251,46 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
     except ValueError:
-        raise UserError(f"--input-shape {text!r} must be integers such as 1,1,28,28") from None
-    if not shape or any(d < 1 for d in shape):
-        raise UserError(f"--input-shape {text!r} must be positive integers such as 1,1,28,28")
+        raise UserError(f"--input-shape {brief(text)} must be integers such as 1,1,28,28") from None
+    if not shape or any(d < 1 for d in shape) or len(shape) > 8:
+        raise UserError(
+            f"--input-shape {brief(text)} must be 1 to 8 positive integers such as 1,1,28,28"
+        )
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel > INPUT_LIMIT:
+        raise UserError(
+            f"--input-shape {brief(text)} has {numel:,} entries; at most {INPUT_LIMIT:,} are timed"
+        )
     return shape
+
+
+INPUT_LIMIT = 1 << 28
+"""Entries a random ``--input-shape`` input may have (1 GiB of float32)."""
+
+
+def _dry_run(
+    model: nn.Module, example: Tensor | None, test: Data | None, shape: str | None
+) -> None:
+    """Run the model once on the example input and on a test batch before any work, as a measurement.
+
+    Raises:
+        UserError: naming the input (``--input-shape`` or ``--data``) that does not fit the model.
+    """
+    with torch.no_grad(), evaluation_mode(model):
+        if example is not None:
+            what = f"--input-shape {shape}" if shape is not None else "a --data test batch"
+            _fits(model, example, what)
+        if isinstance(test, tuple) and _is_pair(test):
+            _fits(model, test[0][:2], "a --data test batch")
+
+
+def _fits(model: nn.Module, inputs: Tensor, what: str) -> None:
+    try:
+        run_model(model, inputs, what)
+    except Exception as error:
+        raise UserError(one_line(error)) from None
 
 
 def _example_input(shape: tuple[int, ...] | None, test: Data | None) -> Tensor | None:
@@ -231,20 +303,81 @@ def _example_input(shape: tuple[int, ...] | None, test: Data | None) -> Tensor |
     return None
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+def _json(payload: Any) -> str:
+    return json.dumps(payload, indent=2, default=str) + "\n"
 
 
-def _save(obj: Any, path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(obj, path)
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+def _compressed_bytes(state: dict[str, Any]) -> bytes:
+    """The file :func:`prunus.save_compressed` writes, in memory (to be written with the other outputs)."""
+    from safetensors.torch import save
+
+    tensors, metadata = compress_state(state)
+    return bytes(save(tensors, metadata=metadata))
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _outputs(*paths: Path | None) -> None:
+    """Each output is a file (not a directory) and none is given twice: checked before any work."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        if path is None:
+            continue
+        if path.is_dir():
+            raise UserError(f"{brief(str(path))} is a directory; give a file name")
+        key = path.resolve()
+        if key in seen:
+            raise UserError(f"{brief(str(path))} is given as two different outputs")
+        seen[key] = path
+
+
+def _plots_available(plots: Path | None) -> None:
+    """``--plots`` needs matplotlib: say so before any work rather than at the end."""
+    if plots is None:
+        return
+    if plots.exists() and not plots.is_dir():
+        raise UserError(f"--plots {brief(str(plots))} is a file; give a directory")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError("plots need matplotlib: pip install 'prunus[plots]'")
+
+
+def _checked_config(config: PruneConfig, registry: Registry) -> None:
+    """Build the strategy and schedule once, so a bad option fails before the model is loaded."""
+    if config.schedule is not None:
+        registry.schedule(config.schedule.name, **config.schedule.options)
+        registry.get(config.strategy, amount=0, **config.options)
+    elif config.amounts is None:
+        registry.get(config.strategy, **config.strategy_options())
+    else:
+        for amount in config.amounts.values():
+            registry.get(config.strategy, **config.options, amount=amount)
+
+
+class Amount(click.ParamType):  # type: ignore[type-arg]
+    """``--amount``: read like Python's ``amount=``: ``0.5`` or ``1.0`` is a fraction, ``1`` or ``10`` a count."""
+
+    name = "AMOUNT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        text = str(value).strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            return float(text)
+        except ValueError:
+            self.fail(
+                f"{brief(value)} is not a number: give a fraction such as 0.5 or an integer count such as 10",
+                param,
+                ctx,
+            )
 
 
 def _comparison_json(comparison: Comparison) -> list[dict[str, Any]]:
@@ -285,7 +418,7 @@ _INPUT_SHAPE = click.option(
 )
 _THREADS = click.option(
     "--threads",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=4096),
     help="Run torch on this many CPU threads (torch.set_num_threads), for steadier latencies.",
 )
 _PROGRESS = click.option(
@@ -314,7 +447,10 @@ _PROGRESS = click.option(
 )
 @click.option("--strategy", help="A registered strategy (see `prunus list`), e.g. l1_unstructured.")
 @click.option(
-    "--amount", type=float, help="Fraction of the entries to prune in every targeted layer."
+    "--amount",
+    type=Amount(),
+    help="How much to prune in every targeted layer, read as in Python: a fraction with a decimal point "
+    "(0.5 prunes half, 1.0 all) or an integer count of entries (1 prunes one entry, 10 ten).",
 )
 @click.option(
     "--option",
@@ -396,7 +532,7 @@ def prune_command(
     output: Path,
     config_path: Path | None,
     strategy: str | None,
-    amount: float | None,
+    amount: int | float | None,
     options: tuple[str, ...],
     layer_amounts: tuple[str, ...],
     include: tuple[str, ...],
@@ -431,15 +567,16 @@ def prune_command(
     """
     reg = registry_of(ctx)
     raw: dict[str, Any] = read_mapping(config_path) if config_path is not None else {}
+    source = str(config_path or "options")
     if strategy is not None:
         raw["strategy"] = strategy
     if amount is not None:
         raw["amount"] = amount
     if options:
-        raw["options"] = {**raw.get("options", {}), **_parse_pairs(options, "--option")}
+        raw["options"] = {**section(raw, "options", source), **_parse_pairs(options, "--option")}
     if layer_amounts:
         raw["amounts"] = {
-            **(raw.get("amounts") or {}),
+            **section(raw, "amounts", source),
             **_parse_pairs(layer_amounts, "--layer-amount"),
         }
     if include:
@@ -447,26 +584,31 @@ def prune_command(
     if exclude:
         raw["exclude"] = list(exclude)
     if schedule is not None or schedule_options:
-        section = dict(raw.get("schedule") or {})
+        schedule_section = section(raw, "schedule", source)
         if schedule is not None:
-            section["name"] = schedule
-        section["options"] = {
-            **section.get("options", {}),
+            schedule_section["name"] = schedule
+        schedule_section["options"] = {
+            **section(schedule_section, "options", f"{source}: schedule"),
             **_parse_pairs(schedule_options, "--schedule-option"),
         }
-        raw["schedule"] = section
+        raw["schedule"] = schedule_section
     tuning = {
         key: value
         for key, value in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size))
         if value is not None
     }
     if tuning:
-        raw["fine_tune"] = {**(raw.get("fine_tune") or {}), **tuning}
+        raw["fine_tune"] = {**section(raw, "fine_tune", source), **tuning}
     if quantize:
         raw["quantize"] = True
     if "strategy" not in raw:
         raise UserError("no strategy: give --strategy NAME or a --config with 'strategy'")
-    config = parse_config(PruneConfig, raw, source=str(config_path or "options"))
+    config = parse_config(PruneConfig, raw, source=source)
+    _checked_config(config, reg)
+    report_file = report_path or output.with_suffix(".report.json")
+    _outputs(output, report_file, compressed_path)
+    _plots_available(plots_dir)
+    shape = _shape(input_shape)
     if threads is not None:
         torch.set_num_threads(threads)
 
@@ -476,6 +618,8 @@ def prune_command(
     train, test = load_data(data_spec)
     if config.fine_tune is not None and config.fine_tune.epochs > 0 and train is None:
         raise UserError("fine-tuning needs training data: give --data returning (train, test)")
+    example = _example_input(shape, test)
+    _dry_run(model, example, test, input_shape)
     dense = copy.deepcopy(model)
 
     result: dict[str, Any] = {"config": config.model_dump(mode="json")}
@@ -503,7 +647,7 @@ def prune_command(
             pruner=pruner,
             progress_bar=progress,
         )
-        points = pruner.schedule.checked_points()
+        points = list(pruner.schedule.checked_points())
         reached = [(h.step, h.sparsity) for h in pruner.history]
         result["schedule"] = {
             "name": pruner.schedule.name,
@@ -543,63 +687,61 @@ def prune_command(
     pruned_masks = {name: mask.clone() for name, mask in masks(model).items()}
     remove(model)
 
-    _save(model.state_dict(), output)
-    if compressed_path is not None:
-        from ..persistence.compressed import save_compressed
-
-        try:
-            save_compressed(model, compressed_path)
-        except OSError as error:
-            raise UserError(f"cannot write {compressed_path}: {error.strerror or error}") from None
     models = {"dense": dense, "pruned": model}
     if config.quantize:
         models["pruned + int8"] = quantize_model(model)
-    comparison = compare(models, data=test, example_input=_example_input(_shape(input_shape), test))
+    comparison = compare(models, data=test, example_input=example)
     result["evaluation"] = _comparison_json(comparison)
     result["summary"] = summary(model)
     result["output"] = str(output)
+    figures = _plots(plots_dir, dense, model, pruned_masks, points, reached)
+    if figures:
+        result["plots"] = [str(p) for p in figures]
+
+    # Everything is computed: now the files, all together (none is replaced unless all are written).
+    state = model.state_dict()
+    with files.staged() as out:
+        out.write(output, lambda file: torch.save(state, file))
+        if compressed_path is not None:
+            out.write_bytes(compressed_path, _compressed_bytes(state))
+        for path, figure in figures.items():
+            out.write_bytes(path, _png(figure))
+        out.write_text(report_file, _json(result))
 
     click.echo("")
     click.echo(summary(model))
     click.echo("")
     click.echo(str(comparison))
-    if plots_dir is not None:
-        written = _plots(plots_dir, dense, model, pruned_masks, points, reached)
-        result["plots"] = [str(p) for p in written]
-        click.echo(f"\nplots: {', '.join(str(p) for p in written)}")
-    report_file = report_path or output.with_suffix(".report.json")
-    _write_json(report_file, result)
+    if figures:
+        click.echo(f"\nplots: {', '.join(str(p) for p in figures)}")
     click.echo(f"\nwrote {output} and {report_file}")
 
 
 def _plots(
-    directory: Path,
+    directory: Path | None,
     dense: nn.Module,
     pruned: nn.Module,
     pruned_masks: dict[str, Tensor],
     points: list[tuple[int, float]],
     reached: list[tuple[int, float]],
-) -> list[Path]:
+) -> dict[Path, Any]:
+    """The figures ``prunus prune --plots`` writes, by path (drawn in memory; written with the other outputs)."""
+    if directory is None:
+        return {}
     from ..workflow import plots
 
-    written = [directory / "layer_sparsity.png"]
-    plots.plot_layer_sparsity(pruned, written[0])
+    figures: dict[Path, Any] = {directory / "layer_sparsity.png": plots.plot_layer_sparsity(pruned)}
     if pruned_masks:
         name = max(pruned_masks, key=lambda n: pruned_masks[n].numel())
-        path = directory / "weights.png"
-        plots.plot_weights(
+        figures[directory / "weights.png"] = plots.plot_weights(
             dense.get_parameter(name),
             pruned.get_parameter(name),
-            path,
             mask=pruned_masks[name],
             title=name,
         )
-        written.append(path)
     if points:
-        path = directory / "schedule.png"
-        plots.plot_schedule(points, path, reached=reached)
-        written.append(path)
-    return written
+        figures[directory / "schedule.png"] = plots.plot_schedule(points, reached=reached)
+    return figures
 
 
 # -- prunus report ----------------------------------------------------------------------------------------
@@ -649,31 +791,37 @@ def report_command(
     both written and measured), the compression ratio, the latency and, with --data, the test accuracy;
     beside the --baseline model when one is given.
     """
+    _plots_available(plots_dir)
+    shape = _shape(input_shape)
     if threads is not None:
         torch.set_num_threads(threads)
     model = load_model(checkpoint, factory, trust=trust_checkpoint)
     _, test = load_data(data_spec)
+    example = _example_input(shape, test)
+    _dry_run(model, example, test, input_shape)
     models: dict[str, nn.Module] = {}
     if baseline is not None:
         models["baseline"] = load_model(baseline, factory, trust=trust_checkpoint)
     models[checkpoint.name] = model
     if quantize:
         models[f"{checkpoint.name} + int8"] = quantize_model(model)
-    comparison = compare(models, data=test, example_input=_example_input(_shape(input_shape), test))
-    written: list[Path] = []
+    comparison = compare(models, data=test, example_input=example)
+    figures: dict[Path, Any] = {}
     if plots_dir is not None:
         from ..workflow import plots
 
-        written.append(plots_dir / "layer_sparsity.png")
-        plots.plot_layer_sparsity(model, written[0])
+        figures[plots_dir / "layer_sparsity.png"] = plots.plot_layer_sparsity(model)
         if baseline is not None:
             weights = {n: p for n, p in model.named_parameters() if n.endswith("weight")}
             if weights:
                 name = max(weights, key=lambda n: weights[n].numel())
-                written.append(plots_dir / "weights.png")
-                plots.plot_weights(
-                    models["baseline"].get_parameter(name), weights[name], written[-1], title=name
+                figures[plots_dir / "weights.png"] = plots.plot_weights(
+                    models["baseline"].get_parameter(name), weights[name], title=name
                 )
+    with files.staged() as out:
+        for path, figure in figures.items():
+            out.write_bytes(path, _png(figure))
+    written = list(figures)
     if as_json:
         payload = {
             "checkpoint": str(checkpoint),
@@ -775,16 +923,17 @@ def sensitivity_command(
     options of `prunus prune`.
     """
     raw: dict[str, Any] = read_mapping(config_path) if config_path is not None else {}
+    source = str(config_path or "options")
     if strategy is not None:
         raw["strategy"] = strategy
     if options:
-        raw["options"] = {**raw.get("options", {}), **_parse_pairs(options, "--option")}
+        raw["options"] = {**section(raw, "options", source), **_parse_pairs(options, "--option")}
     if amounts is not None:
         try:
             raw["amounts"] = [float(a) for a in amounts.split(",") if a.strip()]
         except ValueError:
             raise UserError(
-                f"--amounts {amounts!r} must be numbers such as 0.25,0.5,0.75"
+                f"--amounts {brief(amounts)} must be numbers such as 0.25,0.5,0.75"
             ) from None
     if include:
         raw["include"] = list(include)
@@ -794,14 +943,21 @@ def sensitivity_command(
         raw["target_sparsity"] = target_sparsity
     if max_loss is not None:
         raw["max_loss"] = max_loss
-    config = parse_config(SensitivityConfig, raw, source=str(config_path or "options"))
+    config = parse_config(SensitivityConfig, raw, source=source)
+    reg = registry_of(ctx)
+    for value in config.amounts:
+        reg.get(config.strategy, **config.options, amount=value)  # bad options fail before any work
+    _outputs(output, plot_path)
+    if plot_path is not None:
+        _plots_available(plot_path.parent if plot_path.parent != Path() else None)
 
     model = load_model(checkpoint, factory, trust=trust_checkpoint)
     if is_pruned(model):
         remove(model)
     _, test = load_data(data_spec)
     if test is None:
-        raise UserError(f"--data {data_spec!r} gave no test data to measure accuracy on")
+        raise UserError(f"--data {brief(data_spec)} gave no test data to measure accuracy on")
+    _dry_run(model, None, test, None)
     result = sensitivity(
         model,
         data=test,
@@ -811,7 +967,7 @@ def sensitivity_command(
         exclude=config.exclude,
         strategy_options=config.options,
         progress_bar=progress,
-        registry=registry_of(ctx),
+        registry=reg,
     )
     click.echo(str(result))
     suggested = None
@@ -824,18 +980,26 @@ def sensitivity_command(
             "as prunus prune options: "
             + " ".join(f"--layer-amount {name}={value:.4f}" for name, value in suggested.items())
         )
+    figure = None
     if plot_path is not None:
         from ..workflow import plots
 
-        plots.plot_sensitivity(result, plot_path, suggested=suggested, metric="accuracy")
+        figure = plots.plot_sensitivity(result, suggested=suggested, metric="accuracy")
+    with files.staged() as out:
+        if figure is not None and plot_path is not None:
+            out.write_bytes(plot_path, _png(figure))
+        if output is not None:
+            out.write_text(
+                output,
+                _json(
+                    {
+                        **result.model_dump(),
+                        "config": config.model_dump(mode="json"),
+                        "suggested": suggested,
+                    }
+                ),
+            )
+    if plot_path is not None:
         click.echo(f"\nplot: {plot_path}")
     if output is not None:
-        _write_json(
-            output,
-            {
-                **result.model_dump(),
-                "config": config.model_dump(mode="json"),
-                "suggested": suggested,
-            },
-        )
         click.echo(f"wrote {output}")

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from ..arguments import check_bool, check_int, check_model
 from ..errors import ConfigError, TargetError
-from ..forward import call_model
+from ..forward import evaluation_mode, run_model
 from ..hardware_profile import HardwareProfile
 from ..report import kib
 from .detection import resolve_hardware
@@ -608,6 +609,9 @@ def analyze(
         ConfigError: ``measure=True`` without ``example_inputs``.
         TargetError: the model has no Linear or Conv layer.
     """
+    check_model(model)
+    check_bool("measure", measure)
+    check_int("repeats", repeats, minimum=1)
     if measure and example_inputs is None:
         raise ConfigError("analyze(measure=True) needs example_inputs: one batch the model takes")
     layers = _layers(model)
@@ -616,6 +620,33 @@ def analyze(
     profile = resolve_hardware(hardware)
     device = _dense_weight(layers[0][1]).device
 
+    # One measurement: every forward below runs in eval mode, and the model keeps its training flags, its
+    # buffers (BatchNorm statistics) and torch's random stream.
+    with evaluation_mode(model):
+        rows, model_latency = _analyse(
+            model, layers, example_inputs, measure, profile, device, repeats
+        )
+    return AnalysisReport(
+        device=str(device),
+        hardware=profile,
+        measured=measure,
+        macs_per="forward" if example_inputs is not None else "position",
+        layers=rows,
+        model_latency_s=model_latency,
+        threads=torch.get_num_threads(),
+    )
+
+
+def _analyse(
+    model: nn.Module,
+    layers: list[tuple[str, nn.Module]],
+    example_inputs: Any,
+    measure: bool,
+    profile: HardwareProfile,
+    device: torch.device,
+    repeats: int,
+) -> tuple[list[LayerAnalysis], float | None]:
+    """Each layer's row and the model's latency (when measuring): the body of :func:`analyze`."""
     macs: dict[str, int] = {}
     seen_inputs: dict[str, Tensor] = {}
     if example_inputs is not None:
@@ -630,7 +661,7 @@ def analyze(
             handles.append(module.register_forward_hook(hook))
         try:
             with torch.inference_mode():
-                call_model(model, example_inputs)
+                run_model(model, example_inputs)
         finally:
             for handle in handles:
                 handle.remove()
@@ -679,14 +710,6 @@ def analyze(
     model_latency = None
     if measure:
         model_latency = time_interleaved(
-            [partial(call_model, model, example_inputs)], repeats=repeats, device=device
+            [partial(run_model, model, example_inputs)], repeats=repeats, device=device
         )[0]
-    return AnalysisReport(
-        device=str(device),
-        hardware=profile,
-        measured=measure,
-        macs_per="forward" if example_inputs is not None else "position",
-        layers=rows,
-        model_latency_s=model_latency,
-        threads=torch.get_num_threads(),
-    )
+    return rows, model_latency

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ..arguments import check_bool
 from ..config import config_error
 from ..errors import ConfigError
 from ..hardware_profile import HARDWARE_NAMES, HardwareProfile
@@ -71,6 +72,8 @@ def detect_hardware(*, cuda: bool = True, probe_cache: bool = True) -> HardwareP
         A ``gpu`` profile when a CUDA device is available (device 0, the CPU described too), else a ``cpu``
         profile.
     """
+    check_bool("cuda", cuda)
+    check_bool("probe_cache", probe_cache)
     cpu = describe_cpu()
     gpu = describe_gpu() if cuda else None
     if gpu is not None:

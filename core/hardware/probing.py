@@ -25,14 +25,16 @@ import warnings
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor
 
-from ..errors import ConfigError, PrunusWarning
+from .. import files
+from ..arguments import check_bool, check_int
+from ..errors import ConfigError, ConfigTypeError, PrunusError, PrunusWarning, brief
 from ..hardware_profile import crossover_for
 from .devices import describe_cpu
 from .sparse import _quiet, csr_linear, sparse_weight
@@ -62,6 +64,12 @@ CUDA_SHAPES: tuple[tuple[int, int], ...] = ((2048, 2048), (4096, 4096), (8192, 8
 CUDA_BATCHES: tuple[int, ...] = (64, 2048)
 
 
+Sparsity = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+"""A fraction in [0, 1]: NaN, infinities and anything outside are refused (a cache file is input too)."""
+Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+Positive = Annotated[int, Field(ge=1)]
+
+
 class ProbePoint(BaseModel):
     """One measurement: a Linear layer of one shape, batch and sparsity, dense against sparse.
 
@@ -76,12 +84,12 @@ class ProbePoint(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     layout: Literal["csr", "semi_structured"]
-    out_features: int
-    in_features: int
-    batch: int
-    sparsity: float
-    dense_s: float
-    sparse_s: float
+    out_features: Positive
+    in_features: Positive
+    batch: Positive
+    sparsity: Sparsity
+    dense_s: Seconds
+    sparse_s: Seconds
 
     @property
     def speedup(self) -> float:
@@ -119,13 +127,33 @@ class ProbeResult(BaseModel):
     device_name: str
     key: str
     torch_version: str
-    threads: int
+    threads: Positive
     created: str
-    repeats: int
+    repeats: Positive
     points: list[ProbePoint]
-    crossovers: dict[str, float | None]
-    crossover: float | None
-    semi_structured_speedup: float | None = None
+    crossovers: dict[str, Sparsity | None]
+    crossover: Sparsity | None
+    semi_structured_speedup: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProbeResult:
+        """With measurements, the crossovers must be the ones they give (a cache file could say anything)."""
+        if not self.points:
+            return self
+        measured = _crossovers(self.points)
+        if set(measured) != set(self.crossovers) or any(
+            not _same(measured[k], self.crossovers[k]) for k in measured
+        ):
+            raise ValueError(
+                "crossovers do not follow from the measured points: "
+                f"{_cut(self.crossovers)} recorded, {_cut(measured)} measured"
+            )
+        if not _same(_overall(measured), self.crossover):
+            raise ValueError(
+                f"crossover {self.crossover!r} does not follow from the crossovers (it is "
+                f"{_overall(measured)!r})"
+            )
+        return self
 
     def __str__(self) -> str:
         lines = [
@@ -175,6 +203,33 @@ def crossover_of(sparsities: Sequence[float], speedups: Sequence[float]) -> floa
     return s0 + (s1 - s0) * (1.0 - v0) / (v1 - v0)
 
 
+def _crossovers(points: Sequence[ProbePoint]) -> dict[str, float | None]:
+    """The CSR crossover of each measured shape and batch."""
+    out: dict[str, float | None] = {}
+    for config in dict.fromkeys(p.config for p in points if p.layout == "csr"):
+        measured = [p for p in points if p.layout == "csr" and p.config == config]
+        out[config] = crossover_of([p.sparsity for p in measured], [p.speedup for p in measured])
+    return out
+
+
+def _overall(crossovers: dict[str, float | None]) -> float | None:
+    """The sparsity above which CSR was faster for every shape and batch; ``None`` if some never was."""
+    values = list(crossovers.values())
+    return max(v for v in values if v is not None) if values and None not in values else None
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    return (
+        a is None
+        if b is None
+        else a is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    )
+
+
+def _cut(crossovers: dict[str, float | None]) -> str:
+    return brief(crossovers, 120)
+
+
 # -- cache ----------------------------------------------------------------------------------------------------
 
 
@@ -195,6 +250,18 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower()[:60] or "unknown"
 
 
+def _device_of(device: object) -> torch.device:
+    """``device`` as a ``torch.device``, or a clear error."""
+    if not isinstance(device, (str, torch.device)):
+        raise ConfigTypeError(
+            f"device must be a str such as 'cpu' or 'cuda' or a torch.device, not {type(device).__name__}"
+        )
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ConfigError(f"device={brief(device)} is not a device: {error}") from None
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":  # pragma: no cover - needs CUDA
         return str(torch.cuda.get_device_name(device))
@@ -212,7 +279,9 @@ def _key(device: torch.device, threads: int | None = None) -> str:
 
 def probe_cache_path(device: torch.device | str = "cpu", *, threads: int | None = None) -> Path:
     """The cache file of ``device``'s probe (for the CPU, at ``threads`` threads: default the current)."""
-    return probe_cache_dir() / f"probe-{_key(torch.device(device), threads)}.json"
+    if threads is not None:
+        check_int("threads", threads, minimum=1)
+    return probe_cache_dir() / f"probe-{_key(_device_of(device), threads)}.json"
 
 
 def load_probe(
@@ -220,28 +289,39 @@ def load_probe(
 ) -> ProbeResult | None:
     """The cached probe of ``device`` on this machine, torch version and thread count, or ``None``.
 
-    An unreadable cache file is ignored with a :class:`~prunus.errors.PrunusWarning`.
+    A cache file that cannot be read, is not UTF-8 JSON, or holds values out of range or inconsistent with its
+    own measurements (a crossover of -5, 7.5 or NaN) is ignored with a :class:`~prunus.errors.PrunusWarning`
+    that names the file and what is wrong: a bad file never changes a selection.
     """
     path = probe_cache_path(device, threads=threads)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        warnings.warn(
-            f"cannot read the prunus probe cache {path}: {error}", PrunusWarning, stacklevel=2
-        )
+    if not path.exists():
         return None
     try:
+        text = files.read_text(path, what="probe cache", limit=_CACHE_LIMIT)
         return ProbeResult.model_validate_json(text)
-    except ValidationError as error:
+    except (PrunusError, ValidationError) as error:
+        reason = (
+            f"it is not a valid probe result ({_first_error(error)})"
+            if isinstance(error, ValidationError)
+            else str(error)
+        )
         warnings.warn(
-            f"ignoring the prunus probe cache {path}: it is not a probe result ({error.error_count()} "
-            "errors); run prunus.probe() again to replace it",
+            f"ignoring the prunus probe cache {path}: {reason}; run prunus.probe() again to replace it",
             PrunusWarning,
             stacklevel=2,
         )
         return None
+
+
+_CACHE_LIMIT = 16 << 20
+"""Bytes a probe cache may have (a real one is a few kilobytes): a bigger file is not read."""
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "the file"
+    more = f", and {error.error_count() - 1} more" if error.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
 
 
 # -- the probe ------------------------------------------------------------------------------------------------
@@ -303,7 +383,10 @@ def probe(
     On CUDA it also measures 2:4 semi-structured float16 layers when the device's compute capability is 8.0
     or more.
     """
-    device = torch.device(device)
+    check_int("repeats", repeats, minimum=1)
+    check_int("seed", seed, minimum=0)
+    check_bool("save", save)
+    device = _device_of(device)
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"probe measures 'cpu' or 'cuda' devices, not {device}")
     cuda = device.type == "cuda"
@@ -311,8 +394,26 @@ def probe(
         raise ConfigError("probe(device='cuda') was asked, but torch sees no CUDA device here")
     shapes = tuple(shapes or (CUDA_SHAPES if cuda else DEFAULT_SHAPES))
     batches = tuple(batches or (CUDA_BATCHES if cuda else DEFAULT_BATCHES))
-    if not all(0.0 <= s < 1.0 for s in sparsities) or not sparsities:
-        raise ConfigError(f"sparsities must be fractions in [0, 1), not {list(sparsities)}")
+    if not all(
+        isinstance(shape, (tuple, list))
+        and len(shape) == 2
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+        for shape in shapes
+    ):
+        raise ConfigError(
+            f"shapes must be (out_features, in_features) pairs of ints >= 1, not {brief(shapes)}"
+        )
+    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in batches):
+        raise ConfigError(f"batches must be ints >= 1, not {brief(batches)}")
+    if (
+        not isinstance(sparsities, (tuple, list))
+        or not sparsities
+        or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v < 1.0
+            for v in sparsities
+        )
+    ):
+        raise ConfigError(f"sparsities must be fractions in [0, 1), not {brief(sparsities)}")
     dtype = torch.float16 if cuda else torch.float32
     generator = torch.Generator().manual_seed(seed)
     points: list[ProbePoint] = []
@@ -347,14 +448,8 @@ def probe(
                             out_features, in_features, batch, x, generator, device, repeats
                         )
                     )
-    crossovers: dict[str, float | None] = {}
-    for config in dict.fromkeys(p.config for p in points if p.layout == "csr"):
-        measured = [p for p in points if p.layout == "csr" and p.config == config]
-        crossovers[config] = crossover_of(
-            [p.sparsity for p in measured], [p.speedup for p in measured]
-        )
-    values = list(crossovers.values())
-    crossover = max(v for v in values if v is not None) if values and None not in values else None
+    crossovers = _crossovers(points)
+    crossover = _overall(crossovers)
     semi = [p.speedup for p in points if p.layout == "semi_structured"]
     result = ProbeResult(
         device=str(device) if cuda else "cpu",
@@ -370,11 +465,10 @@ def probe(
         semi_structured_speedup=statistics.median(semi) if semi else None,
     )
     if save:
-        path = probe_cache_path(device)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result.model_dump(mode="json"), indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        # Atomic: a concurrent reader sees the old cache or the new one, and a failed write keeps the old one.
+        files.write_text(
+            probe_cache_path(device), json.dumps(result.model_dump(mode="json"), indent=1)
+        )
     return result
 
 

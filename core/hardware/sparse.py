@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import masking
-from ..errors import ConfigError, TargetError
+from ..arguments import check_model, check_number
+from ..errors import ConfigError, TargetError, TargetTypeError
 from ..targets import glob_patterns
 
 __all__ = [
@@ -213,6 +214,10 @@ class SparseLinear(nn.Module):
         blocksize: tuple[int, int] | None = None,
     ) -> SparseLinear:
         """A sparse copy of ``linear`` (its weight's zeros dropped); keeps its prunus masks for ``to_dense``."""
+        if not isinstance(linear, nn.Linear):
+            raise TargetTypeError(
+                f"SparseLinear.from_linear needs a torch.nn.Linear, not {type(linear).__name__}"
+            )
         weight = sparse_weight(linear.weight, layout, blocksize)
         module = cls(
             weight,
@@ -347,10 +352,8 @@ def to_sparse(
         raise ConfigError(
             f"layout={layout!r} is not one of 'auto', 'csr', 'bsr', 'semi_structured'"
         )
-    if not 0.0 <= min_sparsity <= 1.0:
-        raise ConfigError(f"min_sparsity={min_sparsity!r} is not a fraction in [0, 1]")
-    if not isinstance(model, nn.Module):
-        raise TargetError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    check_number("min_sparsity", min_sparsity, minimum=0.0, maximum=1.0)
+    check_model(model)
     if type(model) is nn.Linear:
         raise TargetError(
             "to_sparse replaces Linear modules inside a model; wrap a lone Linear in a container "
@@ -402,6 +405,7 @@ def to_dense(model: nn.Module) -> list[str]:
     Raises:
         TargetError: ``model`` holds no SparseLinear.
     """
+    check_model(model)
     names = [name for name, m in model.named_modules() if isinstance(m, SparseLinear)]
     if not names or "" in names:
         raise TargetError(

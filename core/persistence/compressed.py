@@ -39,9 +39,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import StateError
+from .. import files
+from ..arguments import check_path
+from ..errors import ConfigTypeError, FileError, FileFormatError, StateError, brief
 from .bits import nonzero_bits, pack_rows, unpack_rows
-from .files import read_safetensors_metadata, write_atomically
+from .files import read_safetensors_metadata
 
 __all__ = [
     "FORMAT",
@@ -240,13 +242,26 @@ def save_compressed(model_or_state: nn.Module | Mapping[str, Any], path: str | P
 
     Raises:
         StateError: the state holds something a safetensors file cannot (see :func:`compress_state`).
+        ConfigTypeError: ``model_or_state`` is neither a module nor a mapping, or ``path`` is not a path.
+        FileError: the file could not be written (read-only directory, full disk...); the previous file, if
+            any, is unchanged.
     """
     from safetensors.torch import save_file
 
-    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    check_path("path", path)
+    if isinstance(model_or_state, nn.Module):
+        state: Mapping[str, Any] = model_or_state.state_dict()
+    elif isinstance(model_or_state, Mapping):
+        state = model_or_state
+    else:
+        raise ConfigTypeError(
+            f"save_compressed needs a torch.nn.Module or a state dict, not "
+            f"{type(model_or_state).__name__} ({brief(model_or_state)})"
+        )
     tensors, metadata = compress_state(state)
-    write_atomically(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
-    return Path(path).stat().st_size
+    return files.write_atomic_path(
+        path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata)
+    )
 
 
 # -- reading ----------------------------------------------------------------------------------------------
@@ -376,69 +391,166 @@ def load_compressed(path: str | Path) -> dict[str, Any]:
 
     Reads files of :func:`save_compressed` (safetensors), sparse-bitmask safetensors files written by other
     tools (compressed-tensors), and the ``torch.save`` files of earlier prunus versions (read with
-    ``weights_only=True``; save them again to move them to the new format).
+    ``weights_only=True``; save them again to move them to the new format). Every part is checked before it is
+    used: a bit mask of the wrong size, a count of values that is not the number of set bits, an unknown entry
+    kind, a non-finite fill or scale.
 
     Raises:
-        StateError: the file is none of these, or is damaged.
+        FileError: the file cannot be read (missing, a directory, no permission).
+        FileFormatError: the file is none of these, or is truncated, corrupt or inconsistent; the message names
+            the file and the entry. A :class:`~prunus.StateError` and a ``ValueError`` too.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if zipfile.is_zipfile(path):
-        return _load_legacy(path)
-    metadata = read_safetensors_metadata(path)
+    target = Path(check_path("path", path))
+    if target.is_dir() or not target.exists():
+        reason = "it is a directory" if target.is_dir() else "No such file or directory"
+        raise FileError(f"cannot read {target}: {reason}")
+    if zipfile.is_zipfile(target):
+        return _load_legacy(target)
+    metadata = read_safetensors_metadata(target)
     if metadata is None:
-        raise StateError(
-            f"{path} is not a prunus compressed checkpoint (a safetensors file of {FORMAT!r})"
+        raise FileFormatError(
+            f"{target} is not a prunus compressed checkpoint (a safetensors file of {FORMAT!r})"
         )
     try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise StateError(f"{path} is damaged: {error}") from None
-    return decompress_state(tensors, metadata)
+        tensors = load_file(str(target))
+        return decompress_state(tensors, metadata)
+    except (SafetensorError, StateError) as error:
+        raise FileFormatError(f"{target} is damaged: {error}") from None
+    except OSError as error:
+        raise FileError(f"cannot read {target}: {error.strerror or error}") from error
+    except (
+        Exception
+    ) as error:  # a layout that lies about its tensors: still a typed error naming the file
+        text = " ".join(str(error).split())[:200]
+        raise FileFormatError(f"{target} is damaged: {type(error).__name__}: {text}") from None
 
 
-def _load_legacy(path: str | Path) -> dict[str, Any]:
+def _load_legacy(path: Path) -> dict[str, Any]:
     try:
-        loaded = torch.load(path, weights_only=True)
-    except Exception as error:
-        raise StateError(
-            f"{path} is not a prunus compressed checkpoint: {type(error).__name__}"
+        loaded = torch.load(path, weights_only=True, map_location="cpu")
+    except OSError as error:
+        raise FileError(f"cannot read {path}: {error.strerror or error}") from error
+    except Exception as error:  # a truncated zip, a refused pickle, an unknown tensor type...
+        text = " ".join(str(error).split())[:200]
+        raise FileFormatError(
+            f"{path} is not a prunus compressed checkpoint: torch.load failed: {type(error).__name__}: {text}"
         ) from None
     if not (isinstance(loaded, dict) and loaded.get("format") == LEGACY_FORMAT):
-        raise StateError(
+        raise FileFormatError(
             f"{path} is not a prunus compressed checkpoint (format {FORMAT!r} or {LEGACY_FORMAT!r})"
         )
-    decoded = _legacy_decode(loaded["state"])
-    state: OrderedDict[str, Any] = OrderedDict(decoded)
-    if loaded.get("metadata") is not None:
-        state._metadata = OrderedDict(loaded["metadata"])  # type: ignore[attr-defined]
+    reader = _LegacyReader(path)
+    reader.keys(loaded, "the file", {"format", "state", "metadata"})
+    raw_state, metadata = loaded["state"], loaded["metadata"]
+    if not (isinstance(raw_state, dict) and all(isinstance(k, str) for k in raw_state)):
+        raise reader.fail("state", "must map parameter names (str) to values")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise reader.fail("metadata", f"must be a dict or None, not {type(metadata).__name__}")
+    state: OrderedDict[str, Any] = OrderedDict(
+        (key, reader.decode(item, f"state[{key!r}]")) for key, item in raw_state.items()
+    )
+    if metadata is not None:
+        state._metadata = OrderedDict(metadata)  # type: ignore[attr-defined]
     return state
 
 
-def _legacy_decode(value: Any) -> Any:
-    if isinstance(value, dict):
-        kind = value.get("__prunus__")
-        if kind == "sparse":
-            shape = tuple(value["shape"])
-            bits = value["bits"]
-            shifts = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
-            mask = (
-                ((bits.unsqueeze(1) >> shifts) & 1)
-                .reshape(-1)[: math.prod(shape)]
-                .bool()
-                .reshape(shape)
+class _LegacyReader:
+    """Decodes a ``prunus-compressed-v1`` file's content, checking each part; errors name the file and where."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, where: str, what: str) -> FileFormatError:
+        return FileFormatError(
+            f"{self.path} is not a valid prunus compressed checkpoint: {where}: {what}"
+        )
+
+    def keys(self, value: dict[Any, Any], where: str, expected: set[str]) -> None:
+        if set(value) != expected:
+            raise self.fail(
+                where, f"has the keys {sorted(map(str, value))}, expected {sorted(expected)}"
             )
-            tensor = torch.full(shape, value["fill"], dtype=value["values"].dtype)
-            tensor[mask] = value["values"]
-            return tensor
-        if kind == "qtensor":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return torch._make_per_tensor_quantized_tensor(
-                    _legacy_decode(value["ints"]), value["scale"], value["zero_point"]
-                )
-        return {key: _legacy_decode(item) for key, item in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_legacy_decode(item) for item in value)
-    return value
+
+    def decode(self, value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            kind = value.get(_LEGACY_MARK)
+            if kind == "sparse":
+                return self.sparse(value, where)
+            if kind == "qtensor":
+                return self.qtensor(value, where)
+            if kind is not None:
+                raise self.fail(where, f"unknown entry kind {brief(kind)}")
+            return {key: self.decode(item, f"{where}[{key!r}]") for key, item in value.items()}
+        if isinstance(value, (tuple, list)):
+            return type(value)(self.decode(item, f"{where}[{i}]") for i, item in enumerate(value))
+        return value
+
+    def sparse(self, value: dict[str, Any], where: str) -> Tensor:
+        self.keys(value, where, {_LEGACY_MARK, "shape", "bits", "values", "fill"})
+        shape, bits, values, fill = value["shape"], value["bits"], value["values"], value["fill"]
+        if not (
+            isinstance(shape, list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            raise self.fail(where, f"shape {brief(shape)} is not a list of ints >= 0")
+        numel = math.prod(shape)
+        if not (isinstance(bits, Tensor) and bits.dtype == torch.uint8 and bits.dim() == 1):
+            raise self.fail(where, "bits must be a 1-D uint8 tensor")
+        if bits.numel() != math.ceil(numel / 8):
+            raise self.fail(
+                where,
+                f"bits has {bits.numel()} bytes, but shape {shape} needs {math.ceil(numel / 8)}",
+            )
+        if not (isinstance(values, Tensor) and values.dim() == 1 and not values.is_quantized):
+            raise self.fail(where, "values must be a 1-D tensor")
+        if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
+            raise self.fail(where, f"fill {brief(fill)} is not a finite number")
+        shifts = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
+        mask = ((bits.unsqueeze(1) >> shifts) & 1).reshape(-1).bool()
+        if bool(mask[numel:].any()):
+            raise self.fail(where, "bits past the end of the tensor are set")
+        mask = mask[:numel]
+        count = int(mask.sum())
+        if values.numel() != count:
+            raise self.fail(
+                where,
+                f"{values.numel()} values for {count} set bits; each set bit needs exactly one value",
+            )
+        try:
+            tensor = torch.full(shape, fill, dtype=values.dtype)
+        except (RuntimeError, TypeError, OverflowError) as error:
+            raise self.fail(
+                where, f"fill {fill!r} does not fit dtype {values.dtype}: {error}"
+            ) from None
+        tensor[mask.reshape(shape)] = values
+        return tensor
+
+    def qtensor(self, value: dict[str, Any], where: str) -> Tensor:
+        self.keys(value, where, {_LEGACY_MARK, "ints", "scale", "zero_point"})
+        ints = self.decode(value["ints"], f"{where}.ints")
+        scale, zero_point = value["scale"], value["zero_point"]
+        if not (isinstance(ints, Tensor) and ints.dtype in (torch.int8, torch.uint8, torch.int32)):
+            raise self.fail(where, "ints must be an int8, uint8 or int32 tensor")
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, (int, float))
+            or not math.isfinite(scale)
+            or scale <= 0
+        ):
+            raise self.fail(where, f"scale {brief(scale)} is not a finite number > 0")
+        info = torch.iinfo(ints.dtype)
+        if (
+            isinstance(zero_point, bool)
+            or not isinstance(zero_point, int)
+            or not info.min <= zero_point <= info.max
+        ):
+            raise self.fail(where, f"zero_point {brief(zero_point)} is not an int of {ints.dtype}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notice that quantized tensors are deprecated
+            return torch._make_per_tensor_quantized_tensor(ints, float(scale), zero_point)
+
+
+_LEGACY_MARK = "__prunus__"

@@ -28,9 +28,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from .. import masking
+from .. import files, masking
 from ..errors import ExportError, MissingDependencyError
-from ..forward import output_tensors
+from ..forward import evaluation_mode, output_tensors
 from ..hardware.sparse import SparseLinear
 
 __all__ = ["ExportReport", "export_onnx", "export_program"]
@@ -102,18 +102,16 @@ def export_program(
     """
     args, kwargs = _as_args(example_inputs)
     plain = _deployable(model)
-    was_training = plain.training
-    plain.eval()
-    try:
-        return torch.export.export(
-            plain, args, kwargs or None, dynamic_shapes=dynamic_shapes, strict=strict
-        )
-    except Exception as error:
-        raise ExportError(
-            f"torch.export could not trace {type(model).__name__}: {type(error).__name__}: {error}"
-        ) from error
-    finally:
-        plain.train(was_training)
+    # Traced in eval mode; the model keeps each submodule's flag, its buffers and the random stream.
+    with evaluation_mode(plain):
+        try:
+            return torch.export.export(
+                plain, args, kwargs or None, dynamic_shapes=dynamic_shapes, strict=strict
+            )
+        except Exception as error:
+            raise ExportError(
+                f"torch.export could not trace {type(model).__name__}: {type(error).__name__}: {error}"
+            ) from error
 
 
 def export_onnx(
@@ -149,31 +147,32 @@ def export_onnx(
             ) from error
     args, kwargs = _as_args(example_inputs)
     plain = _deployable(model)
-    was_training = plain.training
-    plain.eval()
     target = Path(path)
-    try:
-        program = torch.onnx.export(
-            plain,
-            args,
-            kwargs=kwargs or None,
-            dynamo=True,
-            dynamic_shapes=dynamic_shapes,
-            external_data=False,
-            verbose=False,
+    # Exported and checked in eval mode; the model keeps each submodule's flag, its buffers, the random stream.
+    with evaluation_mode(plain):
+        try:
+            program = torch.onnx.export(
+                plain,
+                args,
+                kwargs=kwargs or None,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,
+                external_data=False,
+                verbose=False,
+            )
+            if program is None:
+                raise ExportError("torch.onnx.export returned nothing")
+        except ExportError:
+            raise
+        except Exception as error:
+            raise ExportError(
+                f"ONNX export of {type(model).__name__} failed: {type(error).__name__}: {error}"
+            ) from error
+        # Written whole or not at all: a failed write keeps the previous file (a FileError says why).
+        files.write_atomic_path(
+            target, lambda temporary: program.save(str(temporary), external_data=False)
         )
-        if program is None:
-            raise ExportError("torch.onnx.export returned nothing")
-        program.save(str(target), external_data=False)
-    except ExportError:
-        raise
-    except Exception as error:
-        raise ExportError(
-            f"ONNX export of {type(model).__name__} failed: {type(error).__name__}: {error}"
-        ) from error
-    finally:
-        plain.train(was_training)
-    difference = _compare(plain, args, kwargs, target, atol, rtol) if check else None
+        difference = _compare(plain, args, kwargs, target, atol, rtol) if check else None
     return ExportReport(path=str(target), bytes=target.stat().st_size, max_abs_diff=difference)
 
 

@@ -1,38 +1,18 @@
-"""Writing a file whole or not at all, and telling prunus's file kinds apart."""
+"""Telling prunus's file kinds apart: the header of a safetensors file.
+
+Every file prunus writes goes through :mod:`prunus.files` (whole or not at all, with typed errors).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import struct
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import StateError
+from ..errors import FileError, StateError
 
-__all__ = ["read_safetensors_metadata", "write_atomically"]
-
-
-def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temporary)`` on a file beside ``path``, then move it over ``path`` in one step.
-
-    A reader never sees half a file, and a failed write leaves what was at ``path`` before.
-    """
-    target = Path(path)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        write(temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
-    return target
+__all__ = ["read_safetensors_metadata"]
 
 
 def read_safetensors_metadata(path: str | Path) -> dict[str, str] | None:
@@ -40,7 +20,11 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str] | None:
 
     Reads the header only (its 8-byte length, then that much JSON), not the tensors.
     """
-    with open(path, "rb") as file:
+    try:
+        file = open(path, "rb")  # noqa: SIM115 - closed below, once opening's errors are typed
+    except OSError as error:
+        raise FileError(f"cannot read {path}: {error.strerror or error}") from error
+    with file:
         start = file.read(8)
         if len(start) < 8:
             return None

@@ -21,10 +21,11 @@ with a :class:`~prunus.StateError` and the model is left as it was. :func:`pruni
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,15 +33,15 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from .. import masking
-from ..errors import PrunusError, StateError, UnknownStrategyError
+from .. import files, masking
+from ..errors import FileFormatError, PrunusError, StateError, UnknownStrategyError
 from ..registration import Provider, Registry, registry
 from ..report import PruneReport
 from ..shrinking.record import load_shrunk, shrink_state
 from ..transaction import ModuleSnapshot, transaction
 from .bits import pack_mask, unpack_mask
 from .compressed import FORMAT, FORMAT_KEY, LAYOUT_KEY, compress_state, decompress_state
-from .files import read_safetensors_metadata, write_atomically
+from .files import read_safetensors_metadata
 
 __all__ = [
     "STATE_FORMAT",
@@ -315,7 +316,7 @@ def save_pruned(
         registry=registry,
     )
     metadata = {"format": "pt", MANIFEST_KEY: state["manifest"]}
-    write_atomically(
+    files.write_atomic_path(
         path, lambda temporary: save_file(state["tensors"], str(temporary), metadata=metadata)
     )
     return Manifest.model_validate_json(state["manifest"])
@@ -388,8 +389,9 @@ def load_pruned(
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as error:
-        raise StateError(f"{path} is damaged: {error}") from None
-    _apply(model, manifest, tensors, pruner, check_versions, registry, str(path))
+        raise FileFormatError(f"{path} is damaged: {error}") from None
+    with _damage_reported(str(path)):
+        _apply(model, manifest, tensors, pruner, check_versions, registry, str(path))
     return manifest
 
 
@@ -408,8 +410,25 @@ def load_pruning_state(
     if not isinstance(tensors, Mapping) or not all(isinstance(v, Tensor) for v in tensors.values()):
         raise StateError("the pruning state's 'tensors' must map names to tensors")
     manifest = _parse_manifest(state["manifest"], "pruning state")
-    _apply(model, manifest, tensors, pruner, check_versions, registry, "pruning state")
+    with _damage_reported("pruning state"):
+        _apply(model, manifest, tensors, pruner, check_versions, registry, "pruning state")
     return manifest
+
+
+@contextlib.contextmanager
+def _damage_reported(where: str) -> Iterator[None]:
+    """Anything a damaged state makes fail, that no check foresaw (a mask that unpacks to the wrong shape, say),
+    raised as a :class:`FileFormatError` naming the file; prunus errors pass as they are. The model was left
+    as it was by then (:func:`_apply` works in a transaction)."""
+    try:
+        yield
+    except PrunusError:
+        raise
+    except Exception as error:
+        text = " ".join(str(error).split())[:200]
+        raise FileFormatError(
+            f"{where} is damaged: {type(error).__name__}: {text}; the model was left as it was"
+        ) from error
 
 
 def _apply(

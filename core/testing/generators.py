@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from ..config import StrategyConfig
 from ..layout import input_features
 from ..statistics import InputGram, InputNorms, Statistic, Statistics
+from .zoo import AttentionBlock, ResidualBlock
 
 if TYPE_CHECKING:
     from ..strategy import Target
@@ -347,39 +348,6 @@ def _amounts(max_count: int | None, fractions: bool) -> st.SearchStrategy[int | 
 
 
 # -- real modules ------------------------------------------------------------------------------------------
-
-
-class ResidualBlock(nn.Module):
-    """Conv-BN-ReLU-Conv-BN plus the input: the shape of a ResNet basic block."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + x)
-
-
-class AttentionBlock(nn.Module):
-    """Self-attention with a residual connection, then a LayerNorm and an MLP: a small transformer block."""
-
-    def __init__(self, embed: int, heads: int) -> None:
-        super().__init__()
-        self.attn = nn.MultiheadAttention(embed, heads, batch_first=True)
-        self.norm = nn.LayerNorm(embed)
-        self.mlp = nn.Sequential(
-            nn.Linear(embed, 2 * embed), nn.GELU(), nn.Linear(2 * embed, embed)
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        attended: Tensor = self.attn(x, x, x, need_weights=False)[0]
-        x = x + attended
-        out: Tensor = x + self.mlp(self.norm(x))
-        return out
 
 
 def _build(kind: str, draw: st.DrawFn) -> tuple[Callable[[], nn.Module], tuple[int, ...]]:

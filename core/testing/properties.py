@@ -322,14 +322,16 @@ def _criterion_of(subject: Subject, example: Example) -> Criterion:
     return criterion
 
 
-def _scores(
+def criterion_scores(
     subject: Subject, example: Example
 ) -> tuple[PruneContext, Criterion, dict[str, Tensor]]:
+    """The example's context, the subject's criterion and its scores of every target (through the hooks)."""
     context = example.context()
     criterion = _criterion_of(subject, example)
     with torch.no_grad():
         scores = {
-            t.name: subject.registry.hooks.score(criterion, t, context) for t in context.targets
+            t.name: subject.registry.hooks.score_unchecked(criterion, t, context)
+            for t in context.targets
         }
     return context, criterion, scores
 
@@ -360,7 +362,7 @@ def scores_valid(subject: Subject, example: Example) -> None:
 
     ``+inf`` ("never prune") and ``-inf`` ("prune first") are allowed.
     """
-    context, _, scores = _scores(subject, example)
+    context, _, scores = criterion_scores(subject, example)
     for target in context.targets:
         score: Any = scores[target.name]
         if not isinstance(score, Tensor):
@@ -453,7 +455,7 @@ def dtype_and_device_preserved(subject: Subject, example: Example) -> None:
         if isinstance(mask, Tensor) and mask.device != device:
             fail(f"the mask for {target.name!r} is on {mask.device}, the parameter on {device}")
     if subject.composed:
-        context, _, scores = _scores(subject, example)
+        context, _, scores = criterion_scores(subject, example)
         for target in context.targets:
             score = scores[target.name]
             if isinstance(score, Tensor) and score.device != target.tensor.device:
@@ -870,14 +872,17 @@ def amount_one_prunes_all(subject: Subject, example: Example) -> None:
             )
 
 
-def _check_order(where: str, scores: Tensor, pruned: Tensor, kept: Tensor) -> None:
+def check_order(
+    where: str, scores: Tensor, pruned: Tensor, kept: Tensor, rtol: float = 0.0
+) -> None:
+    """Fail unless every pruned unit scores no higher than every kept one (beyond ``rtol`` of the larger)."""
     if not (bool(pruned.any()) and bool(kept.any())):
         return
     values = scores.double()
-    highest_pruned = float(values[pruned].max())
-    lowest_kept = float(values[kept].min())
-    if highest_pruned > lowest_kept:
-        fail(f"{where}: {_order_text(highest_pruned, lowest_kept)}")
+    high = float(values[pruned].max())
+    low = float(values[kept].min())
+    if high > low and (rtol == 0 or high - low > rtol * max(abs(high), abs(low))):
+        fail(f"{where}: {_order_text(high, low)}")
 
 
 @register_property(
@@ -885,12 +890,12 @@ def _check_order(where: str, scores: Tensor, pruned: Tensor, kept: Tensor) -> No
 )
 def criterion_unstructured(subject: Subject, example: Example) -> None:
     """In each parameter, every entry pruned now scores no higher than every entry kept."""
-    context, _, scores = _scores(subject, example)
+    context, _, scores = criterion_scores(subject, example)
     _, masks = subject.compute(example)
     full = full_masks(context, masks)
     for target in context.targets:
         mask = full[target.name]
-        _check_order(repr(target.name), scores[target.name], eligible(target) & ~mask, mask)
+        check_order(repr(target.name), scores[target.name], eligible(target) & ~mask, mask)
 
 
 # -- group properties: structured --------------------------------------------------------------------------
@@ -955,7 +960,7 @@ def whole_slices(subject: Subject, example: Example) -> None:
 )
 def criterion_structured(subject: Subject, example: Example) -> None:
     """In each parameter, every slice pruned now has a group score (``criterion.reduce``) no higher than every kept one."""
-    context, criterion, scores = _scores(subject, example)
+    context, criterion, scores = criterion_scores(subject, example)
     _, masks = subject.compute(example)
     full = full_masks(context, masks)
     for target in context.targets:
@@ -969,7 +974,7 @@ def criterion_structured(subject: Subject, example: Example) -> None:
         if bool(torch.isnan(groups).any()):
             fail(f"criterion.reduce gave NaN slice scores for {target.name!r}: {groups.tolist()}")
         could, kept = _slice_masks(target, full[target.name], dim)
-        _check_order(f"{target.name!r} along dim={dim}", groups, could & ~kept, kept)
+        check_order(f"{target.name!r} along dim={dim}", groups, could & ~kept, kept)
 
 
 # -- group properties: global ------------------------------------------------------------------------------
@@ -993,11 +998,47 @@ def exact_count_global(subject: Subject, example: Example) -> None:
     "criterion_respected", granularity="global", requires=[needs_amount, needs_criterion]
 )
 def criterion_global(subject: Subject, example: Example) -> None:
-    """Across all parameters, every entry pruned now scores no higher than every entry kept."""
-    context, _, scores = _scores(subject, example)
+    """Across all parameters, every entry pruned now scores no higher than every entry kept.
+
+    With a ``min_keep`` option (a floor of entries each parameter keeps while the amount leaves room), every
+    parameter keeps at least that many, its best ones; the entries a parameter holds at its floor are left out
+    of the comparison across parameters (the floor keeps them, not their scores).
+    """
+    assert example.amount is not None
+    context, _, scores = criterion_scores(subject, example)
     _, masks = subject.compute(example)
     full = full_masks(context, masks)
+    floors = _floors(context.targets, example)
+    held: set[str] = set()
+    for target in context.targets:
+        could = eligible(target)
+        kept = full[target.name]
+        count = int(kept.sum())
+        if count < floors[target.name]:
+            fail(
+                f"{target.name!r} keeps {count} entries, below min_keep={example.options['min_keep']} "
+                f"(it had {int(could.sum())} still kept)"
+            )
+        if floors[target.name] and count <= floors[target.name]:
+            held.add(target.name)
+        check_order(repr(target.name), scores[target.name], could & ~kept, kept)
     flat = torch.cat([scores[t.name].double().reshape(-1) for t in context.targets])
     could = torch.cat([eligible(t).reshape(-1) for t in context.targets])
     kept = torch.cat([full[t.name].reshape(-1) for t in context.targets])
-    _check_order("across all targets", flat, could & ~kept, kept)
+    free = torch.cat(
+        [torch.full_like(eligible(t).reshape(-1), t.name not in held) for t in context.targets]
+    )
+    check_order("across all targets", flat, could & ~kept, kept & free)
+
+
+def _floors(targets: Sequence[Target], example: Example) -> dict[str, int]:
+    """Each target's ``min_keep`` floor where the amount leaves room for all of them, else 0."""
+    assert example.amount is not None
+    floor = example.options.get("min_keep", 0)
+    sizes = {t.name: int(eligible(t).sum()) for t in targets}
+    floors = {name: min(int(floor), size) for name, size in sizes.items()}
+    total = sum(sizes.values())
+    k = expected_count(example.amount, total)
+    if not floor or k == total or k > total - sum(floors.values()):
+        return dict.fromkeys(sizes, 0)
+    return floors

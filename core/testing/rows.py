@@ -20,9 +20,9 @@ import torch
 from ..layout import matrix_view
 from ..strategy import Target
 from .properties import (
-    _check_order,
-    _scores,
     amount_text,
+    check_order,
+    criterion_scores,
     expected_count,
     fail,
     full_masks,
@@ -81,7 +81,7 @@ def row_exact_count(subject: Subject, example: Example) -> None:
 )
 def row_criterion_respected(subject: Subject, example: Example) -> None:
     """Within each row, every entry pruned now scores no higher than every entry kept."""
-    context, _, scores = _scores(subject, example)
+    context, _, scores = criterion_scores(subject, example)
     _, masks = subject.compute(example)
     full = full_masks(context, masks)
     for target in context.targets:
@@ -89,4 +89,4 @@ def row_criterion_respected(subject: Subject, example: Example) -> None:
         kept = matrix_view(target.module, full[target.name])
         pruned = matrix_view(target.module, eligible(target)) & ~kept
         for row in range(score.shape[0]):
-            _check_order(f"{target.name!r} row {row}", score[row], pruned[row], kept[row])
+            check_order(f"{target.name!r} row {row}", score[row], pruned[row], kept[row])

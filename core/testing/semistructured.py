@@ -32,12 +32,23 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
+from ..ranking import rankable
 from ..registration import Registry
 from ..registration import registry as global_registry
-from ..strategy import Criterion, PruneContext, Target
+from ..strategy import Criterion, Target
 from ..targets import input_dim
 from . import generators as pst
-from .properties import needs_amount, needs_criterion, needs_seed, register_property
+from .properties import (
+    check_order,
+    criterion_scores,
+    expected_count,
+    fail,
+    full_masks,
+    needs_amount,
+    needs_criterion,
+    needs_seed,
+    register_property,
+)
 from .subject import (
     Example,
     OptionsFn,
@@ -70,50 +81,20 @@ def aligned_keep(size: int, pruned: int, round_to: int) -> int:
 
 def block_scores(criterion: Criterion, scores: Tensor, rows: int, cols: int) -> Tensor:
     """One score per ``(rows, cols)`` block of the 2-D ``scores``: ``criterion.reduce`` over its entries,
-    block by block (edge blocks hold what is left)."""
-    height, width = scores.shape
-    grid = torch.empty(-(-height // rows), -(-width // cols), dtype=torch.float64)
+    block by block (edge blocks hold what is left).
+
+    Reduced in the dtype the granularity ranks in (:func:`prunus.ranking.rankable`), so where the criterion's
+    own reduction overflows there (an Ln norm of huge weights is inf), the oracle's does too: that is the
+    criterion's arithmetic, not the granularity's ranking.
+    """
+    values = rankable(scores)
+    height, width = values.shape
+    grid = torch.empty(-(-height // rows), -(-width // cols), dtype=values.dtype)
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
-            block = scores[i * rows : (i + 1) * rows, j * cols : (j + 1) * cols].double()
+            block = values[i * rows : (i + 1) * rows, j * cols : (j + 1) * cols]
             grid[i, j] = criterion.reduce(block, (0, 1))
-    # The granularity ranks in the scores' ranking dtype (float32 below float64): a sum past its largest
-    # finite value is inf there, and infs tie. Compared in that dtype, so an overflow is not taken for a bug.
-    return grid if scores.dtype == torch.float64 else grid.float()
-
-
-def _fail(message: str) -> None:
-    raise AssertionError(message)
-
-
-def _full(context: PruneContext, masks: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {t.name: masks.get(t.name, eligible(t)) for t in context.targets}
-
-
-def _expected(amount: int | float, size: int) -> int:
-    return amount if isinstance(amount, int) else round(amount * size)
-
-
-def _criterion(
-    subject: Subject, example: Example
-) -> tuple[PruneContext, Criterion, dict[str, Tensor]]:
-    context = example.context()
-    strategy = subject.build(**example.all_options())
-    criterion = getattr(strategy, "criterion", None)
-    assert isinstance(criterion, Criterion), f"{subject.name} has no criterion"
-    with torch.no_grad():
-        scores = {
-            t.name: subject.registry.hooks.score(criterion, t, context) for t in context.targets
-        }
-    return context, criterion, scores
-
-
-def _order(where: str, scores: Tensor, pruned: Tensor, kept: Tensor, rtol: float = 0.0) -> None:
-    """Fail unless every pruned unit scores no higher than every kept one (within ``rtol`` of the larger)."""
-    if bool(pruned.any()) and bool(kept.any()):
-        high, low = float(scores.double()[pruned].max()), float(scores.double()[kept].min())
-        if high - low > rtol * max(abs(high), abs(low)):
-            _fail(f"{where}: pruned a unit scored {high!r} but kept one scored {low!r}")
+    return grid
 
 
 # -- nm -------------------------------------------------------------------------------------------------------
@@ -168,7 +149,7 @@ def _nm_groups(
 def nm_exact_count(subject: Subject, example: Example) -> None:
     """Every group of ``m_group`` along the input dim keeps ``min(n_keep, entries still kept in it)``."""
     context, masks = subject.compute(example)
-    full = _full(context, masks)
+    full = full_masks(context, masks)
     n = int(example.options.get("n_keep", 2))
     for target in context.targets:
         kept = _nm_groups(target, full[target.name], example.options).sum(dim=-1)
@@ -176,7 +157,7 @@ def nm_exact_count(subject: Subject, example: Example) -> None:
         wrong = kept != still.clamp(max=n)
         if bool(wrong.any()):
             index = wrong.nonzero()[0].tolist()
-            _fail(
+            fail(
                 f"{target.name!r}: group {index} keeps {int(kept[tuple(index)])} entries, but "
                 f"min(n_keep={n}, {int(still[tuple(index)])} still kept) were to be kept"
             )
@@ -185,9 +166,9 @@ def nm_exact_count(subject: Subject, example: Example) -> None:
 @register_property("criterion_respected", granularity="nm", requires=[needs_criterion])
 def nm_criterion_respected(subject: Subject, example: Example) -> None:
     """Within each group, every entry pruned now scores no higher than every entry kept."""
-    context, _, scores = _criterion(subject, example)
+    context, _, scores = criterion_scores(subject, example)
     _, masks = subject.compute(example)
-    full = _full(context, masks)
+    full = full_masks(context, masks)
     for target in context.targets:
         score = _nm_groups(target, scores[target.name].double(), example.options, 0.0)
         kept = _nm_groups(target, full[target.name], example.options)
@@ -197,7 +178,7 @@ def nm_criterion_respected(subject: Subject, example: Example) -> None:
         wrong = high > low
         if bool(wrong.any()):
             index = tuple(wrong.nonzero()[0].tolist())
-            _fail(
+            fail(
                 f"{target.name!r} group {list(index)}: pruned an entry scored {float(high[index])!r} but kept "
                 f"one scored {float(low[index])!r}"
             )
@@ -232,7 +213,7 @@ def nm_seed_changes_mask(subject: Subject, example: Example) -> None:
         _, masks = subject.compute(example, seed=seed)
         seen.add(tuple((name, tuple(m.reshape(-1).tolist())) for name, m in sorted(masks.items())))
     if len(seen) < 2:
-        _fail("seeds 0 to 5 all gave the same 2:4 mask: the seed option is ignored")
+        fail("seeds 0 to 5 all gave the same 2:4 mask: the seed option is ignored")
 
 
 # -- block ----------------------------------------------------------------------------------------------------
@@ -278,17 +259,17 @@ def block_exact_count(subject: Subject, example: Example) -> None:
     """Each parameter loses exactly the blocks ``amount`` asks, among the blocks with an entry still kept."""
     assert example.amount is not None
     context, masks = subject.compute(example)
-    full = _full(context, masks)
+    full = full_masks(context, masks)
     for target in context.targets:
         prior, mask = _view(eligible(target)), _view(full[target.name])
         rows, cols = _block_size(example, prior)
         could, _ = _per_block(prior, rows, cols)
         kept, _ = _per_block(mask, rows, cols)
         pruned, size = int((could & ~kept).sum()), int(could.sum())
-        if pruned != _expected(example.amount, size):
-            _fail(
+        if pruned != expected_count(example.amount, size):
+            fail(
                 f"{target.name!r}: pruned {pruned} blocks of {rows}x{cols}, but amount={example.amount!r} "
-                f"asks for {_expected(example.amount, size)} of the {size} still kept"
+                f"asks for {expected_count(example.amount, size)} of the {size} still kept"
             )
 
 
@@ -296,7 +277,7 @@ def block_exact_count(subject: Subject, example: Example) -> None:
 def whole_blocks(subject: Subject, example: Example) -> None:
     """Each ``(rows, cols)`` block of the 2-D view is either kept as it was or pruned whole."""
     context, masks = subject.compute(example)
-    full = _full(context, masks)
+    full = full_masks(context, masks)
     for target in context.targets:
         prior, mask = _view(eligible(target)), _view(full[target.name])
         rows, cols = _block_size(example, prior)
@@ -305,7 +286,7 @@ def whole_blocks(subject: Subject, example: Example) -> None:
         partial = ~(same | empty)
         if bool(partial.any()):
             index = partial.nonzero()[0].tolist()
-            _fail(f"{target.name!r}: block {index} of {rows}x{cols} is only partly pruned")
+            fail(f"{target.name!r}: block {index} of {rows}x{cols} is only partly pruned")
 
 
 @register_property(
@@ -313,19 +294,19 @@ def whole_blocks(subject: Subject, example: Example) -> None:
 )
 def block_criterion_respected(subject: Subject, example: Example) -> None:
     """Every block pruned now has a block score (``criterion.reduce``) no higher than every block kept."""
-    context, criterion, scores = _criterion(subject, example)
+    context, criterion, scores = criterion_scores(subject, example)
     _, masks = subject.compute(example)
-    full = _full(context, masks)
+    full = full_masks(context, masks)
     for target in context.targets:
         prior, mask = _view(eligible(target)), _view(full[target.name])
         rows, cols = _block_size(example, prior)
         grid = block_scores(criterion, _view(scores[target.name]), rows, cols)
         could, _ = _per_block(prior, rows, cols)
         kept, _ = _per_block(mask, rows, cols)
-        # The oracle sums in float64, the granularity in float32: orders within float32's rounding of a
-        # sum of rows * cols terms are not a bug.
+        # The oracle reduces each block on its own, the granularity all blocks at once: orders within the
+        # rounding of a reduction of rows * cols terms are not a bug.
         rtol = rows * cols * torch.finfo(torch.float32).eps
-        _order(f"{target.name!r} blocks of {rows}x{cols}", grid, could & ~kept, kept, rtol)
+        check_order(f"{target.name!r} blocks of {rows}x{cols}", grid, could & ~kept, kept, rtol)
 
 
 # -- aligned --------------------------------------------------------------------------------------------------
@@ -353,14 +334,14 @@ def aligned_exact_count(subject: Subject, example: Example) -> None:
     """Each parameter keeps ``aligned_keep(slices still kept, amount's count, round_to)`` slices along ``dim``."""
     assert example.amount is not None
     context, masks = subject.compute(example)
-    full = _full(context, masks)
+    full = full_masks(context, masks)
     dim, multiple = int(example.options.get("dim", 0)), int(example.options.get("round_to", 8))
     for target in context.targets:
         could, kept = _slices(target, full[target.name], dim)
         size = int(could.sum())
-        want = aligned_keep(size, _expected(example.amount, size), multiple)
+        want = aligned_keep(size, expected_count(example.amount, size), multiple)
         if int((could & kept).sum()) != want:
-            _fail(
+            fail(
                 f"{target.name!r}: kept {int((could & kept).sum())} of {size} slices along dim={dim}, not "
                 f"{want} (amount={example.amount!r} rounded to a multiple of {multiple})"
             )
@@ -370,7 +351,7 @@ def aligned_exact_count(subject: Subject, example: Example) -> None:
 def aligned_whole_slices(subject: Subject, example: Example) -> None:
     """Pruning removes whole slices along ``dim``: each slice is kept as it was or all pruned."""
     context, masks = subject.compute(example)
-    full = _full(context, masks)
+    full = full_masks(context, masks)
     dim = int(example.options.get("dim", 0))
     for target in context.targets:
         d = dim % target.tensor.dim()
@@ -379,7 +360,7 @@ def aligned_whole_slices(subject: Subject, example: Example) -> None:
         prior = eligible(target).movedim(d, 0).reshape(size, -1)
         partial = ~((mask == prior).all(dim=1) | (~mask).all(dim=1))
         if bool(partial.any()):
-            _fail(
+            fail(
                 f"{target.name!r}: slice {int(partial.nonzero()[0, 0])} along dim={d} is partly pruned"
             )
 
@@ -389,16 +370,16 @@ def aligned_whole_slices(subject: Subject, example: Example) -> None:
 )
 def aligned_criterion_respected(subject: Subject, example: Example) -> None:
     """Every slice pruned now has a group score (``criterion.reduce``) no higher than every slice kept."""
-    context, criterion, scores = _criterion(subject, example)
+    context, criterion, scores = criterion_scores(subject, example)
     _, masks = subject.compute(example)
-    full = _full(context, masks)
+    full = full_masks(context, masks)
     dim = int(example.options.get("dim", 0))
     for target in context.targets:
         d = dim % target.tensor.dim()
         others = tuple(i for i in range(target.tensor.dim()) if i != d)
         groups = criterion.reduce(scores[target.name], others)
         could, kept = _slices(target, full[target.name], d)
-        _order(f"{target.name!r} along dim={d}", groups, could & ~kept, kept)
+        check_order(f"{target.name!r} along dim={d}", groups, could & ~kept, kept)
 
 
 for _name in global_registry.names("*_nm"):

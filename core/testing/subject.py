@@ -23,7 +23,7 @@ from ..config import StrategyConfig
 from ..errors import ConfigError
 from ..registration import Registry, StrategyInfo
 from ..registration import registry as global_registry
-from ..strategy import PruneContext, Strategy, Target
+from ..strategy import ComposedStrategy, PruneContext, Strategy, Target
 from . import generators as pst
 
 __all__ = [
@@ -323,6 +323,15 @@ class Subject:
         """Compute the masks of ``example`` (``override`` replaces options), as ``prune`` would."""
         context = context if context is not None else example.context()
         strategy = self.build(**example.all_options(**override))
+        if isinstance(strategy, ComposedStrategy):
+            # The plugin's own behaviour, not prunus's checks of it: the properties diagnose what it does.
+            strategy = ComposedStrategy(
+                strategy.config,
+                strategy.criterion,
+                strategy.granularity_component,
+                self.registry.hooks.score_unchecked,
+                strategy.name,
+            )
         with torch.no_grad():
             masks = strategy.compute_masks(context)
         if not isinstance(masks, dict):
@@ -426,12 +435,19 @@ def _global_unstructured_options(
         and not registry.info(f"{name}_global").statistics
     ] or ["l1"]
 
+    own = set(registry.info("global_unstructured").config.model_fields)
+
+    def split(name: str, options: dict[str, Any]) -> dict[str, Any]:
+        # Options of global_unstructured itself (min_keep) stay on top, the criterion's go below.
+        top = {k: v for k, v in options.items() if k in own}
+        rest = {k: v for k, v in options.items() if k not in own}
+        return {**top, "criterion": name, "criterion_options": rest}
+
     def with_options(name: str) -> st.SearchStrategy[dict[str, Any]]:
-        # global_unstructured builds `<criterion>_global`, whose options are amount and the criterion's.
+        # global_unstructured builds `<criterion>_global`, whose options are amount, min_keep and the
+        # criterion's.
         config = registry.info(f"{name}_global").config
-        return pst.config_options(config, targets=targets).map(
-            lambda options: {"criterion": name, "criterion_options": options}
-        )
+        return pst.config_options(config, targets=targets).map(lambda options: split(name, options))
 
     return st.sampled_from(builtin).flatmap(with_options)
 

@@ -24,8 +24,9 @@ A sensitivity config (``prunus sensitivity --config sens.yaml``)::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -38,9 +39,12 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic.functional_validators import BeforeValidator
 
+from .. import files
+from ..arguments import check_path
 from ..config import config_error
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigTypeError, FileFormatError, brief
 
 __all__ = [
     "FineTuneSection",
@@ -50,6 +54,8 @@ __all__ = [
     "WorkflowConfig",
     "load_config",
     "parse_config",
+    "read_mapping",
+    "section",
 ]
 
 Number = StrictInt | StrictFloat
@@ -61,11 +67,20 @@ class WorkflowConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _no_options(value: Any) -> Any:
+    # `options:` with nothing after it is YAML null: no options, as an absent key.
+    return {} if value is None else value
+
+
+Options = Annotated[dict[str, Any], BeforeValidator(_no_options)]
+"""Options of a strategy or schedule; a null (an empty YAML key) means none."""
+
+
 class ScheduleSection(WorkflowConfig):
     """A registered schedule and its options (``prunus.registry.schedules()``)."""
 
     name: StrictStr = Field(default="cubic", description="cubic, linear, iterative, one_shot, ...")
-    options: dict[str, Any] = Field(
+    options: Options = Field(
         default_factory=dict, description="e.g. {final_sparsity: 0.9, end: 600, every: 50}"
     )
 
@@ -74,7 +89,7 @@ class FineTuneSection(WorkflowConfig):
     """The built-in classification fine-tuning loop (:func:`prunus.fine_tune`)."""
 
     epochs: StrictInt = Field(default=1, ge=0)
-    lr: Number = Field(default=1e-3, gt=0)
+    lr: Number = Field(default=1e-3, gt=0, allow_inf_nan=False)
     batch_size: StrictInt = Field(default=64, ge=1)
     seed: StrictInt = Field(default=0, ge=0)
 
@@ -83,7 +98,7 @@ class PruneConfig(WorkflowConfig):
     """What ``prunus prune`` does: one-shot (``amount`` / ``amounts``) or on a ``schedule``."""
 
     strategy: StrictStr = Field(description="a registered strategy (prunus list)")
-    options: dict[str, Any] = Field(
+    options: Options = Field(
         default_factory=dict, description="the strategy's options other than the amount"
     )
     amount: Number | None = Field(default=None, description="one amount for every layer")
@@ -121,7 +136,7 @@ class SensitivityConfig(WorkflowConfig):
     """What ``prunus sensitivity`` does."""
 
     strategy: StrictStr = "l1_unstructured"
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: Options = Field(default_factory=dict)
     amounts: list[StrictFloat] = Field(
         default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], min_length=1
     )
@@ -143,7 +158,7 @@ C = TypeVar("C", bound=WorkflowConfig)
 def parse_config(kind: type[C], data: Any, *, source: str = "config") -> C:
     """Validate ``data`` (a dict) as ``kind``, raising :class:`ConfigError` that names each bad key."""
     if not isinstance(data, dict):
-        raise ConfigError(
+        raise ConfigTypeError(
             f"{source} must hold a mapping of keys to values, not {type(data).__name__}"
         )
     try:
@@ -154,35 +169,96 @@ def parse_config(kind: type[C], data: Any, *, source: str = "config") -> C:
         ) from None
 
 
+CONFIG_LIMIT = 1 << 20
+"""Bytes a config file may have: a real one is a few hundred."""
+
+VALUE_LIMIT = 100_000
+"""Values a config may hold once YAML aliases are expanded (a "billion laughs" file holds billions)."""
+
+
 def read_mapping(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (``.yaml``/``.yml``) or JSON (``.json``) file into a dict."""
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"cannot read config {file}: {error.strerror or error}") from None
+    """Read a YAML (``.yaml``/``.yml``) or JSON (``.json``) file into a dict, checked.
+
+    Raises:
+        FileError: the file cannot be read.
+        FileFormatError: it is larger than :data:`CONFIG_LIMIT`, not UTF-8, not valid YAML or JSON, not a
+            mapping at the top, or holds more than :data:`VALUE_LIMIT` values once YAML aliases are expanded
+            (an alias bomb). A ``ConfigError`` too.
+    """
+    file = Path(check_path("config", path))
     suffix = file.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml"):
+        raise ConfigError(f"config {file} must end in .yaml, .yml or .json")
+    text = files.read_text(file, what="config", limit=CONFIG_LIMIT)
     try:
         if suffix == ".json":
             data = json.loads(text)
-        elif suffix in (".yaml", ".yml"):
+        else:
             import yaml
 
             data = yaml.safe_load(text)
-        else:
-            raise ConfigError(f"config {file} must end in .yaml, .yml or .json")
-    except ConfigError:
-        raise
-    except Exception as error:  # yaml.YAMLError, json.JSONDecodeError
+    except Exception as error:  # yaml.YAMLError, json.JSONDecodeError, RecursionError
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError(f"config {file} is not valid {suffix[1:].upper()}: {first}") from None
+        raise FileFormatError(
+            f"config {file} is not valid {suffix[1:].upper()}: {first[:200]}"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config {file} must hold a mapping, not {type(data).__name__}")
+        raise FileFormatError(f"config {file} must hold a mapping, not {type(data).__name__}")
+    _count_values(data, file)
     return data
 
 
+def _count_values(data: Any, file: Path) -> None:
+    """Refuse a config that holds more than :data:`VALUE_LIMIT` values once aliases are expanded.
+
+    YAML aliases share objects: a few hundred bytes can describe billions of values, or a structure that holds
+    itself. Walking it with a budget stops at the limit whatever the file describes.
+    """
+    budget = VALUE_LIMIT
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise FileFormatError(
+                f"config {file} holds more than {VALUE_LIMIT:,} values once its YAML aliases are expanded "
+                "(an alias bomb, or a structure that contains itself); write the values out"
+            )
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+
+
+def section(data: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
+    """``data[key]`` as a dict (``{}`` when absent or null), to merge command-line options into.
+
+    Raises:
+        ConfigError: it is there but not a mapping (a list, a number...).
+    """
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{source}: {key!r} must be a mapping of keys to values, not {type(value).__name__} "
+            f"({brief(value)})"
+        )
+    return dict(value)
+
+
 def load_config(path: str | Path, kind: type[C]) -> C:
-    """Load a YAML or JSON file as the config ``kind`` (e.g. :class:`PruneConfig`)."""
+    """Load a YAML or JSON file as the config ``kind`` (e.g. :class:`PruneConfig`).
+
+    Raises:
+        FileError, FileFormatError: the file cannot be read or is not a config (see :func:`read_mapping`).
+        ConfigError: a key is unknown, missing or invalid (the message names it).
+    """
+    if not (isinstance(kind, type) and issubclass(kind, WorkflowConfig)):
+        raise ConfigTypeError(
+            f"kind must be a workflow config class such as prunus.PruneConfig, not {brief(kind)}"
+        )
     return parse_config(kind, read_mapping(path), source=str(path))

@@ -11,7 +11,6 @@ which :func:`~prunus.persistence.compressed.load_compressed` reads back exactly.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import math
@@ -24,9 +23,10 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from .. import masking
-from ..errors import ConfigError
-from ..forward import call_model, evaluation_mode
+from .. import files, masking
+from ..arguments import check_callable, check_int, check_model, check_path
+from ..errors import ConfigError, ConfigTypeError, brief
+from ..forward import call_model, evaluation_mode, run_model
 from ..hardware.timing import time_interleaved
 from ..persistence.compressed import load_compressed, save_compressed
 from ..report import kib
@@ -68,12 +68,17 @@ def batches(
     Raises:
         ConfigError: ``data`` is neither.
     """
+    check_int("batch_size", batch_size, minimum=1)
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        x, y = data
+        x, y = data[0], data[1]
+        assert isinstance(x, Tensor) and isinstance(y, Tensor)
+        if x.dim() == 0 or y.dim() == 0:
+            raise ConfigError(
+                f"data must hold a batch of inputs and of labels; got shapes {tuple(x.shape)} and "
+                f"{tuple(y.shape)}"
+            )
         if len(x) != len(y):
             raise ConfigError(f"data has {len(x)} inputs but {len(y)} labels")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size} must be >= 1")
         if shuffle:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
             order = torch.randperm(len(x), generator=generator)
@@ -83,16 +88,26 @@ def batches(
             index = order[start : start + batch_size]
             yield x[index], y[index]
         return
-    if isinstance(data, Tensor) or not isinstance(data, Iterable):
-        raise ConfigError(
+    if isinstance(data, (Tensor, str, bytes, Mapping)) or not isinstance(data, Iterable):
+        raise ConfigTypeError(
             f"data must be a pair (inputs, labels) of tensors or an iterable of such batches (a DataLoader), "
-            f"not {type(data).__name__}"
+            f"not {type(data).__name__} ({brief(data)})"
         )
     for batch in data:
-        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+        if not (
+            isinstance(batch, (tuple, list))
+            and len(batch) >= 2
+            and isinstance(batch[0], Tensor)
+            and isinstance(batch[1], Tensor)
+        ):
+            raise ConfigTypeError(
+                f"each batch must be (inputs, labels, ...) tensors, got {type(batch).__name__} "
+                f"({brief(batch)}); pass an evaluator for other kinds of data"
+            )
+        if batch[0].dim() == 0 or batch[1].dim() == 0 or len(batch[0]) != len(batch[1]):
             raise ConfigError(
-                f"each batch must be (inputs, labels, ...), got {type(batch).__name__}; "
-                "pass an evaluator for other kinds of data"
+                f"a batch has inputs of shape {tuple(batch[0].shape)} and labels of shape "
+                f"{tuple(batch[1].shape)}; each input needs one label"
             )
         yield batch[0], batch[1]
 
@@ -113,23 +128,39 @@ def _device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, data: Data, *, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` on labelled ``data`` (eval mode; the training flag is put back)."""
-    was_training = model.training
-    model.eval()
+    """Top-1 accuracy of ``model`` on labelled ``data``.
+
+    The model runs in eval mode without gradients and is left exactly as it was (every submodule's training
+    flag, its buffers, torch's random generator: see :func:`prunus.forward.evaluation_mode`).
+
+    Raises:
+        ConfigError: ``data`` is empty or not labelled data, or the model's outputs are not one row of class
+            scores per input.
+    """
+    check_model(model)
+    check_int("batch_size", batch_size, minimum=1)
     device = _device(model)
     correct = total = 0
-    try:
+    with torch.no_grad(), evaluation_mode(model):
         for x, y in batches(data, batch_size):
-            out = model(x.to(device))
+            out = run_model(model, x.to(device), "data")
+            if not (isinstance(out, Tensor) and out.dim() == 2 and len(out) == len(y)):
+                raise ConfigError(
+                    f"accuracy needs one row of class scores per input: {type(model).__name__} gave "
+                    f"{_shape_of(out)} for {len(y)} labels; pass an evaluator for other models"
+                )
             correct += int((out.argmax(dim=1) == y.to(out.device)).sum())
             total += len(y)
-    finally:
-        model.train(was_training)
     if total == 0:
         raise ConfigError("data is empty: no batch to measure accuracy on")
     return correct / total
+
+
+def _shape_of(value: Any) -> str:
+    return (
+        f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else f"a {type(value).__name__}"
+    )
 
 
 # -- counting ---------------------------------------------------------------------------------------------
@@ -158,6 +189,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
     The weights of quantized modules count too (a weight quantized to zero is a zero).
     """
+    check_model(model)
     total = nonzero = 0
     for _, tensor in _weights(model):
         total += tensor.numel()
@@ -183,14 +215,20 @@ class ModelSize(BaseModel):
 
 
 def model_size(model: nn.Module, directory: str | Path | None = None) -> ModelSize:
-    """Write ``model``'s state dict densely and compressed (in ``directory``, a temporary one by default)."""
+    """Write ``model``'s state dict densely and compressed (in ``directory``, a temporary one by default).
+
+    Raises:
+        FileError: a file could not be written (each is written atomically: see :mod:`prunus.files`).
+    """
+    check_model(model)
+    if directory is not None:
+        check_path("directory", directory)
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(directory) if directory is not None else Path(tmp)
-        where.mkdir(parents=True, exist_ok=True)
-        dense_path = where / "dense.pt"
-        torch.save(model.state_dict(), dense_path)
-        compressed = save_compressed(model, where / "compressed.safetensors")
-        return ModelSize(dense_bytes=dense_path.stat().st_size, compressed_bytes=compressed)
+        state = model.state_dict()
+        dense = files.write_atomic(where / "dense.pt", lambda file: torch.save(state, file))
+        compressed = save_compressed(state, where / "compressed.safetensors")
+        return ModelSize(dense_bytes=dense, compressed_bytes=compressed)
 
 
 def state_dict_bytes(model: nn.Module) -> int:
@@ -207,11 +245,11 @@ def _latencies(
     models: Mapping[str, nn.Module], example_input: Any, runs: int, warmup: int
 ) -> dict[str, float]:
     """Median milliseconds per forward of each model; the models take turns, so noise hits them alike."""
-    if runs < 1:
-        raise ConfigError(f"runs={runs} must be >= 1")
-    with contextlib.ExitStack() as stack:
+    check_int("runs", runs, minimum=1)
+    check_int("warmup", warmup, minimum=0)
+    with torch.inference_mode(), evaluation_mode(*models.values()):
         for model in models.values():
-            stack.enter_context(evaluation_mode(model))
+            run_model(model, example_input, "example_input")  # a clear error before the timing
         seconds = time_interleaved(
             [functools.partial(call_model, model, example_input) for model in models.values()],
             repeats=runs,
@@ -223,8 +261,13 @@ def _latencies(
 def latency_ms(model: nn.Module, example_input: Any, *, runs: int = 30, warmup: int = 3) -> float:
     """Median milliseconds of ``model(example_input)`` over ``runs`` (eval mode, no autograd).
 
-    ``example_input`` may be a tensor, a tuple of positional inputs or a dict of keyword inputs.
+    ``example_input`` may be a tensor, a tuple of positional inputs or a dict of keyword inputs. The model is
+    left exactly as it was (see :func:`prunus.forward.evaluation_mode`).
+
+    Raises:
+        TargetError: ``example_input`` does not run the model.
     """
+    check_model(model)
     return _latencies({"model": model}, example_input, runs, warmup)["model"]
 
 
@@ -259,14 +302,24 @@ class Evaluation(BaseModel):
         return self.dense_bytes / self.compressed_bytes
 
 
+def measure_with(evaluator: Evaluator, model: nn.Module) -> float:
+    """``evaluator(model)`` as a number, run as a measurement (the model is left exactly as it was).
+
+    Raises:
+        ConfigError: the evaluator returned something other than a number.
+    """
+    with evaluation_mode(model):
+        value = evaluator(model)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(
+            f"the evaluator returned {type(value).__name__} ({brief(value, 40)}); it must return a number"
+        )
+    return float(value)
+
+
 def _accuracy_of(model: nn.Module, data: Data | None, evaluator: Evaluator | None) -> float | None:
     if evaluator is not None:
-        value = evaluator(model)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(
-                f"the evaluator returned {type(value).__name__} ({value!r:.40}); it must return a number"
-            )
-        return float(value)
+        return measure_with(evaluator, model)
     if data is not None:
         return accuracy(model, data)
     return None
@@ -289,7 +342,12 @@ def evaluate(
         example_input: an input to time the forward pass with; no latency without it.
         latency_runs: forwards timed (the median is reported).
         label: the name shown in tables.
+
+    The model is left exactly as it was (see :func:`prunus.forward.evaluation_mode`).
     """
+    check_model(model)
+    if not isinstance(label, str):
+        raise ConfigTypeError(f"label must be a str, not {type(label).__name__} ({brief(label)})")
     return compare(
         {label: model},
         data=data,
@@ -364,10 +422,26 @@ def compare(
 ) -> Comparison:
     """:func:`evaluate` each model (e.g. ``{"dense": d, "pruned": p, "pruned + int8": q}``), side by side.
 
-    Latencies are measured with the models taking turns, so that machine noise hits them alike.
+    Latencies are measured with the models taking turns, so that machine noise hits them alike. Every model is
+    left exactly as it was (see :func:`prunus.forward.evaluation_mode`).
     """
+    if not isinstance(models, Mapping):
+        raise ConfigTypeError(
+            f"models must map labels to models, e.g. {{'dense': d, 'pruned': p}}, not "
+            f"{type(models).__name__} ({brief(models)})"
+        )
     if not models:
         raise ConfigError("compare needs at least one model")
+    for label, model in models.items():
+        if not isinstance(label, str):
+            raise ConfigTypeError(
+                f"model labels must be str, not {type(label).__name__} ({brief(label)})"
+            )
+        if not isinstance(model, nn.Module):
+            raise ConfigTypeError(f"{label!r} is a {type(model).__name__}, not a torch.nn.Module")
+    if evaluator is not None:
+        check_callable("evaluator", evaluator)
+    check_int("latency_runs", latency_runs, minimum=1)
     timings = (
         _latencies(models, example_input, latency_runs, warmup=3)
         if example_input is not None
@@ -376,8 +450,6 @@ def compare(
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for index, (label, model) in enumerate(models.items()):
-            if not isinstance(model, nn.Module):
-                raise ConfigError(f"{label!r} is a {type(model).__name__}, not a torch.nn.Module")
             total, nonzero = count_parameters(model)
             size = model_size(model, Path(tmp) / str(index))
             rows.append(
@@ -402,6 +474,7 @@ def summary(model: nn.Module) -> str:
 
     Works on pruned models (with or without masks) and on quantized ones (their weights dequantized).
     """
+    check_model(model)
     masked = {name for name, _, _ in masking.masked_parameters(model)}
     rows: list[tuple[str, str, str, str, str, str]] = []
     total = nonzero_total = 0

@@ -11,31 +11,52 @@ of *all* the targeted entries, while ``prune`` counts an amount among the entrie
 converts one to the other with integer counts: per parameter (``target_zeros - current_zeros`` entries, or
 slices for a structured strategy), or across all targets for a global strategy. Masks compose, nothing is
 revived, and pruned weights stay zero through ``optimizer.step()``.
+
+A training job checkpoints the pruning with the model and resumes it exactly:
+
+>>> torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+...             "pruning": prunus.pruning_state(model, pruner=pruner), "step": step}, "ckpt.pt")  # doctest: +SKIP
+>>> # ... in a new process, the model, the optimizer and the pruner built as before:
+>>> ckpt = torch.load("ckpt.pt", weights_only=True)                                 # doctest: +SKIP
+>>> model.load_state_dict(ckpt["model"])                                            # doctest: +SKIP
+>>> prunus.load_pruning_state(model, ckpt["pruning"], pruner=pruner)  # masks, restore data, history
+
+From there every later step prunes exactly what the uninterrupted run prunes. A pruner (its schedule and
+strategy included) also pickles and deep-copies; :meth:`GradualPruner.state_dict` is its JSON part.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
 from .. import masking
-from ..config import jsonable
+from ..arguments import (
+    check_bool,
+    check_callable,
+    check_int,
+    check_model,
+    check_number,
+    check_options,
+)
+from ..config import config_error, jsonable
 from ..engine import prune
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigTypeError, brief
 from ..progress import progress
 from ..registration import Registry, registry
 from ..report import PruneReport
 from ..schedules import Schedule
 from ..targets import FilterFn, Patterns, select_targets
-from .evaluation import Data, batches, num_batches
+from .evaluation import Data, batches, measure_with, num_batches
 
-__all__ = ["FineTuneResult", "GradualPruner", "ScheduleStep", "fine_tune"]
+__all__ = ["STATE_FORMAT", "FineTuneResult", "GradualPruner", "ScheduleStep", "fine_tune"]
 
 
 class ScheduleStep(BaseModel):
@@ -74,6 +95,10 @@ class _Tracked:
         return 0 if mask is None else self.numel - int(mask.sum())
 
 
+STATE_FORMAT = "prunus.gradual/1"
+"""The ``format`` field of :meth:`GradualPruner.state_dict`."""
+
+
 class GradualPruner:
     """Prunes ``model`` with ``strategy`` to the sparsity a schedule gives at each training step.
 
@@ -95,6 +120,13 @@ class GradualPruner:
     The sparsity a step reaches is over the targeted parameters: each one for a per-parameter strategy
     (``*_unstructured``: every parameter reaches it; ``*_structured``: counted in slices along ``dim``), or
     their total for a global one. Other granularities get the matching fraction of the remaining entries.
+
+    Checkpoints: :func:`prunus.pruning_state` / :func:`prunus.load_pruning_state` (or :func:`prunus.save_pruned`
+    / :func:`prunus.load_pruned` for a file) save and restore the pruning: the masks, the pruned values when
+    ``restorable``, and this pruner's :meth:`state_dict` (what it was built with, its history), so a resumed
+    run prunes exactly as an uninterrupted one. The framework callbacks (:mod:`prunus.callbacks`) build on it:
+    call :meth:`step` before each optimizer step, save the pruning state with the model's and the optimizer's,
+    and on resume build the pruner with the same arguments, load the model's weights, then the pruning state.
     """
 
     def __init__(
@@ -113,11 +145,14 @@ class GradualPruner:
         registry: Registry = registry,
         **schedule_options: Any,
     ) -> None:
+        check_model(model)
+        check_bool("restorable", restorable)
         if not isinstance(strategy, str):
-            raise ConfigError(
-                f"GradualPruner needs a registered strategy name, not {type(strategy).__name__}; "
-                "the pruner sets its amount at each step"
+            raise ConfigTypeError(
+                f"GradualPruner needs a registered strategy name, not {type(strategy).__name__} "
+                f"({brief(strategy)}); the pruner sets its amount at each step"
             )
+        check_options("strategy_options", strategy_options)
         info = registry.info(strategy)
         options = dict(strategy_options or {})
         if "amount" not in info.config.model_fields:
@@ -137,8 +172,13 @@ class GradualPruner:
                     f"schedule {schedule.name!r}; pass its name instead"
                 )
             self.schedule = schedule
-        else:
+        elif isinstance(schedule, str):
             self.schedule = registry.schedule(schedule, **schedule_options)
+        else:
+            raise ConfigTypeError(
+                f"schedule must be a registered schedule name or a prunus.Schedule, not "
+                f"{type(schedule).__name__} ({brief(schedule)})"
+            )
         self.schedule.checked_points()
 
         self.model = model
@@ -180,16 +220,17 @@ class GradualPruner:
 
     def done(self, step: int) -> bool:
         """Whether the schedule has nothing left to prune after ``step``."""
+        check_int("step", step)
         return step >= self.schedule.last_step
 
     def step(self, step: int) -> PruneReport | None:
         """Prune to the schedule's sparsity at ``step``; ``None`` when nothing is to be pruned.
 
         Any step may be given (every training step, or only some): the pruner reaches the target of the
-        last schedule point at or before ``step``, and never prunes anything twice.
+        last schedule point at or before ``step``, and never prunes anything twice. The lookup is a binary
+        search over the schedule's points.
         """
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise ConfigError(f"step must be an int, not {type(step).__name__} ({step!r})")
+        check_int("step", step)
         target = self.schedule.sparsity(step)
         before = self.pruned
         report = self._prune_to(target)
@@ -206,9 +247,61 @@ class GradualPruner:
         )
         return report
 
+    # -- checkpoints --------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a training checkpoint needs of this pruner to resume it exactly (JSON-serializable).
+
+        ``format``, what the pruner was built with (``strategy``, ``strategy_options``, ``schedule`` with its
+        ``name`` and ``options``, ``targets``, ``restorable``) and its ``history``. The masks live on the model:
+        :func:`prunus.pruning_state` (for a training checkpoint) and :func:`prunus.save_pruned` (a file) save
+        them with their restore data, and this dict in their manifest when given the pruner.
+        """
+        return {
+            "format": STATE_FORMAT,
+            **self._built_with(),
+            "history": [step.model_dump() for step in self.history],
+        }
+
+    def _built_with(self) -> dict[str, Any]:
+        """What this pruner was built with: a saved state must say the same to be loaded."""
+        return {
+            "strategy": self.strategy,
+            "strategy_options": jsonable(self.strategy_options),
+            "schedule": {"name": self.schedule.name, "options": jsonable(self.schedule.options)},
+            "targets": self.targets,
+            "restorable": self.restorable,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back the :attr:`history` of :meth:`state_dict`, after checking the state is this pruner's.
+
+        Build the pruner with the arguments the saved one had; :func:`prunus.load_pruning_state` (or
+        :func:`prunus.load_pruned`) calls this and puts the masks back on the model.
+
+        Raises:
+            ConfigError: ``state`` is not a pruner state (each problem named), or is of a pruner with another
+                strategy, options, schedule, targets or ``restorable``; the pruner is left as it was.
+        """
+        parsed = _State.parse(state)
+        for field, mine in self._built_with().items():
+            saved = getattr(parsed, field)
+            if _plain(saved) != _plain(mine):
+                raise ConfigError(
+                    f"the saved pruner's {field} is {brief(saved, 200)}, this pruner's is "
+                    f"{brief(mine, 200)}; build the pruner exactly as the one that was saved"
+                )
+        self.history = list(parsed.history)
+
+    def __repr__(self) -> str:
+        return (
+            f"<GradualPruner {self.strategy} {self.schedule!r} on {len(self._targets)} parameters, "
+            f"sparsity {self.sparsity:.2%}>"
+        )
+
     def _prune_to(self, target: float) -> PruneReport | None:
         common: dict[str, Any] = {
-            "filter_fn": lambda module, name: name in self._names,
+            "filter_fn": self._chosen,
             "data": self.data,
             "restorable": self.restorable,
             "registry": self._registry,
@@ -229,6 +322,9 @@ class GradualPruner:
         if not amounts:
             return None
         return prune(self.model, self.strategy, amounts=amounts, **common)
+
+    def _chosen(self, module: nn.Module, name: str) -> bool:
+        return name in self._names
 
     def _slice_counts(self, target: float) -> dict[str, int]:
         dim = self.strategy_options.get("dim", 0)
@@ -254,49 +350,36 @@ class GradualPruner:
         amount = min(1.0, (target - self.sparsity) / kept)
         return prune(self.model, self.strategy, amount=amount, **common)
 
-    def state_dict(self) -> dict[str, Any]:
-        """What a training checkpoint needs to resume this pruner exactly (JSON-serializable).
 
-        The masks themselves live on the model: save them with :func:`prunus.save_pruned` (or
-        :func:`prunus.pruning_state`), which stores this dict in its manifest when given the pruner. What is here
-        identifies the pruner (strategy, options, schedule, targets) and holds its :attr:`history`.
-        """
-        return {
-            "strategy": self.strategy,
-            "strategy_options": jsonable(self.strategy_options),
-            "schedule": {"name": self.schedule.name, "options": jsonable(self.schedule.options)},
-            "targets": self.targets,
-            "restorable": self.restorable,
-            "history": [step.model_dump() for step in self.history],
-        }
+class _State(BaseModel):
+    """A :meth:`GradualPruner.state_dict`, checked (a checkpoint is input too)."""
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Take back the :attr:`history` of :meth:`state_dict`, after checking it is this pruner's.
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-        Raises:
-            ConfigError: the state is another pruner's (strategy, options, schedule or targets differ); the
-                pruner is left as it was.
-        """
-        mine = self.state_dict()
-        if not isinstance(state, Mapping) or not isinstance(state.get("history"), list):
-            raise ConfigError(f"not a GradualPruner state: {state!r:.80}")
-        for key in ("strategy", "strategy_options", "schedule", "targets", "restorable"):
-            if state.get(key) != mine[key]:
-                raise ConfigError(
-                    f"the saved pruner's {key} is {state.get(key)!r:.120}, this pruner's is {mine[key]!r:.120}; "
-                    "build the pruner exactly as the one that was saved"
-                )
+    format: Literal["prunus.gradual/1"] = "prunus.gradual/1"
+    strategy: str
+    strategy_options: dict[str, Any]
+    schedule: dict[str, Any]
+    targets: list[str]
+    restorable: bool
+    history: list[ScheduleStep]
+
+    @classmethod
+    def parse(cls, state: object) -> _State:
+        if not isinstance(state, Mapping):
+            raise ConfigTypeError(
+                f"a GradualPruner state must be the dict state_dict() returned, not {type(state).__name__} "
+                f"({brief(state)})"
+            )
         try:
-            history = [ScheduleStep.model_validate(step) for step in state["history"]]
-        except ValueError as error:
-            raise ConfigError(f"the saved pruner's history is damaged: {error}") from None
-        self.history = history
+            return cls.model_validate(dict(state))
+        except ValidationError as error:
+            raise config_error("the GradualPruner state", error) from None
 
-    def __repr__(self) -> str:
-        return (
-            f"<GradualPruner {self.strategy} {self.schedule!r} on {len(self._targets)} parameters, "
-            f"sparsity {self.sparsity:.2%}>"
-        )
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (tuples as lists), to compare what was saved with what is built."""
+    return json.loads(json.dumps(value, default=repr))
 
 
 class FineTuneResult(BaseModel):
@@ -342,8 +425,24 @@ def fine_tune(
     Raises:
         ConfigError: the schedule ends after the last step this loop takes (when that is known up front).
     """
-    if epochs < 0:
-        raise ConfigError(f"epochs={epochs} must be >= 0")
+    check_model(model)
+    check_int("epochs", epochs, minimum=0)
+    check_number("lr", lr, above=0)
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("start_step", start_step, minimum=0)
+    check_int("seed", seed, minimum=0)
+    check_bool("progress_bar", progress_bar)
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigTypeError(
+            f"optimizer must be a torch.optim.Optimizer, not {type(optimizer).__name__} ({brief(optimizer)})"
+        )
+    for name, function in (("loss_fn", loss_fn), ("evaluate", evaluate)):
+        if function is not None:
+            check_callable(name, function)
+    if pruner is not None and not isinstance(pruner, GradualPruner):
+        raise ConfigTypeError(
+            f"pruner must be a prunus.GradualPruner, not {type(pruner).__name__} ({brief(pruner)})"
+        )
     per_epoch = num_batches(data, batch_size)
     if pruner is not None and per_epoch is not None:
         last = start_step + epochs * per_epoch - 1
@@ -359,7 +458,8 @@ def fine_tune(
     losses: list[float] = []
     metrics: list[float] = []
     taken = len(pruner.history) if pruner is not None else 0
-    was_training = model.training
+    # Each submodule's own flag comes back at the end (model.train(was_training) would set them all alike).
+    flags = [(module, module.training) for module in model.modules()]
     model.train()
     try:
         for epoch in progress(
@@ -378,10 +478,12 @@ def fine_tune(
                 step += 1
             losses.append(total / max(count, 1))
             if evaluate is not None:
-                metrics.append(float(evaluate(model)))
-                model.train()
+                # A measurement: the model comes back in training mode, its buffers and the random stream as
+                # they were, so evaluating does not change the training run.
+                metrics.append(measure_with(evaluate, model))
     finally:
-        model.train(was_training)
+        for module, training in flags:
+            module.training = training
     history: Sequence[ScheduleStep] = pruner.history[taken:] if pruner is not None else []
     return FineTuneResult(
         losses=losses, steps=step - start_step, history=list(history), metrics=metrics

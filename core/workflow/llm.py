@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..arguments import check_int, check_path, optional
 from ..errors import ConfigError, MissingDependencyError
 from ..report import PruneReport
 
@@ -49,8 +50,8 @@ def load_causal_lm(
         ConfigError: ``path`` is neither a model directory nor a GGUF file.
         MissingDependencyError: transformers (or gguf) is not installed.
     """
+    source = Path(check_path("path", path))
     transformers = _transformers()
-    source = Path(path)
     if source.is_dir():
         where: dict[str, Any] = {"pretrained_model_name_or_path": str(source)}
     elif source.is_file() and source.suffix.lower() == ".gguf":
@@ -90,9 +91,10 @@ def text_batches(
 
     Raises:
         ConfigError: ``length`` or ``samples`` is below 1, or the text gives no tokens.
+        ConfigTypeError: ``length`` or ``samples`` is not an int.
     """
-    if length < 1 or (samples is not None and samples < 1):
-        raise ConfigError(f"length={length} and samples={samples} must be at least 1")
+    check_int("length", length, minimum=1)
+    optional(check_int, "samples", samples, minimum=1)
     documents = [text] if isinstance(text, str) else list(text)
     batches: list[Tensor] = []
     if per_line:

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from .. import files
+from ..arguments import check_int, check_path
+from ..errors import ConfigError, ConfigTypeError, brief
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -41,11 +43,22 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(figure: Figure, path: str | Path | None) -> Figure:
+    """Write ``figure`` to ``path`` as PNG, atomically (a failed write keeps the previous file)."""
     if path is not None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(target, format="png")
+        check_path("path", path)
+        files.write_atomic(path, lambda file: figure.savefig(file, format="png"))
     return figure
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_points(points: object) -> bool:
+    return isinstance(points, Sequence) and all(
+        isinstance(p, (tuple, list)) and len(p) == 2 and all(_is_number(v) for v in p)
+        for p in points
+    )
 
 
 def layer_sparsity(model: nn.Module) -> dict[str, float]:
@@ -74,11 +87,17 @@ def plot_layer_sparsity(
     title: str = "sparsity per layer",
 ) -> Figure:
     """Bars of each layer's weight sparsity (zeros counted in the tensors), with the overall line."""
-    sparsity = (
-        layer_sparsity(model_or_sparsity)
-        if isinstance(model_or_sparsity, nn.Module)
-        else dict(model_or_sparsity)
-    )
+    if isinstance(model_or_sparsity, nn.Module):
+        sparsity = layer_sparsity(model_or_sparsity)
+    elif isinstance(model_or_sparsity, Mapping) and all(
+        isinstance(k, str) and _is_number(v) for k, v in model_or_sparsity.items()
+    ):
+        sparsity = dict(model_or_sparsity)
+    else:
+        raise ConfigTypeError(
+            f"plot_layer_sparsity needs a model or a dict of layer name to sparsity, not "
+            f"{brief(model_or_sparsity)}"
+        )
     if not sparsity:
         raise ConfigError("no layer weights to plot")
     names = list(sparsity)
@@ -107,7 +126,11 @@ def plot_weights(
     Tensors of more than two dims are shown as ``(shape[0], rest)``; at most ``max_size`` rows and columns
     are shown (the top-left corner), so that single entries stay visible.
     """
-    if before.shape != after.shape:
+    for name, value in (("before", before), ("after", after), ("mask", mask)):
+        if not isinstance(value, Tensor) and (value is not None or name != "mask"):
+            raise ConfigTypeError(f"{name} must be a tensor, not {type(value).__name__}")
+    check_int("max_size", max_size, minimum=1)
+    if before.shape != after.shape or (mask is not None and mask.shape != before.shape):
         raise ConfigError(f"before {tuple(before.shape)} and after {tuple(after.shape)} differ")
     keep = (after != 0) if mask is None else mask.bool()
 
@@ -147,6 +170,12 @@ def plot_sensitivity(
     metric: str = "metric",
 ) -> Figure:
     """Each layer's metric against its amount, pruned alone; ``suggested`` amounts are marked."""
+    from .sensitivity_analysis import SensitivityResult
+
+    if not isinstance(result, SensitivityResult):
+        raise ConfigTypeError(
+            f"plot_sensitivity needs the result of prunus.sensitivity, not {type(result).__name__}"
+        )
     figure = _figure(7, 4.2)
     axes = figure.add_subplot()
     for curve in result.curves:
@@ -171,6 +200,10 @@ def plot_accuracy_vs_sparsity(
     dense: float | None = None,
 ) -> Figure:
     """One line per method: ``{"magnitude": [(sparsity, accuracy), ...], "random": [...]}``."""
+    if not isinstance(series, Mapping) or not all(_is_points(p) for p in series.values()):
+        raise ConfigTypeError(
+            f"series must map a label to (sparsity, accuracy) pairs, not {brief(series)}"
+        )
     figure = _figure(6.5, 4.2)
     axes = figure.add_subplot()
     for label, points in series.items():
@@ -193,6 +226,8 @@ def plot_schedule(
     title: str = "pruning schedule",
 ) -> Figure:
     """A schedule's target sparsity per step (a step function), with the sparsity ``reached`` if given."""
+    if not _is_points(points) or (reached is not None and not _is_points(reached)):
+        raise ConfigTypeError(f"points must be (step, sparsity) pairs, not {brief(points)}")
     figure = _figure(6.5, 3.6)
     axes = figure.add_subplot()
     axes.step([s for s, _ in points], [100 * v for _, v in points], where="post", label="schedule")

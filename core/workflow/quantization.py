@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..arguments import check_bool, check_model
+from ..errors import ConfigError, ConfigTypeError, brief
 from .evaluation import Comparison, Data, Evaluator, compare
 
 __all__ = ["compare_quantized", "quantize", "quantized_weights"]
@@ -57,8 +58,20 @@ def quantize(
         raise ConfigError(
             f"this torch ({torch.__version__}) has no torch.ao.quantization.quantize_dynamic: {error}"
         ) from None
+    check_model(model)
+    check_bool("inplace", inplace)
+    if not (
+        isinstance(layers, (tuple, list, set, frozenset))
+        and layers
+        and all(isinstance(t, type) and issubclass(t, nn.Module) for t in layers)
+    ):
+        raise ConfigTypeError(
+            f"layers must be a tuple of module classes such as (nn.Linear,), not {brief(layers)}"
+        )
     if dtype not in (torch.qint8, torch.float16):
-        raise ConfigError(f"dtype={dtype} is not supported; use torch.qint8 or torch.float16")
+        raise ConfigError(
+            f"dtype={brief(dtype)} is not supported; use torch.qint8 or torch.float16"
+        )
     if not inplace:
         model = copy.deepcopy(model)
     with quiet_quantization():
@@ -69,6 +82,7 @@ def quantize(
 
 def quantized_weights(model: nn.Module) -> dict[str, Tensor]:
     """The dequantized weight of every quantized module in ``model``, by the module's qualified name."""
+    check_model(model)
     out = {}
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
@@ -91,8 +105,12 @@ def compare_quantized(
 ) -> Comparison:
     """Size, latency and accuracy of the dense, the pruned and the pruned + int8 model, side by side.
 
-    ``quantize_dense`` adds a dense + int8 column, to tell what pruning adds to quantization alone.
+    ``quantize_dense`` adds a dense + int8 column, to tell what pruning adds to quantization alone. The models
+    are left exactly as they were (see :func:`prunus.forward.evaluation_mode`).
     """
+    check_model(dense, "dense")
+    check_model(pruned, "pruned")
+    check_bool("quantize_dense", quantize_dense)
     models = {"dense": dense, "pruned": pruned, "pruned + int8": quantize(pruned)}
     if quantize_dense:
         models = {

@@ -17,12 +17,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from ..arguments import check_bool, check_callable, check_model, check_options
 from ..engine import is_pruned, prune, restore
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigTypeError, brief
 from ..progress import progress
 from ..registration import Registry, registry
 from ..targets import FilterFn, Patterns, select_targets
-from .evaluation import Data, accuracy
+from .evaluation import Data, accuracy, measure_with
 
 __all__ = ["SensitivityCurve", "SensitivityResult", "sensitivity"]
 
@@ -178,8 +179,23 @@ def sensitivity(
     Raises:
         ConfigError: no evaluator and no data, a bad amount, or the model is already pruned.
     """
+    check_model(model)
     if (evaluator is None) == (data is None):
         raise ConfigError("give exactly one of an evaluator (a function of the model) and data=")
+    if evaluator is not None:
+        check_callable("evaluator", evaluator)
+    check_bool("higher_is_better", higher_is_better)
+    check_bool("progress_bar", progress_bar)
+    if not isinstance(strategy, str):
+        raise ConfigTypeError(
+            f"strategy must be a registered strategy name, not {type(strategy).__name__} ({brief(strategy)})"
+        )
+    if not isinstance(amounts, Sequence) or isinstance(amounts, (str, bytes)):
+        raise ConfigTypeError(
+            f"amounts must be a list of fractions such as [0.25, 0.5], not {type(amounts).__name__} "
+            f"({brief(amounts)})"
+        )
+    check_options("strategy_options", strategy_options)
     if is_pruned(model):
         raise ConfigError(
             "sensitivity analysis needs a model without prunus masks (it restores each layer after "
@@ -189,7 +205,7 @@ def sensitivity(
         raise ConfigError("amounts is empty; give fractions such as [0.25, 0.5, 0.75]")
     for amount in amounts:
         if isinstance(amount, bool) or not isinstance(amount, float) or not 0 <= amount <= 1:
-            raise ConfigError(f"amount {amount!r} is not a fraction: give floats in [0, 1]")
+            raise ConfigError(f"amount {brief(amount)} is not a fraction: give floats in [0, 1]")
     options = dict(strategy_options or {})
     if "amount" in options:
         raise ConfigError("strategy_options must not hold 'amount'; give amounts= instead")
@@ -197,12 +213,11 @@ def sensitivity(
         registry.get(strategy, amount=amount, **options)  # bad options fail before any work
 
     def measure() -> float:
-        value = evaluator(model) if evaluator is not None else accuracy(model, data)  # type: ignore[arg-type]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(
-                f"the evaluator returned {type(value).__name__} ({value!r:.40}); it must return a number"
-            )
-        return float(value)
+        # Both run the model as a measurement: it is left as it was (flags, buffers, random generator).
+        if evaluator is not None:
+            return measure_with(evaluator, model)
+        assert data is not None
+        return accuracy(model, data)
 
     chosen = select_targets(model, include=include, exclude=exclude, filter_fn=filter_fn)
     baseline = measure()
