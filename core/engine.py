@@ -117,6 +117,7 @@ def prune(
     """
     check_model(model)
     check_bool("restorable", restorable)
+    check_bool("progress", progress)
     if filter_fn is not None:
         check_callable("filter_fn", filter_fn)
     if amounts is not None and not isinstance(amounts, Mapping):

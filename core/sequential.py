@@ -31,7 +31,7 @@ from . import masking
 from .allocation import Allocation, Layer, exact_counts
 from .calibration import Unit, batches_of, calibration_pass, group_by_block
 from .config import count_to_prune
-from .errors import ConfigError, PluginError, PrunusError
+from .errors import ConfigError, ConfigTypeError, PluginError, PrunusError, brief
 from .reconstruction import Reconstruction
 from .registration import Registry
 from .statistics import Statistic, Statistics
@@ -90,8 +90,8 @@ def resolve_reconstruction(
     if isinstance(reconstruct, str):
         default = defaults.get(reconstruct)
         return registry.reconstruction(reconstruct, **(default[1] if default else {}))
-    raise ConfigError(
-        f"reconstruct={reconstruct!r:.80} must be True, False, None (the strategy's default), a registered "
+    raise ConfigTypeError(
+        f"reconstruct={brief(reconstruct)} must be True, False, None (the strategy's default), a registered "
         f"reconstruction name ({', '.join(registry.reconstructions()) or 'none'}) or a prunus.Reconstruction"
     )
 
@@ -102,8 +102,8 @@ def resolve_allocation(allocation: Any, registry: Registry) -> Allocation | None
         return allocation
     if isinstance(allocation, str):
         return registry.allocation(allocation)
-    raise ConfigError(
-        f"allocation={allocation!r:.80} must be a registered allocation name "
+    raise ConfigTypeError(
+        f"allocation={brief(allocation)} must be a registered allocation name "
         f"({', '.join(registry.allocations()) or 'none'}) or a prunus.Allocation "
         "(prunus.registry.allocation('owl', ...))"
     )

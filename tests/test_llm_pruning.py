@@ -252,6 +252,31 @@ def test_an_allocation_needs_an_amount() -> None:
         prunus.prune(hf.llama(), "wanda_nm", data=hf.batches(), allocation="owl")
 
 
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"allocation": 3}, TypeError, r"allocation=3 .*\(owl, uniform\)"),
+        ({"allocation": "nope"}, LookupError, "no allocation named 'nope'. Available: owl, uniform"),
+        ({"reconstruct": 3.0}, TypeError, r"reconstruct=3.0 .*\(sparsegpt\)"),
+        ({"reconstruct": "nope"}, LookupError, "no reconstruction named 'nope'. Available: sparsegpt"),
+        ({"progress": "yes"}, TypeError, "progress='yes' is a str; give True or False"),
+        ({"dampening": -1}, ValueError, "dampening=-1"),
+    ],
+)
+def test_bad_options_are_typed_errors_and_change_nothing(
+    options: dict[str, Any],
+    error: type[Exception],
+    message: str,
+    snapshot: Callable[[nn.Module], dict[str, Any]],
+) -> None:
+    model = hf.llama()
+    before = snapshot(model)
+    with pytest.raises(prunus.PrunusError, match=message) as raised:
+        prunus.prune(model, "sparsegpt_row", amount=0.5, data=hf.batches(), **options)
+    assert isinstance(raised.value, error)
+    assert snapshot(model) == before
+
+
 @given(
     st.lists(st.tuples(st.floats(-2, 2), st.integers(0, 50)), min_size=1, max_size=8).flatmap(
         lambda pairs: st.tuples(st.just(pairs), st.integers(0, sum(s for _, s in pairs)))
