@@ -256,9 +256,17 @@ def test_an_allocation_needs_an_amount() -> None:
     ("options", "error", "message"),
     [
         ({"allocation": 3}, TypeError, r"allocation=3 .*\(owl, uniform\)"),
-        ({"allocation": "nope"}, LookupError, "no allocation named 'nope'. Available: owl, uniform"),
+        (
+            {"allocation": "nope"},
+            LookupError,
+            "no allocation named 'nope'. Available: owl, uniform",
+        ),
         ({"reconstruct": 3.0}, TypeError, r"reconstruct=3.0 .*\(sparsegpt\)"),
-        ({"reconstruct": "nope"}, LookupError, "no reconstruction named 'nope'. Available: sparsegpt"),
+        (
+            {"reconstruct": "nope"},
+            LookupError,
+            "no reconstruction named 'nope'. Available: sparsegpt",
+        ),
         ({"progress": "yes"}, TypeError, "progress='yes' is a str; give True or False"),
         ({"dampening": -1}, ValueError, "dampening=-1"),
     ],
