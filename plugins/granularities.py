@@ -240,23 +240,33 @@ class Row(Granularity):
 
 
 def row_quotas(eligible: Tensor, k: int) -> Tensor:
-    """How many of ``k`` pruned entries each row takes: in proportion to its ``eligible`` count, exactly ``k``.
+    """How many of ``k`` pruned entries each row takes (``k`` in all), in proportion to its ``eligible`` count.
 
-    The shares are rounded down and the entries left go to the rows with the largest remainders (ties to the
-    first row), never past what a row still keeps.
+    The entries go one at a time to the row whose pruned share would then be the lowest (``j / eligible`` for its
+    ``j``-th entry; the first row among equals): one fixed order of every entry a row could lose, so a larger
+    ``k`` prunes what a smaller one does and more. (Rounding the shares down and giving the rest to the largest
+    remainders would not: a larger ``k`` can take an entry back from a row, the Alabama paradox.) Each row takes
+    at least its share rounded down; rows that keep the same count take the same number, up to one (the first
+    rows take the extra ones).
     """
+    rows = eligible.numel()
     total = int(eligible.sum())
-    if total == 0:
+    if total == 0 or k == 0:
         return torch.zeros_like(eligible)
-    quotas = eligible * k // total
-    remainders = eligible * k - quotas * total
-    left = k - int(quotas.sum())
-    if left:
-        # Largest remainder first, lower row first among equals (a stable sort of the negated remainders).
-        order = torch.argsort(-remainders, stable=True)
-        room = order[(eligible - quotas)[order] > 0]
-        quotas[room[:left]] += 1
-    return quotas
+    if bool(
+        (eligible == eligible[0]).all()
+    ):  # every row alike (no earlier mask): the order is row by row
+        quotas = torch.full_like(eligible, k // rows)
+        quotas[: k % rows] += 1
+        return quotas
+    # Every entry a row could lose, row after row: its row and the share the row has lost once it goes. Shares
+    # are exact in float64 (equal fractions give equal doubles), and a stable sort puts lower rows first.
+    owner = torch.repeat_interleave(torch.arange(rows), eligible.cpu())
+    start = torch.cumsum(eligible.cpu(), 0) - eligible.cpu()
+    step = torch.arange(total) - start[owner] + 1
+    share = step.double() / eligible.cpu()[owner].double()
+    first = torch.argsort(share, stable=True)[:k]
+    return torch.bincount(owner[first], minlength=rows).to(eligible.device, eligible.dtype)
 
 
 def row_keep_mask(scores: Tensor, quotas: Tensor, eligible: Tensor | None) -> Tensor:

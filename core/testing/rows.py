@@ -5,13 +5,15 @@ mechanism). A row is a row of the parameter's :func:`~prunus.layout.matrix_view`
 
 =======================  ==========================================================================================
 ``exact_count``          each parameter loses exactly ``amount``'s count of its entries still kept, and each row
-                         its share of it: ``k * kept_in_row / kept``, rounded down or up
+                         at least its share of it rounded down (``k * kept_in_row / kept``), the entries handed
+                         out in order of the share a row has lost once it loses them (ties to the first row)
 ``criterion_respected``  within each row, every entry pruned now scores no higher than every entry kept
 =======================  ==========================================================================================
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,7 +48,9 @@ register_units("row", _units_row)
 def row_exact_count(subject: Subject, example: Example) -> None:
     """Each parameter loses exactly ``amount``'s count of its entries still kept, each row its proportional share.
 
-    A row's share of the ``k`` entries is ``k * kept_in_row / kept``, rounded down or up.
+    A row loses at least its share ``k * kept_in_row / kept`` rounded down, and the entries go in order of the
+    share a row has lost once it loses them (ties to the first row): no row's last pruned entry comes after
+    another row's next one in that order.
     """
     assert example.amount is not None
     context, masks = subject.compute(example)
@@ -65,15 +69,27 @@ def row_exact_count(subject: Subject, example: Example) -> None:
             continue
         per_row = could.sum(dim=1).long()
         low = per_row * k // size
-        high = torch.where(per_row * k % size == 0, low, low + 1)
         got = pruned.sum(dim=1).long()
-        wrong = (got < low) | (got > high)
-        if bool(wrong.any()):
-            row = int(wrong.nonzero()[0])
+        if bool((got < low).any()):
+            row = int((got < low).nonzero()[0])
             fail(
                 f"{target.name!r}: row {row} pruned {int(got[row])} of its {int(per_row[row])} entries still "
-                f"kept; its share of the {k} pruned is between {int(low[row])} and {int(high[row])}"
+                f"kept; its share of the {k} pruned is at least {int(low[row])}"
             )
+        # (share lost after a row's last pruned entry, row) must not exceed (share after its next one, row).
+        index = torch.arange(per_row.numel(), dtype=torch.float64)
+        rows = per_row.clamp(min=1).double()
+        last = torch.where(got > 0, got / rows, -math.inf)
+        after = torch.where(got < per_row, (got + 1) / rows, math.inf)
+        if bool((got > 0).any()) and bool((got < per_row).any()):
+            top, nxt = float(last.max()), float(after.min())
+            late, early = int(index[last == top].max()), int(index[after == nxt].min())
+            if top > nxt or (top == nxt and late > early):
+                fail(
+                    f"{target.name!r}: row {late} pruned {int(got[late])} of its {int(per_row[late])} entries "
+                    f"while row {early} pruned only {int(got[early])} of its {int(per_row[early])}; the entries "
+                    "go to the row whose pruned share would then be lowest (the first row among equals)"
+                )
 
 
 @register_property(
