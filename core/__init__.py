@@ -17,13 +17,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .allocation import Allocation
 from .anatomy import model_kind
 from .auto import select
+from .calibration import calibrate
 from .component import Component
 from .config import Amount, NoOptions, StrategyConfig
 from .engine import is_pruned, masks, prune, remove, restore
 from .errors import (
     AmountError,
+    CalibrationError,
     CheckpointError,
     ConfigError,
     ConfigTypeError,
@@ -47,6 +50,7 @@ from .errors import (
     StateError,
     TargetError,
     TargetTypeError,
+    TargetWarning,
     UnknownCriterionError,
     UnknownScheduleError,
     UnknownStrategyError,
@@ -55,10 +59,12 @@ from .errors import (
 from .hardware_profile import CpuInfo, GpuInfo, HardwareProfile
 from .hookspecs import hookimpl, hookspec
 from .ranking import keep_mask
+from .reconstruction import Reconstruction
 from .registration import Registrar, Registry, StrategyInfo, registry
 from .report import AutoOutcome, ParameterReport, PruneReport, QualityFigure, StepReport
 from .schedules import Schedule
 from .selection import PlanStep, Selection
+from .statistics import InputGram, InputNorms, Statistic, Statistics
 from .strategy import ComposedStrategy, Criterion, Granularity, PruneContext, Strategy, Target
 from .targets import DEFAULT_LAYERS, select_targets
 
@@ -187,10 +193,12 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "DEFAULT_LAYERS",
+    "Allocation",
     "Amount",
     "AmountError",
     "AnalysisReport",
     "AutoOutcome",
+    "CalibrationError",
     "ChannelGroupReport",
     "CheckpointError",
     "Comparison",
@@ -211,6 +219,8 @@ __all__ = [
     "Granularity",
     "GroupSensitivity",
     "HardwareProfile",
+    "InputGram",
+    "InputNorms",
     "LayerAnalysis",
     "Manifest",
     "MaskError",
@@ -233,6 +243,7 @@ __all__ = [
     "QualityError",
     "QualityFigure",
     "QualityWarning",
+    "Reconstruction",
     "Registrar",
     "RegistrationError",
     "Registry",
@@ -247,6 +258,8 @@ __all__ = [
     "ShrinkReport",
     "SparseLinear",
     "StateError",
+    "Statistic",
+    "Statistics",
     "StepReport",
     "Strategy",
     "StrategyConfig",
@@ -254,12 +267,14 @@ __all__ = [
     "Target",
     "TargetError",
     "TargetTypeError",
+    "TargetWarning",
     "UnknownCriterionError",
     "UnknownScheduleError",
     "UnknownStrategyError",
     "WeightError",
     "accuracy",
     "analyze",
+    "calibrate",
     "channel_sensitivity",
     "compare",
     "compare_quantized",

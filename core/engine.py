@@ -7,7 +7,7 @@ undoing the ones already applied if a later one fails: a call that raises leaves
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,6 +30,13 @@ from .errors import (
 from .registration import Registry, registry
 from .report import ParameterReport, PruneReport
 from .selection import AUTO
+from .sequential import (
+    allocate,
+    needed_statistics,
+    prune_calibrated,
+    resolve_allocation,
+    resolve_reconstruction,
+)
 from .strategy import PruneContext, Strategy, Target
 from .targets import FilterFn, Patterns, listing, select_targets
 from .transaction import transaction
@@ -47,7 +54,10 @@ def prune(
     filter_fn: FilterFn | None = None,
     amounts: Mapping[str, Any] | None = None,
     data: Any = None,
+    allocation: Any = None,
+    reconstruct: Any = None,
     restorable: bool = True,
+    progress: bool = False,
     registry: Registry = registry,
     **options: Any,
 ) -> PruneReport:
@@ -72,9 +82,25 @@ def prune(
             of the first pattern that matches it; one that no pattern matches takes ``amount=`` if given, and is
             left alone otherwise. Each pattern must match a chosen parameter. A global strategy ranks the
             parameters that share an amount together.
-        data: whatever a data-aware criterion needs (a batch, a loader...), passed to it unchanged.
-        restorable: keep the original values of pruned entries so :func:`restore` can put them back. ``False``
-            saves that memory; :func:`remove` still works.
+        data: what a data-aware strategy needs. For one that reads calibration statistics (``wanda_*``,
+            ``sparsegpt_*``, a reconstruction, an allocation): calibration batches, one batch or an iterable of
+            them, each a tensor of inputs (``input_ids``) or a dict of keyword arguments (a tokenizer's output);
+            prunus runs them through the model block by block, gathers what the strategy reads, and prunes each
+            block from the inputs of the blocks before it, already pruned (see :mod:`prunus.calibration`). A
+            :class:`~prunus.statistics.Statistics` table (from :func:`prunus.calibrate`) is used as it is. For
+            any other strategy: passed to it unchanged (a loss function, gradients...).
+        allocation: split ``amount`` across layers (the blocks of a language model) instead of pruning each
+            parameter by the same fraction: a registered allocation name (``"owl"``, ``"uniform"``) or one from
+            ``prunus.registry.allocation("owl", ...)``. The entries pruned in total are exactly what ``amount``
+            asks of all the chosen parameters together.
+        reconstruct: adjust the weights each mask keeps so each layer's output on the calibration data changes
+            least: ``None`` (default) does what the strategy does by default (``sparsegpt_*`` reconstructs, the
+            others do not), ``True``/``False`` turn it on (``"sparsegpt"``) or off, a name or a
+            ``prunus.registry.reconstruction(...)`` chooses one. Works with any strategy's masks.
+        restorable: keep the original values of pruned entries so :func:`restore` can put them back (and, after
+            a reconstruction, the whole original parameter). ``False`` saves that memory; :func:`remove` still
+            works.
+        progress: show a progress bar over the blocks while calibrating.
         registry: where to look ``strategy`` up (the global one by default).
         **options: the strategy's options when ``strategy`` is a name (e.g. ``amount=0.5``).
 
@@ -86,6 +112,7 @@ def prune(
         QualityError: ``"auto"`` refused a request that would ruin the model.
         TargetError: a pattern matched nothing, or there is nothing to prune.
         AmountError, MaskError: the options do not fit the chosen parameters.
+        CalibrationError: the strategy needs calibration data that is missing or does not run.
         PluginError: a plugin raised, or returned scores or masks that break the contract.
 
     After the call the parameters stay plain ``nn.Parameter`` objects whose pruned entries are zero: the
@@ -94,6 +121,7 @@ def prune(
     """
     check_model(model)
     check_bool("restorable", restorable)
+    check_bool("progress", progress)
     if filter_fn is not None:
         check_callable("filter_fn", filter_fn)
     if amounts is not None and not isinstance(amounts, Mapping):
@@ -114,7 +142,10 @@ def prune(
             filter_fn=filter_fn,
             amounts=amounts,
             data=data,
+            allocation=allocation,
+            reconstruct=reconstruct,
             restorable=restorable,
+            progress=progress,
             registry=registry,
             options=options,
         )
@@ -129,7 +160,10 @@ def _prune(
     filter_fn: FilterFn | None,
     amounts: Mapping[str, Any] | None,
     data: Any,
+    allocation: Any,
+    reconstruct: Any,
     restorable: bool,
+    progress: bool,
     registry: Registry,
     options: dict[str, Any],
 ) -> PruneReport:
@@ -184,13 +218,91 @@ def _prune(
         Target(name, module, pname, masking.follow_sharding(module, pname))
         for name, module, pname in chosen
     ]
-    context = PruneContext(model=model, targets=targets, data=data, restorable=restorable)
+    strategies = [strategy] if per_layer is None else _distinct(per_layer.values())
+    reconstruction = resolve_reconstruction(reconstruct, strategies, registry)
+    allocator = resolve_allocation(allocation, registry)
+    if allocator is not None:
+        if per_layer is not None:
+            raise ConfigError(
+                "amounts= and allocation= both set the amount of each layer; give one of them"
+            )
+        per_layer = allocate(
+            allocator, strategy, model, targets, data, registry, show_progress=progress
+        )
+        strategies = _distinct(per_layer.values())
+        options_report["allocation"] = {"name": allocator.name, **jsonable(allocator.options)}
+    if reconstruction is not None:
+        options_report["reconstruct"] = {
+            "name": reconstruction.name,
+            **jsonable(reconstruction.options),
+        }
 
+    if needed_statistics(strategies, reconstruction):
+        plan = {t.name: strategy if per_layer is None else per_layer[t.name] for t in targets}
+        try:
+            done = prune_calibrated(
+                model,
+                targets,
+                plan,
+                data,
+                restorable=restorable,
+                reconstruction=reconstruction,
+                registry=registry,
+                compute=_compute,
+                show_progress=progress,
+            )
+        except PrunusError:
+            raise
+        except Exception as error:
+            raise PluginError(
+                f"pruning with strategy {strategy.name!r} on calibration data failed: "
+                f"{type(error).__name__}: {error}; the model was left as it was"
+            ) from error
+        pruned = {name: counts[0] for name, counts in done.items()}
+        newly = {name: counts[1] for name, counts in done.items()}
+    else:
+        pruned, newly = _prune_at_once(
+            model, strategy, targets, per_layer, data, restorable, registry
+        )
+
+    return PruneReport(
+        strategy=strategy.name,
+        options=options_report,
+        parameters=[
+            ParameterReport(
+                name=t.name,
+                shape=tuple(t.tensor.shape),
+                numel=t.tensor.numel(),
+                pruned=pruned[t.name],
+                newly_pruned=newly[t.name],
+            )
+            for t in targets
+            if t.name in newly
+        ],
+        model_numel=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def _distinct(strategies: Iterable[Strategy]) -> list[Strategy]:
+    return list({id(s): s for s in strategies}.values())
+
+
+def _prune_at_once(
+    model: nn.Module,
+    strategy: Strategy,
+    targets: list[Target],
+    per_layer: dict[str, Strategy] | None,
+    data: Any,
+    restorable: bool,
+    registry: Registry,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Compute every mask, then apply them all (the path of strategies that need no calibration)."""
+    context = PruneContext(model=model, targets=targets, data=data, restorable=restorable)
     if per_layer is None:
         computed = _compute(strategy, context, registry)
     else:
         computed = {}
-        for layer_strategy in {id(s): s for s in per_layer.values()}.values():
+        for layer_strategy in _distinct(per_layer.values()):
             group = [t for t in targets if per_layer[t.name] is layer_strategy]
             computed.update(
                 _compute(
@@ -229,23 +341,7 @@ def _prune(
             f"applying the masks of {registry.blame(strategy)} failed: {type(error).__name__}: {error}; "
             "the model was left as it was"
         ) from error
-
-    return PruneReport(
-        strategy=strategy.name,
-        options=options_report,
-        parameters=[
-            ParameterReport(
-                name=t.name,
-                shape=tuple(t.tensor.shape),
-                numel=t.tensor.numel(),
-                pruned=pruned[t.name],
-                newly_pruned=newly[t.name],
-            )
-            for t in targets
-            if t.name in newly
-        ],
-        model_numel=sum(p.numel() for p in model.parameters()),
-    )
+    return pruned, newly
 
 
 def _count_pruned(mask: Tensor) -> int:

@@ -12,6 +12,7 @@ import reprlib
 
 __all__ = [
     "AmountError",
+    "CalibrationError",
     "CheckpointError",
     "ConfigError",
     "ConfigTypeError",
@@ -35,6 +36,7 @@ __all__ = [
     "StateError",
     "TargetError",
     "TargetTypeError",
+    "TargetWarning",
     "UnknownCriterionError",
     "UnknownScheduleError",
     "UnknownStrategyError",
@@ -86,6 +88,10 @@ class RollbackError(PrunusError, RuntimeError):
 
 class TargetError(PrunusError, ValueError):
     """The parameters to prune could not be chosen (no match for a pattern, nothing prunable)."""
+
+
+class CalibrationError(PrunusError, ValueError):
+    """Calibration data is missing, cannot be run through the model, or gives no statistics for a parameter."""
 
 
 class TargetTypeError(TargetError, TypeError):
@@ -170,6 +176,10 @@ class QualityWarning(PrunusWarning):
 
 class PluginLoadWarning(PrunusWarning):
     """An installed plugin could not be loaded; the others keep working."""
+
+
+class TargetWarning(PrunusWarning):
+    """The parameters chosen for pruning include some that are rarely meant (normalization layers)."""
 
 
 def brief(value: object, limit: int = 80) -> str:

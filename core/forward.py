@@ -120,21 +120,29 @@ class _BufferState:
         ]
 
     def restore(self) -> None:
+        # prunus's own buffers stay as they are now: a call that prunes while it runs the model (calibration,
+        # block by block) adds masks inside the block, and those are its result, not a side effect.
         module = self.module
         current = module._buffers
-        if current.keys() != self.entries.keys() or any(
-            current[k] is not v for k, v in self.entries.items()
-        ):
-            module._buffers.clear()
-            module._buffers.update(self.entries)
-        if module._non_persistent_buffers_set != self.non_persistent:
+        own = {k: v for k, v in current.items() if k.startswith(_PRUNUS_BUFFERS)}
+        entries = {k: v for k, v in self.entries.items() if not k.startswith(_PRUNUS_BUFFERS)}
+        others = {k: v for k, v in current.items() if k not in own}
+        if others.keys() != entries.keys() or any(others[k] is not v for k, v in entries.items()):
+            current.clear()
+            current.update(entries)
+            current.update(own)
+        non_persistent = {k for k in self.non_persistent if not k.startswith(_PRUNUS_BUFFERS)} | {
+            k for k in module._non_persistent_buffers_set if k.startswith(_PRUNUS_BUFFERS)
+        }
+        if module._non_persistent_buffers_set != non_persistent:
             module._non_persistent_buffers_set.clear()
-            module._non_persistent_buffers_set.update(self.non_persistent)
+            module._non_persistent_buffers_set.update(non_persistent)
         for buffer, version, saved in self.values:
             if buffer._version != version:
                 with torch.no_grad():
                     buffer.copy_(saved)
 
 
-_PRUNUS_BUFFERS = ("_prunus_mask_", "_prunus_pruned_")
-"""Prefixes of prunus's own buffers (see :mod:`prunus.masking`): no forward changes them, so none is copied."""
+_PRUNUS_BUFFERS = ("_prunus_mask_", "_prunus_pruned_", "_prunus_original_")
+"""Prefixes of prunus's own buffers (see :mod:`prunus.masking`): no forward changes them, so none is copied, and
+those a call adds or drops while the model runs are kept as they are."""

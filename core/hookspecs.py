@@ -89,6 +89,30 @@ def prunus_register_schedules(register: Registrar) -> None:
     """
 
 
+@hookspec
+def prunus_register_allocations(register: Registrar) -> None:
+    """Register allocations: how a pruning budget is split across the layers of a model.
+
+    Call ``register(AllocationClass)`` for each :class:`~prunus.Allocation` subclass (``uniform`` and ``owl``
+    are the built-in ones); ``prune(..., allocation="name")`` and ``prunus.registry.allocation(...)`` find them.
+
+    Args:
+        register: the registrar; records this plugin and its distribution as the provider.
+    """
+
+
+@hookspec
+def prunus_register_reconstructions(register: Registrar) -> None:
+    """Register reconstructions: how the weights a mask keeps are adjusted to the calibration data.
+
+    Call ``register(ReconstructionClass)`` for each :class:`~prunus.Reconstruction` subclass (``sparsegpt`` is
+    the built-in one); ``prune(..., reconstruct="name")`` and ``prunus.registry.reconstruction(...)`` find them.
+
+    Args:
+        register: the registrar; records this plugin and its distribution as the provider.
+    """
+
+
 # -- pruning --------------------------------------------------------------------------------------------------
 
 
@@ -117,8 +141,8 @@ def prunus_apply_mask(
 ) -> Callable[[], None] | None:
     """Put a validated keep-mask on the model.
 
-    The built-in implementation (``trylast``) zeroes the pruned entries in place and keeps a bool mask and the
-    pruned values beside the parameter (see :mod:`prunus.masking`). Implement this hook to apply masks another
+    The built-in implementation (``trylast``) zeroes the pruned entries in place and keeps the mask (one bit per
+    entry) and the pruned values beside the parameter (see :mod:`prunus.masking`). Implement this hook to apply masks another
     way (a sparse format, a physical removal) for the targets you handle, and return ``None`` for the others.
 
     Args:

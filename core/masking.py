@@ -5,14 +5,19 @@ whose pruned entries are zero, so the ``state_dict`` keeps its keys and a forwar
 model costs. Beside the parameter, two *non-persistent* buffers (moved by ``.to()``, absent from the
 ``state_dict``) hold:
 
-* ``_prunus_mask_<name>``: the bool keep-mask (1 byte per entry);
+* ``_prunus_mask_<name>``: the keep-mask, packed 1 bit per entry (``uint8``, flat, the last byte padded; a bool
+  mask costs 8 times more, a sixteenth of a bf16 weight's bytes packed instead of half); a parameter of fewer
+  than 8 entries keeps a bool mask. :func:`get_mask` always returns the bool mask of the parameter's shape;
 * ``_prunus_pruned_<name>``: the original values of the pruned entries, in flat order, so :func:`restore_parameter`
-  puts them back bit for bit (absent when the caller opted out of restoring).
+  puts them back bit for bit (absent when the caller opted out of restoring);
+* ``_prunus_original_<name>``: instead of the pruned values, the whole original parameter, once a reconstruction
+  (:func:`replace_values`) has changed the entries the mask keeps too.
 
 Pruned entries stay zero through training: after every ``optimizer.step()`` a global step hook (registered on
 first use) zeroes them again in the parameters that optimizer updated, in one pass over a ``(parameter, mask)``
 list cached per optimizer (rebuilt only when masks or the optimizer's parameters change): numpy views of the
-bits on CPU, one fused ``torch._foreach_mul_`` elsewhere.
+bits on CPU, one fused ``torch._foreach_mul_`` elsewhere. The list holds the masks of the parameters that
+optimizer trains unpacked, so a step costs what it did with bool masks.
 Modules with masks are tracked in a weak set; a small tracker object in each such module re-enrols copies made by
 ``copy.deepcopy`` and ``pickle``.
 
@@ -31,9 +36,10 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import math
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
@@ -48,17 +54,24 @@ from .errors import NotPrunedError
 __all__ = [
     "MASK_LOCK",
     "MASK_PREFIX",
+    "ORIGINAL_PREFIX",
     "VALUES_PREFIX",
     "attach_mask",
     "deferred_zeroing",
     "follow_sharding",
     "get_mask",
+    "immediate_zeroing",
     "is_restorable",
     "masked_parameters",
+    "pack",
+    "pack_bits",
     "pruned_values",
     "remove_parameter",
+    "replace_values",
     "restore_parameter",
     "saved_values",
+    "unpack",
+    "unpack_bits",
     "zero_pruned",
 ]
 
@@ -71,6 +84,7 @@ a hot path, while the optimizer step hook (which only reads masks) never takes i
 
 MASK_PREFIX = "_prunus_mask_"
 VALUES_PREFIX = "_prunus_pruned_"
+ORIGINAL_PREFIX = "_prunus_original_"
 _TRACKER = "_prunus_tracker"
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -156,7 +170,8 @@ class _StepPlan:
         ]
         self.arrays: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
         self.others: list[tuple[Tensor, Tensor]] = []
-        for _, _, param, mask in entries:
+        for _, _, param, buffer in entries:
+            mask = unpack(buffer, param.shape)
             bits, keep = _bits(param), _bits(mask)
             if bits is not None and keep is not None and bits.size == keep.size:
                 self.arrays.append((bits, keep))
@@ -203,9 +218,9 @@ def _plan(optimizer: torch.optim.Optimizer, fingerprint: tuple[int, ...]) -> _St
         for name, _ in list(_masks_of(module)):
             param = module._parameters.get(name)
             if param is not None and id(param) in updated:
-                mask = follow_sharding(module, name)
-                assert mask is not None
-                entries.append((weakref.ref(module), name, param, mask))
+                follow_sharding(module, name)  # a mask attached before fully_shard is cut to its shard
+                stored = module._buffers[MASK_PREFIX + name]
+                entries.append((weakref.ref(module), name, param, stored))
     plan = _StepPlan(_generation, fingerprint, entries)
     _PLANS[optimizer] = plan
     return plan
@@ -260,13 +275,70 @@ def follow_sharding(module: nn.Module, name: str) -> Tensor | None:
 
 
 def get_mask(module: nn.Module, name: str) -> Tensor | None:
-    """The keep-mask on ``module.<name>``, or ``None`` if it is not pruned."""
-    return module._buffers.get(MASK_PREFIX + name)
+    """The bool keep-mask of ``module.<name>`` (its shape), or ``None`` if it is not pruned.
+
+    Unpacked from the stored bits: a new tensor on each call unless the mask is stored as bool.
+    """
+    buffer = module._buffers.get(MASK_PREFIX + name)
+    if buffer is None:
+        return None
+    param = module._parameters.get(name)
+    return unpack(buffer, buffer.shape if param is None else param.shape)
+
+
+_PACK_FROM = 8
+"""Masks of at least this many entries are stored packed (below it, packing saves next to nothing)."""
+
+
+def pack(mask: Tensor) -> Tensor:
+    """``mask`` as it is kept on a module: :func:`pack_bits` of it, or the bool mask itself below
+    ``_PACK_FROM`` (8) entries or when it is sharded."""
+    # A sharded mask stays a bool DTensor laid out like its parameter: no rank holds the bits to pack alone.
+    return mask if mask.numel() < _PACK_FROM or is_sharded(mask) else pack_bits(mask)
+
+
+def unpack(stored: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """The bool mask of ``shape`` that :func:`pack` stored as ``stored`` (a bool mask is returned as it is)."""
+    return stored if stored.dtype == torch.bool else unpack_bits(stored, shape)
+
+
+def pack_bits(mask: Tensor) -> Tensor:
+    """A bool tensor as ``ceil(numel / 8)`` bytes: uint8, one bit per entry, flat row-major order, little bit
+    order (entry ``i`` of a byte is bit ``i``), the order of numpy's ``packbits(..., bitorder="little")``."""
+    flat = mask.reshape(-1)
+    if flat.device.type == "cpu":
+        return torch.from_numpy(np.packbits(flat.numpy(), bitorder="little"))
+    return _pack_torch(flat)
+
+
+def unpack_bits(packed: Tensor, shape: Sequence[int]) -> Tensor:
+    """The bool tensor of ``shape`` that :func:`pack_bits` packed into ``packed``."""
+    count = math.prod(shape)
+    if packed.device.type == "cpu":
+        bits = np.unpackbits(packed.reshape(-1).numpy(), count=count, bitorder="little")
+        return torch.from_numpy(bits.view(np.bool_)).reshape(tuple(shape))
+    return _unpack_torch(packed.reshape(-1), count).reshape(tuple(shape))
+
+
+def _pack_torch(flat: Tensor) -> Tensor:
+    """:func:`pack_bits` in torch operations, for masks on other devices than the CPU."""
+    padded = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8)).reshape(-1, 8)
+    weights = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8, device=flat.device)
+    return (padded.to(torch.uint8) * weights).sum(dim=1, dtype=torch.uint8)
+
+
+def _unpack_torch(stored: Tensor, count: int) -> Tensor:
+    """:func:`unpack_bits` in torch operations (flat), for masks on other devices than the CPU."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=stored.device)
+    return ((stored.unsqueeze(1) >> shifts) & 1).reshape(-1)[:count].bool()
 
 
 def is_restorable(module: nn.Module, name: str) -> bool:
     """Whether the original values of ``module.<name>``'s pruned entries are kept."""
-    return module._buffers.get(VALUES_PREFIX + name) is not None
+    return (
+        module._buffers.get(VALUES_PREFIX + name) is not None
+        or module._buffers.get(ORIGINAL_PREFIX + name) is not None
+    )
 
 
 def saved_values(module: nn.Module, name: str) -> Tensor | None:
@@ -274,7 +346,12 @@ def saved_values(module: nn.Module, name: str) -> Tensor | None:
     the pruned entries), or ``None`` when it is not pruned or was pruned with ``restorable=False``.
 
     The tensor itself: do not modify it. A saved pruning state holds it; :func:`attach_mask` takes it back.
+    After a reconstruction (:func:`replace_values`) they are read from the kept original, as a new tensor.
     """
+    original = module._buffers.get(ORIGINAL_PREFIX + name)
+    mask = get_mask(module, name)
+    if original is not None and mask is not None:
+        return pruned_values(original, mask)
     return module._buffers.get(VALUES_PREFIX + name)
 
 
@@ -391,6 +468,21 @@ def deferred_zeroing() -> Iterator[Callable[[], None]]:
         _DEFERRED.reset(token)
 
 
+@contextmanager
+def immediate_zeroing() -> Iterator[None]:
+    """Within this block :func:`attach_mask` zeroes at once, even inside :func:`deferred_zeroing`.
+
+    For a call that runs the model between attachments (calibration prunes block by block, and each block's
+    inputs come from the blocks before it, already pruned). An undo then writes the zeroed values back from
+    what it keeps: the restore data, or a copy of those values when the call keeps none.
+    """
+    token = _DEFERRED.set(None)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
 @_locked
 def attach_mask(
     module: nn.Module,
@@ -410,17 +502,16 @@ def attach_mask(
     state being loaded, see :func:`saved_values`): kept for ``restore`` as they are instead of being gathered
     from the parameter, whose pruned entries may already be zero. Only for a parameter without a mask yet.
 
-    Memory: the mask itself, the pruned values when ``restorable`` (one entry per pruned entry), and one
-    transient inverted mask. Outside :func:`deferred_zeroing` the undo also keeps the values this call zeroes
+    Memory: the mask itself (packed, 1 bit per entry), the pruned values when ``restorable`` (one entry per
+    pruned entry), and one transient inverted mask. Outside :func:`deferred_zeroing` the undo also keeps the
+    values this call zeroes
     when they are not already kept for ``restore``.
     """
     param = module._parameters[name]
     assert param is not None
-    follow_sharding(
-        module, name
-    )  # a mask attached before fully_shard is cut to this rank's shard first
+    follow_sharding(module, name)  # a mask attached before fully_shard is cut to this rank's shard first
     held = _Held(module, name)
-    prior, prior_values = held.mask, held.values
+    prior, prior_values, prior_original = held.mask, held.values, held.original
     if is_sharded(param) and not is_sharded(mask):
         mask = _split(mask, param)
     # A sharded parameter is pruned on this rank's shard: every tensor below is local.
@@ -436,7 +527,8 @@ def attach_mask(
             raise ValueError(
                 f"values= holds {values.numel()} entries but the mask of {name!r} prunes {pruned_count}"
             )
-    elif restorable and (before is None or prior_values is not None):
+    # A parameter whose whole original is kept (it was reconstructed) keeps that: it holds the pruned values too.
+    elif restorable and prior_original is None and (before is None or prior_values is not None):
         if before is None:
             values = pruned_values(data, keep)
         else:
@@ -459,11 +551,13 @@ def attach_mask(
         job = _Zeroing(data, keep)
         pending.append(job)
 
-    module.register_buffer(MASK_PREFIX + name, mask, persistent=False)
+    module.register_buffer(MASK_PREFIX + name, pack(mask), persistent=False)
     if values is not None:
         module.register_buffer(VALUES_PREFIX + name, values, persistent=False)
     elif prior_values is not None or not restorable:
         _pop_buffer(module, VALUES_PREFIX + name)
+    if not restorable:
+        _pop_buffer(module, ORIGINAL_PREFIX + name)
     if not held.tracked:
         module.__dict__[_TRACKER] = _Tracker(module)
     _changed()
@@ -487,24 +581,29 @@ def attach_mask(
 
 
 class _Held:
-    """What a module holds for one parameter before a mask change (its mask, its pruned values, whether it is
-    tracked), and how to put exactly that back: the end of every undo."""
+    """What a module holds for one parameter before a mask change (its mask as stored and unpacked, its pruned
+    values, its kept original, whether it is tracked), and how to put exactly that back: the end of every undo."""
 
-    __slots__ = ("mask", "module", "name", "tracked", "values")
+    __slots__ = ("mask", "module", "name", "original", "stored", "tracked", "values")
 
     def __init__(self, module: nn.Module, name: str) -> None:
         self.module, self.name = module, name
+        self.stored = module._buffers.get(MASK_PREFIX + name)
         self.mask = get_mask(module, name)
         self.values = module._buffers.get(VALUES_PREFIX + name)
+        self.original = module._buffers.get(ORIGINAL_PREFIX + name)
         self.tracked = _TRACKER in module.__dict__
 
     def put_back(self) -> None:
         module, name = self.module, self.name
         _drop(module, name)
-        if self.mask is not None:
-            module.register_buffer(MASK_PREFIX + name, self.mask, persistent=False)
-        if self.values is not None:
-            module.register_buffer(VALUES_PREFIX + name, self.values, persistent=False)
+        for prefix, held in (
+            (MASK_PREFIX, self.stored),
+            (VALUES_PREFIX, self.values),
+            (ORIGINAL_PREFIX, self.original),
+        ):
+            if held is not None:
+                module.register_buffer(prefix + name, held, persistent=False)
         if not self.tracked:
             _untrack(module)
         _changed()
@@ -519,6 +618,7 @@ def _pop_buffer(module: nn.Module, key: str) -> None:
 def _drop(module: nn.Module, name: str) -> None:
     _pop_buffer(module, MASK_PREFIX + name)
     _pop_buffer(module, VALUES_PREFIX + name)
+    _pop_buffer(module, ORIGINAL_PREFIX + name)
     _changed()
 
 
@@ -547,7 +647,8 @@ def restore_parameter(module: nn.Module, name: str) -> None:
     if mask is None:
         raise NotPrunedError(f"parameter {name!r} of {type(module).__name__} is not pruned")
     values = module._buffers.get(VALUES_PREFIX + name)
-    if values is None:
+    original = module._buffers.get(ORIGINAL_PREFIX + name)
+    if values is None and original is None:
         raise NotPrunedError(
             f"parameter {name!r} of {type(module).__name__} was pruned with restorable=False, so its "
             "original values were not kept; use prunus.remove() to make the pruning permanent"
@@ -556,6 +657,59 @@ def restore_parameter(module: nn.Module, name: str) -> None:
     assert param is not None
     with torch.no_grad():
         data = local(param.detach())
-        data.masked_scatter_(~local(mask), values.to(data.dtype))
+        if original is not None:
+            data.copy_(local(original))
+        else:
+            assert values is not None
+            data.masked_scatter_(~local(mask), values.to(data.dtype))
     _drop(module, name)
     _untrack(module)
+
+
+@_locked
+def replace_values(
+    module: nn.Module, name: str, values: Tensor, *, restorable: bool = True
+) -> Callable[[], None]:
+    """Write ``values`` into the entries the mask of ``module.<name>`` keeps (a reconstruction's result).
+
+    Pruned entries stay zero whatever ``values`` holds there. When the parameter is restorable, its whole
+    original is kept from now on (``_prunus_original_<name>``, in place of the pruned values), so
+    :func:`restore_parameter` brings back every entry bit for bit, the reconstructed ones too. Returns the undo.
+
+    Raises:
+        NotPrunedError: the parameter carries no mask.
+    """
+    mask = get_mask(module, name)
+    if mask is None:
+        raise NotPrunedError(f"parameter {name!r} of {type(module).__name__} is not pruned")
+    param = module._parameters[name]
+    assert param is not None
+    data = param.detach()
+    pruned = module._buffers.get(VALUES_PREFIX + name)
+    original = module._buffers.get(ORIGINAL_PREFIX + name)
+    before: Tensor | None = None
+    if restorable and original is None and pruned is not None:
+        # The original is the kept values now plus the pruned ones; the undo reads the kept values back from it.
+        original = data.clone()
+        original.masked_scatter_(~mask, pruned.to(data.dtype))
+        module.register_buffer(ORIGINAL_PREFIX + name, original, persistent=False)
+        _pop_buffer(module, VALUES_PREFIX + name)
+        created = True
+    else:
+        before = data.clone()
+        created = False
+    with torch.no_grad():
+        data.copy_(torch.where(mask, values.to(data.dtype), torch.zeros((), dtype=data.dtype)))
+
+    def undo() -> None:
+        with torch.no_grad():
+            if created:
+                assert original is not None and pruned is not None
+                data.copy_(torch.where(mask, original, torch.zeros((), dtype=data.dtype)))
+                _pop_buffer(module, ORIGINAL_PREFIX + name)
+                module.register_buffer(VALUES_PREFIX + name, pruned, persistent=False)
+            else:
+                assert before is not None
+                data.copy_(before)
+
+    return undo

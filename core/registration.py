@@ -5,8 +5,9 @@ built-ins from :mod:`prunus.plugins` and the hook implementations of prunus's ow
 distribution's entry point in the ``prunus`` group. A plugin that fails to load is reported by name and
 skipped; the others keep working. Nothing is visible to other threads until every plugin has registered.
 
-The four registrable kinds (:class:`~prunus.component.Component` subclasses) are kept in one table and checked
-alike; strategies named ``<criterion>_<granularity>`` are composed from every criterion and granularity.
+The registrable kinds (:class:`~prunus.component.Component` subclasses: criteria, granularities, strategies,
+schedules, allocations, reconstructions) are kept in one table and checked alike; strategies named
+``<criterion>_<granularity>`` are composed from every criterion and granularity.
 
 Environment switches:
 
@@ -35,6 +36,7 @@ import pluggy
 from pydantic import ValidationError, create_model, model_validator
 
 from . import hookspecs
+from .allocation import Allocation
 from .component import KINDS, Component, Kind
 from .config import StrategyConfig, validate_config
 from .errors import (
@@ -47,7 +49,9 @@ from .errors import (
     brief,
 )
 from .hooks import Hooks
+from .reconstruction import Reconstruction
 from .schedules import Schedule
+from .statistics import Statistic
 from .strategy import ComposedStrategy, Criterion, Granularity, Strategy
 
 __all__ = [
@@ -80,6 +84,8 @@ _BASES: dict[Kind, type[Component]] = {
     "granularity": Granularity,
     "strategy": Strategy,
     "schedule": Schedule,
+    "allocation": Allocation,
+    "reconstruction": Reconstruction,
 }
 
 _UNKNOWN: dict[Kind, type[LookupError]] = {
@@ -87,6 +93,8 @@ _UNKNOWN: dict[Kind, type[LookupError]] = {
     "granularity": UnknownStrategyError,
     "strategy": UnknownStrategyError,
     "schedule": UnknownScheduleError,
+    "allocation": UnknownStrategyError,
+    "reconstruction": UnknownStrategyError,
 }
 
 
@@ -116,7 +124,8 @@ class PluginFailure:
 
 @dataclass(frozen=True)
 class ComponentInfo:
-    """A registered criterion, granularity or schedule: its name, kind, summary, provider and class."""
+    """A registered component (criterion, granularity, schedule, allocation or reconstruction): its name, kind,
+    summary, provider and class."""
 
     name: str
     kind: str
@@ -150,6 +159,7 @@ class StrategyInfo:
         provider: the plugin and distribution that registered it.
         criterion: for a composed strategy, the criterion's name.
         deterministic: ``False`` when masks depend on a random seed.
+        statistics: the calibration statistics it reads (non-empty: ``prune`` needs calibration ``data=``).
     """
 
     name: str
@@ -160,6 +170,7 @@ class StrategyInfo:
     build: Callable[[StrategyConfig], Strategy] = field(repr=False)
     criterion: str | None = None
     deterministic: bool = True
+    statistics: tuple[type[Statistic], ...] = ()
 
     def options(self) -> dict[str, str]:
         """Option names with their type, default and description, for help texts.
@@ -204,7 +215,7 @@ class Registrar:
         self.provider = provider
 
     def __call__(self, cls: Any, *, replace: bool = False) -> Any:
-        """Register ``cls`` (a Criterion, Granularity, Strategy or Schedule subclass, per the hook)."""
+        """Register ``cls``, a subclass of the kind the hook registers (Criterion, Granularity, ...)."""
         self._registry._register(self._kind, cls, provider=self.provider, replace=replace)
         return cls
 
@@ -291,10 +302,38 @@ class Registry:
         """
         return cast(Schedule, self._build("schedule", name, options))
 
+    def allocations(self, pattern: str | None = None) -> list[str]:
+        """Sorted allocation names (``uniform``, ``owl``, ...), optionally filtered by ``pattern``."""
+        return self._names("allocation", pattern)
+
+    def reconstructions(self, pattern: str | None = None) -> list[str]:
+        """Sorted reconstruction names (``sparsegpt``, ...), optionally filtered by ``pattern``."""
+        return self._names("reconstruction", pattern)
+
+    def allocation(self, name: str, /, **options: Any) -> Allocation:
+        """An allocation across layers (``prune(..., allocation=...)``) configured with ``options``.
+
+        Raises:
+            UnknownStrategyError: no allocation has that name.
+            ConfigError: an option is unknown, missing, of the wrong type or out of range.
+        """
+        return cast(Allocation, self._build("allocation", name, options))
+
+    def reconstruction(self, name: str, /, **options: Any) -> Reconstruction:
+        """A weight reconstruction (``prune(..., reconstruct=...)``) configured with ``options``.
+
+        Raises:
+            UnknownStrategyError: no reconstruction has that name.
+            ConfigError: an option is unknown, missing, of the wrong type or out of range.
+        """
+        return cast(Reconstruction, self._build("reconstruction", name, options))
+
     def components(
-        self, kind: Literal["criterion", "granularity", "schedule"], pattern: str | None = None
+        self,
+        kind: Literal["criterion", "granularity", "schedule", "allocation", "reconstruction"],
+        pattern: str | None = None,
     ) -> list[ComponentInfo]:
-        """The registered criteria, granularities or schedules, sorted, optionally filtered by ``pattern``."""
+        """The registered components of one kind (not strategies), sorted, optionally filtered by ``pattern``."""
         self._ensure_loaded()
         table = self._entries[kind]
         return [
@@ -430,13 +469,13 @@ class Registry:
             self._forget(name)
 
     def register(self, cls: type[Component], *, replace: bool = False) -> None:
-        """Register a criterion, granularity, strategy or schedule class in-process (provider ``<user>``)."""
+        """Register a component class in-process (provider ``<user>``), of whatever kind it is."""
         self._ensure_loaded()
         kind = cls.kind if isinstance(cls, type) and issubclass(cls, Component) else "strategy"
         self._register(kind, cls, provider=Provider(USER), replace=replace)
 
     def unregister(self, name: str) -> None:
-        """Remove strategy, criterion, granularity or schedule ``name`` (and the strategies composed from it)."""
+        """Remove the component ``name`` of every kind (and the strategies composed from it)."""
         self._ensure_loaded()
         with self._lock:
             found = False
@@ -522,6 +561,7 @@ class Registry:
             provider=provider,
             build=build,
             deterministic=cls.deterministic,
+            statistics=tuple(cls.statistics),
         )
 
     def _composed_info(self, cname: str, crit: _Entry, gname: str, gran: _Entry) -> StrategyInfo:
@@ -568,6 +608,7 @@ class Registry:
             build=build,
             criterion=cname,
             deterministic=ccls.deterministic,
+            statistics=tuple(ccls.statistics),
         )
 
     # -- loading ------------------------------------------------------------------------------------------
@@ -650,6 +691,8 @@ class Registry:
         ("prunus_register_granularities", "granularity"),
         ("prunus_register_strategies", "strategy"),
         ("prunus_register_schedules", "schedule"),
+        ("prunus_register_allocations", "allocation"),
+        ("prunus_register_reconstructions", "reconstruction"),
     )
 
     def _run_registration(self, plugin_name: str, provider: Provider) -> None:

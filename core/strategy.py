@@ -16,6 +16,10 @@ Masks are bool tensors with the parameter's shape: ``True`` keeps an entry, ``Fa
 A granularity also declares what it does, for the test kit to check: its :class:`Partition` of each parameter
 (which entries are pruned together as a unit, which units compete in a group) and how ``amount`` becomes a count
 per group (:meth:`Granularity.prune_counts`).
+
+A data-aware criterion declares the calibration statistics it reads (``statistics = (InputNorms,)``); ``prune``
+gathers them from ``data=`` and hands them over in ``PruneContext.statistics`` (see
+:mod:`prunus.statistics` and :mod:`prunus.calibration`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from torch import Tensor, nn
 from .component import Component, Kind
 from .config import NoOptions, StrategyConfig, count_to_prune
 from .distributed import any_anywhere, count_true, local
-from .errors import ConfigError, PluginError, WeightError
+from .errors import CalibrationError, ConfigError, PluginError, WeightError
+from .statistics import Statistic, Statistics
 
 if TYPE_CHECKING:
     from .registration import Registry
@@ -110,7 +115,10 @@ class PruneContext:
         restorable: whether ``prune`` keeps the pruned values for ``restore``; a strategy may size its
             temporary memory by it (the global ranking holds scores within what the restore data costs anyway).
         extras: free-form room for plugins to share information within one call (prunus itself keeps its own
-            state in the typed fields above, never here).
+            state in the typed fields, never here).
+        statistics: the calibration statistics of the targets, gathered from ``data`` for what the strategy
+            declares it reads (read them with :meth:`statistic`). When ``data`` itself is a
+            :class:`~prunus.statistics.Statistics` table, that table.
     """
 
     model: nn.Module
@@ -118,13 +126,38 @@ class PruneContext:
     data: Any = None
     restorable: bool = True
     extras: dict[str, Any] = field(default_factory=dict)
+    statistics: Statistics = field(default_factory=Statistics)
+
+    def __post_init__(self) -> None:
+        if not self.statistics and isinstance(self.data, Statistics):
+            self.statistics = self.data
+
+    def statistic(self, target: Target, kind: type[Statistic]) -> Tensor:
+        """The ``kind`` calibration statistic of ``target`` (e.g. ``InputNorms``: one norm per input feature).
+
+        Raises:
+            CalibrationError: it was not gathered (no calibration data was given, or the strategy does not
+                declare ``kind`` in its ``statistics``).
+        """
+        value = self.statistics.get_statistic(target.name, kind)
+        if value is None:
+            label = kind.name or kind.__name__
+            have = ", ".join(k.name or k.__name__ for k in self.statistics.get(target.name, {}))
+            raise CalibrationError(
+                f"no {label} statistic for {target.name!r} (have: {have or 'none'}): a data-aware criterion "
+                "needs calibration data, prune(..., data=batches) with batches of input_ids tensors or "
+                "tokenizer outputs, or statistics gathered before with prunus.calibrate(...); a criterion "
+                f"that reads {label} lists it in its `statistics`"
+            )
+        return value
 
 
 class Criterion(Component):
     """Scores the entries of a parameter: higher means more important.
 
     Subclasses set ``name``, ``summary`` and, if they take options, ``Config``, and implement :meth:`score`.
-    Set ``deterministic = False`` for a criterion whose scores depend on a random seed.
+    Set ``deterministic = False`` for a criterion whose scores depend on a random seed, and list in
+    ``statistics`` the calibration statistics it reads (then ``prune`` needs ``data=``).
 
     A criterion whose score of an entry depends on that entry's value alone (magnitude, say) sets
     ``elementwise = True`` and implements :meth:`score_values`; rankings may then score a parameter chunk by
@@ -136,6 +169,15 @@ class Criterion(Component):
     deterministic: ClassVar[bool] = True
     elementwise: ClassVar[bool] = False
     """Whether the score of an entry is a function of its value alone (see :meth:`score_values`)."""
+    statistics: ClassVar[tuple[type[Statistic], ...]] = ()
+    """The calibration statistics :meth:`score` reads through :meth:`PruneContext.statistic`."""
+
+    def reconstruction(self) -> tuple[str, dict[str, Any]] | None:
+        """The reconstruction ``prune`` runs after this criterion's masks by default, ``(name, options)``.
+
+        ``None`` (the default): none. SparseGPT's criterion names SparseGPT's reconstruction here.
+        """
+        return None
 
     @abstractmethod
     def score(self, target: Target, context: PruneContext) -> Tensor:
@@ -268,10 +310,13 @@ class Granularity(Component):
     :meth:`partition`, the units pruned whole and the groups they compete in, and, unless a fraction becomes
     :func:`~prunus.config.count_to_prune` of the units in each group, :meth:`prune_counts`. The options of the
     granularity (``amount``, ``dim``, ...) and of the criterion are merged into the options of each composed
-    strategy, so their field names must not clash.
+    strategy, so their field names must not clash. Set ``separable = True`` when each target's mask depends on
+    that target alone: calibration can then prune a model block by block.
     """
 
     kind: ClassVar[Kind] = "granularity"
+    separable: ClassVar[bool] = False
+    """Whether each target's mask depends on that target alone (not on a ranking across targets)."""
 
     @abstractmethod
     def masks(
@@ -404,6 +449,13 @@ class Strategy(Component):
     """What one pruned unit is, for ``prunus list``: ``unstructured``, ``structured``, ``global``, ..."""
     deterministic: bool = True
     """False when the masks depend on a random seed (the test kit then skips monotonicity checks)."""
+    statistics: tuple[type[Statistic], ...] = ()
+    """The calibration statistics the strategy reads (``prune`` gathers them from ``data=``)."""
+    separable: bool = False
+    """Whether each target's mask depends on that target alone, so that calibration can prune block by block
+    (each block's inputs computed from the blocks before it, already pruned)."""
+    reconstruction: tuple[str, dict[str, Any]] | None = None
+    """The reconstruction ``prune`` runs after the masks by default, ``(registered name, options)``."""
 
     @classmethod
     def create(cls, config: StrategyConfig, registry: Registry) -> Strategy:
@@ -451,6 +503,9 @@ class ComposedStrategy(Strategy):
         self.summary = f"{criterion.summary}; {granularity.summary}"
         self.granularity = granularity.name
         self.deterministic = criterion.deterministic
+        self.statistics = criterion.statistics
+        self.separable = granularity.separable
+        self.reconstruction = criterion.reconstruction()
 
     def compute_masks(self, context: PruneContext) -> dict[str, Tensor]:
         direct = self._direct is not None and self._direct()

@@ -2,11 +2,19 @@
 
 One rule for glob patterns serves every call that takes them (``prune``, ``to_sparse``, ``shrink``...): a
 pattern or a list of patterns, each of which must match something, and never an empty list.
+
+The default is the ``weight`` of every Linear and Conv layer (GPT-2's ``Conv1D`` included); in a language model
+(a model with an ``nn.Embedding`` and a stack of blocks, see :func:`prunus.layout.find_blocks`) only those inside
+the blocks, so the embeddings and the output head (often tied to them) are left alone, as every LLM pruning
+method does. A wildcard pattern that selects parameters of normalization layers beside those of other layers
+(``"model.layers.*"``) draws a :class:`~prunus.errors.TargetWarning`: pruning them is almost never meant and
+ruins a model.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -14,7 +22,8 @@ from torch import nn
 
 from . import masking
 from .arguments import check_model
-from .errors import PrunusWarning, TargetError, TargetTypeError, brief
+from .errors import PrunusWarning, TargetError, TargetTypeError, TargetWarning, brief
+from .layout import find_blocks, input_dim, is_transposed_linear
 
 __all__ = [
     "DEFAULT_LAYERS",
@@ -22,6 +31,8 @@ __all__ = [
     "Patterns",
     "glob_patterns",
     "input_dim",
+    "is_default_layer",
+    "is_normalization",
     "listing",
     "matches",
     "select_targets",
@@ -37,7 +48,8 @@ DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
 )
-"""Layers whose ``weight`` ``prune`` targets when no ``include`` or ``filter_fn`` is given."""
+"""Layers whose ``weight`` ``prune`` targets when no ``include`` or ``filter_fn`` is given (with GPT-2's
+``Conv1D``, recognised by name: see :data:`prunus.layout.TRANSPOSED_LINEARS`)."""
 
 FilterFn = Callable[[nn.Module, str], bool]
 """``filter_fn(module, qualified_name) -> bool``: choose parameters by any rule."""
@@ -45,15 +57,25 @@ Patterns = str | Sequence[str] | None
 """One glob pattern over qualified names, a list of them, or ``None``."""
 
 
-def input_dim(module: nn.Module, ndim: int) -> int:
-    """The dim of ``module``'s ``ndim``-D weight that its matmul or convolution reduces over (its inputs).
+def is_default_layer(module: nn.Module) -> bool:
+    """Whether ``module``'s ``weight`` is one ``prune`` targets by default: a Linear, Conv or GPT-2 ``Conv1D``."""
+    return isinstance(module, DEFAULT_LAYERS) or is_transposed_linear(module)
 
-    1 for a Linear ``(out, in)`` and a convolution ``(out, in / groups, *kernel)``; 0 for a transposed
-    convolution ``(in, out / groups, *kernel)`` and for a parameter of at most one dim.
-    """
-    if ndim <= 1 or isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return 0
-    return 1
+
+_NORMALIZATIONS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.RMSNorm,
+)
+
+
+def is_normalization(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalization layer: torch's, or a class named ``...Norm`` (``LlamaRMSNorm``)."""
+    return isinstance(module, _NORMALIZATIONS) or any(
+        re.search(r"Norm(\d+d)?$", cls.__name__) for cls in type(module).__mro__
+    )
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:
@@ -99,7 +121,7 @@ def select_targets(
                 )
         chosen = [c for c in candidates if matches(c[0], include_patterns)]
     elif filter_fn is None:
-        chosen = [c for c in candidates if isinstance(c[1], DEFAULT_LAYERS) and c[2] == "weight"]
+        chosen = _default(model, candidates)
         _warn_skipped(model)
     else:
         chosen = candidates
@@ -112,6 +134,7 @@ def select_targets(
         chosen = [c for c in chosen if _chosen_by(filter_fn, c)]
 
     chosen_names = [name for name, _, _ in chosen]
+    _warn_normalization(chosen, include_patterns, exclude_patterns)
     for pattern in exclude_patterns:
         if not fnmatch.filter(chosen_names, pattern):
             raise TargetError(
@@ -148,6 +171,48 @@ def select_targets(
     return chosen
 
 
+def _default(
+    model: nn.Module, candidates: list[tuple[str, nn.Module, str]]
+) -> list[tuple[str, nn.Module, str]]:
+    """The default targets: layer weights; in a language model only those inside its stack of blocks."""
+    chosen = [c for c in candidates if is_default_layer(c[1]) and c[2] == "weight"]
+    blocks = find_blocks(model)
+    if blocks is not None and any(isinstance(m, nn.Embedding) for m in model.modules()):
+        inside = {id(p) for p in blocks[1].parameters()}
+        chosen = [c for c in chosen if id(c[1]._parameters[c[2]]) in inside]
+    return chosen
+
+
+def _warn_normalization(
+    chosen: list[tuple[str, nn.Module, str]], include: list[str], exclude: list[str]
+) -> None:
+    """Warn when a wildcard include pattern selects normalization parameters beside other layers' ones.
+
+    A pattern that selects only normalization parameters (``"block.bn*.weight"``) asks for them on purpose.
+    """
+    kept = [c for c in chosen if not any(fnmatch.fnmatchcase(c[0], p) for p in exclude)]
+    names: list[str] = []
+    broad: list[str] = []
+    for pattern in include:
+        if not any(ch in pattern for ch in "*?["):
+            continue
+        matched = [c for c in kept if fnmatch.fnmatchcase(c[0], pattern)]
+        norms = [name for name, module, _ in matched if is_normalization(module)]
+        if norms and len(norms) < len(matched):
+            broad.append(pattern)
+            names += [n for n in norms if n not in names]
+    if names:
+        warnings.warn(
+            f"include pattern(s) {', '.join(repr(p) for p in broad)} also select {len(names)} parameters of "
+            f"normalization layers ({listing(names, 4)}); pruning them scales whole features to zero and is "
+            "rarely meant (half of a language model's norm weights pruned makes it useless). Narrow the "
+            "pattern to the layers' weights (e.g. 'model.layers.*_proj.weight'), exclude them "
+            "(exclude='*norm*'), or select them with a pattern of their own to prune them on purpose",
+            TargetWarning,
+            stacklevel=4,
+        )
+
+
 def _chosen_by(filter_fn: FilterFn, candidate: tuple[str, nn.Module, str]) -> bool:
     answer = filter_fn(candidate[1], candidate[0])
     try:
@@ -171,7 +236,7 @@ def skipped_layers(model: nn.Module) -> dict[str, str]:
     """
     out: dict[str, str] = {}
     for name, module in model.named_modules():
-        if not isinstance(module, DEFAULT_LAYERS) or "weight" in module._parameters:
+        if not is_default_layer(module) or "weight" in module._parameters:
             continue
         where = name or "the model itself"
         prefix = f"{name}." if name else ""

@@ -9,6 +9,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "criteria",
     "granularities",
     "semistructured",
+    "sparsegpt",
+    "allocations",
     "strategies",
     "defaults",
     "schedules",

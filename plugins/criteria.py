@@ -1,7 +1,11 @@
-"""Built-in importance criteria: magnitude (``l1``), Ln-norm magnitude (``ln``) and ``random``.
+"""Built-in importance criteria: magnitude (``l1``), Ln-norm magnitude (``ln``), ``random`` and ``wanda``.
 
 Each is composed by the registry with every granularity: ``l1_unstructured``, ``l1_structured``,
-``ln_structured``, ``random_unstructured``, ``random_structured``, ``l1_global``, ...
+``ln_structured``, ``random_unstructured``, ``random_structured``, ``l1_global``, ``wanda_row``, ``wanda_nm``...
+
+``wanda`` is data-aware: it reads the norm of each input feature over calibration data (``prune(...,
+data=batches)``), which prunus gathers because the criterion lists :class:`~prunus.plugin_api.InputNorms` in its
+``statistics``. SparseGPT's criterion lives in :mod:`prunus.plugins.sparsegpt` beside its reconstruction.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from torch import Tensor
 
 from prunus.plugin_api import (
     Criterion,
+    InputNorms,
     PruneContext,
     Registrar,
     StrategyConfig,
     Target,
     hookimpl,
+    input_weighted,
     rankable,
 )
 
@@ -97,8 +103,25 @@ class Random(Criterion):
         return torch.rand(tensor.shape, generator=generator, device=tensor.device)
 
 
+class Wanda(Criterion):
+    """Wanda (pruning by weights and activations): ``|w_ij| * ||x_j||_2``.
+
+    A weight matters as much as it moves the output, and on the calibration data that is its magnitude times
+    the norm of the input feature it multiplies. Layers of language models have a few input features with huge
+    activations (outliers); magnitude alone prunes their small weights, which this keeps. Best per output row
+    (``wanda_row``), as in the paper; ``wanda_nm`` for 2:4. A grouped score sums the entries' scores.
+    """
+
+    name = "wanda"
+    summary = "|w| times its input's L2 norm on calibration data (Wanda; needs data=)"
+    statistics = (InputNorms,)
+
+    def score(self, target: Target, context: PruneContext) -> Tensor:
+        return input_weighted(target.module, target.tensor, context.statistic(target, InputNorms))
+
+
 @hookimpl
 def prunus_register_criteria(register: Registrar) -> None:
-    """Register ``l1``, ``ln`` and ``random``."""
-    for criterion in (L1, Ln, Random):
+    """Register ``l1``, ``ln``, ``random`` and ``wanda``."""
+    for criterion in (L1, Ln, Random, Wanda):
         register(criterion)

@@ -1,8 +1,18 @@
-"""Built-in granularities: ``unstructured`` (per entry), ``structured`` (slices along ``dim``), ``aligned``
-(structured, keeping a hardware-friendly multiple of slices) and ``global`` (one ranking across parameters).
+"""Built-in granularities: ``unstructured`` (per entry), ``row`` (per entry, each output row its own group),
+``structured`` (slices along ``dim``), ``aligned`` (structured, keeping a hardware-friendly multiple of slices)
+and ``global`` (one ranking across parameters).
 
 Each prunes among the entries an earlier ``prune`` kept and counts ``amount`` against them, as
 ``torch.nn.utils.prune``'s ``PruningContainer`` does; ties are broken by position (see :mod:`prunus.ranking`).
+
+``row`` (option ``amount``)
+    Each output row of a weight (a Linear's row, a convolution's filter, a column of GPT-2's transposed
+    ``Conv1D``: the rows of :func:`~prunus.plugin_api.matrix_view`) is its own comparison group: the
+    parameter prunes exactly ``amount``'s count of its entries still kept, as ``unstructured`` does, spread over
+    the rows in proportion to what each row still keeps (the remainder of the rounding to the rows with the
+    largest shares, ties to the first), and each row prunes its own lowest-scored entries. Without an earlier
+    mask every row prunes the same number of entries (up to one). Wanda found per-output groups far better
+    than per-layer ones for language models.
 
 ``aligned`` (options ``amount``, ``dim=0``, ``round_to=8``)
     Structured pruning of whole slices along ``dim`` (``structured``'s rule) where the number of slices kept is
@@ -35,10 +45,12 @@ from prunus.plugin_api import (
     count_to_prune,
     count_true,
     eligible_slices,
+    from_matrix,
     global_keep_masks,
     hookimpl,
     keep_mask,
     keep_slices,
+    matrix_view,
     rankable,
 )
 
@@ -80,6 +92,7 @@ class Unstructured(Granularity):
     name = "unstructured"
     summary = "prunes the lowest-scored entries of each parameter"
     Config = AmountConfig
+    separable = True
 
     def masks(
         self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
@@ -116,6 +129,7 @@ class Structured(Granularity):
     name = "structured"
     summary = "prunes whole slices along dim (neurons, conv channels)"
     Config = StructuredConfig
+    separable = True
 
     def masks(
         self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
@@ -230,6 +244,130 @@ def _restore_bytes(targets: list[Target], amount: int | float, context: PruneCon
     return k * max((t.tensor.element_size() for t in targets), default=0)
 
 
+# -- row ----------------------------------------------------------------------------------------------------------
+
+_ROW_CHUNK = 1 << 22
+"""Entries ranked at once by ``row``: its sort holds an int64 index per entry, so big layers go in slices."""
+
+
+class Row(Granularity):
+    """Prune the lowest-scored entries of every output row, each row its own group (Wanda's comparison group)."""
+
+    name = "row"
+    summary = "prunes the lowest-scored entries of each output row (the same share of every row)"
+    Config = AmountConfig
+    separable = True
+
+    def masks(
+        self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext
+    ) -> dict[str, Tensor]:
+        assert isinstance(self.config, AmountConfig)
+        out = {}
+        for target in context.targets:
+            shape = target.tensor.shape
+            scores = matrix_view(target.module, score(target))
+            eligible = None if target.prior is None else matrix_view(target.module, target.prior)
+            per_row = (
+                torch.full((scores.shape[0],), scores.shape[1], dtype=torch.int64)
+                if eligible is None
+                else eligible.sum(dim=1).cpu()
+            )
+            k = count_to_prune(
+                self.config.amount,
+                int(per_row.sum()),
+                what=f"entries of {target.name!r} still kept",
+            )
+            keep = row_keep_mask(scores, row_quotas(per_row, k).to(scores.device), eligible)
+            out[target.name] = from_matrix(target.module, keep, shape).contiguous()
+        return out
+
+    def partition(self, target: Target) -> Partition:
+        """Every entry is a unit; each output row (a row of the weight's ``matrix_view``) is a group."""
+        shape = target.tensor.shape
+        rows, columns = matrix_view(target.module, target.tensor).shape
+        labels = torch.arange(rows).unsqueeze(1).expand(rows, columns)
+        return Partition.entries(shape, groups=from_matrix(target.module, labels, shape))
+
+    def prune_counts(self, eligible: Tensor) -> Tensor:
+        """``amount``'s count of the entries the parameter still keeps, shared among its rows by
+        :func:`row_quotas`."""
+        assert isinstance(self.config, AmountConfig)
+        k = count_to_prune(self.config.amount, int(eligible.sum()), what="entries still kept")
+        return row_quotas(eligible, k)
+
+
+def row_quotas(eligible: Tensor, k: int) -> Tensor:
+    """How many of ``k`` pruned entries each row takes (``k`` in all), in proportion to its ``eligible`` count.
+
+    The entries go one at a time to the row whose pruned share would then be the lowest (``j / eligible`` for its
+    ``j``-th entry; the first row among equals): one fixed order of every entry a row could lose, so a larger
+    ``k`` prunes what a smaller one does and more. (Rounding the shares down and giving the rest to the largest
+    remainders would not: a larger ``k`` can take an entry back from a row, the Alabama paradox.) Each row takes
+    at least its share rounded down; rows that keep the same count take the same number, up to one (the first
+    rows take the extra ones).
+    """
+    rows = eligible.numel()
+    total = int(eligible.sum())
+    if total == 0 or k == 0:
+        return torch.zeros_like(eligible)
+    if bool(
+        (eligible == eligible[0]).all()
+    ):  # every row alike (no earlier mask): the order is row by row
+        quotas = torch.full_like(eligible, k // rows)
+        quotas[: k % rows] += 1
+        return quotas
+    # Every entry a row could lose, row after row: its row and the share the row has lost once it goes. Shares
+    # are exact in float64 (equal fractions give equal doubles), and a stable sort puts lower rows first.
+    owner = torch.repeat_interleave(torch.arange(rows), eligible.cpu())
+    start = torch.cumsum(eligible.cpu(), 0) - eligible.cpu()
+    step = torch.arange(total) - start[owner] + 1
+    share = step.double() / eligible.cpu()[owner].double()
+    first = torch.argsort(share, stable=True)[:k]
+    return torch.bincount(owner[first], minlength=rows).to(eligible.device, eligible.dtype)
+
+
+def row_keep_mask(scores: Tensor, quotas: Tensor, eligible: Tensor | None) -> Tensor:
+    """Keep-mask of a ``(rows, cols)`` score matrix that prunes ``quotas[r]`` lowest-scored eligible entries of
+    row ``r`` (ties: the lower column first; entries not ``eligible`` stay pruned and count for nothing)."""
+    rows, cols = scores.shape
+    keep = torch.empty(rows, cols, dtype=torch.bool, device=scores.device)
+    step = max(1, _ROW_CHUNK // max(cols, 1))
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        part = rankable(scores[start:stop])
+        quota = quotas[start:stop]
+        if eligible is None:
+            # No earlier mask: a selection per distinct quota (at most two) instead of a sort.
+            for value in sorted(set(quota.tolist())):
+                chosen = (quota == value).nonzero().squeeze(1)
+                keep[start + chosen] = _row_selection(part[chosen], int(value))
+            continue
+        ok = eligible[start:stop]
+        order = part.argsort(dim=1, stable=True)
+        # Entries pruned earlier first (stable: the score order among the others stays).
+        order = order.gather(1, ok.gather(1, order).to(torch.int8).argsort(dim=1, stable=True))
+        ranks = torch.empty_like(order).scatter_(
+            1, order, torch.arange(cols, device=scores.device).expand(stop - start, cols)
+        )
+        keep[start:stop] = ranks >= ((~ok).sum(dim=1) + quota).unsqueeze(1)
+    return keep
+
+
+def _row_selection(scores: Tensor, k: int) -> Tensor:
+    """Prune the ``k`` lowest entries of every row (ties: the lower column first), in linear time."""
+    rows, cols = scores.shape
+    if k <= 0:
+        return torch.ones(rows, cols, dtype=torch.bool, device=scores.device)
+    if k >= cols:
+        return torch.zeros(rows, cols, dtype=torch.bool, device=scores.device)
+    threshold = scores.kthvalue(k, dim=1, keepdim=True).values
+    below = (scores < threshold).sum(dim=1, keepdim=True)
+    tied = scores == threshold
+    # Among the entries tied with the threshold, the first ones by column are pruned until k are.
+    keep = (scores > threshold) | (tied & (tied.cumsum(dim=1) > k - below))
+    return keep
+
+
 # -- aligned ----------------------------------------------------------------------------------------------------
 
 
@@ -268,6 +406,6 @@ class Aligned(Structured):
 
 @hookimpl
 def prunus_register_granularities(register: Registrar) -> None:
-    """Register ``unstructured``, ``structured``, ``aligned`` and ``global``."""
-    for granularity in (Unstructured, Structured, Aligned, Global):
+    """Register ``unstructured``, ``row``, ``structured``, ``aligned`` and ``global``."""
+    for granularity in (Unstructured, Row, Structured, Aligned, Global):
         register(granularity)

@@ -87,6 +87,7 @@ class NM(Granularity):
     name = "nm"
     summary = "N:M semi-structured: at most n_keep of every m_group consecutive inputs (2:4)"
     Config = NMConfig
+    separable = True
 
     def __init__(self, config: StrategyConfig) -> None:
         assert isinstance(config, NMConfig)
@@ -296,6 +297,7 @@ class Block(Granularity):
     name = "block"
     summary = "prunes (rows, cols) blocks of the weight's 2-D view as units (block=(1, 4))"
     Config = BlockConfig
+    separable = True
 
     def masks(
         self, criterion: Criterion, score: Callable[[Target], Tensor], context: PruneContext

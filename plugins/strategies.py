@@ -55,6 +55,8 @@ class GlobalUnstructured(Strategy):
         super().__init__(config)
         self.inner = inner
         self.deterministic = inner.deterministic
+        self.statistics = inner.statistics
+        self.reconstruction = inner.reconstruction
 
     @classmethod
     def create(cls, config: StrategyConfig, registry: Registry) -> Strategy:
@@ -96,6 +98,7 @@ class MagnitudeThreshold(Strategy):
     summary = "every entry with |w| below threshold"
     granularity = "unstructured"
     Config = ThresholdConfig
+    separable = True
 
     def compute_masks(self, context: PruneContext) -> dict[str, Tensor]:
         assert isinstance(self.config, ThresholdConfig)
@@ -123,6 +126,7 @@ class CustomMask(Strategy):
     summary = "masks given by the user (masks={'fc1.weight': bool tensor})"
     granularity = "custom"
     Config = CustomMaskConfig
+    separable = True
 
     def compute_masks(self, context: PruneContext) -> dict[str, Tensor]:
         assert isinstance(self.config, CustomMaskConfig)

@@ -42,6 +42,8 @@ def test_list_pattern_and_json(capsys):
         ("--criteria", "criterion", "criterion"),
         ("--granularities", "granularity", "granularity"),
         ("--schedules", "schedule", "schedule"),
+        ("--allocations", "allocation", "allocation"),
+        ("--reconstructions", "reconstruction", "reconstruction"),
     ],
 )
 def test_list_components(capsys, flag, kind, title):
@@ -54,6 +56,14 @@ def test_list_components(capsys, flag, kind, title):
     for component in components:
         assert component.summary in listed[component.name]
         assert component.provider.plugin in listed[component.name]
+
+
+def test_info_says_a_data_aware_strategy_needs_calibration_data(capsys):
+    assert run(["info", "sparsegpt_nm"]) == 0
+    out = capsys.readouterr().out
+    assert "calibration data: needed" in out and "input_gram" in out
+    assert run(["info", "l1_nm"]) == 0
+    assert "calibration" not in capsys.readouterr().out
 
 
 def test_list_components_as_json_with_pattern(capsys):

@@ -73,7 +73,19 @@ def strategy(request: pytest.FixtureRequest) -> str:
 
 
 def prune_half(model: nn.Module, name: str, **kwargs: Any) -> prunus.PruneReport:
+    if prunus.registry.info(name).statistics:
+        # A data-aware strategy calibrates on a batch of the model's inputs; without a reconstruction, so that
+        # the kept entries keep their values as with every other strategy.
+        kwargs = {"data": [calibration_batch(model)], "reconstruct": False, **kwargs}
     return prunus.prune(model, name, **kwargs, **options_for(name, model))
+
+
+def calibration_batch(model: nn.Module) -> Tensor:
+    """A batch of inputs for one of the conftest models."""
+    from conftest import MODELS, _inputs
+
+    kind = next(name for name, build in MODELS.items() if type(model) is build)
+    return _inputs(kind, batch=6)
 
 
 # -- state_dict and forward -------------------------------------------------------------------------------------

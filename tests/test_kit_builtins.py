@@ -7,10 +7,14 @@ Run it faster or harder with ``--prunus-max-examples=N``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
+from hypothesis import strategies as st
 
 import prunus
-from prunus.testing import StrategyTests
+from prunus.testing import StrategyCase, StrategyTests
+from prunus.testing import generators as pst
 
 pytest_plugins = ["prunus.testing.pytest_plugin"]
 
@@ -20,6 +24,18 @@ BUILTINS = [
     for name in prunus.registry.names()
     if prunus.registry.info(name).provider.distribution == "prunus"
 ]
+
+
+def case(name: str) -> str | StrategyCase:
+    """The kit's case for a built-in: data-aware ones (``wanda_*``, ``sparsegpt_*``) get drawn statistics."""
+    kinds = prunus.registry.info(name).statistics
+    if not kinds:
+        return name
+
+    def data(targets: Sequence[prunus.Target]) -> st.SearchStrategy[prunus.Statistics]:
+        return pst.statistics(targets, kinds)
+
+    return StrategyCase(name, data=data)
 
 
 def test_every_granularity_is_covered() -> None:
@@ -45,5 +61,5 @@ def test_every_builtin_granularity_declares_its_documented_rule() -> None:
 class TestBuiltinStrategies(StrategyTests):
     @pytest.fixture(scope="class", params=BUILTINS)
     @classmethod
-    def prunus_strategy(cls, request: pytest.FixtureRequest) -> str:
-        return str(request.param)
+    def prunus_strategy(cls, request: pytest.FixtureRequest) -> str | StrategyCase:
+        return case(str(request.param))

@@ -165,7 +165,7 @@ def test_disabling_a_builtin_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_disabling_the_builtin_criteria_leaves_no_composed_strategies(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("PRUNUS_DISABLED_PLUGINS", "prunus.criteria")
+    monkeypatch.setenv("PRUNUS_DISABLED_PLUGINS", "prunus.criteria,prunus.sparsegpt")
     monkeypatch.setenv("PRUNUS_DISABLE_PLUGIN_AUTOLOAD", "1")  # installed plugins may add criteria
     reg = Registry()
     assert reg.criteria() == []

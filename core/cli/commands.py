@@ -3,8 +3,9 @@
 ``prunus list`` shows every strategy with its granularity, a one-line summary and the plugin (distribution) that
 provides it; ``prunus info NAME`` shows one strategy's options. ``prunus prune``, ``prunus report`` and
 ``prunus sensitivity`` run the pruning workflow on a checkpoint (see :mod:`prunus.cli.workflow`);
-``prunus prune-checkpoint`` prunes a safetensors checkpoint streamed from disk (see :mod:`prunus.cli.checkpoints`).
-A user mistake ends with a one-line error and a non-zero exit, never a traceback.
+``prunus prune-checkpoint`` prunes a safetensors checkpoint streamed from disk (see :mod:`prunus.cli.checkpoints`);
+``prunus prune-llm`` prunes a language model on calibration text (:mod:`prunus.cli.llm`). A user mistake ends
+with a one-line error and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..errors import PrunusError
 from ..registration import Provider, Registry
 from .checkpoints import prune_checkpoint_command
 from .context import MESSAGE_LIMIT, one_line, registry_of
+from .llm import prune_llm_command
 from .workflow import prune_command, report_command, sensitivity_command
 
 __all__ = ["main"]
@@ -41,6 +43,18 @@ def main() -> None:
 )
 @click.option(
     "--schedules", "kind", flag_value="schedule", help="List the pruning schedules instead."
+)
+@click.option(
+    "--allocations",
+    "kind",
+    flag_value="allocation",
+    help="List the allocations across layers (owl...) instead.",
+)
+@click.option(
+    "--reconstructions",
+    "kind",
+    flag_value="reconstruction",
+    help="List the weight reconstructions (sparsegpt...) instead.",
 )
 @click.pass_context
 def list_command(ctx: click.Context, pattern: str | None, as_json: bool, kind: str | None) -> None:
@@ -122,6 +136,9 @@ def info_command(ctx: click.Context, name: str) -> None:
     click.echo(f"granularity: {info.granularity}")
     click.echo(f"provided by: {info.provider}")
     click.echo(f"deterministic: {'yes' if info.deterministic else 'no (seeded)'}")
+    if info.statistics:
+        read = ", ".join(kind.name or kind.__name__ for kind in info.statistics)
+        click.echo(f"calibration data: needed (data= / --calibration); reads {read}")
     click.echo("options:")
     for option, about in info.options().items():
         click.echo(f"  {option}: {about}")
@@ -132,6 +149,7 @@ main.add_command(prune_command)
 main.add_command(report_command)
 main.add_command(sensitivity_command)
 main.add_command(prune_checkpoint_command)
+main.add_command(prune_llm_command)
 
 
 def run(args: list[str] | None = None, registry: Registry | None = None) -> int:

@@ -227,7 +227,9 @@ class SparseLinear(nn.Module):
             out_features=linear.out_features,
         )
         for key, buffer in linear._buffers.items():
-            if buffer is not None and key.startswith((masking.MASK_PREFIX, masking.VALUES_PREFIX)):
+            if buffer is not None and key.startswith(
+                (masking.MASK_PREFIX, masking.VALUES_PREFIX, masking.ORIGINAL_PREFIX)
+            ):
                 module.register_buffer(_HELD + key, buffer, persistent=False)
         return module
 
@@ -251,12 +253,14 @@ class SparseLinear(nn.Module):
             if mask is None or not key.startswith(masking.MASK_PREFIX):
                 continue
             name = key[len(masking.MASK_PREFIX) :]
-            if getattr(linear, name, None) is None:
+            param = getattr(linear, name, None)
+            if param is None:
                 continue
-            masking.attach_mask(linear, name, mask, restorable=False)
-            values = held.get(masking.VALUES_PREFIX + name)
-            if values is not None:
-                linear.register_buffer(masking.VALUES_PREFIX + name, values, persistent=False)
+            masking.attach_mask(linear, name, masking.unpack(mask, param.shape), restorable=False)
+            for prefix in (masking.VALUES_PREFIX, masking.ORIGINAL_PREFIX):
+                values = held.get(prefix + name)
+                if values is not None:
+                    linear.register_buffer(prefix + name, values, persistent=False)
         return linear
 
     @property

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import masking
+
 __all__ = ["nonzero_bits", "pack_mask", "pack_rows", "unpack_mask", "unpack_rows"]
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -29,9 +31,11 @@ def nonzero_bits(tensor: Tensor) -> Tensor:
 
 
 def pack_mask(mask: Tensor) -> Tensor:
-    """A bool tensor as ``ceil(numel / 8)`` bytes (uint8, one bit per entry, flat row-major order)."""
-    flat = mask.detach().reshape(-1).cpu().numpy()
-    return torch.from_numpy(np.packbits(flat, bitorder="little"))
+    """A bool tensor as ``ceil(numel / 8)`` bytes (uint8, one bit per entry, flat row-major order).
+
+    The packing prunus keeps masks in on a model (:func:`prunus.masking.pack_bits`), on the CPU.
+    """
+    return masking.pack_bits(mask.detach().cpu())
 
 
 def unpack_mask(packed: Tensor, shape: Sequence[int]) -> Tensor:
@@ -46,8 +50,7 @@ def unpack_mask(packed: Tensor, shape: Sequence[int]) -> Tensor:
             f"a packed mask of shape {list(shape)} is {math.ceil(numel / 8)} uint8 bytes, got "
             f"{packed.numel()} {packed.dtype}"
         )
-    bits = np.unpackbits(packed.reshape(-1).cpu().numpy(), count=numel, bitorder="little")
-    return torch.from_numpy(bits.astype(np.bool_)).reshape(tuple(shape))
+    return masking.unpack_bits(packed.cpu(), shape).clone()
 
 
 def pack_rows(mask: Tensor) -> Tensor:

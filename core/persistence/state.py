@@ -223,7 +223,9 @@ def _architecture(model: nn.Module) -> dict[str, Any]:
         entry["buffers"] = {
             key: shape
             for key, shape in entry["buffers"].items()
-            if not key.startswith((masking.MASK_PREFIX, masking.VALUES_PREFIX))
+            if not key.startswith(
+                (masking.MASK_PREFIX, masking.VALUES_PREFIX, masking.ORIGINAL_PREFIX)
+            )
         }
     return record
 

@@ -20,6 +20,10 @@ dim, ``aligned`` rounding the other way) fails here even when its masks agree wi
                    ``m_group``), each keeping at most ``n_keep``
 ``block``          ``(rows, cols)`` tiles of the 2-D view (``(shape[0], -1)``; a 1-D parameter is one row, a
                    scalar one entry), sides clipped to the view, one group per parameter, ``amount``'s count
+``row``            every entry a unit, a group per output (the index along dim 0, or along every other dim when
+                   the input features run along dim 0; a parameter of at most one dim is one row), ``amount``'s count of the parameter's entries still kept handed to
+                   the rows one at a time, each to the row whose pruned share would then be the lowest (the first
+                   row among equals)
 =================  ==============================================================================================
 
 It also tells the kit how to draw ``nm``'s options, whose ``n_keep < m_group`` a field-by-field draw cannot
@@ -30,6 +34,7 @@ sizes, where rounding shows).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -38,6 +43,7 @@ from torch import Tensor, nn
 
 from ..registration import Registry
 from ..strategy import Target
+from ..targets import input_dim
 from . import generators as pst
 from .partitions import expected_count, expected_counts
 from .properties import fail, needs_granularity, register_property
@@ -127,6 +133,17 @@ def _block(target: Target, options: Mapping[str, Any]) -> Rule:
     return _one_group(units.reshape(shape))
 
 
+def _rows(target: Target, options: Mapping[str, Any]) -> Rule:
+    shape = tuple(target.tensor.shape)
+    flat = _flat_index(shape)
+    if len(shape) <= 1:
+        return flat, torch.zeros(shape, dtype=torch.int64), False, 0
+    if input_dim(target.module, len(shape)) == 0:
+        # The input features run along dim 0 (Conv1D, transposed convolutions): every other index is an output.
+        return flat, flat % (flat.numel() // shape[0]), False, 0
+    return flat, _coordinates(shape)[0], False, 0
+
+
 def _standard(amount: int | float, eligible: int, options: Mapping[str, Any]) -> int:
     return expected_count(amount, eligible)
 
@@ -141,17 +158,37 @@ def _nm_count(amount: int | float | None, eligible: int, options: Mapping[str, A
     return max(0, eligible - int(options.get("n_keep", 2)))
 
 
-Count = Callable[[Any, int, Mapping[str, Any]], int]
+Count = Callable[[Any, list[int], Mapping[str, Any]], list[int]]
+"""The units to prune in each group of one budget (amount, units still kept per group, options)."""
+
+
+def _each(count: Callable[[Any, int, Mapping[str, Any]], int]) -> Count:
+    """A count of one group applied to every group of a budget on its own."""
+    return lambda amount, eligible, options: [count(amount, n, options) for n in eligible]
+
+
+def _row_quotas(amount: int | float, eligible: list[int], options: Mapping[str, Any]) -> list[int]:
+    """``row``'s rule: ``amount``'s count of the parameter's entries still kept, handed out one at a time to
+    the row whose pruned share would then be the lowest (``j / kept`` for its ``j``-th entry), the first row
+    among equals."""
+    k = expected_count(amount, sum(eligible))
+    order = sorted((Fraction(j, n), row) for row, n in enumerate(eligible) for j in range(1, n + 1))
+    quotas = [0] * len(eligible)
+    for _, row in order[:k]:
+        quotas[row] += 1
+    return quotas
+
 
 RULES: dict[str, tuple[Callable[[Target, Mapping[str, Any]], Rule], Count]] = {
-    "unstructured": (_entries, _standard),
-    "structured": (_slices, _standard),
-    "aligned": (_slices, _aligned),
-    "global": (_global, _standard),
-    "nm": (_nm, _nm_count),
-    "block": (_block, _standard),
+    "unstructured": (_entries, _each(_standard)),
+    "structured": (_slices, _each(_standard)),
+    "aligned": (_slices, _each(_aligned)),
+    "global": (_global, _each(_standard)),
+    "nm": (_nm, _each(_nm_count)),
+    "block": (_block, _each(_standard)),
+    "row": (_rows, _row_quotas),
 }
-"""Each built-in granularity's documented partition and count of one group (amount, units still kept)."""
+"""Each built-in granularity's documented partition, and the counts of the groups of one budget."""
 
 
 def _same_partition(a: Tensor, b: Tensor) -> bool:
@@ -200,14 +237,15 @@ def _declared_as_documented(subject: Subject, example: Example) -> None:
         )
     counts, _ = expected_counts(layout)
     eligible = layout.eligible()
-    for group in range(layout.groups):
-        want = count_of(example.amount, int(eligible[group]), options)
-        if int(counts[group]) != want:
-            fail(
-                f"{layout.describe_group(group)}: the granularity declares {int(counts[group])} of the "
-                f"{int(eligible[group])} units still kept to be pruned; its documented rule says {want} "
-                f"(options {options!r})"
-            )
+    for budget in layout.budgets:
+        wanted = count_of(example.amount, eligible[budget].tolist(), options)
+        for group, want in zip(budget.tolist(), wanted, strict=True):
+            if int(counts[group]) != want:
+                fail(
+                    f"{layout.describe_group(group)}: the granularity declares {int(counts[group])} of the "
+                    f"{int(eligible[group])} units still kept to be pruned; its documented rule says {want} "
+                    f"(options {options!r})"
+                )
 
 
 for _granularity in RULES:

@@ -39,6 +39,8 @@ from pydantic.fields import FieldInfo
 from torch import Tensor, nn
 
 from ..config import StrategyConfig
+from ..layout import input_features
+from ..statistics import InputGram, InputNorms, Statistic, Statistics
 from .zoo import AttentionBlock, ResidualBlock
 
 if TYPE_CHECKING:
@@ -59,6 +61,7 @@ __all__ = [
     "modules",
     "scores",
     "shapes",
+    "statistics",
     "tensors",
 ]
 
@@ -660,6 +663,57 @@ def models(
     (:class:`ResidualBlock`) and an attention block (:class:`AttentionBlock`); see :data:`MODEL_KINDS`.
     """
     return _model_strategy(kinds, MODEL_KINDS, dtypes, "model")
+
+
+# -- calibration statistics ------------------------------------------------------------------------------------------
+
+
+def statistics(
+    targets: Sequence[Target],
+    kinds: Sequence[type[Statistic]] = (InputNorms, InputGram),
+    *,
+    max_rows: int = 4,
+) -> st.SearchStrategy[Statistics]:
+    """Calibration statistics of ``targets``, as ``prune(..., data=...)`` takes them for a data-aware strategy.
+
+    Each parameter gets inputs drawn as a small ``(rows, features)`` matrix ``X`` (ties, zeros and whole zero
+    columns, i.e. dead inputs, are common), and each statistic is computed from it by folding ``X`` in the way
+    calibration does (so a statistic of a plugin's own works too). Feed a data-aware strategy to the kit with
+    ``StrategyCase("wanda_row", data=lambda targets: pst.statistics(targets))``.
+
+    Args:
+        targets: the parameters (their layer decides how many input features they have).
+        kinds: the statistics to compute (default: input norms and the input Gram matrix).
+        max_rows: at most this many input rows per parameter.
+    """
+    _check_int("max_rows", max_rows, minimum=1)
+    return _draw_statistics(tuple(targets), tuple(kinds), max_rows)
+
+
+@st.composite
+def _draw_statistics(
+    draw: st.DrawFn,
+    targets: tuple[Target, ...],
+    kinds: tuple[type[Statistic], ...],
+    max_rows: int,
+) -> Statistics:
+    values: dict[str, dict[type[Statistic], Tensor]] = {}
+    for target in targets:
+        features = input_features(target.module, tuple(target.tensor.shape))
+        rows = draw(st.integers(1, max_rows))
+        pool = draw(st.lists(st.integers(-4, 4), min_size=1, max_size=4))
+        entries = draw(
+            st.lists(st.sampled_from(pool), min_size=rows * features, max_size=rows * features)
+        )
+        inputs = torch.tensor(entries, dtype=torch.float32).reshape(rows, features)
+        device = target.tensor.device
+        folded = {}
+        for kind in kinds:
+            statistic = kind(features, device)
+            statistic.add(inputs.to(device))
+            folded[kind] = statistic.result()
+        values[target.name] = folded
+    return Statistics(values)
 
 
 # -- strategy options --------------------------------------------------------------------------------------

@@ -702,10 +702,12 @@ def _threshold_options(
 def _global_unstructured_options(
     targets: Sequence[Target], registry: Registry
 ) -> st.SearchStrategy[dict[str, Any]]:
+    # Criteria that read calibration statistics need data this option draw does not give.
     builtin = [
         name
         for name in registry.criteria()
         if registry.provider("criterion", name).distribution == "prunus"
+        and not registry.info(f"{name}_global").statistics
     ] or ["l1"]
 
     own = set(registry.info("global_unstructured").config.model_fields)
