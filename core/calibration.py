@@ -68,7 +68,14 @@ class BlockLoader(Protocol):
     """Puts the weights of a model that does not fit in memory there one part at a time, for a calibration pass.
 
     The model's parameters stay on the meta device but for the part a context manager holds.
+
+    Attributes:
+        chained: set by the first calibration pass that checked that the blocks run one after the other (a pass
+            of the first batch through every block); later passes (pruning after an allocation measured the
+            blocks) skip the check and read each block once.
     """
+
+    chained: bool
 
     def head(self) -> AbstractContextManager[None]:
         """The weights the model reads before its first block (the embeddings), in memory while it is held."""
@@ -380,6 +387,8 @@ def _capture(
     at the first block. With a ``loader`` each block is loaded for its call, and the first batch stops after the
     last block (what follows the stack is not in memory).
     """
+    if loader is not None and loader.chained:
+        return _first_inputs(model, blocks, batches, [])
     calls: list[tuple[int, tuple[Any, ...], dict[str, Any], Any]] = []
     held = contextlib.ExitStack()
 
@@ -416,8 +425,18 @@ def _capture(
             handle.remove()
     if not _chained(calls, len(blocks)):
         return None
+    if loader is not None:
+        loader.chained = True
     streams = [_Stream(calls[0][1], calls[0][2])]
     calls.clear()
+    return _first_inputs(model, blocks, batches[1:], streams)
+
+
+def _first_inputs(
+    model: nn.Module, blocks: nn.ModuleList, batches: Sequence[Any], streams: list[_Stream]
+) -> list[_Stream]:
+    """``streams`` followed by the inputs to the first block of each batch, each run stopped there."""
+    start = len(streams)
 
     def stop(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         streams.append(_Stream(args, kwargs))
@@ -425,7 +444,7 @@ def _capture(
 
     handle = blocks[0].register_forward_pre_hook(stop, with_kwargs=True)
     try:
-        for number, batch in enumerate(batches[1:], start=1):
+        for number, batch in enumerate(batches, start=start):
             try:
                 _run_model(model, batch, number)
             except _Stop:

@@ -281,8 +281,9 @@ def _prune(
         newly = {name: counts[1] for name, counts in done.items()}
     elif loader is not None:
         raise ConfigError(
-            f"loader= loads the blocks of a model for a calibration pass, and strategy {strategy.name!r} reads "
-            "no calibration statistics"
+            f"strategy {strategy.name!r} reads no calibration statistics, so there is nothing to calibrate in a "
+            "model whose blocks are loaded one at a time (prune_checkpoint with data=): drop data=, or use a "
+            "data-aware strategy (wanda_*, sparsegpt_*)"
         )
     else:
         pruned, newly = _prune_at_once(

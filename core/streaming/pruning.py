@@ -23,7 +23,8 @@ block is loaded, run on its inputs to gather the statistics the strategy reads, 
 again to make the next block's inputs from the pruned block, written out and freed. Memory holds one block's
 weights and one block's activations. Two streaming passes come first: the first batch runs through every block
 once to check that the blocks chain (as in memory), and an allocation that reads statistics (OWL) measures every
-block before any is pruned. The tensors no block holds are copied last. The result is what ``prune`` gives on
+block before any is pruned (the check is not repeated for the pass that prunes). The tensors no block holds are
+copied last. The result is what ``prune`` gives on
 the whole model in memory.
 """
 
@@ -57,6 +58,7 @@ from ..errors import CheckpointError, ConfigError, ConfigTypeError, PluginError,
 from ..progress import progress
 from ..registration import Registry, registry
 from ..report import ParameterReport, PruneReport
+from ..statistics import Statistics
 from ..strategy import ComposedStrategy, PruneContext, Scorer, Strategy, Target
 from ..targets import FilterFn, Patterns, select_targets
 from .checkpoint import Checkpoint, Destination
@@ -151,7 +153,8 @@ def prune_checkpoint(
         skeleton = build(model, source)
         chosen = select_targets(skeleton, include=include, exclude=exclude, filter_fn=filter_fn)
         streamer = _Streamer(skeleton, source, plan(skeleton, source, chosen))
-        batches = batches_of(data)
+        # Listed once: an allocation's measuring pass and the pruning pass each read them.
+        batches = data if isinstance(data, Statistics) else batches_of(data)
         with Destination(destination_path, overwrite=overwrite) as destination:
             report = prune(
                 skeleton,
@@ -316,6 +319,7 @@ class _Streamer:
         self.before = [key for group in groups[:first] for key in group.keys]
         self.stack = next(iter(self.position), "").rpartition(".")[0]
         self.destination: Destination | None = None
+        self.chained = False
         self.written: set[int] = set()
         self.arena = _Arena()
         meta = [
