@@ -7,6 +7,7 @@ Tiny Hugging Face models with random weights (a Llama with grouped-query attenti
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,6 @@ from torch import nn
 
 import prunus
 from prunus.streaming import pruning as streamed
-from prunus.streaming.checkpoint import Destination
 
 hf = pytest.importorskip("hf_models")
 pytest.importorskip("safetensors")
@@ -92,7 +92,7 @@ def test_one_block_is_in_memory_at_a_time(tmp_path: Path, monkeypatch: pytest.Mo
             yield
 
     monkeypatch.setattr(streamed._Streamer, "__init__", init)
-    monkeypatch.setattr(streamed._Streamer, "block", streamed.contextmanager(watched))
+    monkeypatch.setattr(streamed._Streamer, "block", contextmanager(watched))
     prunus.prune_checkpoint(
         source, tmp_path / "out", "wanda_row", amount=0.5, allocation="owl", data=hf.batches()
     )
