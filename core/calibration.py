@@ -13,10 +13,12 @@ GPT-2's blocks) it works as SparseGPT and Wanda do on large models:
 3. it runs the inputs through the block again, as the caller left it, to get the inputs of the next block.
 
 Only one block's activations and statistics are held at a time, and the inputs of block ``i + 1`` come from block
-``i`` already pruned. A model whose weights are not all in memory (a checkpoint streamed from disk) is calibrated
-the same way with a :class:`BlockLoader`, which puts the weights before the stack in memory while the inputs of the
-first block are computed, and each block's weights while it runs: then only one block's weights are held too. Targets outside the stack (an output head named in ``include``), and every target of a model
+``i`` already pruned. Targets outside the stack (an output head named in ``include``), and every target of a model
 without a stack (or whose blocks do not chain), are calibrated in one pass of the whole model, last.
+
+A model whose weights are not all in memory (a checkpoint streamed from disk) is calibrated the same way with a
+:class:`BlockLoader`, which puts the weights before the stack in memory while the inputs of the first block are
+computed, and each block's weights while it runs: then only one block's weights are held too.
 
 ``data`` is one batch (a tensor, or a mapping of keyword arguments such as a tokenizer's output) or an iterable of
 batches; a tuple is the positional arguments of one batch (the rule of :func:`prunus.forward.call_model`). Tensors

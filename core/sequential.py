@@ -257,22 +257,18 @@ def prune_calibrated(
             checkpoint's destination) discards them.
 
     Raises:
-        ConfigError: with ``loader``, a strategy that is not separable (its masks need every block at once)
-            or a :class:`~prunus.statistics.Statistics` table for ``data`` (it prunes every block at once).
+        ConfigError: with ``loader``, a strategy that is not separable (its masks need every block at once).
     """
     strategies = list({id(s): s for s in plan.values()}.values())
     kinds = needed_statistics(strategies, reconstruction)
     separable = all(s.separable for s in strategies)
-    if loader is not None and (not separable or isinstance(data, Statistics)):
+    if loader is not None and not separable:
+        together = next(s.name for s in strategies if not s.separable)
         raise ConfigError(
-            (
-                "data= must be calibration batches"
-                if separable
-                else f"strategy {next(s.name for s in strategies if not s.separable)!r} ranks every block together"
-            )
-            + " to prune a model whose blocks are loaded one at a time; use a strategy that prunes each block "
-            "on its own (wanda_unstructured, wanda_row, sparsegpt_nm... or allocation='owl' to split the amount "
-            "across layers), or prune the model in memory with prunus.prune"
+            f"strategy {together!r} ranks every block together, so it cannot prune a model whose blocks are "
+            "loaded one at a time; use a strategy that prunes each block on its own (wanda_unstructured, "
+            "wanda_row, sparsegpt_nm..., with allocation='owl' to split the amount across layers), or prune the "
+            "model in memory with prunus.prune"
         )
     extras: dict[str, Any] = {}
     done: dict[str, tuple[int, int]] = {}
@@ -311,7 +307,7 @@ def prune_calibrated(
             pruned = _pruned(mask)
             done[target.name] = (pruned, pruned - before)
 
-    undone = transaction() if loader is None else contextlib.nullcontext(Transaction())
+    undone = transaction() if loader is None else contextlib.nullcontext(_Unrecorded())
     with undone as tx, masking.immediate_zeroing():
         if isinstance(data, Statistics):
             prune_unit(Unit("", list(targets), data), tx)
@@ -336,6 +332,16 @@ def prune_calibrated(
                     gathered = gathered.merged(unit.statistics)
                 prune_unit(Unit("", list(targets), gathered), tx)
     return done
+
+
+class _Unrecorded(Transaction):
+    """A transaction that keeps no undo: the blocks a loader releases take their changes with them.
+
+    (Recorded undos would hold every block's masks, and a reconstruction's original weights, until the end.)
+    """
+
+    def record(self, undo: Callable[[], None]) -> None:
+        del undo
 
 
 def _pruned(mask: Tensor) -> int:

@@ -171,6 +171,16 @@ def test_what_cannot_stream_is_refused_by_type_before_anything_is_written(tmp_pa
             "give data=",
         ),
     ]
+    # Built on the meta device, its rotary frequencies are there too: its blocks cannot run.
+    with torch.device("meta"):
+        on_meta = hf.llama()
+    cases.append(
+        (
+            {"strategy": "wanda_row", "amount": 0.5, "model": on_meta},
+            prunus.ConfigError,
+            r"model\.rotary_emb\.inv_freq.*meta device",
+        )
+    )
     for kwargs, error, message in cases:
         kwargs = {"data": data, **kwargs}
         strategy = kwargs.pop("strategy")

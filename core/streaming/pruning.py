@@ -149,12 +149,18 @@ def prune_checkpoint(
             f"{'allocation=' if allocation is not None else 'reconstruct='} works from calibration data; "
             "give data= (batches of input_ids or tokenizer outputs)"
         )
+    if isinstance(data, Statistics):
+        raise ConfigError(
+            "data= must be calibration batches: a Statistics table prunes every block at once, and the blocks "
+            "of a streamed checkpoint are pruned one at a time, each on the outputs of the ones before it"
+        )
     if data is not None:
         skeleton = build(model, source)
         chosen = select_targets(skeleton, include=include, exclude=exclude, filter_fn=filter_fn)
         streamer = _Streamer(skeleton, source, plan(skeleton, source, chosen))
-        # Listed once: an allocation's measuring pass and the pruning pass each read them.
-        batches = data if isinstance(data, Statistics) else batches_of(data)
+        batches = batches_of(
+            data
+        )  # listed once: an allocation's pass and the pruning pass each read them
         with Destination(destination_path, overwrite=overwrite) as destination:
             report = prune(
                 skeleton,
@@ -322,8 +328,12 @@ class _Streamer:
         self.chained = False
         self.written: set[int] = set()
         self.arena = _Arena()
+        filled = {(id(module), name) for places in self.where.values() for module, name in places}
         meta = [
-            name for name, b in skeleton.named_buffers() if b.is_meta and name not in self.where
+            f"{owner}.{name}" if owner else name
+            for owner, module in skeleton.named_modules()
+            for name, buffer in module._buffers.items()
+            if buffer is not None and buffer.is_meta and (id(module), name) not in filled
         ]
         if meta:
             raise ConfigError(
