@@ -26,7 +26,7 @@ from typing import Any
 
 import harness
 import torch
-from bench_streamed import write_checkpoint
+from bench_streamed import scratch, write_checkpoint
 
 SCRIPT = Path(__file__)
 SCRATCH = harness.ROOT / "benchmarks" / ".scratch-calibrated"
@@ -81,51 +81,46 @@ def child_imports() -> dict[str, Any]:
     return {"maxrss": harness.peak_rss_bytes()}
 
 
-def child_streamed(
-    src: str, dst: str, strategy: str, options: dict[str, Any], vocab: int, quick: bool
+def child_prune(
+    src: str,
+    dst: str,
+    strategy: str,
+    options: dict[str, Any],
+    vocab: int,
+    quick: bool,
+    streamed: bool,
 ) -> dict[str, Any]:
-    prunus = _ready()
-    data = batches(vocab, quick)
-    start = time.perf_counter()
-    report = prunus.prune_checkpoint(src, dst, strategy, data=data, **options)
-    return {
-        "seconds": time.perf_counter() - start,
-        "maxrss": harness.peak_rss_bytes(),
-        "pruned": report.pruned,
-    }
-
-
-def child_in_memory(
-    src: str, dst: str, strategy: str, options: dict[str, Any], vocab: int, quick: bool
-) -> dict[str, Any]:
+    """Streamed, or loaded whole and pruned in memory, then compared with the streamed output ``dst``."""
     prunus = _ready()
     from transformers import LlamaForCausalLM
 
     data = batches(vocab, quick)
     start = time.perf_counter()
-    model = LlamaForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
-    report = prunus.prune(model, strategy, data=data, restorable=False, **options)
-    seconds = time.perf_counter() - start
-    maxrss = harness.peak_rss_bytes()
-    prunus.remove(model)
-    streamed = LlamaForCausalLM.from_pretrained(dst, dtype=torch.bfloat16).state_dict()
-    memory = model.state_dict()
-    equal = memory.keys() == streamed.keys() and all(
-        torch.equal(streamed[k], memory[k]) for k in memory
-    )
-    return {"seconds": seconds, "maxrss": maxrss, "pruned": report.pruned, "equal": equal}
+    if streamed:
+        report = prunus.prune_checkpoint(src, dst, strategy, data=data, **options)
+    else:
+        model = LlamaForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
+        report = prunus.prune(model, strategy, data=data, restorable=False, **options)
+    out = {
+        "seconds": time.perf_counter() - start,
+        "maxrss": harness.peak_rss_bytes(),
+        "pruned": report.pruned,
+    }
+    if not streamed:
+        prunus.remove(model)
+        written = LlamaForCausalLM.from_pretrained(dst, dtype=torch.bfloat16).state_dict()
+        memory = model.state_dict()
+        out["equal"] = memory.keys() == written.keys() and all(
+            torch.equal(written[k], memory[k]) for k in memory
+        )
+    return out
 
 
 def child_write(path: str, s: dict[str, Any]) -> dict[str, Any]:
     return {"bytes": write_checkpoint(Path(path), s, shard_bytes=256 << 20)}
 
 
-CHILDREN = {
-    "imports": child_imports,
-    "streamed": child_streamed,
-    "in_memory": child_in_memory,
-    "write": child_write,
-}
+CHILDREN = {"imports": child_imports, "prune": child_prune, "write": child_write}
 
 
 def in_child(kind: str, **kwargs: Any) -> dict[str, Any]:
@@ -137,31 +132,21 @@ def in_child(kind: str, **kwargs: Any) -> dict[str, Any]:
 
 def measure(quick: bool) -> dict[str, Any]:
     s = shape(quick)
-    if SCRATCH.exists():
-        shutil.rmtree(SCRATCH)
-    SCRATCH.mkdir(parents=True)
-    try:
+    with scratch(SCRATCH):
         source = SCRATCH / "llama"
-        total = in_child("write", path=str(source), s=s)["bytes"]
-        rows: dict[str, Any] = {"bytes": total, "shape": s, "runs": {}}
+        rows: dict[str, Any] = {"shape": s, "runs": {}}
+        rows["bytes"] = in_child("write", path=str(source), s=s)["bytes"]
         rows["imports"] = in_child("imports")
         for strategy, options, _ in STRATEGIES:
             destination = SCRATCH / f"pruned-{strategy}"
-            common = {
-                "src": str(source),
-                "dst": str(destination),
-                "strategy": strategy,
-                "options": options,
-                "vocab": s["vocab"],
-                "quick": quick,
+            run = {"src": str(source), "dst": str(destination), "strategy": strategy}
+            run.update(options=options, vocab=s["vocab"], quick=quick)
+            rows["runs"][strategy] = {
+                "streamed": in_child("prune", **run, streamed=True),
+                "in_memory": in_child("prune", **run, streamed=False),
             }
-            streamed = in_child("streamed", **common)
-            memory = in_child("in_memory", **common)
-            rows["runs"][strategy] = {"streamed": streamed, "in_memory": memory}
             shutil.rmtree(destination)
         return rows
-    finally:
-        shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 def tables(rows: dict[str, Any], quick: bool) -> dict[str, str]:
