@@ -381,7 +381,11 @@ def test_a_language_model_by_magnitude_without_data():
 
 def test_small_structural_removal_of_a_language_model_is_planned_with_a_warning():
     selection = prunus.select(
-        TinyLM(), "cpu", sparsity=0.1, data=torch.randint(0, 1024, (2, 5)), registry=magnitude_only()
+        TinyLM(),
+        "cpu",
+        sparsity=0.1,
+        data=torch.randint(0, 1024, (2, 5)),
+        registry=magnitude_only(),
     )
     assert selection.refusal is None and selection.steps[0].kind == "shrink"
     assert any("chosen by magnitude" in w and "none is registered" in w for w in selection.warnings)
