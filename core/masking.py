@@ -218,7 +218,7 @@ def _plan(optimizer: torch.optim.Optimizer, fingerprint: tuple[int, ...]) -> _St
         for name, _ in list(_masks_of(module)):
             param = module._parameters.get(name)
             if param is not None and id(param) in updated:
-                # A mask attached before fully_shard is cut to its shard.
+                # A mask attached before fully_shard is cut to its shard first.
                 follow_sharding(module, name)
                 stored = module._buffers[MASK_PREFIX + name]
                 assert stored is not None
