@@ -218,8 +218,10 @@ def _plan(optimizer: torch.optim.Optimizer, fingerprint: tuple[int, ...]) -> _St
         for name, _ in list(_masks_of(module)):
             param = module._parameters.get(name)
             if param is not None and id(param) in updated:
-                follow_sharding(module, name)  # a mask attached before fully_shard is cut to its shard
+                # A mask attached before fully_shard is cut to its shard first.
+                follow_sharding(module, name)
                 stored = module._buffers[MASK_PREFIX + name]
+                assert stored is not None
                 entries.append((weakref.ref(module), name, param, stored))
     plan = _StepPlan(_generation, fingerprint, entries)
     _PLANS[optimizer] = plan
@@ -509,7 +511,8 @@ def attach_mask(
     """
     param = module._parameters[name]
     assert param is not None
-    follow_sharding(module, name)  # a mask attached before fully_shard is cut to this rank's shard first
+    # A mask attached before fully_shard is cut to this rank's shard first.
+    follow_sharding(module, name)
     held = _Held(module, name)
     prior, prior_values, prior_original = held.mask, held.values, held.original
     if is_sharded(param) and not is_sharded(mask):

@@ -16,6 +16,7 @@ import prunus
 from prunus import PlanStep, QualityError, QualityWarning, Selection
 from prunus.errors import ConfigError, PluginError, TargetError
 from prunus.hardware.probing import CACHE_ENV
+from prunus.plugins.hardware_policy import DATA_AWARE_STRATEGIES
 from prunus.workflow.evaluation import input_batches
 
 pytest.importorskip("torch_pruning")
@@ -344,12 +345,25 @@ def test_model_kinds():
     assert prunus.model_kind(nn.Sequential(nn.LSTM(4, 4))) == "other"
 
 
+def magnitude_only() -> prunus.Registry:
+    """A registry without prunus's data-aware criteria (as if no plugin provided one)."""
+    registry = prunus.Registry()
+    registry.unregister("wanda")
+    registry.unregister("sparsegpt")
+    assert not set(registry.names()) & set(DATA_AWARE_STRATEGIES)
+    return registry
+
+
 def test_structural_removal_of_a_language_model_is_refused_with_what_to_do_instead():
     model = TinyLM()
     selection = prunus.select(model, "cpu", sparsity=0.5)
     assert selection.model_kind == "language_model" and selection.refusal is not None
+    # prunus's own data-aware strategies are registered: the refusal says to pass calibration data.
+    assert "'sparsegpt_unstructured'" in selection.refusal and "data=batches" in selection.refusal
+    nothing = prunus.select(model, "cpu", sparsity=0.5, registry=magnitude_only())
+    assert nothing.refusal is not None
     for name in ("wanda_row", "sparsegpt_unstructured", "sparsegpt_nm", "objective='accuracy'"):
-        assert name in selection.refusal
+        assert name in nothing.refusal
     before = state(model)
     ids = torch.randint(0, 1024, (2, 5))
     with pytest.raises(QualityError, match=r"is refused .*ruins it"):
@@ -366,20 +380,29 @@ def test_a_language_model_by_magnitude_without_data():
 
 
 def test_small_structural_removal_of_a_language_model_is_planned_with_a_warning():
-    selection = prunus.select(TinyLM(), "cpu", sparsity=0.1, data=torch.randint(0, 1024, (2, 5)))
+    selection = prunus.select(
+        TinyLM(),
+        "cpu",
+        sparsity=0.1,
+        data=torch.randint(0, 1024, (2, 5)),
+        registry=magnitude_only(),
+    )
     assert selection.refusal is None and selection.steps[0].kind == "shrink"
     assert any("chosen by magnitude" in w and "none is registered" in w for w in selection.warnings)
 
 
 def test_a_language_model_by_magnitude_is_refused_even_with_data_when_nothing_data_aware_is_registered():
     ids = torch.randint(0, 1024, (4, 5))
-    selection = prunus.select(TinyLM(), "cpu", objective="accuracy", sparsity=0.5, data=ids)
+    selection = prunus.select(
+        TinyLM(), "cpu", objective="accuracy", sparsity=0.5, data=ids, registry=magnitude_only()
+    )
     assert selection.refusal is not None and "by magnitude alone ruins it" in selection.refusal
     assert "none is registered here" in selection.refusal
 
 
 class Wanda(prunus.Criterion):
-    """|w| times the L2 norm of its input feature over the calibration data (Sun et al., 2023)."""
+    """|w| times the L2 norm of its input feature over the calibration data (Sun et al., 2023), as a third
+    party might write it without prunus's calibration."""
 
     name = "wanda"
     summary = "|w| x input-feature norm over the data"
@@ -409,8 +432,22 @@ class WandaPlugin:
         register(Wanda)
 
 
-def test_a_registered_data_aware_strategy_is_planned_for_a_language_model_with_data():
-    registry = prunus.Registry()
+def test_prunus_data_aware_strategy_is_planned_for_a_language_model_with_data():
+    model, ids = TinyLM(), torch.randint(0, 1024, (4, 5))
+    direct = copy.deepcopy(model)
+    selection = prunus.select(model, "cpu", sparsity=0.5, data=ids)
+    assert selection.refusal is None and selection.strategy == "sparsegpt_unstructured"
+    report = prunus.prune(model, "auto", sparsity=0.5, data=ids, example_inputs=ids, measure=False)
+    assert report.strategy == "sparsegpt_unstructured"
+    prunus.prune(direct, "sparsegpt_unstructured", amount=0.5, data=ids)
+    masks, expected = prunus.masks(model), prunus.masks(direct)
+    assert masks.keys() == expected.keys() and all(
+        torch.equal(masks[k], expected[k]) for k in masks
+    )
+
+
+def test_a_third_party_data_aware_strategy_is_planned_for_a_language_model_with_data():
+    registry = magnitude_only()
     registry.register_plugin(WandaPlugin(), name="wanda")
     model, ids = TinyLM(), torch.randint(0, 1024, (4, 5))
     direct = copy.deepcopy(model)
@@ -418,7 +455,8 @@ def test_a_registered_data_aware_strategy_is_planned_for_a_language_model_with_d
     assert selection.refusal is None and selection.strategy == "wanda_unstructured"
     without_data = prunus.select(model, "cpu", sparsity=0.5, registry=registry)
     assert without_data.refusal is not None
-    assert "'wanda_unstructured' is registered here" in without_data.refusal
+    assert "registered here" in without_data.refusal
+    assert "plans 'wanda_unstructured'" in without_data.refusal
     report = prunus.prune(
         model, "auto", sparsity=0.5, data=ids, example_inputs=ids, measure=False, registry=registry
     )

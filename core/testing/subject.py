@@ -32,6 +32,7 @@ from ..config import StrategyConfig
 from ..errors import AmountError, ConfigError
 from ..registration import Registry, StrategyInfo
 from ..registration import registry as global_registry
+from ..statistics import Statistics
 from ..strategy import ComposedStrategy, Granularity, PruneContext, Strategy, Target
 from . import generators as pst
 from .partitions import Layout, read_layout
@@ -288,6 +289,7 @@ class Example:
         """
         model = Layers()
         targets = []
+        renamed: dict[str, str] = {}
         for param in self.params:
             module_name, _, param_name = param.name.rpartition(".")
             if prefix != "p":
@@ -295,8 +297,13 @@ class Example:
             holder = param.module()
             model.add_module(module_name, holder)
             prior = None if param.prior is None else param.prior.clone()
-            targets.append(Target(f"{module_name}.{param_name}", holder, param_name, prior))
-        return PruneContext(model=model, targets=targets, data=self.data)
+            renamed[param.name] = f"{module_name}.{param_name}"
+            targets.append(Target(renamed[param.name], holder, param_name, prior))
+        data = self.data
+        if isinstance(data, Statistics):
+            # Calibration statistics are keyed by parameter name: they follow a renaming.
+            data = Statistics({renamed.get(name, name): dict(data[name]) for name in data})
+        return PruneContext(model=model, targets=targets, data=data)
 
     def describe(self, options: Mapping[str, Any] | None = None) -> str:
         """The example in words; ``options``: the options a check used instead of the drawn ones."""
