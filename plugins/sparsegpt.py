@@ -154,8 +154,9 @@ class SparseGPTReconstruction(Reconstruction):
 
     For each column ``j`` in turn, every row whose weight ``w_ij`` the mask prunes sets it to zero and adds
     ``-w_ij / U_jj * U_j,k`` to its weights ``k > j``: the update that keeps the layer's output on the
-    calibration data closest (in least squares) to what it was. Updates inside a block of ``block_size``
-    columns are applied column by column, to the columns after the block at once.
+    calibration data closest (in least squares) to what it was. Updates are applied lazily (:func:`obs_sweep`):
+    column by column within runs of 16 columns, with one matrix product from a run to the rest of its block of
+    ``block_size`` columns and one from a block to the columns after it.
     """
 
     name = "sparsegpt"
@@ -190,8 +191,18 @@ class SparseGPTReconstruction(Reconstruction):
         return from_matrix(target.module, result, tensor.shape).contiguous()
 
 
+_LEAF = 16
+"""Columns whose updates go one column at a time; updates between these runs of columns are matrix products."""
+
+
 def obs_sweep(weights: Tensor, keep: Tensor, factor: Tensor, block_size: int) -> None:
     """SparseGPT's update, in place: zero ``weights``' entries ``keep`` prunes and update the rest.
+
+    Column ``j`` in turn: each row that prunes its weight there takes the error ``e_j = w_j / U_jj`` (``w_j`` as
+    updated so far) and subtracts ``e_j * U_j,k`` from its weights ``k > j``. The updates are applied lazily:
+    one column at a time within a run of a few columns, a run's errors to the rest of its block with one
+    matrix product, and a block's errors to the columns after it with another (each weight receives the same
+    updates as column by column, in another order of float additions).
 
     Args:
         weights: ``(rows, columns)`` float matrix, changed in place.
@@ -200,22 +211,28 @@ def obs_sweep(weights: Tensor, keep: Tensor, factor: Tensor, block_size: int) ->
         block_size: columns per lazy block.
     """
     columns = weights.shape[1]
+    # Worked on transposed, so that a column of the weights is a contiguous row; ``scale`` turns a column's
+    # current values into its errors (1 / U_jj where the row prunes, 0 where it keeps).
+    swept = weights.t().contiguous()
+    scale = (~keep).t().to(swept.dtype).div_(factor.diagonal()[:, None])
+    errors = torch.empty_like(swept)
+    # Views made once: indexing a tensor costs as much as the small products below.
+    values, scales, errs, factors = (t.unbind() for t in (swept, scale, errors, factor))
     for start in range(0, columns, block_size):
         stop = min(start + block_size, columns)
-        block = weights[:, start:stop]
-        errors = torch.zeros_like(block)
-        local = factor[start:stop, start:stop]
-        for j in range(stop - start):
-            column = block[:, j]
-            pruned = ~keep[:, start + j]
-            if not bool(pruned.any()):
-                continue
-            error = torch.where(pruned, column, torch.zeros_like(column)) / local[j, j]
-            block[:, j:].addr_(error, local[j, j:], alpha=-1)
-            column.masked_fill_(pruned, 0.0)
-            errors[:, j] = error
+        for first in range(start, stop, _LEAF):
+            last = min(first + _LEAF, stop)
+            for j in range(first, last):
+                torch.mul(values[j], scales[j], out=errs[j])
+                if j + 1 < last:
+                    swept[j + 1 : last].addr_(factors[j][j + 1 : last], errs[j], alpha=-1)
+            if last < stop:
+                swept[last:stop].addmm_(
+                    factor[first:last, last:stop].t(), errors[first:last], alpha=-1
+                )
         if stop < columns:
-            weights[:, stop:].addmm_(errors, factor[start:stop, stop:], alpha=-1)
+            swept[stop:].addmm_(factor[start:stop, stop:].t(), errors[start:stop], alpha=-1)
+    weights.copy_(swept.t()).masked_fill_(~keep, 0.0)
 
 
 @hookimpl

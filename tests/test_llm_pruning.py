@@ -362,14 +362,17 @@ def test_prune_reports_what_it_reconstructed(make_model: Callable[..., nn.Module
     assert report.sparsity == pytest.approx(0.5, abs=0.01)
 
 
-@pytest.mark.parametrize("block_size", [1, 3, 128])
+@pytest.mark.parametrize("block_size", [1, 3, 20, 128])
 def test_the_sweep_is_sparsegpt_s_update_at_any_block_size(block_size: int) -> None:
     from prunus.plugins.sparsegpt import inverse_hessian_factor, obs_sweep
 
+    # 40 columns: blocks of 20 and 128 hold several runs of columns updated one by one (16 each), so the
+    # updates between runs, between blocks and inside a run are all checked against the column-by-column form.
+    columns = 40
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(200, 12, generator=generator, dtype=torch.float64)
-    weights = torch.randn(5, 12, generator=generator, dtype=torch.float64)
-    keep = torch.rand(5, 12, generator=generator) > 0.5
+    x = torch.randn(200, columns, generator=generator, dtype=torch.float64)
+    weights = torch.randn(5, columns, generator=generator, dtype=torch.float64)
+    keep = torch.rand(5, columns, generator=generator) > 0.5
     gram = (x.T @ x).float()
     factor, _ = inverse_hessian_factor(gram, 0.01)
     swept = weights.clone()
@@ -377,11 +380,11 @@ def test_the_sweep_is_sparsegpt_s_update_at_any_block_size(block_size: int) -> N
     # The update written out, one column at a time: each pruned weight's error w / U_jj goes to the row's
     # later weights along row j of U, the upper Cholesky factor of the damped inverse Hessian.
     hessian = gram.double() + 0.01 * gram.double().diagonal().mean() * torch.eye(
-        12, dtype=torch.float64
+        columns, dtype=torch.float64
     )
     upper = torch.linalg.cholesky(torch.linalg.inv(hessian), upper=True)
     expected = weights.clone()
-    for j in range(12):
+    for j in range(columns):
         error = torch.where(keep[:, j], 0.0, expected[:, j]) / upper[j, j]
         expected[:, j:] -= error[:, None] * upper[j, j:]
     assert torch.allclose(swept, expected, atol=1e-5)
