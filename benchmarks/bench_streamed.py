@@ -28,6 +28,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -257,12 +259,21 @@ def in_child(kind: str, **kwargs: Any) -> dict[str, Any]:
 # -- the benchmark ----------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def scratch(path: Path) -> Iterator[Path]:
+    """``path`` as a fresh, empty directory, removed with all it holds at the end."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def measure(quick: bool) -> dict[str, Any]:
     s = shape(quick)
-    if SCRATCH.exists():
-        shutil.rmtree(SCRATCH)
-    SCRATCH.mkdir(parents=True)
-    try:
+    with scratch(SCRATCH):
         free = shutil.disk_usage(SCRATCH).free
         source = SCRATCH / "llama"
         total = in_child("write", path=str(source), s=s)["bytes"]
@@ -296,8 +307,6 @@ def measure(quick: bool) -> dict[str, Any]:
             )
         rows["equal"] = in_child("equal", work=str(SCRATCH), quick=quick)
         return rows
-    finally:
-        shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 def _available_memory() -> int | None:

@@ -16,6 +16,10 @@ Only one block's activations and statistics are held at a time, and the inputs o
 ``i`` already pruned. Targets outside the stack (an output head named in ``include``), and every target of a model
 without a stack (or whose blocks do not chain), are calibrated in one pass of the whole model, last.
 
+A model whose weights are not all in memory (a checkpoint streamed from disk) is calibrated the same way with a
+:class:`BlockLoader`, which puts the weights before the stack in memory while the inputs of the first block are
+computed, and each block's weights while it runs: then only one block's weights are held too.
+
 ``data`` is one batch (a tensor, or a mapping of keyword arguments such as a tokenizer's output) or an iterable of
 batches; a tuple is the positional arguments of one batch (the rule of :func:`prunus.forward.call_model`). Tensors
 are moved to the model's device, and a model whose ``forward`` takes ``use_cache`` (Hugging Face) is called with
@@ -25,15 +29,17 @@ under ``torch.no_grad()``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from .errors import CalibrationError
+from .errors import CalibrationError, ConfigError
 from .forward import evaluation_mode
 from .layout import find_blocks, gatherable, input_columns, input_features
 from .progress import progress
@@ -41,7 +47,7 @@ from .statistics import InputNorms, Statistic, Statistics
 from .strategy import Target
 from .targets import FilterFn, Patterns, listing, select_targets
 
-__all__ = ["Unit", "batches_of", "calibrate", "calibration_pass", "group_by_block"]
+__all__ = ["BlockLoader", "Unit", "batches_of", "calibrate", "calibration_pass", "group_by_block"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +64,33 @@ class Unit:
     name: str
     targets: list[Target]
     statistics: Statistics
+
+
+class BlockLoader(Protocol):
+    """Puts the weights of a model that does not fit in memory there one part at a time, for a calibration pass.
+
+    The model's parameters stay on the meta device but for the part a context manager holds.
+
+    Attributes:
+        chained: set by the first calibration pass that checked that the blocks run one after the other (a pass
+            of the first batch through every block); later passes (pruning after an allocation measured the
+            blocks) skip the check and read each block once.
+    """
+
+    chained: bool
+
+    def head(self) -> AbstractContextManager[None]:
+        """The weights the model reads before its first block (the embeddings), in memory while it is held."""
+        ...
+
+    def block(self, index: int, *, final: bool) -> AbstractContextManager[None]:
+        """The weights of block ``index`` of the stack, in memory while it is held.
+
+        ``final`` is true on the block's last visit, the one where the caller prunes it: left without an
+        error, the block is done (its weights may be written out). Other visits change nothing: the first batch
+        run through the whole stack to check that the blocks chain, or a pass that only measures the blocks.
+        """
+        ...
 
 
 def batches_of(data: Any) -> list[Any]:
@@ -116,6 +149,8 @@ def calibration_pass(
     *,
     show_progress: bool = False,
     desc: str = "calibrating",
+    loader: BlockLoader | None = None,
+    final_visits: bool = True,
 ) -> Generator[Unit, None, None]:
     """Run ``batches`` through ``model`` block by block and yield each block's targets with their statistics.
 
@@ -130,20 +165,39 @@ def calibration_pass(
         kinds: the :class:`~prunus.statistics.Statistic` classes to gather.
         show_progress: show a progress bar over the blocks.
         desc: the bar's label.
+        loader: loads the model's weights part by part when they are not in memory (the parameters on the
+            meta device); then every target must be inside blocks that chain.
+        final_visits: whether the caller prunes the blocks this pass yields (each block's visit is then its
+            final one for ``loader``); false for a pass that only measures.
 
     Raises:
         CalibrationError: a target's layer cannot be calibrated, never runs on the data, or a batch fails in
             the model.
+        ConfigError: with ``loader``, targets outside the stack of blocks, or blocks that do not chain (those
+            need the whole model in memory).
     """
     _check_gatherable(targets)
     with torch.no_grad(), evaluation_mode(model):
-        batches = [_to_device(batch, _device(model)) for batch in batches]
+        batches = [_to_device(batch, None if loader else _device(model)) for batch in batches]
         stack, inside, outside = group_by_block(model, targets)
-        streams = None if stack is None else _capture(model, stack[1], batches)
-        if (
-            stack is not None and streams is None
-        ):  # the blocks do not chain: calibrate everything at once
-            outside = list(targets)
+        if loader is not None and (stack is None or outside):
+            raise ConfigError(
+                f"{listing([t.name for t in outside], 5)} are outside the model's stack of blocks; a model "
+                "streamed block by block calibrates only the layers inside its blocks: exclude them, or prune "
+                "the model in memory with prunus.prune"
+            )
+        streams = None
+        if stack is not None:
+            with contextlib.nullcontext() if loader is None else loader.head():
+                streams = _capture(model, stack[1], batches, loader)
+        if stack is not None and streams is None:
+            if loader is not None:
+                raise ConfigError(
+                    f"the blocks of {stack[0] or type(model).__name__} do not run one after the other on the "
+                    "same arguments, so they cannot be calibrated one at a time from disk; prune the model in "
+                    "memory with prunus.prune"
+                )
+            outside = list(targets)  # the blocks do not chain: calibrate everything at once
         if stack is not None and streams is not None:
             name, blocks = stack
             last = max(inside)  # the blocks after the last one with targets need not run
@@ -151,20 +205,27 @@ def calibration_pass(
             for index in steps:
                 block = blocks[index]
                 group = inside.get(index)
-                if group:
-                    with _Gatherer(group, kinds) as gatherer:
+                with (
+                    contextlib.nullcontext()
+                    if loader is None
+                    else loader.block(index, final=final_visits)
+                ):
+                    if group:
+                        with _Gatherer(group, kinds) as gatherer:
+                            for stream in streams:
+                                gatherer.next_batch()
+                                stream.run(block)
+                        unit = Unit(
+                            f"{name}.{index}" if name else str(index), group, gatherer.result()
+                        )
+                        del (
+                            gatherer
+                        )  # one block's statistics at a time: these go once the caller is done
+                        yield unit
+                        del unit
+                    if index < last:
                         for stream in streams:
-                            gatherer.next_batch()
-                            stream.run(block)
-                    unit = Unit(f"{name}.{index}" if name else str(index), group, gatherer.result())
-                    del (
-                        gatherer
-                    )  # one block's statistics at a time: these go once the caller is done
-                    yield unit
-                    del unit
-                if index < last:
-                    for stream in streams:
-                        stream.advance(block)
+                            stream.advance(block)
             del streams
         if outside:
             with _Gatherer(outside, kinds) as gatherer:
@@ -316,19 +377,28 @@ class _Stream:
 
 
 def _capture(
-    model: nn.Module, blocks: nn.ModuleList, batches: Sequence[Any]
+    model: nn.Module,
+    blocks: nn.ModuleList,
+    batches: Sequence[Any],
+    loader: BlockLoader | None = None,
 ) -> list[_Stream] | None:
     """Every batch's inputs to the first block, or ``None`` when the blocks do not form a chain.
 
     The first batch runs through the whole model with every block's call recorded, to check that block ``i``
     is called once, after block ``i - 1``, on its output, with the same other arguments; the other batches stop
-    at the first block.
+    at the first block. With a ``loader`` each block is loaded for its call, and the first batch stops after the
+    last block (what follows the stack is not in memory).
     """
+    if loader is not None and loader.chained:
+        return _first_inputs(model, blocks, batches, [])
     calls: list[tuple[int, tuple[Any, ...], dict[str, Any], Any]] = []
+    held = contextlib.ExitStack()
 
     def record(index: int) -> Callable[..., None]:
         def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             calls.append((index, args, kwargs, None))
+            if loader is not None:
+                held.enter_context(loader.block(index, final=False))
 
         return pre
 
@@ -337,6 +407,10 @@ def _capture(
             last = calls[-1]
             if last[0] == index:
                 calls[-1] = (*last[:3], _first_tensor(result))
+            if loader is not None:
+                held.close()
+                if index == len(blocks) - 1:
+                    raise _Stop
 
         return post
 
@@ -345,14 +419,26 @@ def _capture(
         for index, block in enumerate(blocks):
             handles.append(block.register_forward_pre_hook(record(index), with_kwargs=True))
             handles.append(block.register_forward_hook(output(index), with_kwargs=True))
-        _run_model(model, batches[0], 0)
+        with contextlib.suppress(_Stop):
+            _run_model(model, batches[0], 0)
     finally:
+        held.close()
         for handle in handles:
             handle.remove()
     if not _chained(calls, len(blocks)):
         return None
+    if loader is not None:
+        loader.chained = True
     streams = [_Stream(calls[0][1], calls[0][2])]
     calls.clear()
+    return _first_inputs(model, blocks, batches[1:], streams)
+
+
+def _first_inputs(
+    model: nn.Module, blocks: nn.ModuleList, batches: Sequence[Any], streams: list[_Stream]
+) -> list[_Stream]:
+    """``streams`` followed by the inputs to the first block of each batch, each run stopped there."""
+    start = len(streams)
 
     def stop(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         streams.append(_Stream(args, kwargs))
@@ -360,7 +446,7 @@ def _capture(
 
     handle = blocks[0].register_forward_pre_hook(stop, with_kwargs=True)
     try:
-        for number, batch in enumerate(batches[1:], start=1):
+        for number, batch in enumerate(batches, start=start):
             try:
                 _run_model(model, batch, number)
             except _Stop:

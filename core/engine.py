@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from . import masking
 from .arguments import check_bool, check_callable, check_model
 from .auto import run_auto
+from .calibration import BlockLoader
 from .config import jsonable
 from .distributed import count_true
 from .errors import (
@@ -59,6 +60,7 @@ def prune(
     restorable: bool = True,
     progress: bool = False,
     registry: Registry = registry,
+    loader: BlockLoader | None = None,
     **options: Any,
 ) -> PruneReport:
     """Prune ``model`` in place with ``strategy`` and report what was pruned.
@@ -102,6 +104,9 @@ def prune(
             works.
         progress: show a progress bar over the blocks while calibrating.
         registry: where to look ``strategy`` up (the global one by default).
+        loader: for a strategy that reads calibration statistics, a model whose parameters are on the meta
+            device and whose weights a :class:`~prunus.calibration.BlockLoader` brings into memory one block at
+            a time, each pruned while it is there (what :func:`prunus.prune_checkpoint` does with ``data=``).
         **options: the strategy's options when ``strategy`` is a name (e.g. ``amount=0.5``).
 
     Returns:
@@ -147,6 +152,7 @@ def prune(
             restorable=restorable,
             progress=progress,
             registry=registry,
+            loader=loader,
             options=options,
         )
 
@@ -165,9 +171,14 @@ def _prune(
     restorable: bool,
     progress: bool,
     registry: Registry,
+    loader: BlockLoader | None,
     options: dict[str, Any],
 ) -> PruneReport:
     if isinstance(strategy, str) and strategy == AUTO:
+        if loader is not None:
+            raise ConfigError(
+                "'auto' plans on a model in memory; it cannot prune blocks loaded one at a time"
+            )
         if amounts is not None:
             raise ConfigError("amounts= cannot be combined with 'auto'; prune with a strategy name")
         return run_auto(
@@ -227,7 +238,14 @@ def _prune(
                 "amounts= and allocation= both set the amount of each layer; give one of them"
             )
         per_layer = allocate(
-            allocator, strategy, model, targets, data, registry, show_progress=progress
+            allocator,
+            strategy,
+            model,
+            targets,
+            data,
+            registry,
+            show_progress=progress,
+            loader=loader,
         )
         strategies = _distinct(per_layer.values())
         options_report["allocation"] = {"name": allocator.name, **jsonable(allocator.options)}
@@ -250,6 +268,7 @@ def _prune(
                 registry=registry,
                 compute=_compute,
                 show_progress=progress,
+                loader=loader,
             )
         except PrunusError:
             raise
@@ -260,6 +279,12 @@ def _prune(
             ) from error
         pruned = {name: counts[0] for name, counts in done.items()}
         newly = {name: counts[1] for name, counts in done.items()}
+    elif loader is not None:
+        raise ConfigError(
+            f"strategy {strategy.name!r} reads no calibration statistics, so there is nothing to calibrate in a "
+            "model whose blocks are loaded one at a time (prune_checkpoint with data=): drop data=, or use a "
+            "data-aware strategy (wanda_*, sparsegpt_*)"
+        )
     else:
         pruned, newly = _prune_at_once(
             model, strategy, targets, per_layer, data, restorable, registry

@@ -29,14 +29,14 @@ from torch import Tensor, nn
 
 from . import masking
 from .allocation import Allocation, Layer, exact_counts
-from .calibration import Unit, batches_of, calibration_pass, group_by_block
+from .calibration import BlockLoader, Unit, batches_of, calibration_pass, group_by_block
 from .config import count_to_prune
 from .errors import ConfigError, ConfigTypeError, PluginError, PrunusError, brief
 from .reconstruction import Reconstruction
 from .registration import Registry
 from .statistics import Statistic, Statistics
 from .strategy import PruneContext, Strategy, Target
-from .transaction import transaction
+from .transaction import Transaction, transaction
 
 __all__ = [
     "Compute",
@@ -118,6 +118,7 @@ def allocate(
     registry: Registry,
     *,
     show_progress: bool = False,
+    loader: BlockLoader | None = None,
 ) -> dict[str, Strategy]:
     """The strategy of each target once ``allocation`` has split the strategy's ``amount`` across layers.
 
@@ -134,7 +135,7 @@ def allocate(
         )
     options = dict(strategy.options)
     sizes = {t.name: _eligible(t) for t in targets}
-    groups = _layers(allocation, model, targets, data, show_progress=show_progress)
+    groups = _layers(allocation, model, targets, data, show_progress=show_progress, loader=loader)
     layers = [
         Layer(name, sum(sizes[t.name] for t in group), measure) for name, group, measure in groups
     ]
@@ -177,6 +178,7 @@ def _layers(
     data: Any,
     *,
     show_progress: bool,
+    loader: BlockLoader | None,
 ) -> list[tuple[str, list[Target], float]]:
     """``(name, targets, measure)`` of each layer, measured on the unpruned model."""
 
@@ -217,6 +219,8 @@ def _layers(
         allocation.statistics,
         show_progress=show_progress,
         desc=f"measuring ({allocation.name})",
+        loader=loader,
+        final_visits=False,  # the blocks are pruned in the pass after this one
     )
     with contextlib.closing(passes):
         return measured(passes)
@@ -233,6 +237,7 @@ def prune_calibrated(
     registry: Registry,
     compute: Compute,
     show_progress: bool = False,
+    loader: BlockLoader | None = None,
 ) -> dict[str, tuple[int, int]]:
     """Prune ``targets`` with calibration data, block by block; returns ``(pruned, newly pruned)`` per target.
 
@@ -246,10 +251,25 @@ def prune_calibrated(
         registry: whose hooks apply the masks.
         compute: runs a strategy on a context and checks its masks.
         show_progress: a progress bar over the blocks.
+        loader: loads the model's weights block by block when they are not in memory (see
+            :func:`prunus.calibration.calibration_pass`); each block is pruned while it is loaded. Nothing is
+            undone on failure then: the blocks already done are gone from memory, and their owner (a streamed
+            checkpoint's destination) discards them.
+
+    Raises:
+        ConfigError: with ``loader``, a strategy that is not separable (its masks need every block at once).
     """
     strategies = list({id(s): s for s in plan.values()}.values())
     kinds = needed_statistics(strategies, reconstruction)
     separable = all(s.separable for s in strategies)
+    if loader is not None and not separable:
+        together = next(s.name for s in strategies if not s.separable)
+        raise ConfigError(
+            f"strategy {together!r} ranks every block together, so it cannot prune a model whose blocks are "
+            "loaded one at a time; use a strategy that prunes each block on its own (wanda_unstructured, "
+            "wanda_row, sparsegpt_nm..., with allocation='owl' to split the amount across layers), or prune the "
+            "model in memory with prunus.prune"
+        )
     extras: dict[str, Any] = {}
     done: dict[str, tuple[int, int]] = {}
 
@@ -287,12 +307,19 @@ def prune_calibrated(
             pruned = _pruned(mask)
             done[target.name] = (pruned, pruned - before)
 
-    with transaction() as tx, masking.immediate_zeroing():
+    undone = transaction() if loader is None else contextlib.nullcontext(_Unrecorded())
+    with undone as tx, masking.immediate_zeroing():
         if isinstance(data, Statistics):
             prune_unit(Unit("", list(targets), data), tx)
             return done
         passes = calibration_pass(
-            model, batches_of(data), targets, kinds, show_progress=show_progress, desc="pruning"
+            model,
+            batches_of(data),
+            targets,
+            kinds,
+            show_progress=show_progress,
+            desc="pruning",
+            loader=loader,
         )
         with contextlib.closing(passes):
             if separable:
@@ -305,6 +332,16 @@ def prune_calibrated(
                     gathered = gathered.merged(unit.statistics)
                 prune_unit(Unit("", list(targets), gathered), tx)
     return done
+
+
+class _Unrecorded(Transaction):
+    """A transaction that keeps no undo: the blocks a loader releases take their changes with them.
+
+    (Recorded undos would hold every block's masks, and a reconstruction's original weights, until the end.)
+    """
+
+    def record(self, undo: Callable[[], None]) -> None:
+        del undo
 
 
 def _pruned(mask: Tensor) -> int:

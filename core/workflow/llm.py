@@ -25,7 +25,7 @@ from ..arguments import check_int, check_path, optional
 from ..errors import ConfigError, MissingDependencyError
 from ..report import PruneReport
 
-__all__ = ["load_causal_lm", "perplexity", "save_causal_lm", "text_batches"]
+__all__ = ["load_causal_lm", "load_tokenizer", "perplexity", "save_causal_lm", "text_batches"]
 
 
 def _transformers() -> Any:
@@ -68,6 +68,25 @@ def load_causal_lm(
     except (OSError, ValueError) as error:
         raise ConfigError(f"cannot load a language model from {source}: {error}") from None
     return model.eval(), tokenizer
+
+
+def load_tokenizer(directory: str | Path) -> Any:
+    """The tokenizer saved in a Hugging Face model directory (to cut calibration text for it).
+
+    Raises:
+        ConfigError: the directory holds no tokenizer that transformers can load.
+        MissingDependencyError: transformers is not installed.
+    """
+    source = Path(check_path("directory", directory))
+    try:
+        return _transformers().AutoTokenizer.from_pretrained(
+            str(source if source.is_dir() else source.parent)
+        )
+    except (OSError, ValueError, TypeError) as error:
+        raise ConfigError(
+            f"cannot load a tokenizer from {source} ({error}); give calibration data as token ids in a "
+            ".safetensors file instead"
+        ) from None
 
 
 def text_batches(
