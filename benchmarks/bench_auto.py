@@ -221,7 +221,7 @@ def run(quick: bool) -> dict[str, str]:
                 ]
             )
     plans = "; ".join(
-        f"{name.split(' ')[0]}: plan `{r['plan']}`, {r['auto_s']:.1f} s for auto (sensitivity, removal, "
+        f"{name.split(' ')[0]}: plan `{r['plan']}`, {r['auto_s']:.1f} s for auto (plan, removal, "
         f"recovery), {r['shrink_s']:.2f} s for shrink, {r['test']} held-out digits"
         for name, r in results.items()
     )
