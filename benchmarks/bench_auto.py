@@ -10,8 +10,9 @@ Two models, each trained here from scratch (seeded) and then pruned three ways s
 * an MLP (:func:`prunus.testing.zoo.mlp`) on scikit-learn's 1,797 8x8 digits (1,297 to train, 500 held out).
 
 The three are the dense model; ``prune(model, "auto", sparsity=0.5, hardware="cpu", data=(x, y),
-example_inputs=batch)`` (the plan the built-in policy makes for a CPU: coupled channel groups removed with
-amounts by sensitivity, BatchNorm statistics recalibrated, one epoch of distillation toward the dense model);
+example_inputs=batch)`` (the plan the built-in policy makes for a CPU: the same fraction of every coupled
+channel group removed, BatchNorm statistics recalibrated, distillation toward the dense model and the labels
+for at least 500 optimizer steps under a cosine learning rate, BatchNorm statistics recalibrated again);
 and ``prunus.shrink(model, batch, "l1_structured", amount=0.5)`` with no recovery. For each: eval latency at
 batch 8 against the dense model (interleaved rounds), parameters, MACs per sample, top-1 accuracy on the
 held-out digits and top-1 agreement with the dense model there; for ``auto``, the speed-up its report predicted
@@ -90,15 +91,22 @@ def digits(train: int, test: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int) -> nn.Module:
-    """Adam on cross-entropy, batches of 64, seeded."""
+    """Adam on cross-entropy with a one-cycle learning rate (peak 5e-3), batches of 64, seeded.
+
+    The one-cycle schedule brings the dense models close to convergence in few epochs (the CNN to about 97 %
+    held-out accuracy in 4), so that the pruned models are compared with a dense model worth keeping.
+    """
     generator = torch.Generator().manual_seed(1)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    steps = epochs * -(-len(y) // 64)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=5e-3, total_steps=steps)
     model.train()
     for _ in range(epochs):
         for batch in torch.randperm(len(y), generator=generator).split(64):
             optimizer.zero_grad()
             F.cross_entropy(model(x[batch]), y[batch]).backward()
             optimizer.step()
+            schedule.step()
     return model.eval()
 
 
@@ -213,7 +221,7 @@ def run(quick: bool) -> dict[str, str]:
                 ]
             )
     plans = "; ".join(
-        f"{name.split(' ')[0]}: plan `{r['plan']}`, {r['auto_s']:.1f} s for auto (sensitivity, removal, "
+        f"{name.split(' ')[0]}: plan `{r['plan']}`, {r['auto_s']:.1f} s for auto (plan, removal, "
         f"recovery), {r['shrink_s']:.2f} s for shrink, {r['test']} held-out digits"
         for name, r in results.items()
     )

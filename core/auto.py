@@ -68,7 +68,8 @@ def select(
         objective: ``"latency"``, ``"memory"`` or ``"accuracy"``.
         sparsity: the fraction of weights to remove (an N:M selection fixes its own, and says so).
         data: the calibration data that will be given to ``prune(model, "auto", data=...)``, if any: plans with
-            data allocate amounts by sensitivity, recover, and may use data-aware criteria.
+            data recover (and, for objective memory, allocate amounts by sensitivity) and may use data-aware
+            criteria.
         registry: where the plugins are (the global registry by default).
 
     Returns:

@@ -52,14 +52,17 @@ class PlanStep(BaseModel):
             * ``to_sparse``: ``prunus.to_sparse(model, include=include, **settings)``: pruned Linear layers stored
               and executed sparse (CSR on a CPU above the measured crossover, 2:4 semi-structured on a GPU);
             * ``recover``: BatchNorm statistics recalibrated on the data, then ``settings["epochs"]`` epochs of
-              distillation toward the dense model's outputs (:func:`prunus.distill`); skipped without data.
+              distillation toward the dense model's outputs and the labels (:func:`prunus.distill`; ``"auto"``:
+              enough epochs for ``prunus.autoplan.RECOVERY_STEPS`` optimizer steps), BatchNorm statistics
+              recalibrated again; skipped without data.
         strategy: the registered strategy of a ``prune`` or ``shrink`` step.
         options: that strategy's options (``registry.get(strategy, **options)``; ``amount`` is the fraction).
         include: the parameters (``prune``) or modules (``to_sparse``) the step touches; ``None``: the default.
         settings: the step's own keywords: for ``shrink`` those of :func:`prunus.shrink` (``ignore``,
             ``normalized``, ``min_keep``, ``max_layer_sparsity``); for ``to_sparse`` those of
             :func:`prunus.to_sparse` (``layout``, ``min_sparsity``); for ``recover`` ``batchnorm`` (bool),
-            ``epochs``, ``lr``, ``batch_size``, ``temperature``.
+            ``epochs`` (an int or ``"auto"``), ``lr``, ``lr_schedule``, ``batch_size``, ``temperature``,
+            ``label_weight`` (see :func:`prunus.distill`).
         allocation: how ``amount`` is spread over layers: ``uniform`` (every layer or group at ``amount``) or
             ``sensitivity``: with data, each layer (``prune``) or channel group (``shrink``) is pruned alone at a
             few amounts, the loss of fidelity to the dense model's outputs measured, and the amounts spread so the

@@ -16,8 +16,12 @@ what it costs in quality. The rules, first match wins:
 5. anything else: *structural removal*: ``shrink`` with ``l1_aligned`` (``l1_structured`` on an unknown target)
    removes coupled channel groups through the dependency graph (residual branches, BatchNorms, attention heads
    and key/value groups, FFN neurons), the number kept rounded to what dense kernels like there (8 on a GPU,
-   the float32 vector width on a CPU); with data the amount is spread over the groups by measured sensitivity.
-   BatchNorm statistics are recalibrated and the model distilled toward the dense one for an epoch of the data.
+   the float32 vector width on a CPU). For latency every group loses the same fraction (each layer's time
+   shrinks alike; amounts by sensitivity, measured before recovery, kept channels in the early high-resolution
+   layers where they cost the most time, and recovered no better: docs/auto.md); for memory, with data, the
+   amount is spread over the groups by measured sensitivity. With data, BatchNorm statistics are recalibrated
+   and the model distilled toward the dense one (soft targets, and hard labels when given) for at least
+   :data:`RECOVERY_STEPS` optimizer steps under a cosine learning-rate schedule.
    The model's output layer is left whole; a transformer's hidden size too (LayerNorm / RMSNorm statistics).
 
 Quality is part of the choice (:func:`model_kind` says what the model is):
@@ -66,8 +70,9 @@ LM_MAGNITUDE_LIMIT = 0.3
 """The most of a language model's weights a plan prunes by magnitude without data; above, it is refused."""
 HEAVY_STRUCTURED = 0.7
 """Structural removal at or above this fraction is warned about even with data."""
-RECOVERY_EPOCHS = 1
-"""Epochs of distillation toward the dense model in the built-in recovery (``recover={"epochs": n}``)."""
+RECOVERY_EPOCHS = "auto"
+"""Epochs of distillation in the built-in recovery: ``auto``, enough epochs of the data for at least
+``prunus.autoplan.RECOVERY_STEPS`` optimizer steps (``recover={"epochs": n}`` sets them)."""
 
 DATA_AWARE_STRATEGIES: tuple[str, ...] = (
     "sparsegpt_unstructured",
@@ -130,8 +135,10 @@ def _recovery(data: Any, why: str) -> PlanStep:
         kind="recover",
         settings={"epochs": epochs},
         reason=(
-            f"{why}: BatchNorm statistics measured again on the data, then {epochs} epoch of distillation "
-            "toward the dense model's outputs (recover={'epochs': n} for more, recover=False for none)"
+            f"{why}: BatchNorm statistics measured again on the data, then distillation toward the dense "
+            "model's outputs (and the labels when given) for enough epochs of the data to take at least "
+            "RECOVERY_STEPS optimizer steps, the learning rate on a cosine schedule; BatchNorm statistics "
+            "measured again after it (recover={'epochs': n} sets the epochs, recover=False skips it)"
             if data is not None
             else f"{why}: needs data (skipped without it)"
         ),
@@ -146,8 +153,13 @@ def _structural(
     kind: str,
     data: Any,
     aligned: bool = True,
+    objective: str = "latency",
 ) -> Selection:
-    """Coupled channel groups removed physically, then recovery."""
+    """Coupled channel groups removed physically, then recovery.
+
+    With data and objective ``memory`` the amounts are spread by measured sensitivity; for latency every group
+    loses the same fraction (see the module docstring).
+    """
     multiple = profile.alignment
     strategy = "l1_aligned" if aligned else "l1_structured"
     options: dict[str, Any] = (
@@ -170,11 +182,13 @@ def _structural(
             "loss even after recovery (more epochs help: recover={'epochs': 10})"
         )
     rounding = f", the number kept rounded to a multiple of {multiple}" if aligned else ""
-    allocation = "sensitivity" if data is not None else "uniform"
+    allocation = "sensitivity" if data is not None and objective == "memory" else "uniform"
     spread = (
         "amounts spread over the groups by measured sensitivity (total weighted by MACs)"
-        if data is not None
+        if allocation == "sensitivity"
         else "the same amount in every group (no data to measure sensitivity)"
+        if data is None
+        else "the same amount in every group, so each layer's time shrinks alike"
     )
     return Selection(
         strategy=strategy,
@@ -383,6 +397,7 @@ def _cpu(
             f"objective memory at {sparsity:.0%} (CSR would not be smaller)",
             kind,
             data,
+            objective=objective,
         )
     if linear_share < 0.5:
         return _structural(

@@ -265,6 +265,25 @@ def test_bad_input_is_a_typed_error_naming_the_value_and_the_model_is_unchanged(
 # -- the built-in plan on a CNN, with data ---------------------------------------------------------------------
 
 
+def test_auto_for_latency_removes_the_same_fraction_everywhere_and_recovers_long_enough(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from prunus.autoplan import execute
+
+    monkeypatch.setattr(execute, "RECOVERY_STEPS", 6)  # 2 batches of 16 per epoch: 3 epochs
+    selection = prunus.select(resnet(), "cpu", sparsity=0.5, data=(X, Y))
+    shrink, recover = selection.plan()
+    assert shrink.allocation == "uniform" and recover.settings == {"epochs": "auto"}
+    model = resnet()
+    report = prunus.prune(
+        model, "auto", sparsity=0.5, hardware="cpu", data=(X, Y), recover={"batch_size": 16}
+    )
+    assert "sensitivity" not in report.steps[0].summary
+    assert "for 3 epochs (6 steps" in report.steps[1].summary
+    with pytest.raises(ConfigError, match="int >= 0 or 'auto'"):
+        prunus.prune(resnet(), "auto", sparsity=0.5, data=(X, Y), recover={"epochs": "many"})
+
+
 def test_auto_with_data_allocates_by_sensitivity_recovers_and_reports():
     model = resnet()
     report = prunus.prune(
@@ -272,6 +291,7 @@ def test_auto_with_data_allocates_by_sensitivity_recovers_and_reports():
         "auto",
         sparsity=0.5,
         hardware="cpu",
+        objective="memory",
         data=(X, Y),
         recover={"epochs": 1, "batch_size": 16},
     )
@@ -521,6 +541,45 @@ def test_distill_keeps_masks_and_takes_dict_inputs():
     data = {"x": torch.randn(32, 8), "scale": torch.ones(32, 1)}
     prunus.distill(student, teacher, data, epochs=2, lr=1e-2, batch_size=8)
     assert bool((student.fc.weight[~mask] == 0).all())
+
+
+def test_distill_with_label_weight_one_is_training_on_the_labels():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    student = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    trained = copy.deepcopy(student)
+    x, y = torch.randn(48, 8), torch.randint(0, 4, (48,))
+    prunus.distill(student, teacher, (x, y), epochs=2, lr=1e-2, batch_size=16, label_weight=1.0)
+    # distill shuffles its pass p with seed + p; fine_tune its epoch e with seed + e
+    prunus.fine_tune(trained, (x, y), epochs=2, lr=1e-2, batch_size=16, seed=1)
+    for mine, theirs in zip(student.parameters(), trained.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs)
+    with pytest.raises(ConfigError, match=r"label_weight=1\.5"):
+        prunus.distill(student, teacher, (x, y), label_weight=1.5)
+
+
+def test_distill_runs_the_teacher_once_over_tensor_data(monkeypatch: pytest.MonkeyPatch):
+    from prunus.workflow import recovery
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    start = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = torch.randn(40, 8), torch.randint(0, 4, (40,))
+    rows: list[int] = []
+    teacher.register_forward_hook(lambda _m, args, _out: rows.append(len(args[0])))
+    trained = {}
+    for cache in (recovery.TEACHER_CACHE_ELEMENTS, 0):
+        monkeypatch.setattr(recovery, "TEACHER_CACHE_ELEMENTS", cache)
+        rows.clear()
+        student = copy.deepcopy(start)
+        kwargs = {"epochs": 3, "lr": 1e-2, "batch_size": 16, "label_weight": 0.5}
+        prunus.distill(student, teacher, (x, y), lr_schedule="cosine", **kwargs)
+        trained[cache] = student
+        assert sum(rows) == (
+            40 if cache else 16 + 3 * 40
+        )  # cached: once; else a probe, then each epoch
+    for cached, fresh in zip(*(m.parameters() for m in trained.values()), strict=True):
+        torch.testing.assert_close(cached, fresh)
 
 
 def test_input_batches_reads_every_form_of_data():

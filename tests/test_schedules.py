@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -271,6 +272,29 @@ def test_fine_tune_takes_batches_and_an_evaluator() -> None:
     loader = [(torch.randn(8, 12), torch.randint(0, 3, (8,))) for _ in range(3)]
     result = prunus.fine_tune(model, loader, epochs=2, evaluate=lambda m: 0.5)
     assert result.steps == 6 and result.metrics == [0.5, 0.5]
+
+
+def test_fine_tune_cosine_schedule_decays_the_learning_rate_to_zero() -> None:
+    model = mlp()
+    x, y = torch.randn(32, 12), torch.randint(0, 3, (32,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen: list[float] = []
+    optimizer.register_step_pre_hook(lambda opt, *_: seen.append(opt.param_groups[0]["lr"]))
+    result = prunus.fine_tune(
+        model, (x, y), epochs=2, batch_size=8, optimizer=optimizer, lr_schedule="cosine"
+    )
+    expected = [0.05 * (1 + math.cos(math.pi * t / 8)) for t in range(8)]
+    assert result.steps == 8 and seen == pytest.approx(expected)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fine_tune_cosine_schedule_needs_a_known_length() -> None:
+    model = mlp()
+    batches = iter([(torch.randn(8, 12), torch.randint(0, 3, (8,)))])
+    with pytest.raises(ConfigError, match="no len"):
+        prunus.fine_tune(model, batches, lr_schedule="cosine")
+    with pytest.raises(ConfigError, match="'constant', 'cosine'"):
+        prunus.fine_tune(model, [], lr_schedule="linear")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ from ..workflow.recovery import distill, recalibrate_batchnorm
 from .quality import Reference
 from .ratios import Allocation, group_amounts, layer_amounts
 
-__all__ = ["DEFAULT_RECOVERY", "EXAMPLE_ROWS", "carry_out"]
+__all__ = ["DEFAULT_RECOVERY", "EXAMPLE_ROWS", "RECOVERY_STEPS", "carry_out"]
 
 EXAMPLE_ROWS = 8
 """Rows of the first batch of ``data`` used as example inputs when none are given."""
@@ -56,13 +56,19 @@ EXAMPLE_ROWS = 8
 DEFAULT_RECOVERY: dict[str, Any] = {
     "batchnorm": True,
     "epochs": 0,
-    "lr": 1e-3,
+    "lr": 3e-3,
+    "lr_schedule": "cosine",
     "batch_size": 64,
     "temperature": 2.0,
+    "label_weight": 0.5,
 }
 """A ``recover`` step's settings unless the plan or ``recover=`` says otherwise."""
 
 _RECOVERY_KEYS = frozenset(DEFAULT_RECOVERY)
+
+RECOVERY_STEPS = 500
+"""Optimizer steps the distillation takes at least when a recovery's ``epochs`` is ``"auto"``: as many epochs
+of the data as that needs (a small data set gets more; one epoch of a large one may take more steps)."""
 
 
 @dataclass
@@ -254,9 +260,17 @@ def _recovery_settings(run: _Run, step: PlanStep) -> dict[str, Any] | None:
             f"unknown recovery settings {unknown}; recovery takes {', '.join(sorted(_RECOVERY_KEYS))}"
         )
     epochs = settings["epochs"]
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ConfigError(f"recovery epochs={epochs!r} must be an int >= 0")
+    if epochs != "auto" and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
+        raise ConfigError(f"recovery epochs={epochs!r} must be an int >= 0 or 'auto'")
     return settings
+
+
+def _epochs(settings: dict[str, Any], data: Any) -> int:
+    """The recovery's epochs; ``auto``: enough for :data:`RECOVERY_STEPS` optimizer steps over ``data``."""
+    if settings["epochs"] != "auto":
+        return int(settings["epochs"])
+    per_epoch = sum(1 for _ in input_batches(data, int(settings["batch_size"])))
+    return max(1, math.ceil(RECOVERY_STEPS / max(per_epoch, 1)))
 
 
 def _recover_step(run: _Run, step: PlanStep) -> StepReport:
@@ -277,19 +291,22 @@ def _recover_step(run: _Run, step: PlanStep) -> StepReport:
         count = recalibrate_batchnorm(run.model, data, batch_size=batch_size)
         if count:
             done.append(f"recalibrated {count} BatchNorm layers")
-    if settings["epochs"]:
+    epochs = _epochs(settings, data)
+    if epochs:
         result = distill(
             run.model,
             run.dense,
             data,
-            epochs=int(settings["epochs"]),
+            epochs=epochs,
             lr=float(settings["lr"]),
             batch_size=batch_size,
             temperature=float(settings["temperature"]),
+            label_weight=float(settings["label_weight"]),
+            lr_schedule=settings["lr_schedule"],
         )
         losses = ", ".join(f"{loss:.4g}" for loss in result.losses)
         done.append(
-            f"distilled toward the dense model for {settings['epochs']} epochs "
+            f"distilled toward the dense model for {epochs} epochs "
             f"({result.steps} steps, loss per epoch {losses})"
         )
         if settings["batchnorm"] and recalibrate_batchnorm(run.model, data, batch_size=batch_size):

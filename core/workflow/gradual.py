@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -397,6 +398,17 @@ class FineTuneResult(BaseModel):
     """``evaluate(model)`` after each epoch, when an evaluator was given."""
 
 
+LrSchedule = Literal["constant", "cosine"]
+"""How :func:`fine_tune` moves the learning rate over its steps."""
+
+
+def _cosine(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine decay of every group's learning rate from its value to zero over ``total`` optimizer steps."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / max(total, 1)))
+    )
+
+
 def fine_tune(
     model: nn.Module,
     data: Data,
@@ -411,6 +423,7 @@ def fine_tune(
     start_step: int = 0,
     seed: int = 0,
     progress_bar: bool = False,
+    lr_schedule: LrSchedule = "constant",
 ) -> FineTuneResult:
     """A plain classification training loop that prunes on a schedule as it goes.
 
@@ -425,9 +438,13 @@ def fine_tune(
         loss_fn: ``loss_fn(output, targets)``; by default cross-entropy.
         evaluate: called after each epoch; its results are in ``metrics``.
         progress_bar: show a progress bar over the epochs (tqdm).
+        lr_schedule: ``constant`` keeps the optimizer's learning rate; ``cosine`` scales it by
+            ``(1 + cos(pi * t / T)) / 2`` at optimizer step ``t`` of the ``T`` this call takes, from the full rate
+            down to zero at the end (short recoveries converge better that way).
 
     Raises:
-        ConfigError: the schedule ends after the last step this loop takes (when that is known up front).
+        ConfigError: the schedule ends after the last step this loop takes (when that is known up front), or
+            ``lr_schedule`` is unknown, or ``cosine`` is asked of data whose length is not known up front.
     """
     check_model(model)
     check_int("epochs", epochs, minimum=0)
@@ -447,7 +464,14 @@ def fine_tune(
         raise ConfigTypeError(
             f"pruner must be a prunus.GradualPruner, not {type(pruner).__name__} ({brief(pruner)})"
         )
+    if lr_schedule not in ("constant", "cosine"):
+        raise ConfigError(f"lr_schedule={lr_schedule!r} is not one of 'constant', 'cosine'")
     per_epoch = num_batches(data, batch_size)
+    if lr_schedule == "cosine" and per_epoch is None:
+        raise ConfigError(
+            "lr_schedule='cosine' needs the number of steps up front: data has no len(); pass (inputs, "
+            "labels) tensors or a DataLoader, or lr_schedule='constant'"
+        )
     if pruner is not None and per_epoch is not None:
         last = start_step + epochs * per_epoch - 1
         if pruner.schedule.last_step > last:
@@ -457,6 +481,11 @@ def fine_tune(
             )
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = loss_fn or nn.functional.cross_entropy
+    scheduler = (
+        _cosine(optimizer, epochs * per_epoch)
+        if lr_schedule == "cosine" and per_epoch is not None
+        else None
+    )
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     step = start_step
     losses: list[float] = []
@@ -477,6 +506,8 @@ def fine_tune(
                 loss = loss_fn(call_model(model, to_device(x, device)), to_device(y, device))
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 total += float(loss.detach()) * len(y)
                 count += len(y)
                 step += 1

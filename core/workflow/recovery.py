@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..forward import call_model, evaluation_mode, output_tensors
-from .evaluation import input_batches, to_device
-from .gradual import FineTuneResult, GradualPruner, fine_tune
+from .evaluation import batches, input_batches, to_device
+from .gradual import FineTuneResult, GradualPruner, LrSchedule, fine_tune
 
 __all__ = ["DistillLoss", "distill", "distillation_loss", "recalibrate_batchnorm"]
 
@@ -127,29 +127,92 @@ def distillation_loss(
     return F.mse_loss(student, teacher) / teacher.pow(2).mean().clamp_min(1e-12)
 
 
-class _TeacherBatches:
-    """``(inputs, teacher output)`` batches, shuffled anew at each pass, for :func:`prunus.fine_tune`."""
+def _pair(data: Any) -> bool:
+    """Whether ``data`` is ``(inputs, labels)`` tensors (what :func:`input_batches` reads as labelled)."""
+    return isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)
 
-    def __init__(self, teacher: nn.Module, data: Any, batch_size: int, seed: int) -> None:
+
+def _labelled(data: Any) -> bool:
+    """Whether ``data`` is ``(inputs, labels)`` tensors whose labels are class indices, one per input."""
+    return (
+        _pair(data)
+        and data[1].dim() == 1
+        and not data[1].is_floating_point()
+        and len(data[0]) == len(data[1])
+    )
+
+
+TEACHER_CACHE_ELEMENTS = 2**25
+"""The most teacher output values (128 MiB in float32) :func:`distill` keeps to reuse at every epoch."""
+
+
+class _TeacherBatches:
+    """``(inputs, teacher output)`` batches, shuffled anew at each pass, for :func:`prunus.fine_tune`.
+
+    The labels of the batch last yielded are in :attr:`labels_now` when ``labels`` is set (``fine_tune`` takes
+    tensor targets and computes each batch's loss before it asks for the next).
+
+    With inputs in one tensor (alone or with labels) and teacher outputs that fit
+    :data:`TEACHER_CACHE_ELEMENTS`, the teacher runs once over the data and its outputs are reused at every
+    epoch (it is in eval mode, so they do not change); otherwise it runs on each batch.
+    """
+
+    def __init__(
+        self, teacher: nn.Module, data: Any, batch_size: int, seed: int, labels: bool
+    ) -> None:
         self.teacher, self.data, self.batch_size, self.seed = teacher, data, batch_size, seed
+        self.labels = labels
+        self.labels_now: Tensor | None = None
         self.passes = 0
         self.length = sum(1 for _ in input_batches(data, batch_size))
         if self.length == 0:
             raise ConfigError("data is empty: nothing to distil on")
+        self.cached: Tensor | None = None
 
     def __len__(self) -> int:
         return self.length
 
+    def _teacher(self, batch: Any) -> Tensor:
+        with torch.no_grad(), evaluation_mode(self.teacher):
+            return _first_tensor(call_model(self.teacher, to_device(batch, _device(self.teacher))))
+
+    def _inputs(self) -> Tensor | None:
+        inputs = self.data[0] if _pair(self.data) else self.data
+        return inputs if isinstance(inputs, Tensor) else None
+
+    def _cache(self, inputs: Tensor) -> Tensor | None:
+        """The teacher's outputs for every row of ``inputs``, or ``None`` when they would not fit."""
+        first = self._teacher(inputs[: self.batch_size])
+        if first.numel() // len(first) * len(inputs) > TEACHER_CACHE_ELEMENTS:
+            return None
+        size = self.batch_size
+        rest = [self._teacher(inputs[i : i + size]) for i in range(size, len(inputs), size)]
+        return torch.cat([first, *rest])
+
     def __iter__(self) -> Iterator[tuple[Any, Tensor]]:
         self.passes += 1
-        device = _device(self.teacher)
-        batches = input_batches(
-            self.data, self.batch_size, shuffle=True, seed=self.seed + self.passes
+        seed = self.seed + self.passes
+        inputs = self._inputs()
+        if inputs is not None and self.passes == 1:
+            self.cached = self._cache(inputs)
+        if inputs is not None and self.cached is not None:
+            order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
+            for start in range(0, len(order), self.batch_size):
+                index = order[start : start + self.batch_size]
+                self.labels_now = self.data[1][index] if self.labels else None
+                yield inputs[index], self.cached[index.to(self.cached.device)]
+            return
+        pairs: Iterator[tuple[Any, Tensor | None]] = (
+            batches(self.data, self.batch_size, shuffle=True, seed=seed)
+            if self.labels
+            else (
+                (b, None)
+                for b in input_batches(self.data, self.batch_size, shuffle=True, seed=seed)
+            )
         )
-        for batch in batches:
-            with torch.no_grad(), evaluation_mode(self.teacher):
-                target = _first_tensor(call_model(self.teacher, to_device(batch, device)))
-            yield batch, target
+        for batch, labels in pairs:
+            self.labels_now = labels
+            yield batch, self._teacher(batch)
 
 
 def distill(
@@ -162,12 +225,14 @@ def distill(
     batch_size: int = 32,
     loss: DistillLoss = "auto",
     temperature: float = 2.0,
+    label_weight: float = 0.0,
+    lr_schedule: LrSchedule = "constant",
     optimizer: torch.optim.Optimizer | None = None,
     pruner: GradualPruner | None = None,
     seed: int = 0,
     progress_bar: bool = False,
 ) -> FineTuneResult:
-    """Train ``student`` toward ``teacher``'s outputs on the inputs of ``data``, labels unused.
+    """Train ``student`` toward ``teacher``'s outputs on the inputs of ``data`` (and its labels, if asked).
 
     The teacher runs in eval mode without gradients on each batch; the student trains on
     :func:`distillation_loss` between the first tensor of each model's output (class logits, a language model's
@@ -181,9 +246,15 @@ def distill(
             tensors, a tensor or dict of tensors, or an iterable of batches.
         loss: ``auto``, ``kl`` or ``mse`` (see :func:`distillation_loss`).
         temperature: the softening of ``kl``.
+        label_weight: with ``(inputs, labels)`` tensors of class indices and class-logit outputs ``(batch,
+            classes)``, the loss is ``(1 - label_weight) * distillation + label_weight * cross_entropy(labels)``
+            (soft targets and hard labels, as Hinton et al. train); ignored for other data (``0``: labels unused).
 
-    The other keywords (``epochs``, ``lr``, ``batch_size``, ``optimizer``, ``pruner``, ``seed``,
-    ``progress_bar``) are those of :func:`prunus.fine_tune`.
+    The other keywords (``epochs``, ``lr``, ``batch_size``, ``lr_schedule``, ``optimizer``, ``pruner``,
+    ``seed``, ``progress_bar``) are those of :func:`prunus.fine_tune`.
+
+    Raises:
+        ConfigError: ``loss``, ``temperature`` or ``label_weight`` is out of range, or ``data`` is empty.
 
     Returns:
         The :class:`~prunus.FineTuneResult` (the mean distillation loss of each epoch).
@@ -192,13 +263,23 @@ def distill(
         raise ConfigError(f"loss={loss!r} is not one of 'auto', 'kl', 'mse'")
     if not temperature > 0:
         raise ConfigError(f"temperature={temperature!r} must be > 0")
+    if isinstance(label_weight, bool) or not 0 <= label_weight <= 1:
+        raise ConfigError(f"label_weight={label_weight!r} must be a number from 0 to 1")
+
+    targets = _TeacherBatches(teacher, data, batch_size, seed, label_weight > 0 and _labelled(data))
 
     def objective(output: Any, target: Tensor) -> Tensor:
-        return distillation_loss(_first_tensor(output), target, loss=loss, temperature=temperature)
+        student_out = _first_tensor(output)
+        soft = distillation_loss(student_out, target, loss=loss, temperature=temperature)
+        labels = targets.labels_now
+        if labels is None or student_out.dim() != 2:
+            return soft
+        hard = F.cross_entropy(student_out, labels.to(student_out.device))
+        return (1 - label_weight) * soft + label_weight * hard
 
     return fine_tune(
         student,
-        _TeacherBatches(teacher, data, batch_size, seed),
+        targets,
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
@@ -207,4 +288,5 @@ def distill(
         pruner=pruner,
         seed=seed,
         progress_bar=progress_bar,
+        lr_schedule=lr_schedule,
     )
