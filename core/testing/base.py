@@ -56,8 +56,18 @@ class KitCase:
     def check(self, name: str) -> None:
         """Check property ``name``; skip the test when it does not apply."""
         __tracebackhide__ = True
+        reason = self.run(name)
+        if reason is not None:
+            pytest.skip(reason)
+
+    def run(self, name: str) -> str | None:
+        """Check property ``name``: why it does not apply, or ``None`` when it held.
+
+        A failure already reported in full by another test of this class fails with a pointer to it.
+        """
+        __tracebackhide__ = True
         try:
-            reason = check_property(
+            return check_property(
                 self.subject, name, max_examples=self.max_examples, seed=self.seed
             )
         except KitFailure as failure:
@@ -69,8 +79,6 @@ class KitCase:
                     f"test_{first} reports in full: {found.problem.splitlines()[0]}"
                 ) from None
             raise
-        if reason is not None:
-            pytest.skip(reason)
 
 
 def _doc(name: str) -> str:
@@ -124,12 +132,6 @@ class StrategyTests:
         others = [n for n in property_names() if not hasattr(StrategyTests, f"test_{n}")]
         ran = 0
         for name in others:
-            reason = check_property(
-                prunus_case.subject,
-                name,
-                max_examples=prunus_case.max_examples,
-                seed=prunus_case.seed,
-            )
-            ran += reason is None
+            ran += prunus_case.run(name) is None
         if not ran:
             pytest.skip("no other registered property applies")
