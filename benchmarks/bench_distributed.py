@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -72,12 +72,14 @@ def step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor) ->
     optimizer.zero_grad()
 
 
-def worker(rank: int, world: int, port: int, quick: bool, out: str) -> None:
+def worker(rank: int, world: int, quick: bool, out: str) -> None:
     import prunus
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the loopback interface: 127.0.0.1
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # The ranks meet through a file beside the results, not a port picked in advance (another process may take it).
+    store = Path(out).with_name("rendezvous").as_uri()
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
     s = sizes(quick)
     found: dict[str, Any] = {"masks": {}, "zeros": {}}
     x = torch.randn(s["batch"], s["width"], generator=torch.Generator().manual_seed(rank))
@@ -137,15 +139,17 @@ def worker(rank: int, world: int, port: int, quick: bool, out: str) -> None:
     dist.destroy_process_group()
     if rank == 0:
         Path(out).write_text(json.dumps(found))
+    # Leave without the interpreter's teardown, where gloo's threads can abort a finished process ("terminate
+    # called without an active exception") once its results are written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def measure(quick: bool) -> dict[str, Any]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "rank0.json")
-        mp.spawn(worker, args=(2, port, quick, out), nprocs=2, join=True)
+        mp.spawn(worker, args=(2, quick, out), nprocs=2, join=True)
         result: dict[str, Any] = json.loads(Path(out).read_text())
     return result
 
