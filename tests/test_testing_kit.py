@@ -646,7 +646,8 @@ def test_a_failure_shared_by_many_tests_is_reported_in_full_once(pytester: pytes
             """
         )
     )
-    result = pytester.runpytest(
+    # In a process of its own: what earlier tests of this session imported or registered stays out of it.
+    result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--prunus-max-examples=3", "-p", "prunus.testing.pytest_plugin"
     )
     outcomes = result.parseoutcomes()
