@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import prunus
-from prunus.testing import StrategyTests
+from prunus.testing import StrategyCase, StrategyTests
+from prunus.testing import generators as pst
 
 pytest_plugins = ["prunus.testing.pytest_plugin"]
 
@@ -20,11 +21,19 @@ BUILTIN = [
 ]
 
 
+def case(name: str) -> str | StrategyCase:
+    """The kit's case for a strategy: a data-aware one (``wanda_kernel``) gets drawn calibration statistics."""
+    kinds = prunus.registry.info(name).statistics
+    if not kinds:
+        return name
+    return StrategyCase(name, data=lambda targets: pst.statistics(targets, kinds))
+
+
 class TestKernelConformance(StrategyTests):
     @pytest.fixture(scope="class", params=BUILTIN)
     @classmethod
-    def prunus_strategy(cls, request: pytest.FixtureRequest) -> str:
-        return str(request.param)
+    def prunus_strategy(cls, request: pytest.FixtureRequest) -> str | StrategyCase:
+        return case(str(request.param))
 
 
 def test_prunus_finds_the_installed_plugin() -> None:
