@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CalibrationError, ConfigError
-from .forward import evaluation_mode
+from .forward import evaluation_mode, to_device
 from .layout import find_blocks, gatherable, input_columns, input_features
 from .progress import progress
 from .statistics import InputNorms, Statistic, Statistics
@@ -178,7 +178,7 @@ def calibration_pass(
     """
     _check_gatherable(targets)
     with torch.no_grad(), evaluation_mode(model):
-        batches = [_to_device(batch, None if loader else _device(model)) for batch in batches]
+        batches = [to_device(batch, None if loader else _device(model)) for batch in batches]
         stack, inside, outside = group_by_block(model, targets)
         if loader is not None and (stack is None or outside):
             raise ConfigError(
@@ -284,18 +284,6 @@ class _Stop(Exception):
 def _device(model: nn.Module) -> torch.device | None:
     devices = {p.device for p in model.parameters()}
     return devices.pop() if len(devices) == 1 else None
-
-
-def _to_device(batch: Any, device: torch.device | None) -> Any:
-    if device is None:
-        return batch
-    if isinstance(batch, Tensor):
-        return batch.to(device)
-    if isinstance(batch, Mapping):
-        return {key: _to_device(value, device) for key, value in batch.items()}
-    if isinstance(batch, tuple | list):
-        return type(batch)(_to_device(value, device) for value in batch)
-    return batch
 
 
 def _takes_use_cache(model: nn.Module) -> bool:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .errors import PrunusError, TargetError
 
-__all__ = ["call_model", "evaluation_mode", "output_tensors", "run_model"]
+__all__ = ["call_model", "evaluation_mode", "output_tensors", "run_model", "to_device"]
 
 
 def call_model(model: nn.Module, example_inputs: Any) -> Any:
@@ -35,6 +35,20 @@ def call_model(model: nn.Module, example_inputs: Any) -> Any:
     if isinstance(example_inputs, Mapping):
         return model(**example_inputs)
     return model(example_inputs)
+
+
+def to_device(value: Any, device: torch.device | None) -> Any:
+    """``value`` (a tensor, or a tuple, list or dict of them) on ``device``; anything else, or any value when
+    ``device`` is ``None``, as it is."""
+    if device is None:
+        return value
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(to_device(v, device) for v in value)
+    return value
 
 
 def run_model(model: nn.Module, example_inputs: Any, what: str = "example_inputs") -> Any:

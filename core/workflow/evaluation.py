@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .. import files, masking
 from ..arguments import check_callable, check_int, check_model, check_path
 from ..errors import ConfigError, ConfigTypeError, brief
-from ..forward import call_model, evaluation_mode, run_model
+from ..forward import call_model, evaluation_mode, run_model, to_device
 from ..hardware.timing import time_interleaved
 from ..persistence.compressed import load_compressed, save_compressed
 from ..report import kib
@@ -183,17 +183,6 @@ def input_batches(
             yield batch[0]
         else:
             yield batch
-
-
-def to_device(value: Any, device: torch.device) -> Any:
-    """``value`` (a tensor, or a tuple, list or dict of them) on ``device``; anything else as it is."""
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, Mapping):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return type(value)(to_device(v, device) for v in value)
-    return value
 
 
 def num_batches(data: Data, batch_size: int) -> int | None:
