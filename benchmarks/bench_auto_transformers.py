@@ -14,9 +14,10 @@ Table ``auto-transformers`` (docs/auto.md). Needs the ``bench`` extra, ``gt-all-
   Then ``prunus.analyze``'s prediction: ``prune_channels`` masks the channel groups the ``shrink`` row removes,
   ``analyze(model, batch, measure=True)`` predicts the speed-up, and it is set beside the ``shrink`` row's.
 * **SmolLM2-135M** (a language model) at 50 % on a CPU: ``prune(model, "auto", sparsity=0.5, hardware="cpu")``
-  without data (refused: the message is quoted) and with calibration data (16 other Lee documents of 128
-  tokens), where the plan prunes with a data-aware strategy; perplexity on Lee documents 0-7 (128 tokens each)
-  against dense's, and the speed-up measured (one sequence of 128 tokens, 2 threads) beside ``analyze``'s.
+  without data (refused: the message is quoted) and with calibration data (128 other Lee documents of at most
+  256 tokens, as ``bench_llm``), where the plan prunes with a data-aware strategy; perplexity on Lee documents
+  0-31 (at most 256 tokens each) against dense's, and the speed-up measured (one sequence of 128 tokens, 2
+  threads) beside ``analyze``'s.
 
 A quick run uses fewer sentences, recovery steps and rounds, and SmolLM2 with 4 short calibration sequences: a
 smoke test of the paths, not figures to quote. Run alone with ``python benchmarks/bench_auto_transformers.py
@@ -55,7 +56,7 @@ def sizes(quick: bool) -> dict[str, Any]:
         "held_out": 200,
         "steps": None,
         "rounds": 15,
-        "lm": (8, 128, 16, 128),
+        "lm": (32, 256, 128, 256),
     }
 
 
