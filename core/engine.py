@@ -255,7 +255,8 @@ def _prune(
             **jsonable(reconstruction.options),
         }
 
-    if needed_statistics(strategies, reconstruction):
+    # A reconstruction runs block by block on the data even when it reads no statistic of its own.
+    if needed_statistics(strategies, reconstruction) or reconstruction is not None:
         plan = {t.name: strategy if per_layer is None else per_layer[t.name] for t in targets}
         try:
             done = prune_calibrated(

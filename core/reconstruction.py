@@ -42,3 +42,27 @@ class Reconstruction(Component):
         ``target.tensor`` holds the values before this call's pruning (entries pruned by earlier calls read
         zero). Entries the mask prunes are zeroed whatever is returned there; do not modify the parameter.
         """
+
+    def reconstruct_within(
+        self, target: Target, mask: Tensor, cells: Tensor | None, context: PruneContext
+    ) -> tuple[Tensor, Tensor]:
+        """New values of ``target``'s parameter, and its keep-mask, which may differ from ``mask`` within cells.
+
+        A reconstruction that chooses the pruned entries as it goes (SparseGPT picks those of each block of
+        columns from the weights as the earlier columns' updates left them) overrides this. It may move which
+        entries of a cell are pruned, but each cell keeps as many as ``mask`` keeps, and an entry an earlier
+        call pruned (``target.prior``) stays pruned, so the strategy's counts hold exactly.
+
+        Args:
+            target: the parameter, as for :meth:`reconstruct`.
+            mask: the bool keep-mask the strategy chose.
+            cells: int labels of the parameter's shape: the entries sharing a label form a cell (the group
+                the granularity ranks its entries in, see :class:`~prunus.strategy.Partition`). ``None`` when
+                the mask may not move (the granularity prunes slices or tiles whole, or declares nothing).
+            context: the call being served.
+
+        Returns:
+            ``(values, keep_mask)``; the default is :meth:`reconstruct`'s values and ``mask`` itself.
+        """
+        del cells
+        return self.reconstruct(target, mask, context), mask

@@ -35,7 +35,7 @@ from .errors import ConfigError, ConfigTypeError, PluginError, PrunusError, brie
 from .reconstruction import Reconstruction
 from .registration import Registry
 from .statistics import Statistic, Statistics
-from .strategy import PruneContext, Strategy, Target
+from .strategy import ComposedStrategy, PruneContext, Strategy, Target
 from .transaction import Transaction, transaction
 
 __all__ = [
@@ -291,11 +291,11 @@ def prune_calibrated(
             mask = masks.get(target.name)
             if mask is None:
                 continue
-            values = (
-                None
-                if reconstruction is None
-                else _reconstructed(reconstruction, target, mask, context)
-            )
+            values = None
+            if reconstruction is not None:
+                values, mask = _reconstructed(
+                    reconstruction, target, mask, _cells(plan[target.name], target, mask), context
+                )
             before = 0 if target.prior is None else _pruned(target.prior)
             tx.record(registry.hooks.apply_mask(target, mask, restorable, context))
             if values is not None:
@@ -348,19 +348,39 @@ def _pruned(mask: Tensor) -> int:
     return mask.numel() - int(torch.count_nonzero(mask))
 
 
+def _cells(strategy: Strategy, target: Target, mask: Tensor) -> Tensor | None:
+    """The cells within which a reconstruction may move ``mask``: the groups of the strategy's granularity when
+    it ranks single entries (``None`` when it prunes slices or tiles whole, declares nothing, or is sharded)."""
+    if type(mask) is not Tensor or not isinstance(strategy, ComposedStrategy):
+        return None
+    partition = strategy.granularity_component.partition(target)
+    if partition is None:
+        return None
+    units = partition.units.reshape(-1)
+    if not torch.equal(units, torch.arange(units.numel(), device=units.device)):
+        return None
+    return partition.groups.to(mask.device)
+
+
 def _reconstructed(
-    reconstruction: Reconstruction, target: Target, mask: Tensor, context: PruneContext
-) -> Tensor:
-    """The reconstruction's new values of ``target``, checked."""
+    reconstruction: Reconstruction,
+    target: Target,
+    mask: Tensor,
+    cells: Tensor | None,
+    context: PruneContext,
+) -> tuple[Tensor, Tensor]:
+    """The reconstruction's new values of ``target`` and its keep-mask, checked."""
     owner = f"reconstruction {reconstruction.name!r}"
     try:
-        values = reconstruction.reconstruct(target, mask, context)
+        values, chosen = reconstruction.reconstruct_within(target, mask, cells, context)
     except PrunusError:
         raise
     except Exception as error:
         raise PluginError(
             f"{owner} raised {type(error).__name__} on {target.name!r}: {error}; the model was left as it was"
         ) from error
+    if chosen is not mask:
+        _check_moved(owner, target, mask, chosen, cells)
     tensor = target.tensor
     if not isinstance(values, Tensor):
         raise PluginError(
@@ -375,4 +395,35 @@ def _reconstructed(
             f"{owner} returned values of shape {tuple(values.shape)}, {values.dtype} on {values.device} for "
             f"{target.name!r}; the parameter is {tuple(tensor.shape)}, {tensor.dtype} on {tensor.device}"
         )
-    return values
+    return values, chosen
+
+
+def _check_moved(
+    owner: str, target: Target, mask: Tensor, chosen: Tensor, cells: Tensor | None
+) -> None:
+    """A mask a reconstruction chose again keeps the strategy's counts: as many pruned entries in every cell,
+    and every entry an earlier call pruned still pruned."""
+    if not isinstance(chosen, Tensor) or chosen.dtype != torch.bool or chosen.shape != mask.shape:
+        raise PluginError(
+            f"{owner} returned a mask that is not a bool tensor of shape {tuple(mask.shape)} for {target.name!r}"
+        )
+    if cells is None:
+        if not torch.equal(chosen, mask):
+            raise PluginError(
+                f"{owner} moved the mask of {target.name!r}, whose granularity prunes whole slices or tiles "
+                "(no cells were given): it must return the mask it was given"
+            )
+        return
+    labels = torch.unique(cells, return_inverse=True)[1].reshape(-1)
+    size = int(labels.max()) + 1 if labels.numel() else 0
+    before = torch.bincount(labels, weights=(~mask).reshape(-1).double(), minlength=size)
+    after = torch.bincount(labels, weights=(~chosen).reshape(-1).double(), minlength=size)
+    if not torch.equal(before, after):
+        raise PluginError(
+            f"{owner} changed how many entries of a cell of {target.name!r} are pruned: a reconstruction may "
+            "move the pruned entries within a cell, never change their number"
+        )
+    if target.prior is not None and bool((chosen & ~target.prior).any()):
+        raise PluginError(
+            f"{owner} kept entries of {target.name!r} that an earlier prune removed: they must stay pruned"
+        )

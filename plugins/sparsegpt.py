@@ -13,7 +13,10 @@ Here the two halves are separate pieces:
   weight when its column's turn in the sweep comes) and composes with every granularity: ``sparsegpt_row``,
   ``sparsegpt_unstructured``, ``sparsegpt_nm`` (2:4)...; by default ``prune`` follows its masks with
 * the **reconstruction** ``sparsegpt``: the column sweep itself, from any mask, whatever criterion chose it
-  (``prune(model, "wanda_row", ..., reconstruct=True)``, ``reconstruct="sparsegpt"`` after magnitude).
+  (``prune(model, "wanda_row", ..., reconstruct=True)``, ``reconstruct="sparsegpt"`` after magnitude). With
+  ``reselect=True`` (what the criterion asks for) it also chooses the pruned entries of each block of columns
+  again when the sweep reaches it, from the weights as the earlier columns' updates left them, as SparseGPT does;
+  each of the granularity's groups keeps its count (:meth:`Reconstruction.reconstruct_within`).
 
 Both read the :class:`~prunus.plugin_api.InputGram` statistic and dampen ``H`` by ``dampening`` times the mean
 of its diagonal before inverting it (more dampening if the Cholesky factorization fails). Inputs that are always
@@ -25,7 +28,7 @@ from __future__ import annotations
 import weakref
 
 import torch
-from pydantic import Field, StrictFloat, StrictInt
+from pydantic import Field, StrictBool, StrictFloat, StrictInt
 from torch import Tensor
 
 from prunus.plugin_api import (
@@ -41,7 +44,13 @@ from prunus.plugin_api import (
     matrix_view,
 )
 
-__all__ = ["SparseGPT", "SparseGPTReconstruction", "inverse_hessian_factor", "obs_sweep"]
+__all__ = [
+    "Reselection",
+    "SparseGPT",
+    "SparseGPTReconstruction",
+    "inverse_hessian_factor",
+    "obs_sweep",
+]
 
 _RETRIES = 6
 """How many times dampening grows tenfold before a Gram matrix is declared unusable."""
@@ -138,14 +147,25 @@ class SparseGPT(Criterion):
 
     def reconstruction(self) -> tuple[str, dict[str, object]] | None:
         assert isinstance(self.config, SparseGPTConfig)
-        return ("sparsegpt", {"dampening": self.config.dampening})
+        # As SparseGPT does: the mask of each block of columns is chosen when the sweep reaches it.
+        return ("sparsegpt", {"dampening": self.config.dampening, "reselect": True})
 
 
 class SparseGPTReconstructionConfig(SparseGPTConfig):
-    """Options of the ``sparsegpt`` reconstruction: the criterion's ``dampening``, and ``block_size``."""
+    """Options of the ``sparsegpt`` reconstruction: the criterion's ``dampening``, ``block_size`` and
+    ``reselect``."""
 
     block_size: StrictInt = Field(
         default=128, ge=1, description="columns updated together (lazy batch updates)"
+    )
+    reselect: StrictBool = Field(
+        default=False,
+        description=(
+            "choose the pruned entries of each block of columns again when the sweep reaches it, from the "
+            "weights as the earlier columns' updates left them (SparseGPT's adaptive mask selection), keeping "
+            "as many in each of the granularity's groups as the mask prunes there; the sparsegpt criterion "
+            "turns it on"
+        ),
     )
 
 
@@ -167,8 +187,21 @@ class SparseGPTReconstruction(Reconstruction):
     statistics = (InputGram,)
 
     def reconstruct(self, target: Target, mask: Tensor, context: PruneContext) -> Tensor:
+        return self._sweep(target, mask, None, context)[0]
+
+    def reconstruct_within(
+        self, target: Target, mask: Tensor, cells: Tensor | None, context: PruneContext
+    ) -> tuple[Tensor, Tensor]:
         assert isinstance(self.config, SparseGPTReconstructionConfig)
-        factor, _ = inverse_hessian_factor(
+        if not self.config.reselect or cells is None:
+            return self.reconstruct(target, mask, context), mask
+        return self._sweep(target, mask, cells, context)
+
+    def _sweep(
+        self, target: Target, mask: Tensor, cells: Tensor | None, context: PruneContext
+    ) -> tuple[Tensor, Tensor]:
+        assert isinstance(self.config, SparseGPTReconstructionConfig)
+        factor, dead = inverse_hessian_factor(
             context.statistic(target, InputGram), float(self.config.dampening)
         )
         tensor = target.tensor
@@ -178,7 +211,22 @@ class SparseGPTReconstruction(Reconstruction):
             copy=True,
         )
         keep = matrix_view(target.module, mask)
-        obs_sweep(weights, keep, factor.to(tensor.device, weights.dtype), self.config.block_size)
+        selection = None
+        if cells is not None:
+            keep = keep.clone()
+            prior = (
+                None if target.prior is None else ~matrix_view(target.module, target.prior)
+            )
+            selection = Reselection(
+                matrix_view(target.module, cells), prior, dead.to(tensor.device)
+            )
+        obs_sweep(
+            weights,
+            keep,
+            factor.to(tensor.device, weights.dtype),
+            self.config.block_size,
+            selection,
+        )
         result = weights.to(tensor.dtype)
         # A row whose update overflows the parameter's dtype keeps its values (masked): never trade finite
         # weights for inf or NaN.
@@ -188,14 +236,62 @@ class SparseGPTReconstruction(Reconstruction):
             result[broken] = torch.where(
                 keep[broken], before[broken], torch.zeros_like(before[broken])
             )
-        return from_matrix(target.module, result, tensor.shape).contiguous()
+        values = from_matrix(target.module, result, tensor.shape).contiguous()
+        if selection is None:
+            return values, mask
+        return values, from_matrix(target.module, keep, mask.shape).contiguous()
+
+
+class Reselection:
+    """What :func:`obs_sweep` needs to choose each block's pruned entries again (SparseGPT's adaptive selection).
+
+    Args:
+        cells: int labels of the weight matrix's entries: each cell keeps, within each block of columns, as many
+            pruned entries as the mask the sweep starts from prunes there.
+        frozen: entries pruned before (``True``): pruned whatever their score.
+        dead: input features (columns) that are always zero: their weights score nothing, as the criterion's.
+    """
+
+    def __init__(self, cells: Tensor, frozen: Tensor | None, dead: Tensor) -> None:
+        self.cells = cells
+        self.frozen = frozen
+        self.dead = dead
+
+    def choose(self, values: Tensor, keep: Tensor, diagonal: Tensor, start: int, stop: int) -> None:
+        """Choose ``keep[:, start:stop]`` again from ``values`` (the block's weights, transposed: columns by
+        rows, as the sweep has updated them): in each cell, the lowest ``w^2 / U_jj^2`` are pruned, as many as
+        the cell prunes now."""
+        scores = (values.square() / diagonal[start:stop, None].square()).t()
+        scores[:, self.dead[start:stop]] = 0.0
+        if self.frozen is not None:
+            scores[self.frozen[:, start:stop]] = -torch.inf
+        block = keep[:, start:stop]
+        labels = torch.unique(self.cells[:, start:stop], return_inverse=True)[1].reshape(-1)
+        cells = int(labels.max()) + 1
+        prune = torch.bincount(labels, weights=(~block).reshape(-1).double(), minlength=cells)
+        # Entries in score order, then grouped by cell (stable): each cell's lowest scores come first.
+        order = torch.argsort(scores.reshape(-1), stable=True)
+        order = order[torch.argsort(labels[order], stable=True)]
+        sizes = torch.bincount(labels, minlength=cells)
+        first = torch.cumsum(sizes, 0) - sizes
+        grouped = labels[order]
+        rank = torch.arange(order.numel(), device=order.device) - first[grouped]
+        pruned = torch.empty_like(block.reshape(-1))
+        pruned[order] = rank < prune.to(rank.dtype)[grouped]
+        block.copy_(~pruned.reshape(block.shape))
 
 
 _LEAF = 16
 """Columns whose updates go one column at a time; updates between these runs of columns are matrix products."""
 
 
-def obs_sweep(weights: Tensor, keep: Tensor, factor: Tensor, block_size: int) -> None:
+def obs_sweep(
+    weights: Tensor,
+    keep: Tensor,
+    factor: Tensor,
+    block_size: int,
+    reselection: Reselection | None = None,
+) -> None:
     """SparseGPT's update, in place: zero ``weights``' entries ``keep`` prunes and update the rest.
 
     Column ``j`` in turn: each row that prunes its weight there takes the error ``e_j = w_j / U_jj`` (``w_j`` as
@@ -209,6 +305,8 @@ def obs_sweep(weights: Tensor, keep: Tensor, factor: Tensor, block_size: int) ->
         keep: its bool keep-mask.
         factor: the upper Cholesky factor of the damped inverse Hessian, ``(columns, columns)``.
         block_size: columns per lazy block.
+        reselection: when given, ``keep`` (changed in place) is chosen again block by block when the sweep
+            reaches the block: every update of the columns before it is applied by then.
     """
     columns = weights.shape[1]
     # Worked on transposed, so that a column of the weights is a contiguous row; ``scale`` turns a column's
@@ -218,8 +316,12 @@ def obs_sweep(weights: Tensor, keep: Tensor, factor: Tensor, block_size: int) ->
     errors = torch.empty_like(swept)
     # Views made once: indexing a tensor costs as much as the small products below.
     values, scales, errs, factors = (t.unbind() for t in (swept, scale, errors, factor))
+    diagonal = factor.diagonal()
     for start in range(0, columns, block_size):
         stop = min(start + block_size, columns)
+        if reselection is not None:
+            reselection.choose(swept[start:stop], keep, diagonal, start, stop)
+            scale[start:stop] = (~keep[:, start:stop]).t().to(swept.dtype) / diagonal[start:stop, None]
         for first in range(start, stop, _LEAF):
             last = min(first + _LEAF, stop)
             for j in range(first, last):

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 import prunus
 from prunus.allocation import exact_counts
+from prunus.config import NoOptions
 from prunus.layout import matrix_view
 
 hf = pytest.importorskip("hf_models")
@@ -394,3 +395,134 @@ def test_the_sweep_is_sparsegpt_s_update_at_any_block_size(block_size: int) -> N
     assert float(((x @ (swept - weights).T) ** 2).sum()) < float(
         ((x @ (masked - weights).T) ** 2).sum()
     )
+
+
+# -- SparseGPT's adaptive mask selection ------------------------------------------------------------------------
+
+
+def _wide_mlp() -> tuple[nn.Module, list[Tensor]]:
+    """Two Linear layers with several blocks of 16 columns each, and correlated inputs (a Gram matrix far from
+    diagonal: the updates of the earlier columns then change which later weights matter)."""
+    generator = torch.Generator().manual_seed(0)
+    mix = torch.randn(64, 64, generator=generator) * 0.3
+    batches = [torch.randn(64, 64, generator=generator) @ mix for _ in range(4)]
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 8)), batches
+
+
+def _output_error(model: nn.Module, dense: nn.Module, batches: list[Tensor]) -> float:
+    with torch.no_grad():
+        return sum(float((model(x) - dense(x)).square().sum()) for x in batches)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "options"),
+    [
+        ("sparsegpt_unstructured", {"amount": 0.5}),
+        ("sparsegpt_row", {"amount": 0.5}),
+        ("sparsegpt_nm", {}),
+    ],
+)
+def test_reselection_keeps_the_granularity_s_counts_and_lowers_the_error(
+    strategy: str, options: dict[str, Any]
+) -> None:
+    model, batches = _wide_mlp()
+    dense = copy.deepcopy(model)
+    results = {}
+    for reselect in (False, True):
+        candidate = copy.deepcopy(dense)
+        reconstruction = prunus.registry.reconstruction(
+            "sparsegpt", block_size=16, reselect=reselect
+        )
+        prunus.prune(candidate, strategy, data=batches, reconstruct=reconstruction, **options)
+        results[reselect] = (candidate, prunus.masks(candidate))
+    (fixed, fixed_masks), (moved, moved_masks) = results[False], results[True]
+    assert any(not torch.equal(fixed_masks[k], moved_masks[k]) for k in fixed_masks)
+    for name, mask in moved_masks.items():
+        before = fixed_masks[name]
+        if strategy == "sparsegpt_unstructured":
+            assert int(mask.sum()) == int(before.sum())
+        elif strategy == "sparsegpt_row":
+            assert torch.equal(mask.sum(1), before.sum(1))
+        else:
+            assert bool((mask.reshape(mask.shape[0], -1, 4).sum(-1) == 2).all())
+        assert bool((moved.get_parameter(name)[~mask] == 0).all())
+    assert _output_error(moved, dense, batches) < _output_error(fixed, dense, batches)
+    prunus.restore(moved)
+    assert bits(moved) == bits(dense)
+
+
+def test_the_sparsegpt_criterion_reselects_and_other_masks_stay_as_chosen() -> None:
+    model, batches = _wide_mlp()
+    report = prunus.prune(copy.deepcopy(model), "sparsegpt_unstructured", amount=0.5, data=batches)
+    assert report.options["reconstruct"]["reselect"] is True
+    # A magnitude mask reconstructed by SparseGPT's sweep keeps its entries: the user chose them.
+    magnitude = copy.deepcopy(model)
+    prunus.prune(magnitude, "l1_unstructured", amount=0.5)
+    expected = prunus.masks(magnitude)
+    reconstructed = copy.deepcopy(model)
+    report = prunus.prune(
+        reconstructed, "l1_unstructured", amount=0.5, data=batches, reconstruct=True
+    )
+    assert report.options["reconstruct"]["reselect"] is False
+    assert all(torch.equal(m, expected[k]) for k, m in prunus.masks(reconstructed).items())
+
+
+def test_reselection_never_brings_back_what_an_earlier_prune_removed() -> None:
+    model, batches = _wide_mlp()
+    prunus.prune(model, "l1_unstructured", amount=0.3)
+    first = prunus.masks(model)
+    reconstruction = prunus.registry.reconstruction("sparsegpt", block_size=16, reselect=True)
+    prunus.prune(
+        model, "sparsegpt_unstructured", amount=0.3, data=batches, reconstruct=reconstruction
+    )
+    for name, mask in prunus.masks(model).items():
+        assert not bool((mask & ~first[name]).any())
+        assert mask.numel() - int(mask.sum()) == round(0.3 * mask.numel()) + round(
+            0.3 * int(first[name].sum())
+        )
+
+
+def test_reselection_leaves_whole_slices_in_place() -> None:
+    model, batches = _wide_mlp()
+    fixed, moved = copy.deepcopy(model), copy.deepcopy(model)
+    prunus.prune(fixed, "sparsegpt_structured", amount=0.25, data=batches, reconstruct=False)
+    reconstruction = prunus.registry.reconstruction("sparsegpt", block_size=16, reselect=True)
+    prunus.prune(
+        moved, "sparsegpt_structured", amount=0.25, data=batches, reconstruct=reconstruction
+    )
+    expected = prunus.masks(fixed)
+    assert all(torch.equal(m, expected[k]) for k, m in prunus.masks(moved).items())
+
+
+class _Miscounting(prunus.Reconstruction):
+    """Moves the mask and prunes one entry more than it was given: the engine must refuse it."""
+
+    name = "miscounting"
+    summary = "prunes one more entry than the mask"
+
+    def reconstruct(self, target: Any, mask: Tensor, context: Any) -> Tensor:
+        return target.tensor.clone()
+
+    def reconstruct_within(
+        self, target: Any, mask: Tensor, cells: Tensor | None, context: Any
+    ) -> tuple[Tensor, Tensor]:
+        chosen = mask.clone()
+        chosen.view(-1)[int(torch.nonzero(chosen.view(-1))[0])] = False
+        return target.tensor.clone(), chosen
+
+
+def test_a_reconstruction_that_changes_a_cell_s_count_is_refused_and_changes_nothing(
+    snapshot: Callable[[nn.Module], dict[str, Any]],
+) -> None:
+    model, batches = _wide_mlp()
+    before = snapshot(model)
+    with pytest.raises(prunus.PluginError, match="changed how many entries of a cell"):
+        prunus.prune(
+            model,
+            "l1_unstructured",
+            amount=0.5,
+            data=batches,
+            reconstruct=_Miscounting(NoOptions()),
+        )
+    assert snapshot(model) == before and not prunus.is_pruned(model)
