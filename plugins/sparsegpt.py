@@ -214,9 +214,7 @@ class SparseGPTReconstruction(Reconstruction):
         selection = None
         if cells is not None:
             keep = keep.clone()
-            prior = (
-                None if target.prior is None else ~matrix_view(target.module, target.prior)
-            )
+            prior = None if target.prior is None else ~matrix_view(target.module, target.prior)
             selection = Reselection(
                 matrix_view(target.module, cells), prior, dead.to(tensor.device)
             )
@@ -321,7 +319,8 @@ def obs_sweep(
         stop = min(start + block_size, columns)
         if reselection is not None:
             reselection.choose(swept[start:stop], keep, diagonal, start, stop)
-            scale[start:stop] = (~keep[:, start:stop]).t().to(swept.dtype) / diagonal[start:stop, None]
+            pruned = (~keep[:, start:stop]).t().to(swept.dtype)
+            scale[start:stop] = pruned / diagonal[start:stop, None]
         for first in range(start, stop, _LEAF):
             last = min(first + _LEAF, stop)
             for j in range(first, last):
