@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def _catch(index: int, variant: str, seed: int | None) -> dict[str, Any]:
     }
 
 
-FEEDS: dict[str, dict[str, bool]] = {"taylor": {"gradients": True}, "actnorm": {"inputs": True}}
+FEEDS: dict[str, dict[str, Any]] = {"taylor": {"gradients": True}, "actnorm": {"inputs": True}}
 """How the example packages' criteria are fed, as their own tests say (a criterion not named here: plainly)."""
 
 
@@ -75,14 +76,24 @@ def _check_one(name: str) -> dict[str, Any]:
     import prunus
     from prunus.testing import KitFailure, StrategyCase, check_strategy
 
-    criterion = prunus.registry.info(name).criterion or ""
+    info = prunus.registry.info(name)
+    feed: dict[str, Any] = dict(FEEDS.get(info.criterion or "", {}))
+    if info.statistics and not feed:
+        # A data-aware criterion (wanda_*, sparsegpt_*) gets drawn calibration statistics, as in the suite.
+        feed["data"] = partial(_statistics, kinds=info.statistics)
     started = time.perf_counter()
     passed = True
     try:
-        check_strategy(StrategyCase(name, **FEEDS.get(criterion, {})))
+        check_strategy(StrategyCase(name, **feed))
     except KitFailure:
         passed = False
     return {"name": name, "passed": passed, "seconds": time.perf_counter() - started}
+
+
+def _statistics(targets: Any, kinds: Any) -> Any:
+    from prunus.testing import generators as pst
+
+    return pst.statistics(targets, kinds)
 
 
 def _pool() -> concurrent.futures.ProcessPoolExecutor:
