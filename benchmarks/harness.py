@@ -309,6 +309,34 @@ def gensim_data(name: str) -> Path:
     return Path(spec.submodule_search_locations[0]) / "test" / "test_data" / name
 
 
+LEE_PROTOCOL = (32, 256, 128, 256)
+"""SmolLM2's evaluation and calibration sizes: Lee documents 0-31 cut to 256 tokens to measure perplexity, and 128
+documents from document 32 on, cut to 256 tokens, to calibrate."""
+
+
+def lee_sequences(
+    tokenizer: Any, sizes: tuple[int, int, int, int] = LEE_PROTOCOL
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Token ids of gensim's Lee background documents: ``(evaluation, calibration)``, one document per batch.
+
+    ``sizes``: evaluation documents and their length, calibration documents and their length (the calibration
+    documents start at document 32, after every evaluation document).
+    """
+    from prunus.workflow.llm import text_batches
+
+    eval_docs, eval_length, calibration_docs, calibration_length = sizes
+    documents = gensim_data("lee_background.cor").read_text(encoding="latin-1").splitlines()
+    evaluation = text_batches(tokenizer, documents[:eval_docs], length=eval_length, per_line=True)
+    calibration = text_batches(
+        tokenizer,
+        documents[32:],
+        length=calibration_length,
+        samples=calibration_docs,
+        per_line=True,
+    )
+    return evaluation, calibration
+
+
 # -- results --------------------------------------------------------------------------------------------------
 
 

@@ -310,17 +310,17 @@ def obs_sweep(
     # Worked on transposed, so that a column of the weights is a contiguous row; ``scale`` turns a column's
     # current values into its errors (1 / U_jj where the row prunes, 0 where it keeps).
     swept = weights.t().contiguous()
-    scale = (~keep).t().to(swept.dtype).div_(factor.diagonal()[:, None])
+    diagonal = factor.diagonal()
+    scale = torch.empty_like(swept)
     errors = torch.empty_like(swept)
     # Views made once: indexing a tensor costs as much as the small products below.
     values, scales, errs, factors = (t.unbind() for t in (swept, scale, errors, factor))
-    diagonal = factor.diagonal()
     for start in range(0, columns, block_size):
         stop = min(start + block_size, columns)
         if reselection is not None:
             reselection.choose(swept[start:stop], keep, diagonal, start, stop)
-            pruned = (~keep[:, start:stop]).t().to(swept.dtype)
-            scale[start:stop] = pruned / diagonal[start:stop, None]
+        # The block's scale, from its mask as it now stands.
+        torch.div((~keep[:, start:stop]).t(), diagonal[start:stop, None], out=scale[start:stop])
         for first in range(start, stop, _LEAF):
             last = min(first + _LEAF, stop)
             for j in range(first, last):
